@@ -1,0 +1,262 @@
+"""The `orchestrator` command line.
+
+    orchestrator migrate
+    orchestrator run --app package.module:app
+    orchestrator send NAME --data '{"k": 1}' [--id ID]
+    orchestrator runs list [--status S] [--function F] [--limit N]
+    orchestrator runs show RUN_ID
+    orchestrator functions
+
+Every command takes `--config PATH` and `--database-url URL`, prints readable tables in a
+terminal and JSON with `--json`, and exits non-zero with a one-line reason on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from orchestrator.config import Config, load_config
+from orchestrator.errors import OrchestratorError
+
+
+def _parser() -> argparse.ArgumentParser:
+    # SUPPRESS: an option given before the subcommand is not reset by the subparser's default
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--config", help="TOML config file (default: ./orchestrator.toml)")
+    common.add_argument("--database-url", help="Postgres URL (default: embedded Postgres)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Durable execution on Postgres.", parents=[common]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema (idempotent)")
+
+    run = sub.add_parser("run", parents=[common], help="start the daemon")
+    run.add_argument("--app", help="the app to serve, as package.module:attr")
+    run.add_argument("--workers", type=int, help="worker processes")
+    run.add_argument("--concurrency", type=int, help="threads per worker process")
+
+    send = sub.add_parser("send", parents=[common], help="send an event")
+    send.add_argument("name")
+    send.add_argument("--data", default="{}", help="event data as a JSON object")
+    send.add_argument("--id", help="event id, for de-duplication")
+
+    runs = sub.add_parser("runs", parents=[common], help="inspect runs")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="SUBCOMMAND")
+    listing = runs_sub.add_parser("list", parents=[common], help="list recent runs")
+    listing.add_argument("--status", help="only runs with this status")
+    listing.add_argument("--function", help="only runs of this function id")
+    listing.add_argument("--limit", type=int, default=50)
+    show = runs_sub.add_parser("show", parents=[common], help="one run and its steps")
+    show.add_argument("run_id", help="run id (or an unambiguous prefix)")
+
+    sub.add_parser("functions", parents=[common], help="list registered functions")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.json = getattr(args, "json", False)
+        cfg = load_config(
+            getattr(args, "config", None),
+            overrides={
+                "database_url": getattr(args, "database_url", None),
+                "app": getattr(args, "app", None),
+                "workers": getattr(args, "workers", None),
+                "concurrency": getattr(args, "concurrency", None),
+            },
+        )
+        from orchestrator import log
+
+        log.configure(cfg.log_format, cfg.log_level)
+        return _dispatch(args, cfg)
+    except OrchestratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from orchestrator.db.database import DatabaseError
+
+        if isinstance(exc, DatabaseError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: database: {first}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "run":
+        return _cmd_run(cfg)
+    from orchestrator.db.connect import resolve_url
+    from orchestrator.db.database import Database
+
+    db = Database(resolve_url(cfg.database_url, cfg.embedded_data_dir), pool_size=1,
+                  application_name="orchestrator-cli")
+    try:
+        if args.command == "migrate":
+            from orchestrator.db import migrate
+
+            migrate.upgrade(db.engine)
+            print("schema is at", migrate.head_revision())
+            return 0
+        from orchestrator.db.connect import check_schema
+
+        check_schema(db.engine)
+        if args.command == "send":
+            return _cmd_send(db, cfg, args)
+        if args.command == "functions":
+            return _cmd_functions(db, args)
+        if args.runs_command == "list":
+            return _cmd_runs_list(db, args)
+        return _cmd_runs_show(db, args)
+    finally:
+        db.dispose()
+
+
+def _cmd_run(cfg: Config) -> int:
+    from orchestrator.db.connect import resolve_url
+    from orchestrator.errors import ConfigError
+    from orchestrator.runtime.daemon import Daemon
+    from orchestrator.runtime.loader import load_app
+
+    if not cfg.app:
+        raise ConfigError("no app to serve; pass --app package.module:attr or set app = ...")
+    app = load_app(cfg.app)
+    if not app.functions:
+        raise ConfigError(f"app {cfg.app!r} registers no functions")
+    url = resolve_url(cfg.database_url, cfg.embedded_data_dir)
+    app.bind(url)
+    return Daemon(app, cfg.app, url, cfg).run()
+
+
+def _cmd_send(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.app import validate_event
+    from orchestrator.db import events
+    from orchestrator.errors import InvalidEventError
+
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise InvalidEventError(f"--data is not valid JSON: {exc}") from None
+    text = validate_event(args.name, data, args.id, cfg.max_event_bytes)
+    event_id, created = db.run(
+        lambda conn: events.insert(conn, args.name, text, event_id=args.id, ts=None)
+    )
+    if args.json:
+        print(json.dumps({"id": event_id, "created": created}))
+    else:
+        print(event_id if created else f"{event_id} (duplicate id: nothing new was created)")
+    return 0
+
+
+def _cmd_functions(db: Any, args: argparse.Namespace) -> int:
+    from orchestrator.db import functions
+
+    with db.transaction() as conn:
+        rows = functions.list_all(conn)
+    if args.json:
+        print(json.dumps([_plain(r.__dict__) for r in rows], indent=2))
+        return 0
+    table = [
+        (r.id, ", ".join(_trigger_text(t) for t in r.triggers), r.options.get("retries", ""),
+         r.version, _time(r.updated_at))
+        for r in rows
+    ]
+    _print_table(("ID", "TRIGGERS", "RETRIES", "VERSION", "UPDATED"), table)
+    return 0
+
+
+def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:
+    from orchestrator.db import runs
+
+    with db.transaction() as conn:
+        rows = runs.list_runs(conn, status=args.status, function_id=args.function,
+                              limit=args.limit)
+    if args.json:
+        print(json.dumps([_plain(r.__dict__) for r in rows], indent=2))
+        return 0
+    table = [
+        (r.id, r.function_id, r.status, r.attempts, _time(r.created_at), _time(r.finished_at))
+        for r in rows
+    ]
+    _print_table(("RUN", "FUNCTION", "STATUS", "ATTEMPTS", "CREATED", "FINISHED"), table)
+    return 0
+
+
+def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
+    from orchestrator.db import runs, steps
+    from orchestrator.errors import RunNotFoundError
+
+    with db.transaction() as conn:
+        run = runs.get(conn, args.run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run matches {args.run_id!r} (or the prefix is ambiguous)")
+        step_rows = steps.load(conn, run.id)
+    if args.json:
+        out = _plain(run.__dict__) | {"steps": [_plain(s.__dict__) for s in step_rows]}
+        print(json.dumps(out, indent=2))
+        return 0
+    for key in ("id", "function_id", "status", "event_id", "attempts", "recoveries",
+                "created_at", "started_at", "finished_at", "due_at", "lease_owner"):
+        print(f"{key:<12} {_cell(getattr(run, key))}")
+    if run.output is not None:
+        print(f"{'output':<12} {_short(json.dumps(run.output))}")
+    if run.error is not None:
+        print(f"{'error':<12} {run.error.get('type')}: {run.error.get('message')}")
+    print()
+    table = [
+        (s.step_id, s.kind, s.status, s.attempt,
+         _short(json.dumps(s.output)) if s.output is not None else
+         (f"{s.error.get('type')}: {s.error.get('message')}" if s.error else ""),
+         s.duration_ms if s.duration_ms is not None else "", _time(s.wake_at),
+         _time(s.updated_at))
+        for s in step_rows
+    ]
+    _print_table(("STEP", "KIND", "STATUS", "ATTEMPT", "OUTPUT/ERROR", "MS", "WAKE", "AT"), table)
+    return 0
+
+
+def _trigger_text(trigger: dict[str, Any]) -> str:
+    if trigger.get("type") == "cron":
+        tz = f" {trigger['tz']}" if trigger.get("tz") else ""
+        return f"cron({trigger.get('expr')}{tz})"
+    return f"event({trigger.get('name')})"
+
+
+def _plain(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in obj.items()}
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds")
+    return "" if value is None else str(value)
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        print("(none)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

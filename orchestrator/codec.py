@@ -1,0 +1,76 @@
+"""JSON encoding of everything stored: strict, size-limited, never pickle.
+
+`encode` turns a Python value into the exact JSON text stored in a `jsonb` column, refusing what
+JSON or `jsonb` cannot hold (sets, objects, NaN, NUL characters) with a message that says what to
+return instead. `roundtrip` gives back what a replay would read, so a step returns the same value
+whether it just ran or was replayed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator.errors import PayloadError, PayloadTooLargeError
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
+    """Return (path, type name) of the first value JSON cannot represent faithfully."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            bad = _find_bad(item, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (f"{path} key {key!r}", f"{type(key).__name__} key")
+            bad = _find_bad(item, f"{path}.{key}")
+            if bad:
+                return bad
+        return None
+    return (path, type(value).__name__)
+
+
+def encode(value: Any, *, what: str, limit: int | None = None) -> str:
+    """Encode `value` as JSON text for a `jsonb` column.
+
+    `what` names the value in errors ("step 'charge' result"); `limit` is a byte cap.
+    """
+    bad = _find_bad(value, "$")
+    if bad is not None:
+        where, type_name = bad
+        suffix = "" if where == "$" else f" at {where}"
+        raise PayloadError(
+            f"{what} contains a {type_name}{suffix}, which is not JSON; "
+            "return only dicts with string keys, lists, strings, numbers, booleans and None"
+        )
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise PayloadError(f"{what} contains NaN or Infinity, which JSON cannot hold") from exc
+    if "\\u0000" in text:
+        raise PayloadError(f"{what} contains a NUL character (\\u0000), which Postgres jsonb rejects")
+    if limit is not None:
+        size = len(text.encode("utf-8"))
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"{what} is {size} bytes, over the {limit}-byte limit; store large data "
+                "elsewhere and return a reference, or raise the limit in the config"
+            )
+    return text
+
+
+def roundtrip(value: Any, *, what: str, limit: int | None = None) -> tuple[str, Any]:
+    """Encode `value` and return (text, the value as a replay would decode it)."""
+    text = encode(value, what=what, limit=limit)
+    return text, json.loads(text)
+
+
+def decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

@@ -1,0 +1,109 @@
+"""What user code sees: `Context` and the step API `ctx.step`.
+
+```python
+@app.function("send-welcome", trigger=event("user/created"))
+def send_welcome(ctx: Context) -> dict:
+    ctx.step.run("send-email", send_email, ctx.event.data["email"])
+    ctx.step.sleep("wait-a-day", timedelta(days=1))
+    return {"sent": True}
+```
+
+Every step takes a step id first. The id names the step's recorded result in
+`orchestrator.steps`; calling the same id again in one run gets an automatic counter
+(`id`, `id#1`, …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from orchestrator.engine.execution import Execution
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as a function receives it."""
+
+    id: str
+    name: str
+    data: dict[str, Any]
+    ts: str
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Event:
+        return cls(str(obj.get("id", "")), str(obj.get("name", "")), obj.get("data") or {},
+                   str(obj.get("ts", "")))
+
+
+class Step:
+    """Durable steps. Each call is memoized by its step id: once it has a recorded result,
+    later executions of the run return that result without running the body again."""
+
+    def __init__(self, execution: Execution, run_id: str) -> None:
+        self._execution = execution
+        self._run_id = run_id
+
+    def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` once successfully and return its JSON result.
+
+        On failure the step is retried with exponential back-off (the function's `retries`);
+        when no retries are left, `StepError` is raised here. The result must be JSON (dicts
+        with string keys, lists, strings, numbers, booleans, None); what is returned is the
+        value as stored, so the first execution and a replay see the same thing.
+        """
+        result: T = self._execution.run_step(step_id, fn, args, kwargs)
+        return result
+
+    def sleep(self, step_id: str, duration: timedelta | float) -> None:
+        """Suspend the run for `duration` (a timedelta or seconds), judged by the database clock.
+
+        The worker is freed while the run sleeps; a daemon restart does not shorten or
+        lengthen the sleep.
+        """
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        self._execution.sleep(step_id, seconds=seconds)
+
+    def sleep_until(self, step_id: str, until: datetime) -> None:
+        """Suspend the run until `until` (an aware datetime; naive means UTC)."""
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=UTC)
+        self._execution.sleep(step_id, until=until)
+
+    def idempotency_key(self, step_id: str) -> str:
+        """A key stable across every re-execution of this step, for external APIs."""
+        return f"{self._run_id}:{step_id}"
+
+
+class Context:
+    """The argument every function receives.
+
+    - `event`: the triggering event (`Event` with `id`, `name`, `data`, `ts`)
+    - `events`: every event the run received (one, for an event trigger)
+    - `run_id`, `function_id`
+    - `attempt`: how many times this run has been picked up by a worker (1 on the first)
+    - `log`: a structlog logger bound to `run_id` and `function_id`
+    - `step`: the durable step API
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        function_id: str,
+        events: list[Event],
+        attempt: int,
+        log: Any,
+        step: Step,
+    ) -> None:
+        self.run_id = run_id
+        self.function_id = function_id
+        self.events = events
+        self.event = events[0] if events else Event("", "", {}, "")
+        self.attempt = attempt
+        self.log = log
+        self.step = step

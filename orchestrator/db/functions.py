@@ -1,0 +1,136 @@
+"""Statements on `orchestrator.functions` and `orchestrator.schedules`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+
+@dataclass(frozen=True)
+class FunctionRow:
+    id: str
+    triggers: list[dict[str, Any]]
+    options: dict[str, Any]
+    version: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    function_id: str
+    cron: str
+    tz: str
+    next_fire_at: datetime
+    now: datetime
+
+
+def upsert(
+    conn: Connection,
+    function_id: str,
+    *,
+    triggers: list[dict[str, Any]],
+    options: dict[str, Any],
+    version: str,
+) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO orchestrator.functions (id, triggers, options, version) "
+            "VALUES (:p_id, CAST(:p_triggers AS jsonb), CAST(:p_options AS jsonb), :p_version) "
+            "ON CONFLICT (id) DO UPDATE SET triggers = EXCLUDED.triggers, "
+            "options = EXCLUDED.options, version = EXCLUDED.version, updated_at = now() "
+            "WHERE (functions.triggers, functions.options, functions.version) IS DISTINCT FROM "
+            "(EXCLUDED.triggers, EXCLUDED.options, EXCLUDED.version)"
+        ),
+        {
+            "p_id": function_id,
+            "p_triggers": json.dumps(triggers),
+            "p_options": json.dumps(options),
+            "p_version": version,
+        },
+    )
+
+
+def list_all(conn: Connection) -> list[FunctionRow]:
+    rows = conn.execute(
+        text(
+            "SELECT id, triggers, options, version, updated_at FROM orchestrator.functions "
+            "ORDER BY id"
+        )
+    )
+    return [FunctionRow(*row) for row in rows]
+
+
+def event_subscriptions(conn: Connection) -> dict[str, list[str]]:
+    """Event name → ids of the functions it triggers, from every registered function."""
+    rows = conn.execute(
+        text(
+            "SELECT t->>'name', f.id FROM orchestrator.functions f, "
+            "jsonb_array_elements(f.triggers) t WHERE t->>'type' = 'event' ORDER BY f.id"
+        )
+    )
+    subs: dict[str, list[str]] = {}
+    for name, function_id in rows:
+        subs.setdefault(name, []).append(function_id)
+    return subs
+
+
+def db_now(conn: Connection) -> datetime:
+    value: datetime = conn.execute(text("SELECT now()")).scalar_one()
+    return value
+
+
+def upsert_schedule(
+    conn: Connection, function_id: str, *, cron: str, tz: str, next_fire_at: datetime
+) -> None:
+    """Record a cron schedule; the next fire time is kept unless the expression changed."""
+    conn.execute(
+        text(
+            "INSERT INTO orchestrator.schedules (function_id, cron, tz, next_fire_at) "
+            "VALUES (:p_fid, :p_cron, :p_tz, :p_next) "
+            "ON CONFLICT (function_id) DO UPDATE SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, "
+            "next_fire_at = EXCLUDED.next_fire_at, updated_at = now() "
+            "WHERE (schedules.cron, schedules.tz) IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.tz)"
+        ),
+        {"p_fid": function_id, "p_cron": cron, "p_tz": tz, "p_next": next_fire_at},
+    )
+
+
+def delete_schedules_except(conn: Connection, function_ids: list[str]) -> None:
+    """Drop schedules of functions that no longer have a cron trigger in this deployment."""
+    conn.execute(
+        text(
+            "DELETE FROM orchestrator.schedules "
+            "WHERE NOT (function_id = ANY(CAST(:p_ids AS text[])))"
+        ),
+        {"p_ids": function_ids},
+    )
+
+
+def claim_due_schedules(conn: Connection, function_ids: list[str]) -> list[DueSchedule]:
+    rows = conn.execute(
+        text(
+            "SELECT function_id, cron, tz, next_fire_at, now() FROM orchestrator.schedules "
+            "WHERE next_fire_at <= now() AND function_id = ANY(CAST(:p_ids AS text[])) "
+            "ORDER BY next_fire_at FOR UPDATE SKIP LOCKED"
+        ),
+        {"p_ids": function_ids},
+    )
+    return [DueSchedule(*row) for row in rows]
+
+
+def mark_fired(
+    conn: Connection, function_id: str, *, fired_at: datetime, next_fire_at: datetime,
+    run_id: str | None,
+) -> None:
+    conn.execute(
+        text(
+            "UPDATE orchestrator.schedules SET last_fired_at = :p_fired, next_fire_at = :p_next, "
+            "last_run_id = coalesce(CAST(:p_run AS uuid), last_run_id), updated_at = now() "
+            "WHERE function_id = :p_fid"
+        ),
+        {"p_fid": function_id, "p_fired": fired_at, "p_next": next_fire_at, "p_run": run_id},
+    )

@@ -1,0 +1,337 @@
+"""Statements on `orchestrator.runs`: create, claim under lease, suspend, finish, rescue.
+
+Every write made on behalf of a worker is fenced: it names the `lease_token` the claim issued
+and changes nothing if the token is no longer current (the run was rescued or released).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+_DUE = "status IN ('queued', 'sleeping', 'waiting')"
+_RUN_COLUMNS = (
+    "id::text AS id, function_id, status, event_id, events, idempotency_key, "
+    "parent_run_id::text AS parent_run_id, output, error, attempts, recoveries, due_at, "
+    "lease_owner::text AS lease_owner, lease_expires_at, created_at, started_at, updated_at, "
+    "finished_at"
+)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    function_id: str
+    events: list[dict[str, Any]]
+    event_id: str | None = None
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    id: str
+    function_id: str
+    lease_token: str
+    events: list[dict[str, Any]]
+    attempts: int
+    recoveries: int
+    claimed_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    function_id: str
+    status: str
+    event_id: str | None
+    events: list[dict[str, Any]]
+    idempotency_key: str | None
+    parent_run_id: str | None
+    output: Any
+    error: Any
+    attempts: int
+    recoveries: int
+    due_at: datetime
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RequeuedRun:
+    id: str
+    function_id: str
+    status: str
+
+
+_CREATE = text(
+    """
+    INSERT INTO orchestrator.runs (function_id, event_id, events, idempotency_key, parent_run_id)
+    SELECT f, e, CAST(j AS jsonb), k, CAST(p AS uuid)
+    FROM unnest(CAST(:p_fids AS text[]), CAST(:p_eids AS text[]), CAST(:p_events AS text[]),
+                CAST(:p_keys AS text[]), CAST(:p_parents AS text[])) AS t(f, e, j, k, p)
+    ON CONFLICT (function_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id::text
+    """
+)
+
+
+def create_many(conn: Connection, new_runs: list[NewRun]) -> list[str]:
+    """Queue runs due now; a run whose (function, idempotency key) exists is skipped."""
+    if not new_runs:
+        return []
+    params = {
+        "p_fids": [r.function_id for r in new_runs],
+        "p_eids": [r.event_id for r in new_runs],
+        "p_events": [json.dumps(r.events, separators=(",", ":")) for r in new_runs],
+        "p_keys": [r.idempotency_key for r in new_runs],
+        "p_parents": [r.parent_run_id for r in new_runs],
+    }
+    return [row[0] for row in conn.execute(_CREATE, params)]
+
+
+_CLAIM = text(
+    f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id FROM orchestrator.runs
+        WHERE {_DUE} AND due_at <= now() AND function_id = ANY(CAST(:p_fids AS text[]))
+        ORDER BY due_at, id
+        LIMIT :p_limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE orchestrator.runs AS r
+    SET status = 'running', lease_owner = CAST(:p_owner AS uuid),
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => :p_lease),
+        attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()), updated_at = now()
+    FROM picked
+    WHERE r.id = picked.id
+    RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts, r.recoveries,
+              now()
+    """
+)
+
+
+def claim_due(
+    conn: Connection, *, owner: str, limit: int, lease_seconds: float, function_ids: list[str]
+) -> list[ClaimedRun]:
+    """Claim up to `limit` due runs of the given functions for `owner`, oldest due first."""
+    if limit <= 0 or not function_ids:
+        return []
+    params = {"p_owner": owner, "p_limit": limit, "p_lease": lease_seconds, "p_fids": function_ids}
+    return [ClaimedRun(*row) for row in conn.execute(_CLAIM, params)]
+
+
+def seconds_until_next_due(conn: Connection, function_ids: list[str]) -> float | None:
+    """Seconds (by the database clock) until the next run of these functions is due."""
+    value = conn.execute(
+        text(
+            f"SELECT extract(epoch FROM min(due_at) - now()) FROM orchestrator.runs "
+            f"WHERE {_DUE} AND function_id = ANY(CAST(:p_fids AS text[]))"
+        ),
+        {"p_fids": function_ids},
+    ).scalar()
+    return None if value is None else float(value)
+
+
+def renew_leases(conn: Connection, *, owner: str, lease_seconds: float) -> set[str]:
+    """Extend every lease `owner` holds; returns the ids it still holds."""
+    rows = conn.execute(
+        text(
+            "UPDATE orchestrator.runs SET lease_expires_at = now() + make_interval(secs => :p_lease) "
+            "WHERE status = 'running' AND lease_owner = CAST(:p_owner AS uuid) RETURNING id::text"
+        ),
+        {"p_owner": owner, "p_lease": lease_seconds},
+    )
+    return {row[0] for row in rows}
+
+
+def _requeue_sql(where: str, *, count_recovery: bool) -> str:
+    bump = "r.recoveries + 1" if count_recovery else "r.recoveries"
+    capped = f"({bump}) > :p_cap" if count_recovery else "false"
+    return f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id FROM orchestrator.runs WHERE status = 'running' AND ({where})
+        ORDER BY id LIMIT :p_limit FOR UPDATE SKIP LOCKED
+    )
+    UPDATE orchestrator.runs AS r
+    SET recoveries = {bump},
+        status = CASE WHEN {capped} THEN 'failed' ELSE 'queued' END,
+        error = CASE WHEN {capped} THEN jsonb_build_object(
+            'type', 'RecoveryCapError', 'code', 'recovery_cap',
+            'message', format('run was interrupted %s times (worker crash, kill or lost lease); '
+                              'max_recoveries is %s', {bump}, :p_cap))
+            ELSE r.error END,
+        finished_at = CASE WHEN {capped} THEN now() ELSE NULL END,
+        due_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+        updated_at = now()
+    FROM picked
+    WHERE r.id = picked.id
+    RETURNING r.id::text, r.function_id, r.status
+    """
+
+
+_RESCUE_EXPIRED = text(_requeue_sql("lease_expires_at < now()", count_recovery=True))
+_RESCUE_OWNER = text(_requeue_sql("lease_owner = CAST(:p_owner AS uuid)", count_recovery=True))
+_LEASE_PAIRS = (
+    "(id, lease_token) IN (SELECT * FROM unnest(CAST(:p_ids AS uuid[]), CAST(:p_tokens AS uuid[])))"
+)
+_REQUEUE_CRASHED = text(_requeue_sql(_LEASE_PAIRS, count_recovery=True))
+_RELEASE = text(_requeue_sql(_LEASE_PAIRS, count_recovery=False))
+
+
+def rescue_expired(conn: Connection, *, max_recoveries: int, limit: int = 500) -> list[RequeuedRun]:
+    """Requeue runs whose lease expired (their daemon stalled or died)."""
+    params = {"p_cap": max_recoveries, "p_limit": limit}
+    return [RequeuedRun(*row) for row in conn.execute(_RESCUE_EXPIRED, params)]
+
+
+def rescue_owner(
+    conn: Connection, *, owner: str, max_recoveries: int, limit: int = 5000
+) -> list[RequeuedRun]:
+    """Requeue every run leased by a daemon known to be dead, without waiting for expiry."""
+    params = {"p_owner": owner, "p_cap": max_recoveries, "p_limit": limit}
+    return [RequeuedRun(*row) for row in conn.execute(_RESCUE_OWNER, params)]
+
+
+def requeue_crashed(
+    conn: Connection, leases: list[tuple[str, str]], *, max_recoveries: int
+) -> list[RequeuedRun]:
+    """Requeue runs whose worker process died, counting a recovery for each."""
+    return _by_leases(conn, _REQUEUE_CRASHED, leases, max_recoveries)
+
+
+def release(conn: Connection, leases: list[tuple[str, str]]) -> list[RequeuedRun]:
+    """Give runs back to the queue on shutdown; not counted as a recovery."""
+    return _by_leases(conn, _RELEASE, leases, 0)
+
+
+def _by_leases(
+    conn: Connection, stmt: Any, leases: list[tuple[str, str]], cap: int
+) -> list[RequeuedRun]:
+    if not leases:
+        return []
+    params = {
+        "p_ids": [run_id for run_id, _ in leases],
+        "p_tokens": [token for _, token in leases],
+        "p_cap": cap,
+        "p_limit": len(leases),
+    }
+    return [RequeuedRun(*row) for row in conn.execute(stmt, params)]
+
+
+def finish(
+    conn: Connection,
+    run_id: str,
+    token: str,
+    *,
+    status: str,
+    output_json: str | None = None,
+    error_json: str | None = None,
+) -> bool:
+    """Record a terminal status (completed or failed); False if the lease was lost."""
+    result = conn.execute(
+        text(
+            "UPDATE orchestrator.runs SET status = :p_status, output = CAST(:p_output AS jsonb), "
+            "error = CAST(:p_error AS jsonb), finished_at = now(), updated_at = now(), "
+            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
+            "AND status = 'running'"
+        ),
+        {
+            "p_id": run_id,
+            "p_token": token,
+            "p_status": status,
+            "p_output": output_json,
+            "p_error": error_json,
+        },
+    )
+    return result.rowcount == 1
+
+
+def suspend(
+    conn: Connection,
+    run_id: str,
+    token: str,
+    *,
+    status: str,
+    delay_seconds: float = 0.0,
+    until: datetime | None = None,
+) -> datetime | None:
+    """Release the lease; the run is due at `until`, or `delay_seconds` from the database's now.
+
+    Returns the new due time, or None if the lease was lost. Locks the run row, so the caller
+    may write step rows in the same transaction without a further fence.
+    """
+    return conn.execute(
+        text(
+            "UPDATE orchestrator.runs SET status = :p_status, "
+            "due_at = coalesce(CAST(:p_until AS timestamptz), now() + make_interval(secs => :p_delay)), "
+            "updated_at = now(), "
+            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
+            "AND status = 'running' RETURNING due_at"
+        ),
+        {
+            "p_id": run_id,
+            "p_token": token,
+            "p_status": status,
+            "p_delay": delay_seconds,
+            "p_until": until,
+        },
+    ).scalar()
+
+
+def _uuid_bounds(prefix: str) -> tuple[str, str] | None:
+    """A run id or an unambiguous hex prefix of one → the inclusive uuid range it covers."""
+    hexed = prefix.lower().replace("-", "")
+    if not 1 <= len(hexed) <= 32 or any(c not in "0123456789abcdef" for c in hexed):
+        return None
+
+    def fmt(h: str) -> str:
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    return fmt(hexed.ljust(32, "0")), fmt(hexed.ljust(32, "f"))
+
+
+def get(conn: Connection, run_id: str) -> RunRow | None:
+    """The run with this id, or with this unambiguous id prefix (at least 1 hex digit)."""
+    bounds = _uuid_bounds(run_id)
+    if bounds is None:
+        return None
+    rows = conn.execute(
+        text(
+            f"SELECT {_RUN_COLUMNS} FROM orchestrator.runs "
+            "WHERE id BETWEEN CAST(:p_low AS uuid) AND CAST(:p_high AS uuid) ORDER BY id LIMIT 2"
+        ),
+        {"p_low": bounds[0], "p_high": bounds[1]},
+    ).all()
+    return RunRow(*rows[0]) if len(rows) == 1 else None
+
+
+def list_runs(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    function_id: str | None = None,
+    limit: int = 50,
+) -> list[RunRow]:
+    return [
+        RunRow(*row)
+        for row in conn.execute(
+            text(
+                f"SELECT {_RUN_COLUMNS} FROM orchestrator.runs "
+                "WHERE (CAST(:p_status AS text) IS NULL OR status = :p_status) "
+                "AND (CAST(:p_fid AS text) IS NULL OR function_id = :p_fid) "
+                "ORDER BY created_at DESC, id DESC LIMIT :p_limit"
+            ),
+            {"p_status": status, "p_fid": function_id, "p_limit": limit},
+        )
+    ]

@@ -1,0 +1,180 @@
+"""The `orchestrator` schema as SQLAlchemy Core metadata.
+
+This is the public SQL contract (documented in the README). Alembic migrations create it; a
+test compares this metadata with the migrated database so the two never drift.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+SCHEMA = "orchestrator"
+RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+ACTIVE_DUE_STATUSES = ("queued", "sleeping", "waiting")
+STEP_STATUSES = ("completed", "failed", "retrying", "sleeping")
+
+metadata = MetaData(schema=SCHEMA)
+
+
+def _ts(name: str, *, nullable: bool = True, default_now: bool = False) -> Column[object]:
+    return Column(
+        name,
+        DateTime(timezone=True),
+        nullable=nullable,
+        server_default=text("now()") if default_now else None,
+    )
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Text, primary_key=True, server_default=text("(gen_random_uuid())::text")),
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _ts("ts", nullable=False, default_now=True),
+    _ts("received_at", nullable=False, default_now=True),
+    _ts("ingested_at"),
+    Column("error", Text),
+    CheckConstraint("length(id) BETWEEN 1 AND 256", name="events_id_length"),
+    CheckConstraint("length(name) BETWEEN 1 AND 256", name="events_name_length"),
+    CheckConstraint("jsonb_typeof(data) = 'object'", name="events_data_is_object"),
+    Index("events_pending", "seq", postgresql_where=text("ingested_at IS NULL")),
+    Index("events_seq", "seq", unique=True),
+)
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("triggers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("version", Text, nullable=False, server_default=text("''")),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("updated_at", nullable=False, default_now=True),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column(
+        "function_id",
+        Text,
+        ForeignKey("orchestrator.functions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("cron", Text, nullable=False),
+    Column("tz", Text, nullable=False, server_default=text("'UTC'")),
+    _ts("next_fire_at", nullable=False),
+    _ts("last_fired_at"),
+    Column("last_run_id", UUID(as_uuid=False)),
+    _ts("updated_at", nullable=False, default_now=True),
+    Index("schedules_due", "next_fire_at"),
+)
+
+daemons = Table(
+    "daemons",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("lock_key", Integer, Identity(always=True), nullable=False),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("app", Text, nullable=False, server_default=text("''")),
+    Column("version", Text, nullable=False, server_default=text("''")),
+    Column("workers", Integer, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'running'")),
+    Column("is_leader", Boolean, nullable=False, server_default=text("false")),
+    _ts("started_at", nullable=False, default_now=True),
+    _ts("heartbeat_at", nullable=False, default_now=True),
+    _ts("stopped_at"),
+    CheckConstraint(_in("status", ("running", "stopping", "stopped", "dead")), "daemons_status"),
+    Index("daemons_lock_key", "lock_key", unique=True),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("function_id", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'queued'")),
+    Column("event_id", Text),
+    Column("events", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("idempotency_key", Text),
+    Column("parent_run_id", UUID(as_uuid=False)),
+    Column("output", JSONB),
+    Column("error", JSONB),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("recoveries", Integer, nullable=False, server_default=text("0")),
+    _ts("due_at", nullable=False, default_now=True),
+    Column("lease_owner", UUID(as_uuid=False)),
+    Column("lease_token", UUID(as_uuid=False)),
+    _ts("lease_expires_at"),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("started_at"),
+    _ts("updated_at", nullable=False, default_now=True),
+    _ts("finished_at"),
+    CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
+    Index(
+        "runs_due",
+        "due_at",
+        "id",
+        postgresql_where=text(_in("status", ACTIVE_DUE_STATUSES)),
+    ),
+    Index("runs_leased", "lease_expires_at", postgresql_where=text("status = 'running'")),
+    Index("runs_lease_owner", "lease_owner", postgresql_where=text("status = 'running'")),
+    Index(
+        "runs_idempotency",
+        "function_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    Index("runs_function_created", "function_id", "created_at"),
+    Index("runs_created", "created_at"),
+    Index("runs_event", "event_id", postgresql_where=text("event_id IS NOT NULL")),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column(
+        "run_id",
+        UUID(as_uuid=False),
+        ForeignKey("orchestrator.runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step_id", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    Column("output", JSONB),
+    Column("error", JSONB),
+    _ts("wake_at"),
+    Column("duration_ms", Integer),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("updated_at", nullable=False, default_now=True),
+    PrimaryKeyConstraint("run_id", "step_id", name="steps_pkey"),
+    CheckConstraint(_in("status", STEP_STATUSES), name="steps_status"),
+)

@@ -1,0 +1,102 @@
+"""The daemon's long-lived database session: LISTEN wake-ups, liveness lock and leader lock.
+
+One raw psycopg connection per daemon. While it is open, the daemon's liveness advisory lock is
+held, so other daemons can tell at once that a daemon whose process died is gone (its
+connection closed and the lock with it). The leader lock is a session lock on the same
+connection: if the connection drops, leadership passes to another daemon.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy import Connection, text
+
+from orchestrator.db.connect import libpq_url
+from orchestrator.db.daemons import DAEMON_LOCK_CLASS, LEADER_LOCK
+
+CHANNELS = ("orchestrator_events", "orchestrator_runs")
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+
+
+def notify_runs(conn: Connection) -> None:
+    """Hint every daemon that runs became due; delivered when the transaction commits."""
+    conn.execute(text("SELECT pg_notify('orchestrator_runs', '')"))
+
+
+class Session:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_key: int,
+        on_wake: Callable[[], None],
+        on_error: Callable[[Exception], None],
+        application_name: str = "orchestrator-session",
+    ) -> None:
+        self._url = libpq_url(url)
+        self._lock_key = lock_key
+        self._on_wake = on_wake
+        self._on_error = on_error
+        self._app_name = application_name
+        self._leader = threading.Event()
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="orchestrator-session", daemon=True)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader.is_set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def _loop(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, application_name=self._app_name,
+                    connect_timeout=5, **_KEEPALIVE,
+                ) as conn:
+                    self._serve(conn)
+                    return
+            except psycopg.Error as exc:
+                self._leader.clear()
+                self._connected.clear()
+                self._on_error(exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _serve(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (DAEMON_LOCK_CLASS, self._lock_key))
+        for channel in CHANNELS:
+            conn.execute(f"LISTEN {channel}")
+        self._connected.set()
+        self._on_wake()  # anything that arrived while we were disconnected
+        next_leader_try = 0.0
+        while not self._stop.is_set():
+            if not self._leader.is_set() and time.monotonic() >= next_leader_try:
+                got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LEADER_LOCK).fetchone()
+                if got and got[0]:
+                    self._leader.set()
+                next_leader_try = time.monotonic() + 1.0
+            for _ in conn.notifies(timeout=0.25, stop_after=1000):
+                self._on_wake()
+            conn.execute("SELECT 1")  # notices a dead server even when nothing is notified
+        self._leader.clear()
+        self._connected.clear()

@@ -1,0 +1,114 @@
+"""Statements on `orchestrator.steps`: load a run's memo, checkpoint a step under the lease."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What a worker writes for one step."""
+
+    step_id: str
+    position: int
+    kind: str
+    status: str
+    attempt: int
+    output_json: str | None = None
+    error_json: str | None = None
+    duration_ms: int | None = None
+    wake_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    run_id: str
+    step_id: str
+    position: int
+    kind: str
+    status: str
+    attempt: int
+    output: Any
+    error: Any
+    wake_at: datetime | None
+    duration_ms: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLUMNS = (
+    "run_id::text, step_id, position, kind, status, attempt, output, error, wake_at, "
+    "duration_ms, created_at, updated_at"
+)
+
+_VALUES = """
+    SELECT CAST(:p_run AS uuid), :p_step, :p_position, :p_kind, :p_status, :p_attempt,
+           CAST(:p_output AS jsonb), CAST(:p_error AS jsonb), CAST(:p_wake AS timestamptz),
+           :p_duration
+"""
+_UPSERT_TAIL = """
+    ON CONFLICT (run_id, step_id) DO UPDATE SET
+        kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
+        output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
+        duration_ms = EXCLUDED.duration_ms, updated_at = now()
+"""
+_INSERT = "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, " \
+    "output, error, wake_at, duration_ms)"
+
+# FOR SHARE conflicts with the UPDATE a rescue makes, so either this checkpoint commits before
+# the rescue (and the new owner replays it) or it sees the new token and writes nothing.
+_FENCED = text(
+    f"""
+    WITH fence AS (
+        SELECT id FROM orchestrator.runs
+        WHERE id = CAST(:p_run AS uuid) AND lease_token = CAST(:p_token AS uuid)
+          AND status = 'running'
+        FOR SHARE
+    )
+    {_INSERT}
+    {_VALUES} FROM fence
+    {_UPSERT_TAIL}
+    """
+)
+_UNFENCED = text(f"{_INSERT} {_VALUES} {_UPSERT_TAIL}")
+
+
+def _params(run_id: str, step: StepRecord) -> dict[str, Any]:
+    return {
+        "p_run": run_id,
+        "p_step": step.step_id,
+        "p_position": step.position,
+        "p_kind": step.kind,
+        "p_status": step.status,
+        "p_attempt": step.attempt,
+        "p_output": step.output_json,
+        "p_error": step.error_json,
+        "p_wake": step.wake_at,
+        "p_duration": step.duration_ms,
+    }
+
+
+def checkpoint(conn: Connection, run_id: str, token: str, step: StepRecord) -> bool:
+    """Write a step if `token` is still the run's lease; False (nothing written) otherwise."""
+    params = _params(run_id, step) | {"p_token": token}
+    return conn.execute(_FENCED, params).rowcount == 1
+
+
+def save_locked(conn: Connection, run_id: str, step: StepRecord) -> None:
+    """Write a step when this transaction already holds the run row (after `runs.suspend`)."""
+    conn.execute(_UNFENCED, _params(run_id, step))
+
+
+def load(conn: Connection, run_id: str) -> list[StepRow]:
+    rows = conn.execute(
+        text(
+            f"SELECT {_COLUMNS} FROM orchestrator.steps WHERE run_id = CAST(:p_run AS uuid) "
+            "ORDER BY position, step_id"
+        ),
+        {"p_run": run_id},
+    )
+    return [StepRow(*row) for row in rows]

@@ -1,0 +1,1 @@
+"""Executing one run: replay the recorded steps, execute the next ones, checkpoint each."""

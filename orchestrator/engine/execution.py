@@ -1,0 +1,178 @@
+"""One execution of a run: replay recorded steps, execute new ones, checkpoint each.
+
+A worker runs the function straight through. A step already recorded returns its recorded
+result without running; a new step runs, and its result is committed (fenced on the lease)
+before the function continues. The run suspends only at sleeps and retry back-offs, so a
+function of N steps costs O(N) work.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator import codec
+from orchestrator.db.steps import StepRecord, StepRow
+from orchestrator.engine.retry import error_dict, retry_delay
+from orchestrator.engine.store import Lease, RunStore
+from orchestrator.errors import (
+    NonDeterminismError,
+    PayloadError,
+    StepError,
+    Suspend,
+)
+from orchestrator.functions import FunctionDef
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_step_output_bytes: int = 4 * 1024 * 1024
+
+
+class Execution:
+    """The mutable state of one execution, driven by the `ctx.step` calls of user code."""
+
+    def __init__(
+        self,
+        *,
+        lease: Lease,
+        fdef: FunctionDef,
+        store: RunStore,
+        memo: dict[str, StepRow],
+        claimed_at: datetime,
+        limits: Limits,
+        draining: threading.Event,
+        log: Any,
+    ) -> None:
+        self.lease = lease
+        self.fdef = fdef
+        self.store = store
+        self.memo = memo
+        self.claimed_at = claimed_at
+        self.claimed_mono = time.monotonic()
+        self.limits = limits
+        self.draining = draining
+        self.log = log
+        self.fatal: NonDeterminismError | None = None
+        self.suspended_until: datetime | None = None
+        self._seen: dict[str, int] = {}
+        self._position = 0
+
+    # -- step identity -------------------------------------------------------------------
+
+    def next_id(self, step_id: str) -> tuple[str, int]:
+        """The unique id for this call of `step_id` (`id`, `id#1`, …) and its position."""
+        if not isinstance(step_id, str) or not step_id or len(step_id) > 200 or "#" in step_id:
+            raise ValueError(
+                f"step id {step_id!r} is invalid; use a non-empty string of at most 200 "
+                "characters without '#'"
+            )
+        count = self._seen.get(step_id, 0)
+        self._seen[step_id] = count + 1
+        unique = step_id if count == 0 else f"{step_id}#{count}"
+        position = self._position
+        self._position += 1
+        return unique, position
+
+    def _recorded(self, step_id: str, kind: str) -> StepRow | None:
+        if self.fatal is not None:
+            raise self.fatal
+        row = self.memo.get(step_id)
+        if row is not None and row.kind != kind:
+            self.fatal = NonDeterminismError(
+                f"step '{step_id}' was recorded as a {row.kind} step but the code now calls it "
+                f"as a {kind} step; the function changed while this run was in flight. Restore "
+                "the old step order, or use a new step id for new behaviour"
+            )
+            raise self.fatal
+        return row
+
+    def db_now(self) -> datetime:
+        return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
+
+    def _boundary(self) -> None:
+        """Before executing new work: give the run back if the worker is draining."""
+        if self.draining.is_set():
+            self.store.release(self.lease)
+            raise Suspend("worker draining")
+
+    # -- step.run ------------------------------------------------------------------------
+
+    def run_step(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        sid, position = self.next_id(step_id)
+        row = self._recorded(sid, "run")
+        if row is not None and row.status == "completed":
+            return row.output
+        if row is not None and row.status == "failed":
+            raise StepError(sid, row.error or {})
+        attempt = row.attempt + 1 if row is not None else 1
+        self._boundary()
+        log = self.log.bind(step=sid, attempt=attempt)
+        started = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+            text, decoded = codec.roundtrip(
+                value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
+            )
+        except Exception as exc:
+            return self._step_failed(sid, position, attempt, exc, started, log)
+        self.store.checkpoint(
+            self.lease,
+            StepRecord(sid, position, "run", "completed", attempt, output_json=text,
+                       duration_ms=_ms(started)),
+        )
+        log.debug("step completed", duration_ms=_ms(started), output_bytes=len(text))
+        return decoded
+
+    def _step_failed(self, sid: str, position: int, attempt: int, exc: Exception,
+                     started: float, log: Any) -> Any:
+        error = error_dict(exc)
+        retriable = not isinstance(exc, PayloadError)
+        delay = retry_delay(exc, self.fdef.backoff, attempt, self.fdef.retries) if retriable else None
+        record = StepRecord(
+            sid, position, "run", "failed" if delay is None else "retrying", attempt,
+            error_json=json.dumps(error), duration_ms=_ms(started),
+        )
+        if delay is None:
+            self.store.checkpoint(self.lease, record)
+            log.warning("step failed", error_type=error["type"], retries=self.fdef.retries)
+            raise StepError(sid, error) from exc
+        due = self.store.suspend(self.lease, status="queued", delay=delay, record=record)
+        log.info("step will retry", error_type=error["type"], delay=round(delay, 3))
+        self.suspended_until = due
+        raise Suspend(f"retry of step '{sid}'")
+
+    # -- step.sleep ----------------------------------------------------------------------
+
+    def sleep(self, step_id: str, *, seconds: float | None = None,
+              until: datetime | None = None) -> None:
+        sid, position = self.next_id(step_id)
+        row = self._recorded(sid, "sleep")
+        if row is not None and row.status == "completed":
+            return
+        if row is not None and row.wake_at is not None:
+            until, seconds = row.wake_at, None
+        elif seconds is not None and seconds <= 0:
+            until, seconds = self.db_now(), None
+        if until is not None and until <= self.db_now():
+            self.store.checkpoint(self.lease, StepRecord(sid, position, "sleep", "completed", 1,
+                                                         wake_at=until))
+            return
+        self._boundary()
+        record = StepRecord(sid, position, "sleep", "sleeping", 1)
+        due = self.store.suspend(
+            self.lease, status="sleeping", delay=seconds or 0.0, until=until, record=record
+        )
+        self.log.info("run sleeping", step=sid, until=due.isoformat())
+        self.suspended_until = due
+        raise Suspend(f"sleep '{sid}'")
+
+
+def _ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

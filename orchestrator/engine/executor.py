@@ -1,0 +1,99 @@
+"""Drive one claimed run to its next stop: completed, failed, suspended or lease lost."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from orchestrator import codec
+from orchestrator.context import Context, Event, Step
+from orchestrator.engine.execution import Execution, Limits
+from orchestrator.engine.retry import error_dict
+from orchestrator.engine.store import Lease, RunStore
+from orchestrator.errors import LeaseLost, PayloadError, StepError, Suspend
+from orchestrator.functions import FunctionDef
+
+
+@dataclass(frozen=True)
+class Task:
+    """A claimed run, as the daemon hands it to a worker."""
+
+    run_id: str
+    function_id: str
+    lease_token: str
+    events: list[dict[str, Any]]
+    attempts: int
+    claimed_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    status: str  # completed | failed | suspended | lease_lost | abandoned
+    due_at: datetime | None = None
+
+
+def execute(
+    task: Task,
+    fdef: FunctionDef,
+    store: RunStore,
+    *,
+    limits: Limits,
+    draining: threading.Event,
+    log: Any,
+) -> Outcome:
+    lease = Lease(task.run_id, task.lease_token)
+    log = log.bind(run_id=task.run_id, function_id=task.function_id)
+    execution = Execution(
+        lease=lease,
+        fdef=fdef,
+        store=store,
+        memo=store.load(task.run_id) if task.attempts > 1 else {},
+        claimed_at=task.claimed_at,
+        limits=limits,
+        draining=draining,
+        log=log,
+    )
+    ctx = Context(
+        run_id=task.run_id,
+        function_id=task.function_id,
+        events=[Event.from_json(e) for e in task.events],
+        attempt=task.attempts,
+        log=log,
+        step=Step(execution, task.run_id),
+    )
+    try:
+        try:
+            value = fdef.fn(ctx)
+        except Suspend:
+            return Outcome(task.run_id, "suspended", execution.suspended_until)
+        except StepError as exc:
+            return _fail(store, lease, execution, exc.error, log)
+        except Exception as exc:
+            return _fail(store, lease, execution, error_dict(exc), log)
+        if execution.fatal is not None:
+            return _fail(store, lease, execution, error_dict(execution.fatal), log)
+        try:
+            text = codec.encode(value, what=f"function '{fdef.id}' return value",
+                                limit=limits.max_step_output_bytes)
+        except PayloadError as exc:
+            return _fail(store, lease, execution, error_dict(exc), log)
+        store.finish(lease, status="completed", output_json=text, error_json=None)
+        log.info("run completed")
+        return Outcome(task.run_id, "completed")
+    except LeaseLost as exc:
+        log.warning("lease lost; abandoning run", reason=str(exc))
+        return Outcome(task.run_id, "lease_lost")
+
+
+def _fail(
+    store: RunStore, lease: Lease, execution: Execution, error: dict[str, Any], log: Any
+) -> Outcome:
+    if execution.fatal is not None:
+        error = error_dict(execution.fatal)
+    store.finish(lease, status="failed", output_json=None, error_json=json.dumps(error))
+    log.warning("run failed", error_type=error.get("type"), error_code=error.get("code"))
+    return Outcome(lease.run_id, "failed")

@@ -1,0 +1,127 @@
+"""The exception tree.
+
+Errors users raise (`NonRetriableError`, `RetryAfterError`) steer the retry policy; errors the
+engine raises derive from `OrchestratorError` and carry a stable `code` that also appears in the
+`error` column of `runs` and `steps`.
+
+Control-flow signals thrown through user code (suspend, lease lost) derive from `BaseException`
+so that a user's `except Exception:` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    """Base of every error the engine raises; `code` is stable and machine-readable."""
+
+    code = "orchestrator_error"
+
+
+class ConfigError(OrchestratorError):
+    """A configuration key is missing, malformed or out of range."""
+
+    code = "config_error"
+
+
+class AppLoadError(OrchestratorError):
+    """`--app module:attr` could not be imported or is not an `Orchestrator`."""
+
+    code = "app_load_error"
+
+
+class RegistrationError(OrchestratorError):
+    """A function was declared with invalid options (bad id, bad cron, duplicate id)."""
+
+    code = "registration_error"
+
+
+class DatabaseNotReadyError(OrchestratorError):
+    """The schema is missing or older than this code; run `orchestrator migrate`."""
+
+    code = "database_not_ready"
+
+
+class PayloadError(OrchestratorError):
+    """A value is not valid JSON for storage (not JSON, NaN, NUL character)."""
+
+    code = "payload_not_json"
+
+
+class PayloadTooLargeError(PayloadError):
+    """A value exceeds its configured size limit."""
+
+    code = "payload_too_large"
+
+
+class InvalidEventError(OrchestratorError):
+    """An event's name or data is malformed."""
+
+    code = "invalid_event"
+
+
+class RunNotFoundError(OrchestratorError):
+    """No run with the given id exists."""
+
+    code = "run_not_found"
+
+
+class NonDeterminismError(OrchestratorError):
+    """A replay met recorded steps that the current code cannot reconcile."""
+
+    code = "non_determinism"
+
+
+class RecoveryCapError(OrchestratorError):
+    """A run crashed its worker (or lost its lease) more often than `max_recoveries`."""
+
+    code = "recovery_cap"
+
+
+class NonRetriableError(Exception):
+    """Raise from a step body to fail the step at once, without retries."""
+
+    code = "non_retriable"
+
+
+class RetryAfterError(Exception):
+    """Raise from a step body to retry it after at least `delay` (counts as an attempt)."""
+
+    code = "retry_after"
+
+    def __init__(self, delay: timedelta | float, message: str = "") -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError("RetryAfterError delay must be >= 0")
+        self.delay = seconds
+        super().__init__(message or f"retry requested after {seconds:g}s")
+
+
+class StepError(OrchestratorError):
+    """Raised inside a function when a step failed for good (out of retries or non-retriable).
+
+    Catch it to compensate (sagas); left uncaught, it fails the run.
+    """
+
+    code = "step_failed"
+
+    def __init__(self, step_id: str, error: dict[str, Any]) -> None:
+        self.step_id = step_id
+        self.error = error
+        self.error_type = str(error.get("type", "Exception"))
+        self.error_message = str(error.get("message", ""))
+        super().__init__(f"step '{step_id}' failed: {self.error_type}: {self.error_message}")
+
+
+class ControlSignal(BaseException):  # noqa: N818 - a signal, not an error
+    """Base of signals thrown through user code; never caught by `except Exception`."""
+
+
+class Suspend(ControlSignal):
+    """The run stops executing here and will be resumed later (sleep, retry back-off, drain)."""
+
+
+class LeaseLost(ControlSignal):
+    """A checkpoint was refused because this worker no longer holds the run's lease."""

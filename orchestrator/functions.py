@@ -1,0 +1,174 @@
+"""Function definitions and their triggers.
+
+A function is a Python callable taking a `Context`, registered under a stable id with its
+triggers (`event(...)`, `cron(...)`) and options (retries, back-off). The definition is plain
+data so that the daemon can record it in `orchestrator.functions` and match events against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from orchestrator.errors import RegistrationError
+
+if TYPE_CHECKING:
+    from orchestrator.context import Context
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+CRON_EVENT_NAME = "orchestrator/cron"
+
+
+def _seconds(value: timedelta | float, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise RegistrationError(f"{what} must be >= 0 seconds, got {seconds}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    name: str
+    if_: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "event", "name": self.name, "if": self.if_}
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    expr: str
+    tz: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "cron", "expr": self.expr, "tz": self.tz}
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz or "UTC")
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first tick strictly after `moment`, as an aware datetime in UTC."""
+        local = moment.astimezone(self.zone())
+        nxt: datetime = croniter(self.expr, local).get_next(datetime)
+        return nxt.astimezone(ZoneInfo("UTC"))
+
+    def latest_at_or_before(self, moment: datetime) -> datetime:
+        """The last tick at or before `moment`."""
+        local = moment.astimezone(self.zone())
+        itr = croniter(self.expr, local + timedelta(microseconds=1))
+        prev: datetime = itr.get_prev(datetime)
+        return prev.astimezone(ZoneInfo("UTC"))
+
+
+Trigger = EventTrigger | CronTrigger
+
+
+def event(name: str, if_: str | None = None) -> EventTrigger:
+    """Trigger a function on every event called `name`."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise RegistrationError(f"event trigger name must be 1-256 characters, got {name!r}")
+    if if_ is not None:
+        raise RegistrationError("event(..., if_=...) expressions are not supported yet")
+    return EventTrigger(name, if_)
+
+
+def cron(expr: str, tz: str | None = None) -> CronTrigger:
+    """Trigger a function on a cron schedule, judged by the database clock, in time zone `tz`."""
+    if not isinstance(expr, str) or not croniter.is_valid(expr):
+        raise RegistrationError(
+            f"cron expression {expr!r} is not valid; use five fields such as '0 3 * * *'"
+        )
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise RegistrationError(
+                f"cron time zone {tz!r} is unknown; use an IANA name such as 'Europe/Paris'"
+            ) from None
+    return CronTrigger(expr, tz)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off between step retries: base * 2**(attempt-1), capped at `max`."""
+
+    base: float = 1.0
+    max: float = 600.0
+
+    @classmethod
+    def of(cls, base: timedelta | float = 1.0, max: timedelta | float = 600.0) -> Backoff:  # noqa: A002
+        return cls(_seconds(base, "backoff base"), _seconds(max, "backoff max"))
+
+
+@dataclass(frozen=True)
+class FunctionDef:
+    id: str
+    fn: Callable[[Context], Any]
+    triggers: tuple[Trigger, ...]
+    retries: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @property
+    def event_names(self) -> list[str]:
+        return [t.name for t in self.triggers if isinstance(t, EventTrigger)]
+
+    @property
+    def cron_trigger(self) -> CronTrigger | None:
+        crons = [t for t in self.triggers if isinstance(t, CronTrigger)]
+        return crons[0] if crons else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "triggers": [t.describe() for t in self.triggers],
+            "retries": self.retries,
+            "backoff": {"base": self.backoff.base, "max": self.backoff.max},
+        }
+
+    def source_hash(self) -> str:
+        try:
+            source = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            source = getattr(self.fn, "__qualname__", repr(self.fn))
+        return hashlib.sha256(f"{self.id}\n{source}".encode()).hexdigest()[:16]
+
+
+def make_function(
+    function_id: str,
+    fn: Callable[[Context], Any],
+    trigger: Trigger | Sequence[Trigger] | None,
+    retries: int,
+    backoff: Backoff | None,
+) -> FunctionDef:
+    if not isinstance(function_id, str) or not _ID_RE.match(function_id):
+        raise RegistrationError(
+            f"function id {function_id!r} is invalid; use 1-128 letters, digits and . _ : / -"
+        )
+    triggers: tuple[Trigger, ...]
+    if trigger is None:
+        triggers = ()
+    elif isinstance(trigger, EventTrigger | CronTrigger):
+        triggers = (trigger,)
+    else:
+        triggers = tuple(trigger)
+    for t in triggers:
+        if not isinstance(t, EventTrigger | CronTrigger):
+            raise RegistrationError(
+                f"function {function_id!r}: trigger {t!r} is not event(...) or cron(...)"
+            )
+    if sum(isinstance(t, CronTrigger) for t in triggers) > 1:
+        raise RegistrationError(f"function {function_id!r}: at most one cron trigger")
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        raise RegistrationError(f"function {function_id!r}: retries must be 0-100, got {retries!r}")
+    if len(inspect.signature(fn).parameters) != 1:
+        raise RegistrationError(
+            f"function {function_id!r}: {fn.__qualname__} must take exactly one argument (ctx)"
+        )
+    return FunctionDef(function_id, fn, triggers, retries, backoff or Backoff())

@@ -1,0 +1,1 @@
+"""The daemon: scheduler loop, worker pool, leader duties, one small module each."""

@@ -1,0 +1,267 @@
+"""The daemon: the composition root that wires the services and runs the scheduler loop.
+
+Each pass of the loop ingests new events, claims as many due runs as there are free worker
+slots, and on its own intervals heartbeats, renews leases and (leader only) rescues runs and
+fires cron. It wakes on a LISTEN/NOTIFY hint, on a worker finishing, at the next due time, or
+after `poll_interval` at the latest. Database errors are logged and retried; they never stop
+the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from orchestrator import log as logging
+from orchestrator.app import Orchestrator
+from orchestrator.config import Config
+from orchestrator.db import daemons, functions, migrate, runs
+from orchestrator.db.connect import check_schema
+from orchestrator.db.database import Database, DatabaseError
+from orchestrator.db.session import Session, notify_runs
+from orchestrator.engine.executor import Task
+from orchestrator.runtime.cron import CronScheduler
+from orchestrator.runtime.ingest import Ingester
+from orchestrator.runtime.pool import WorkerPool
+from orchestrator.runtime.rescuer import Rescuer
+
+
+class Interval:
+    """Calls `fn` at most every `seconds` when ticked."""
+
+    def __init__(self, seconds: float, fn: Callable[[], Any]) -> None:
+        self.seconds = seconds
+        self.fn = fn
+        self.next_at = 0.0
+
+    def tick(self, now: float) -> None:
+        if now >= self.next_at:
+            self.next_at = now + self.seconds
+            self.fn()
+
+
+class Daemon:
+    def __init__(self, app: Orchestrator, app_path: str, url: str, config: Config) -> None:
+        self.app = app
+        self.app_path = app_path
+        self.url = url
+        self.cfg = config
+        self.id = str(uuid.uuid4())
+        self.registry = app.functions
+        self.function_ids = sorted(self.registry)
+        self.version = config.version or app.version()
+        self.log = logging.get("daemon", daemon_id=self.id)
+        self.db = Database(url, pool_size=4, application_name="orchestrator-daemon")
+        self.wake = threading.Event()
+        self.stop_requested = threading.Event()
+        self.signals = 0
+        self.next_due_in: float | None = None
+        self.pool = WorkerPool(
+            app_path=app_path, url=url, config=config, on_done=self._on_done,
+            on_crash=self._on_crash, log=self.log,
+        )
+        self.ingester = Ingester(self.db, batch_size=config.ingest_batch_size,
+                                 max_event_bytes=config.max_event_bytes, log=self.log)
+        self.rescuer = Rescuer(self.db, daemon_id=self.id, max_recoveries=config.max_recoveries,
+                               dead_after=config.dead_daemon_after, log=self.log)
+        self.cron = CronScheduler(self.db, self.registry, self.log)
+        self.session: Session | None = None
+        self.intervals = [
+            Interval(config.heartbeat_interval, self._heartbeat),
+            Interval(config.lease_duration / 3, self._renew_leases),
+            Interval(config.rescue_interval, self._leader_duties),
+        ]
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Migrate (or check) the schema and record functions, schedules and this daemon."""
+        if self.cfg.auto_migrate:
+            migrate.upgrade(self.db.engine)
+        else:
+            check_schema(self.db.engine)
+        with self.db.transaction() as conn:
+            for fid, fdef in self.registry.items():
+                desc = fdef.describe()
+                functions.upsert(conn, fid, triggers=desc.pop("triggers"), options=desc,
+                                 version=fdef.source_hash())
+            lock_key = daemons.register(
+                conn, self.id, hostname=socket.gethostname(), pid=os.getpid(),
+                app=self.app_path, version=self.version, workers=self.cfg.workers,
+                concurrency=self.cfg.concurrency,
+            )
+        self.cron.register()
+        self.session = Session(self.url, lock_key=lock_key, on_wake=self.wake.set,
+                               on_error=self._on_session_error,
+                               application_name="orchestrator-session")
+
+    def run(self) -> int:
+        self.prepare()
+        assert self.session is not None
+        self.session.start()
+        self.session.wait_connected(10)
+        self.pool.start()
+        self._install_signals()
+        self.pool.wait_ready(60)
+        self.log.info("daemon serving", app=self.app_path, functions=len(self.registry),
+                      workers=self.cfg.workers, concurrency=self.cfg.concurrency,
+                      version=self.version)
+        self.rescuer.rescue_dead_daemons()
+        self._loop()
+        return self._shutdown()
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        self.stop_requested.set()
+        self.wake.set()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not self.stop_requested.is_set():
+            try:
+                self._pass()
+                backoff = 0.1
+            except DatabaseError as exc:
+                self.log.warning("database error; retrying", error=str(exc).splitlines()[0])
+                self.stop_requested.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.wake.wait(self._timeout())
+            self.wake.clear()
+
+    def _pass(self) -> None:
+        while self.ingester.tick() >= self.cfg.ingest_batch_size:
+            pass
+        self._dispatch()
+        now = time.monotonic()
+        for interval in self.intervals:
+            interval.tick(now)
+
+    def _dispatch(self) -> None:
+        while (free := self.pool.free_slots()) > 0:
+            claimed = self.db.run(
+                lambda conn: runs.claim_due(
+                    conn, owner=self.id, limit=free, lease_seconds=self.cfg.lease_duration,
+                    function_ids=self.function_ids,
+                ),
+                retry_for=0,
+            )
+            self.pool.submit([
+                Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
+                for c in claimed
+            ])
+            if len(claimed) < free:
+                break
+        with self.db.transaction() as conn:
+            self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
+
+    def _timeout(self) -> float:
+        timeout = self.cfg.poll_interval
+        if self.next_due_in is not None:
+            timeout = min(timeout, max(self.next_due_in, 0.0) + 0.001)
+        return max(timeout, 0.001)
+
+    # -- callbacks from the pool (supervisor thread) --------------------------------------
+
+    def _on_done(self, run_id: str, status: str, due_at: datetime | None) -> None:
+        if due_at is not None:
+            due_in = (due_at - datetime.now(UTC)).total_seconds()
+            if self.next_due_in is None or due_in < self.next_due_in:
+                self.next_due_in = due_in
+        self.wake.set()
+
+    def _on_crash(self, worker: int, leases: list[tuple[str, str]]) -> None:
+        try:
+            requeued = self.db.run(
+                lambda conn: _requeue_and_notify(conn, leases, self.cfg.max_recoveries)
+            )
+        except DatabaseError as exc:
+            self.log.error("could not requeue runs of a dead worker; leases will expire",
+                           worker=worker, error=str(exc).splitlines()[0])
+            return
+        for run in requeued:
+            self.log.warning("run requeued after worker crash", run_id=run.id,
+                             function_id=run.function_id, status=run.status, worker=worker)
+        self.wake.set()
+
+    def _on_session_error(self, exc: Exception) -> None:
+        self.log.warning("session connection lost; reconnecting", error=str(exc).splitlines()[0])
+
+    # -- interval duties -----------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        assert self.session is not None
+        status = "stopping" if self.stop_requested.is_set() else "running"
+        with self.db.transaction() as conn:
+            daemons.heartbeat(conn, self.id, is_leader=self.session.is_leader, status=status)
+
+    def _renew_leases(self) -> None:
+        with self.db.transaction() as conn:
+            held = runs.renew_leases(conn, owner=self.id, lease_seconds=self.cfg.lease_duration)
+        lost = self.pool.held_leases() - held
+        if lost:
+            self.log.warning("leases lost; their runs will be fenced", runs=len(lost))
+
+    def _leader_duties(self) -> None:
+        assert self.session is not None
+        if not self.session.is_leader:
+            return
+        if self.rescuer.tick():
+            self.wake.set()
+        if self.cron.tick():
+            self.wake.set()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        grace = self.cfg.shutdown_grace
+        self.log.info("shutting down", in_flight=self.pool.inflight(), grace=grace)
+        self.stop_requested.clear()
+        self.pool.drain()
+        deadline = time.monotonic() + grace
+        renew = self.intervals[1]
+        while self.pool.inflight() and time.monotonic() < deadline and self.signals < 2:
+            self.stop_requested.wait(0.02)
+            self.stop_requested.clear()
+            self._safe(lambda: renew.tick(time.monotonic()))
+        if self.signals >= 2:
+            leases = self.pool.kill()
+        else:
+            leases = self.pool.stop(timeout=max(0.0, deadline - time.monotonic()))
+        if leases:
+            self._safe(lambda: self.db.run(lambda conn: runs.release(conn, leases), retry_for=5))
+            self.log.info("released runs still in flight", runs=len(leases))
+        self._safe(lambda: self.db.run(lambda conn: daemons.mark_stopped(conn, self.id),
+                                       retry_for=5))
+        if self.session is not None:
+            self.session.stop()
+        self.db.dispose()
+        self.log.info("daemon stopped")
+        return 0
+
+    def _safe(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except DatabaseError as exc:
+            self.log.warning("database error during shutdown", error=str(exc).splitlines()[0])
+
+
+def _requeue_and_notify(conn: Any, leases: list[tuple[str, str]], cap: int) -> list[Any]:
+    requeued = runs.requeue_crashed(conn, leases, max_recoveries=cap)
+    if requeued:
+        notify_runs(conn)
+    return requeued

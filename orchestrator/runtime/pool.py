@@ -1,0 +1,217 @@
+"""The worker pool: `workers` processes, each running `concurrency` runs at once.
+
+The pool knows which runs (and lease tokens) each process holds, so when a process dies — an
+`os._exit`, a segfault, an OOM kill — its runs are handed back at once through `on_crash`
+instead of waiting for their leases to expire, and the process is replaced.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.engine.executor import Task
+from orchestrator.runtime.worker import worker_main
+
+_CTX = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    inflight: dict[str, str] = field(default_factory=dict)  # run id -> lease token
+    ready: bool = False
+    eof: bool = False
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        *,
+        app_path: str,
+        url: str,
+        config: Config,
+        on_done: Callable[[str, str, datetime | None], None],
+        on_crash: Callable[[int, list[tuple[str, str]]], None],
+        log: Any,
+    ) -> None:
+        self.app_path = app_path
+        self.url = url
+        self.config = config
+        self.capacity_per_worker = config.concurrency
+        self.on_done = on_done
+        self.on_crash = on_crash
+        self.log = log
+        self._lock = threading.Lock()
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+        self._draining = False
+        self._supervisor = threading.Thread(target=self._supervise, name="pool", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(self.config.workers):
+            self._spawn(index)
+        self._supervisor.start()
+
+    def _spawn(self, index: int) -> None:
+        parent_conn, child_conn = _CTX.Pipe()
+        process = _CTX.Process(
+            target=worker_main,
+            args=(index, self.app_path, self.url, asdict(self.config), child_conn),
+            name=f"orchestrator-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        with self._lock:
+            self._workers[index] = _Worker(index, process, parent_conn)
+        self.log.info("worker started", worker=index, pid=process.pid)
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(w.ready for w in self._workers.values()):
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def drain(self) -> None:
+        """Stop taking work: runs in flight suspend at their next step boundary."""
+        with self._lock:
+            self._draining = True
+            workers = list(self._workers.values())
+        for worker in workers:
+            self._send(worker, ("drain",))
+
+    def stop(self, timeout: float = 5.0) -> list[tuple[str, str]]:
+        """Stop every process (politely, then by force); returns leases still held."""
+        with self._lock:
+            self._stopping = True
+            workers = list(self._workers.values())
+        for worker in workers:
+            self._send(worker, ("stop",))
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(2)
+        self._supervisor.join(2)
+        with self._lock:
+            return [(rid, tok) for w in workers for rid, tok in w.inflight.items()]
+
+    def kill(self) -> list[tuple[str, str]]:
+        """Stop every process at once; returns the leases they held."""
+        with self._lock:
+            self._stopping = True
+            workers = list(self._workers.values())
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+        for worker in workers:
+            worker.process.join(5)
+        with self._lock:
+            return [(rid, tok) for w in workers for rid, tok in w.inflight.items()]
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        with self._lock:
+            if self._draining or self._stopping:
+                return 0
+            return sum(self.capacity_per_worker - len(w.inflight) for w in self._workers.values())
+
+    def inflight(self) -> int:
+        with self._lock:
+            return sum(len(w.inflight) for w in self._workers.values())
+
+    def held_leases(self) -> set[str]:
+        with self._lock:
+            return {rid for w in self._workers.values() for rid in w.inflight}
+
+    def submit(self, tasks: list[Task]) -> None:
+        """Hand tasks to the processes with the most free slots."""
+        for task in tasks:
+            with self._lock:
+                worker = max(self._workers.values(), key=lambda w: -len(w.inflight))
+                worker.inflight[task.run_id] = task.lease_token
+            self._send(worker, ("run", asdict(task)))
+
+    def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):
+            pass  # the process is dying; the supervisor hands its runs back
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping and not any(w.process.is_alive() for w in self._workers.values()):
+                    return
+                waitables: dict[Any, _Worker] = {}
+                for w in self._workers.values():
+                    if not w.eof:
+                        waitables[w.conn] = w
+                    waitables[w.process.sentinel] = w
+            for ready in wait(list(waitables), timeout=0.5):
+                worker = waitables[ready]
+                if ready is worker.conn:
+                    self._receive(worker)
+                else:
+                    self._reap(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                message = worker.conn.recv()
+                self._handle(worker, message)
+        except (EOFError, OSError):
+            worker.eof = True  # the process is exiting; its sentinel fires when it is gone
+
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        if message[0] == "ready":
+            worker.ready = True
+            return
+        _, run_id, status, due = message
+        with self._lock:
+            token = worker.inflight.pop(run_id, None)
+        if status == "abandoned" and token is not None:
+            self.on_crash(worker.index, [(run_id, token)])
+        self.on_done(run_id, status, datetime.fromisoformat(due) if due else None)
+
+    def _reap(self, worker: _Worker) -> None:
+        with self._lock:
+            if self._workers.get(worker.index) is not worker:
+                return
+            if worker.process.is_alive():
+                return
+            del self._workers[worker.index]
+            leases = list(worker.inflight.items())
+            worker.inflight.clear()
+            respawn = not self._stopping
+        worker.process.join(1)
+        code = worker.process.exitcode
+        if not self._stopping:
+            self.log.error("worker died", worker=worker.index, exitcode=code,
+                           runs_in_flight=len(leases))
+        if leases:
+            self.on_crash(worker.index, leases)
+        if respawn:
+            self._spawn(worker.index)
+            if self._draining:
+                self._send(self._workers[worker.index], ("drain",))
