@@ -1,0 +1,49 @@
+# orchestrator — durable execution on Postgres. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+APP    ?= examples.app:app
+
+.DEFAULT_GOAL := help
+.PHONY: help install run migrate test test-fast check lint format bench db-up clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/orchestrator: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/orchestrator ## create .venv and install the package with dev tools
+
+migrate: install ## create or upgrade the schema (embedded Postgres unless configured)
+	$(BIN)/orchestrator migrate
+
+run: migrate ## install, migrate and start the daemon serving the example app
+	$(BIN)/orchestrator run --app $(APP)
+
+test: install ## run the whole test suite against real Postgres
+	$(BIN)/pytest
+
+test-fast: install ## unit and database tests only (no daemon subprocesses)
+	$(BIN)/pytest tests/unit tests/db
+
+check: install ## ruff lint, ruff format --check, mypy --strict
+	$(BIN)/ruff check orchestrator tests migrations bench examples
+	$(BIN)/ruff format --check orchestrator tests migrations bench examples
+	$(BIN)/mypy
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix orchestrator tests migrations bench examples
+	$(BIN)/ruff format orchestrator tests migrations bench examples
+
+bench: install ## run the benchmarks and print their figures
+	$(BIN)/python bench/pickup.py
+
+db-up: install ## start (or reuse) the embedded Postgres and migrate it
+	$(BIN)/orchestrator migrate
+
+clean: ## remove the virtualenv, caches and the embedded database
+	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""Shared fixtures: a real Postgres (ORCHESTRATOR_TEST_DATABASE_URL or the embedded server),
+a migrated template database, and a fresh database cloned from it for each test."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from orchestrator.db import migrate
+from orchestrator.db.connect import embedded_url, libpq_url
+from orchestrator.db.database import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def with_database(url: str, name: str) -> str:
+    return libpq_url(make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+def admin(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(libpq_url(url), autocommit=True)
+
+
+def eventually(
+    check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what or check}: last value {last!r}")
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    if url:
+        return libpq_url(url)
+    return embedded_url(str(ROOT / ".orchestrator" / "test-pgdata"))
+
+
+@pytest.fixture(scope="session")
+def template_name(server_url: str) -> Iterator[str]:
+    """A database migrated to head, cloned by every test (creating it once per session)."""
+    name = f"orchestrator_template_{migrate.head_revision()}_{os.getpid()}"
+    with admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = Database(with_database(server_url, name), pool_size=1)
+    migrate.upgrade(db.engine)
+    db.dispose()
+    yield name
+    with admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(server_url: str, template_name: str) -> Iterator[str]:
+    name = f"orchestrator_test_{uuid.uuid4().hex[:12]}"
+    with admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
+    yield with_database(server_url, name)
+    with admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url, pool_size=4)
+    yield database
+    database.dispose()

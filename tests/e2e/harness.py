@@ -1,0 +1,152 @@
+"""Run the real daemon as a subprocess and observe it as a user would: SQL and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.conftest import ROOT, eventually
+
+APPS_DIR = Path(__file__).resolve().parent / "apps"
+
+
+class DaemonProcess:
+    """`orchestrator run --app tests.e2e.apps.<module>:app` against one test database."""
+
+    def __init__(self, db_url: str, app: str, log_path: Path, **config: Any) -> None:
+        self.db_url = db_url
+        self.app = app
+        self.log_path = log_path
+        self.config = {
+            "workers": 2,
+            "concurrency": 4,
+            "poll_interval": 0.5,
+            "lease_duration": 5,
+            "heartbeat_interval": 0.5,
+            "rescue_interval": 0.5,
+            "dead_daemon_after": 1.5,
+            "shutdown_grace": 10,
+            "log_format": "json",
+        } | config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ORCHESTRATOR_DATABASE_URL"] = self.db_url
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        for key, value in self.config.items():
+            env[f"ORCHESTRATOR_{key.upper()}"] = str(value)
+        return env
+
+    def start(self, *, wait: bool = True) -> DaemonProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "run", "--app", self.app],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_serving()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        def serving() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.logs()}")
+            return '"daemon serving"' in self.logs()
+
+        eventually(serving, timeout=timeout, what="daemon serving")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False
+        ).stdout
+        pids = [int(p) for p in out.split()]
+        # the multiprocessing resource tracker is a child too; workers run worker_main
+        return [p for p in pids if "orchestrator-worker" in _cmdline(p) or _is_worker(p)]
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _is_worker(pid: int) -> bool:
+    cmd = _cmdline(pid)
+    return "multiprocessing.spawn" in cmd and "resource_tracker" not in cmd
+
+
+def sql(db_url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def scalar(db_url: str, query: str, params: Any = None) -> Any:
+    rows = sql(db_url, query, params)
+    return rows[0][0] if rows else None
+
+
+def cli(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=db_url)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"orchestrator {' '.join(args)} failed: {result.stderr}")
+    return result
