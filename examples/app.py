@@ -11,7 +11,7 @@ app = Orchestrator()
 
 
 def create_account(email: str) -> dict[str, Any]:
-    return {"account": email.split("@")[0], "plan": "free"}
+    return {"account": email.split("@", maxsplit=1)[0], "plan": "free"}
 
 
 def send_email(email: str, template: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class Orchestrator:
 
     def function(
         self,
-        id: str,  # noqa: A002 - the public name users know
+        id: str,
         *,
         trigger: Trigger | Sequence[Trigger] | None = None,
         retries: int = 3,
@@ -95,8 +95,9 @@ class Orchestrator:
             if self._db is None:
                 from orchestrator.db.database import Database
 
-                self._db = Database(self.database_url(), pool_size=2,
-                                    application_name="orchestrator-client")
+                self._db = Database(
+                    self.database_url(), pool_size=2, application_name="orchestrator-client"
+                )
             return self._db
 
     def bind(self, url: str) -> None:
@@ -120,15 +121,16 @@ class Orchestrator:
         name: str,
         data: dict[str, Any] | None = None,
         *,
-        id: str | None = None,  # noqa: A002 - the public name users know
+        id: str | None = None,
         ts: datetime | None = None,
     ) -> str:
         """Record an event and return its id. An id seen before is a duplicate: nothing is
         created and the same id is returned."""
         from orchestrator.db import events
 
-        text = validate_event(name, data if data is not None else {}, id,
-                              self.config.max_event_bytes)
+        text = validate_event(
+            name, data if data is not None else {}, id, self.config.max_event_bytes
+        )
         return self._database().run(
             lambda conn: events.insert(conn, name, text, event_id=id, ts=ts)
         )[0]
@@ -147,4 +149,3 @@ def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:
             f"event data must be a JSON object (a dict), got {type(data).__name__}"
         )
     return codec.encode(data, what=f"event '{name}' data", limit=limit)
-

@@ -98,8 +98,11 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     from orchestrator.db.connect import resolve_url
     from orchestrator.db.database import Database
 
-    db = Database(resolve_url(cfg.database_url, cfg.embedded_data_dir), pool_size=1,
-                  application_name="orchestrator-cli")
+    db = Database(
+        resolve_url(cfg.database_url, cfg.embedded_data_dir),
+        pool_size=1,
+        application_name="orchestrator-cli",
+    )
     try:
         if args.command == "migrate":
             from orchestrator.db import migrate
@@ -166,8 +169,13 @@ def _cmd_functions(db: Any, args: argparse.Namespace) -> int:
         print(json.dumps([_plain(r.__dict__) for r in rows], indent=2))
         return 0
     table = [
-        (r.id, ", ".join(_trigger_text(t) for t in r.triggers), r.options.get("retries", ""),
-         r.version, _time(r.updated_at))
+        (
+            r.id,
+            ", ".join(_trigger_text(t) for t in r.triggers),
+            r.options.get("retries", ""),
+            r.version,
+            _time(r.updated_at),
+        )
         for r in rows
     ]
     _print_table(("ID", "TRIGGERS", "RETRIES", "VERSION", "UPDATED"), table)
@@ -178,8 +186,7 @@ def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:
     from orchestrator.db import runs
 
     with db.transaction() as conn:
-        rows = runs.list_runs(conn, status=args.status, function_id=args.function,
-                              limit=args.limit)
+        rows = runs.list_runs(conn, status=args.status, function_id=args.function, limit=args.limit)
     if args.json:
         print(json.dumps([_plain(r.__dict__) for r in rows], indent=2))
         return 0
@@ -204,8 +211,19 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
         out = _plain(run.__dict__) | {"steps": [_plain(s.__dict__) for s in step_rows]}
         print(json.dumps(out, indent=2))
         return 0
-    for key in ("id", "function_id", "status", "event_id", "attempts", "recoveries",
-                "created_at", "started_at", "finished_at", "due_at", "lease_owner"):
+    for key in (
+        "id",
+        "function_id",
+        "status",
+        "event_id",
+        "attempts",
+        "recoveries",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "due_at",
+        "lease_owner",
+    ):
         print(f"{key:<12} {_cell(getattr(run, key))}")
     if run.output is not None:
         print(f"{'output':<12} {_short(json.dumps(run.output))}")
@@ -213,11 +231,18 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
         print(f"{'error':<12} {run.error.get('type')}: {run.error.get('message')}")
     print()
     table = [
-        (s.step_id, s.kind, s.status, s.attempt,
-         _short(json.dumps(s.output)) if s.output is not None else
-         (f"{s.error.get('type')}: {s.error.get('message')}" if s.error else ""),
-         s.duration_ms if s.duration_ms is not None else "", _time(s.wake_at),
-         _time(s.updated_at))
+        (
+            s.step_id,
+            s.kind,
+            s.status,
+            s.attempt,
+            _short(json.dumps(s.output))
+            if s.output is not None
+            else (f"{s.error.get('type')}: {s.error.get('message')}" if s.error else ""),
+            s.duration_ms if s.duration_ms is not None else "",
+            _time(s.wake_at),
+            _time(s.updated_at),
+        )
         for s in step_rows
     ]
     _print_table(("STEP", "KIND", "STATUS", "ATTEMPT", "OUTPUT/ERROR", "MS", "WAKE", "AT"), table)

@@ -20,21 +20,21 @@ def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
     """Return (path, type name) of the first value JSON cannot represent faithfully."""
     if isinstance(value, _JSON_SCALARS):
         return None
+    children: list[tuple[Any, str]]
     if isinstance(value, list):
-        for i, item in enumerate(value):
-            bad = _find_bad(item, f"{path}[{i}]")
-            if bad:
-                return bad
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return (f"{path} key {key!r}", f"{type(key).__name__} key")
-            bad = _find_bad(item, f"{path}.{key}")
-            if bad:
-                return bad
-        return None
-    return (path, type(value).__name__)
+        children = [(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    elif isinstance(value, dict):
+        bad_key = next((k for k in value if not isinstance(k, str)), None)
+        if bad_key is not None:
+            return (f"{path} key {bad_key!r}", f"{type(bad_key).__name__} key")
+        children = [(item, f"{path}.{key}") for key, item in value.items()]
+    else:
+        return (path, type(value).__name__)
+    for item, item_path in children:
+        bad = _find_bad(item, item_path)
+        if bad:
+            return bad
+    return None
 
 
 def encode(value: Any, *, what: str, limit: int | None = None) -> str:
@@ -55,7 +55,9 @@ def encode(value: Any, *, what: str, limit: int | None = None) -> str:
     except ValueError as exc:
         raise PayloadError(f"{what} contains NaN or Infinity, which JSON cannot hold") from exc
     if "\\u0000" in text:
-        raise PayloadError(f"{what} contains a NUL character (\\u0000), which Postgres jsonb rejects")
+        raise PayloadError(
+            f"{what} contains a NUL character (\\u0000), which Postgres jsonb rejects"
+        )
     if limit is not None:
         size = len(text.encode("utf-8"))
         if size > limit:

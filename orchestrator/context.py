@@ -36,8 +36,12 @@ class Event:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Event:
-        return cls(str(obj.get("id", "")), str(obj.get("name", "")), obj.get("data") or {},
-                   str(obj.get("ts", "")))
+        return cls(
+            str(obj.get("id", "")),
+            str(obj.get("name", "")),
+            obj.get("data") or {},
+            str(obj.get("ts", "")),
+        )
 
 
 class Step:

@@ -115,7 +115,7 @@ class StepError(OrchestratorError):
         super().__init__(f"step '{step_id}' failed: {self.error_type}: {self.error_message}")
 
 
-class ControlSignal(BaseException):  # noqa: N818 - a signal, not an error
+class ControlSignal(BaseException):
     """Base of signals thrown through user code; never caught by `except Exception`."""
 
 

@@ -104,7 +104,7 @@ class Backoff:
     max: float = 600.0
 
     @classmethod
-    def of(cls, base: timedelta | float = 1.0, max: timedelta | float = 600.0) -> Backoff:  # noqa: A002
+    def of(cls, base: timedelta | float = 1.0, max: timedelta | float = 600.0) -> Backoff:
         return cls(_seconds(base, "backoff base"), _seconds(max, "backoff max"))
 
 

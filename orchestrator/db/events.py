@@ -85,8 +85,7 @@ def park(conn: Connection, event_id: str, reason: str) -> None:
     """Mark an event ingested with the reason it started nothing."""
     conn.execute(
         text(
-            "UPDATE orchestrator.events SET ingested_at = now(), error = :p_reason "
-            "WHERE id = :p_id"
+            "UPDATE orchestrator.events SET ingested_at = now(), error = :p_reason WHERE id = :p_id"
         ),
         {"p_id": event_id, "p_reason": reason},
     )

@@ -123,7 +123,11 @@ def claim_due_schedules(conn: Connection, function_ids: list[str]) -> list[DueSc
 
 
 def mark_fired(
-    conn: Connection, function_id: str, *, fired_at: datetime, next_fire_at: datetime,
+    conn: Connection,
+    function_id: str,
+    *,
+    fired_at: datetime,
+    next_fire_at: datetime,
     run_id: str | None,
 ) -> None:
     conn.execute(

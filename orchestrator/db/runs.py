@@ -145,7 +145,8 @@ def renew_leases(conn: Connection, *, owner: str, lease_seconds: float) -> set[s
     """Extend every lease `owner` holds; returns the ids it still holds."""
     rows = conn.execute(
         text(
-            "UPDATE orchestrator.runs SET lease_expires_at = now() + make_interval(secs => :p_lease) "
+            "UPDATE orchestrator.runs "
+            "SET lease_expires_at = now() + make_interval(secs => :p_lease) "
             "WHERE status = 'running' AND lease_owner = CAST(:p_owner AS uuid) RETURNING id::text"
         ),
         {"p_owner": owner, "p_lease": lease_seconds},
@@ -273,7 +274,8 @@ def suspend(
     return conn.execute(
         text(
             "UPDATE orchestrator.runs SET status = :p_status, "
-            "due_at = coalesce(CAST(:p_until AS timestamptz), now() + make_interval(secs => :p_delay)), "
+            "due_at = coalesce(CAST(:p_until AS timestamptz), "
+            "                  now() + make_interval(secs => :p_delay)), "
             "updated_at = now(), "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
             "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "

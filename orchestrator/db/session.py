@@ -13,13 +13,19 @@ import time
 from collections.abc import Callable
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import Connection, text
 
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.daemons import DAEMON_LOCK_CLASS, LEADER_LOCK
 
 CHANNELS = ("orchestrator_events", "orchestrator_runs")
-_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 
 def notify_runs(conn: Connection) -> None:
@@ -37,7 +43,7 @@ class Session:
         on_error: Callable[[Exception], None],
         application_name: str = "orchestrator-session",
     ) -> None:
-        self._url = libpq_url(url)
+        self._url = make_conninfo(libpq_url(url), **_KEEPALIVE)
         self._lock_key = lock_key
         self._on_wake = on_wake
         self._on_error = on_error
@@ -70,8 +76,10 @@ class Session:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self._url, autocommit=True, application_name=self._app_name,
-                    connect_timeout=5, **_KEEPALIVE,
+                    self._url,
+                    autocommit=True,
+                    application_name=self._app_name,
+                    connect_timeout=5,
                 ) as conn:
                     self._serve(conn)
                     return

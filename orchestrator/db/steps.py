@@ -56,8 +56,10 @@ _UPSERT_TAIL = """
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
         duration_ms = EXCLUDED.duration_ms, updated_at = now()
 """
-_INSERT = "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, " \
+_INSERT = (
+    "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, "
     "output, error, wake_at, duration_ms)"
+)
 
 # FOR SHARE conflicts with the UPDATE a rescue makes, so either this checkpoint commits before
 # the rescue (and the new owner replays it) or it sees the new token and writes nothing.

@@ -103,8 +103,9 @@ class Execution:
 
     # -- step.run ------------------------------------------------------------------------
 
-    def run_step(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
+    def run_step(
+        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         sid, position = self.next_id(step_id)
         row = self._recorded(sid, "run")
         if row is not None and row.status == "completed":
@@ -121,23 +122,38 @@ class Execution:
                 value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
             )
         except Exception as exc:
-            return self._step_failed(sid, position, attempt, exc, started, log)
+            return self._step_failed(sid, position, attempt, exc, started=started, log=log)
         self.store.checkpoint(
             self.lease,
-            StepRecord(sid, position, "run", "completed", attempt, output_json=text,
-                       duration_ms=_ms(started)),
+            StepRecord(
+                sid,
+                position,
+                "run",
+                "completed",
+                attempt,
+                output_json=text,
+                duration_ms=_ms(started),
+            ),
         )
         log.debug("step completed", duration_ms=_ms(started), output_bytes=len(text))
         return decoded
 
-    def _step_failed(self, sid: str, position: int, attempt: int, exc: Exception,
-                     started: float, log: Any) -> Any:
+    def _step_failed(
+        self, sid: str, position: int, attempt: int, exc: Exception, *, started: float, log: Any
+    ) -> Any:
         error = error_dict(exc)
         retriable = not isinstance(exc, PayloadError)
-        delay = retry_delay(exc, self.fdef.backoff, attempt, self.fdef.retries) if retriable else None
+        delay = (
+            retry_delay(exc, self.fdef.backoff, attempt, self.fdef.retries) if retriable else None
+        )
         record = StepRecord(
-            sid, position, "run", "failed" if delay is None else "retrying", attempt,
-            error_json=json.dumps(error), duration_ms=_ms(started),
+            sid,
+            position,
+            "run",
+            "failed" if delay is None else "retrying",
+            attempt,
+            error_json=json.dumps(error),
+            duration_ms=_ms(started),
         )
         if delay is None:
             self.store.checkpoint(self.lease, record)
@@ -150,8 +166,9 @@ class Execution:
 
     # -- step.sleep ----------------------------------------------------------------------
 
-    def sleep(self, step_id: str, *, seconds: float | None = None,
-              until: datetime | None = None) -> None:
+    def sleep(
+        self, step_id: str, *, seconds: float | None = None, until: datetime | None = None
+    ) -> None:
         sid, position = self.next_id(step_id)
         row = self._recorded(sid, "sleep")
         if row is not None and row.status == "completed":
@@ -161,8 +178,9 @@ class Execution:
         elif seconds is not None and seconds <= 0:
             until, seconds = self.db_now(), None
         if until is not None and until <= self.db_now():
-            self.store.checkpoint(self.lease, StepRecord(sid, position, "sleep", "completed", 1,
-                                                         wake_at=until))
+            self.store.checkpoint(
+                self.lease, StepRecord(sid, position, "sleep", "completed", 1, wake_at=until)
+            )
             return
         self._boundary()
         record = StepRecord(sid, position, "sleep", "sleeping", 1)

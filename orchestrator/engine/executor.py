@@ -13,7 +13,7 @@ from orchestrator.context import Context, Event, Step
 from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.retry import error_dict
 from orchestrator.engine.store import Lease, RunStore
-from orchestrator.errors import LeaseLost, PayloadError, StepError, Suspend
+from orchestrator.errors import LeaseLost, StepError, Suspend
 from orchestrator.functions import FunctionDef
 
 
@@ -66,27 +66,38 @@ def execute(
         step=Step(execution, task.run_id),
     )
     try:
-        try:
-            value = fdef.fn(ctx)
-        except Suspend:
-            return Outcome(task.run_id, "suspended", execution.suspended_until)
-        except StepError as exc:
-            return _fail(store, lease, execution, exc.error, log)
-        except Exception as exc:
-            return _fail(store, lease, execution, error_dict(exc), log)
-        if execution.fatal is not None:
-            return _fail(store, lease, execution, error_dict(execution.fatal), log)
-        try:
-            text = codec.encode(value, what=f"function '{fdef.id}' return value",
-                                limit=limits.max_step_output_bytes)
-        except PayloadError as exc:
-            return _fail(store, lease, execution, error_dict(exc), log)
-        store.finish(lease, status="completed", output_json=text, error_json=None)
-        log.info("run completed")
-        return Outcome(task.run_id, "completed")
+        return _drive(fdef, ctx, execution, store=store, limits=limits, log=log)
     except LeaseLost as exc:
         log.warning("lease lost; abandoning run", reason=str(exc))
         return Outcome(task.run_id, "lease_lost")
+
+
+def _drive(
+    fdef: FunctionDef,
+    ctx: Context,
+    execution: Execution,
+    *,
+    store: RunStore,
+    limits: Limits,
+    log: Any,
+) -> Outcome:
+    lease = execution.lease
+    try:
+        value = fdef.fn(ctx)
+        text = codec.encode(
+            value, what=f"function '{fdef.id}' return value", limit=limits.max_step_output_bytes
+        )
+    except Suspend:
+        return Outcome(lease.run_id, "suspended", execution.suspended_until)
+    except StepError as exc:
+        return _fail(store, lease, execution, exc.error, log)
+    except Exception as exc:
+        return _fail(store, lease, execution, error_dict(exc), log)
+    if execution.fatal is not None:
+        return _fail(store, lease, execution, error_dict(execution.fatal), log)
+    store.finish(lease, status="completed", output_json=text, error_json=None)
+    log.info("run completed")
+    return Outcome(lease.run_id, "completed")
 
 
 def _fail(

@@ -20,12 +20,10 @@ def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = No
     """
     nominal = min(backoff.max, backoff.base * 2 ** max(attempt - 1, 0))
     rng = rng or random.Random()
-    return nominal / 2 + rng.uniform(0, nominal / 2)
+    return float(nominal / 2 + rng.uniform(0, nominal / 2))
 
 
-def retry_delay(
-    exc: BaseException, backoff: Backoff, attempt: int, retries: int
-) -> float | None:
+def retry_delay(exc: BaseException, backoff: Backoff, attempt: int, retries: int) -> float | None:
     """Seconds until the next attempt, or None when the step fails for good."""
     if isinstance(exc, NonRetriableError) or getattr(exc, "non_retriable", False):
         return None

@@ -81,4 +81,3 @@ class RunStore:
             lambda conn: runs.release(conn, [(lease.run_id, lease.token)]),
             retry_for=self.retry_for,
         )
-

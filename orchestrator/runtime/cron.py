@@ -27,7 +27,10 @@ class CronScheduler:
             now = functions.db_now(conn)
             for fid, trigger in self.crons.items():
                 functions.upsert_schedule(
-                    conn, fid, cron=trigger.expr, tz=trigger.tz or "UTC",
+                    conn,
+                    fid,
+                    cron=trigger.expr,
+                    tz=trigger.tz or "UTC",
                     next_fire_at=trigger.next_after(now),
                 )
 
@@ -50,13 +53,16 @@ class CronScheduler:
                     conn, [runs.NewRun(due.function_id, [payload], idempotency_key=f"cron:{stamp}")]
                 )
                 functions.mark_fired(
-                    conn, due.function_id, fired_at=tick_at,
+                    conn,
+                    due.function_id,
+                    fired_at=tick_at,
                     next_fire_at=trigger.next_after(due.now),
                     run_id=created[0] if created else None,
                 )
                 fired += len(created)
-                self.log.info("cron fired", function_id=due.function_id, tick=stamp,
-                              created=bool(created))
+                self.log.info(
+                    "cron fired", function_id=due.function_id, tick=stamp, created=bool(created)
+                )
             if fired:
                 notify_runs(conn)
         return fired

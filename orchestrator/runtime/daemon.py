@@ -65,13 +65,26 @@ class Daemon:
         self.signals = 0
         self.next_due_in: float | None = None
         self.pool = WorkerPool(
-            app_path=app_path, url=url, config=config, on_done=self._on_done,
-            on_crash=self._on_crash, log=self.log,
+            app_path=app_path,
+            url=url,
+            config=config,
+            on_done=self._on_done,
+            on_crash=self._on_crash,
+            log=self.log,
         )
-        self.ingester = Ingester(self.db, batch_size=config.ingest_batch_size,
-                                 max_event_bytes=config.max_event_bytes, log=self.log)
-        self.rescuer = Rescuer(self.db, daemon_id=self.id, max_recoveries=config.max_recoveries,
-                               dead_after=config.dead_daemon_after, log=self.log)
+        self.ingester = Ingester(
+            self.db,
+            batch_size=config.ingest_batch_size,
+            max_event_bytes=config.max_event_bytes,
+            log=self.log,
+        )
+        self.rescuer = Rescuer(
+            self.db,
+            daemon_id=self.id,
+            max_recoveries=config.max_recoveries,
+            dead_after=config.dead_daemon_after,
+            log=self.log,
+        )
         self.cron = CronScheduler(self.db, self.registry, self.log)
         self.session: Session | None = None
         self.intervals = [
@@ -91,17 +104,31 @@ class Daemon:
         with self.db.transaction() as conn:
             for fid, fdef in self.registry.items():
                 desc = fdef.describe()
-                functions.upsert(conn, fid, triggers=desc.pop("triggers"), options=desc,
-                                 version=fdef.source_hash())
+                functions.upsert(
+                    conn,
+                    fid,
+                    triggers=desc.pop("triggers"),
+                    options=desc,
+                    version=fdef.source_hash(),
+                )
             lock_key = daemons.register(
-                conn, self.id, hostname=socket.gethostname(), pid=os.getpid(),
-                app=self.app_path, version=self.version, workers=self.cfg.workers,
+                conn,
+                self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                app=self.app_path,
+                version=self.version,
+                workers=self.cfg.workers,
                 concurrency=self.cfg.concurrency,
             )
         self.cron.register()
-        self.session = Session(self.url, lock_key=lock_key, on_wake=self.wake.set,
-                               on_error=self._on_session_error,
-                               application_name="orchestrator-session")
+        self.session = Session(
+            self.url,
+            lock_key=lock_key,
+            on_wake=self.wake.set,
+            on_error=self._on_session_error,
+            application_name="orchestrator-session",
+        )
 
     def run(self) -> int:
         self.prepare()
@@ -111,9 +138,14 @@ class Daemon:
         self.pool.start()
         self._install_signals()
         self.pool.wait_ready(60)
-        self.log.info("daemon serving", app=self.app_path, functions=len(self.registry),
-                      workers=self.cfg.workers, concurrency=self.cfg.concurrency,
-                      version=self.version)
+        self.log.info(
+            "daemon serving",
+            app=self.app_path,
+            functions=len(self.registry),
+            workers=self.cfg.workers,
+            concurrency=self.cfg.concurrency,
+            version=self.version,
+        )
         self.rescuer.rescue_dead_daemons()
         self._loop()
         return self._shutdown()
@@ -155,15 +187,20 @@ class Daemon:
         while (free := self.pool.free_slots()) > 0:
             claimed = self.db.run(
                 lambda conn: runs.claim_due(
-                    conn, owner=self.id, limit=free, lease_seconds=self.cfg.lease_duration,
+                    conn,
+                    owner=self.id,
+                    limit=free,
+                    lease_seconds=self.cfg.lease_duration,
                     function_ids=self.function_ids,
                 ),
                 retry_for=0,
             )
-            self.pool.submit([
-                Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
-                for c in claimed
-            ])
+            self.pool.submit(
+                [
+                    Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
+                    for c in claimed
+                ]
+            )
             if len(claimed) < free:
                 break
         with self.db.transaction() as conn:
@@ -190,12 +227,20 @@ class Daemon:
                 lambda conn: _requeue_and_notify(conn, leases, self.cfg.max_recoveries)
             )
         except DatabaseError as exc:
-            self.log.error("could not requeue runs of a dead worker; leases will expire",
-                           worker=worker, error=str(exc).splitlines()[0])
+            self.log.error(
+                "could not requeue runs of a dead worker; leases will expire",
+                worker=worker,
+                error=str(exc).splitlines()[0],
+            )
             return
         for run in requeued:
-            self.log.warning("run requeued after worker crash", run_id=run.id,
-                             function_id=run.function_id, status=run.status, worker=worker)
+            self.log.warning(
+                "run requeued after worker crash",
+                run_id=run.id,
+                function_id=run.function_id,
+                status=run.status,
+                worker=worker,
+            )
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:
@@ -245,8 +290,9 @@ class Daemon:
         if leases:
             self._safe(lambda: self.db.run(lambda conn: runs.release(conn, leases), retry_for=5))
             self.log.info("released runs still in flight", runs=len(leases))
-        self._safe(lambda: self.db.run(lambda conn: daemons.mark_stopped(conn, self.id),
-                                       retry_for=5))
+        self._safe(
+            lambda: self.db.run(lambda conn: daemons.mark_stopped(conn, self.id), retry_for=5)
+        )
         if self.session is not None:
             self.session.stop()
         self.db.dispose()

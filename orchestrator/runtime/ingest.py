@@ -48,8 +48,10 @@ class Ingester:
             accepted: list[str] = []
             for ev in pending:
                 if ev.size > self.max_event_bytes:
-                    reason = (f"event data is {ev.size} bytes, over max_event_bytes "
-                              f"({self.max_event_bytes}); nothing was started")
+                    reason = (
+                        f"event data is {ev.size} bytes, over max_event_bytes "
+                        f"({self.max_event_bytes}); nothing was started"
+                    )
                     events.park(conn, ev.id, reason)
                     self.log.warning("event parked", event_id=ev.id, size=ev.size)
                     continue

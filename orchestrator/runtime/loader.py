@@ -28,7 +28,9 @@ def load_app(path: str) -> Orchestrator:
             ) from None
         raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:
-        raise AppLoadError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise AppLoadError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     app = getattr(module, attr, None)
     if app is None:
         raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}")

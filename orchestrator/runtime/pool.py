@@ -7,6 +7,7 @@ instead of waiting for their leases to expire, and the process is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -151,10 +152,9 @@ class WorkerPool:
             self._send(worker, ("run", asdict(task)))
 
     def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        try:
+        # a dying process refuses messages; the supervisor hands its runs back
+        with contextlib.suppress(OSError, ValueError):
             worker.conn.send(message)
-        except (OSError, ValueError):
-            pass  # the process is dying; the supervisor hands its runs back
 
     # -- supervision ---------------------------------------------------------------------
 
@@ -207,8 +207,9 @@ class WorkerPool:
         worker.process.join(1)
         code = worker.process.exitcode
         if not self._stopping:
-            self.log.error("worker died", worker=worker.index, exitcode=code,
-                           runs_in_flight=len(leases))
+            self.log.error(
+                "worker died", worker=worker.index, exitcode=code, runs_in_flight=len(leases)
+            )
         if leases:
             self.on_crash(worker.index, leases)
         if respawn:

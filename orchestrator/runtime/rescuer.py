@@ -32,15 +32,20 @@ class Rescuer:
             if expired:
                 notify_runs(conn)
         for run in expired:
-            self.log.warning("lease expired; run requeued", run_id=run.id,
-                             function_id=run.function_id, status=run.status)
+            self.log.warning(
+                "lease expired; run requeued",
+                run_id=run.id,
+                function_id=run.function_id,
+                status=run.status,
+            )
         return rescued + len(expired)
 
     def rescue_dead_daemons(self) -> int:
         total = 0
         with self.db.transaction() as conn:
             candidates = [
-                d for d in daemons.list_live(conn)
+                d
+                for d in daemons.list_live(conn)
                 if d.id != self.daemon_id and d.heartbeat_age > self.dead_after
             ]
         for daemon in candidates:
@@ -54,6 +59,11 @@ class Rescuer:
                 if requeued:
                     notify_runs(conn)
             total += len(requeued)
-            self.log.warning("daemon is gone; its runs were requeued", dead_daemon=daemon.id,
-                             hostname=daemon.hostname, pid=daemon.pid, runs=len(requeued))
+            self.log.warning(
+                "daemon is gone; its runs were requeued",
+                dead_daemon=daemon.id,
+                hostname=daemon.hostname,
+                pid=daemon.pid,
+                runs=len(requeued),
+            )
         return total

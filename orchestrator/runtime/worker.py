@@ -51,8 +51,9 @@ def worker_main(index: int, app_path: str, url: str, config: dict[str, Any], con
 
 
 class Worker:
-    def __init__(self, functions: dict[str, Any], store: RunStore, cfg: Config, conn: Any,
-                 log: Any) -> None:
+    def __init__(
+        self, functions: dict[str, Any], store: RunStore, cfg: Config, conn: Any, log: Any
+    ) -> None:
         self.functions = functions
         self.store = store
         self.cfg = cfg
@@ -99,8 +100,9 @@ class Worker:
             self.log.error("function not in this worker's app", function_id=task.function_id)
             return Outcome(task.run_id, "abandoned")
         try:
-            return execute(task, fdef, self.store, limits=self.limits, draining=self.draining,
-                           log=self.log)
+            return execute(
+                task, fdef, self.store, limits=self.limits, draining=self.draining, log=self.log
+            )
         except Exception:
             self.log.exception("execution abandoned", run_id=task.run_id)
             return Outcome(task.run_id, "abandoned")
