@@ -21,7 +21,7 @@ def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
     if isinstance(value, _JSON_SCALARS):
         return None
     children: list[tuple[Any, str]]
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # a tuple is stored (and replayed) as a list
         children = [(item, f"{path}[{i}]") for i, item in enumerate(value)]
     elif isinstance(value, dict):
         bad_key = next((k for k in value if not isinstance(k, str)), None)

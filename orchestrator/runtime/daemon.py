@@ -168,7 +168,13 @@ class Daemon:
                 self._pass()
                 backoff = 0.1
             except DatabaseError as exc:
-                self.log.warning("database error; retrying", error=str(exc).splitlines()[0])
+                self.log.warning("database error; retrying", error=_first_line(exc))
+                self.stop_requested.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:
+                # a bug in one pass must not take the daemon (and every run it serves) down
+                self.log.exception("scheduler pass failed; retrying")
                 self.stop_requested.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -230,7 +236,7 @@ class Daemon:
             self.log.error(
                 "could not requeue runs of a dead worker; leases will expire",
                 worker=worker,
-                error=str(exc).splitlines()[0],
+                error=_first_line(exc),
             )
             return
         for run in requeued:
@@ -244,7 +250,7 @@ class Daemon:
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:
-        self.log.warning("session connection lost; reconnecting", error=str(exc).splitlines()[0])
+        self.log.warning("session connection lost; reconnecting", error=_first_line(exc))
 
     # -- interval duties -----------------------------------------------------------------
 
@@ -303,7 +309,7 @@ class Daemon:
         try:
             fn()
         except DatabaseError as exc:
-            self.log.warning("database error during shutdown", error=str(exc).splitlines()[0])
+            self.log.warning("database error during shutdown", error=_first_line(exc))
 
 
 def _requeue_and_notify(conn: Any, leases: list[tuple[str, str]], cap: int) -> list[Any]:
@@ -311,3 +317,8 @@ def _requeue_and_notify(conn: Any, leases: list[tuple[str, str]], cap: int) -> l
     if requeued:
         notify_runs(conn)
     return requeued
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.db import events
+from orchestrator.db.database import Database, IntegrityError
+from tests.db.helpers import execute
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_insert__duplicate_id_creates_nothing(db: Database) -> None:
+    with db.transaction() as conn:
+        assert events.insert(conn, "a", '{"x": 1}', event_id="e-1", ts=None) == ("e-1", True)
+        assert events.insert(conn, "a", '{"x": 2}', event_id="e-1", ts=None) == ("e-1", False)
+        row = events.get(conn, "e-1")
+    assert row is not None and row.data == {"x": 1}
+
+
+def test_insert__generates_an_id_when_none_given(db: Database) -> None:
+    with db.transaction() as conn:
+        event_id, created = events.insert(conn, "a", "{}", event_id=None, ts=None)
+    assert created and len(event_id) == 36
+
+
+@pytest.mark.parametrize("data", ["[1, 2]", '"text"', "null", "42"])
+def test_sql_insert__non_object_data_is_rejected(db: Database, data: str) -> None:
+    with pytest.raises(IntegrityError, match="events_data_is_object"):
+        execute(db, f"INSERT INTO orchestrator.events (name, data) VALUES ('a', '{data}')")
+
+
+def test_sql_insert__empty_name_is_rejected(db: Database) -> None:
+    with pytest.raises(IntegrityError, match="events_name_length"):
+        execute(db, "INSERT INTO orchestrator.events (name, data) VALUES ('', '{}')")
+
+
+def test_claim_pending__oldest_first_and_skips_locked(db: Database) -> None:
+    for i in range(5):
+        execute(db, "INSERT INTO orchestrator.events (id, name) VALUES (:i, 'a')", i=f"e{i}")
+    with db.transaction() as a, db.transaction() as b:
+        first = events.claim_pending(a, 3)
+        second = events.claim_pending(b, 3)
+    assert [e.id for e in first] == ["e0", "e1", "e2"]
+    assert [e.id for e in second] == ["e3", "e4"]
+
+
+def test_park_and_mark_ingested__leave_pending_empty(db: Database) -> None:
+    for i in range(2):
+        execute(db, "INSERT INTO orchestrator.events (id, name) VALUES (:i, 'a')", i=f"e{i}")
+    with db.transaction() as conn:
+        events.park(conn, "e0", "too big")
+        events.mark_ingested(conn, ["e1"])
+    with db.transaction() as conn:
+        assert events.claim_pending(conn, 10) == []
+        parked = events.get(conn, "e0")
+    assert parked is not None and parked.error == "too big" and parked.ingested_at is not None
+
+
+def test_insert__notifies_listeners_once_per_statement(db: Database, db_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN orchestrator_events")
+        execute(db, "INSERT INTO orchestrator.events (name) SELECT 'a' FROM generate_series(1, 50)")
+        got = list(listener.notifies(timeout=2, stop_after=2))
+    assert len(got) == 1

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator.db import runs, steps
+from orchestrator.db.database import Database
+from tests.db.helpers import claim, execute, queue_runs
+
+pytestmark = pytest.mark.timeout(60)
+OWNER = str(uuid.uuid4())
+
+
+def test_create_many__idempotency_key_creates_once(db: Database) -> None:
+    new = [runs.NewRun("f", [{"a": 1}], event_id="e1", idempotency_key="event:e1")]
+    with db.transaction() as conn:
+        first = runs.create_many(conn, new)
+        second = runs.create_many(conn, new + new)
+    assert len(first) == 1
+    assert second == []
+    assert execute(db, "SELECT count(*) FROM orchestrator.runs")[0][0] == 1
+
+
+def test_claim__leases_due_runs_oldest_first(db: Database) -> None:
+    ids = queue_runs(db, 3)
+    for age, rid in enumerate(ids):  # ids[0] has been due longest
+        execute(db, "UPDATE orchestrator.runs SET due_at = now() - make_interval(secs => :s) "
+                    "WHERE id = CAST(:i AS uuid)", s=10 - age, i=rid)
+    claimed = claim(db, OWNER, limit=2)
+    assert [c.id for c in claimed] == ids[:2]
+    row = execute(db, "SELECT status, lease_owner::text, attempts FROM orchestrator.runs "
+                      "WHERE id = CAST(:i AS uuid)", i=claimed[0].id)[0]
+    assert row == ("running", OWNER, 1)
+    assert all(c.lease_token for c in claimed)
+
+
+def test_claim__skips_runs_not_yet_due_and_unknown_functions(db: Database) -> None:
+    queue_runs(db, 1, function_id="other")
+    [later] = queue_runs(db, 1)
+    execute(db, "UPDATE orchestrator.runs SET due_at = now() + interval '1 hour' "
+                "WHERE id = CAST(:i AS uuid)", i=later)
+    assert claim(db, OWNER) == []
+
+
+def test_claim__two_connections_claim_disjoint_rows(db: Database) -> None:
+    queue_runs(db, 10)
+    with db.transaction() as a, db.transaction() as b:
+        first = runs.claim_due(a, owner=OWNER, limit=6, lease_seconds=30, function_ids=["f"])
+        second = runs.claim_due(b, owner=OWNER, limit=6, lease_seconds=30, function_ids=["f"])
+    assert len(first) == 6
+    assert len(second) == 4
+    assert not {c.id for c in first} & {c.id for c in second}
+
+
+def test_claim__uses_the_partial_due_index(db: Database) -> None:
+    queue_runs(db, 2000)
+    execute(db, "UPDATE orchestrator.runs SET status = 'completed' "
+                "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 1950)")
+    execute(db, "ANALYZE orchestrator.runs")
+    params = {"p_owner": OWNER, "p_limit": 10, "p_lease": 30.0, "p_fids": ["f"]}
+    with db.transaction() as conn:
+        plan = conn.execute(text("EXPLAIN " + runs._CLAIM.text), params).all()
+    text_plan = "\n".join(r[0] for r in plan)
+    assert "runs_due" in text_plan, text_plan
+
+
+def test_checkpoint__fenced_by_lease_token(db: Database) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    record = steps.StepRecord("s", 0, "run", "completed", 1, output_json=json.dumps({"x": 1}))
+    with db.transaction() as conn:
+        assert not steps.checkpoint(conn, run.id, str(uuid.uuid4()), record)
+    with db.transaction() as conn:
+        assert steps.checkpoint(conn, run.id, run.lease_token, record)
+    with db.transaction() as conn:
+        [row] = steps.load(conn, run.id)
+    assert (row.step_id, row.status, row.output) == ("s", "completed", {"x": 1})
+
+
+def test_finish__rejected_after_rescue(db: Database) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER, lease=0.001)
+    execute(db, "SELECT pg_sleep(0.01)")
+    with db.transaction() as conn:
+        rescued = runs.rescue_expired(conn, max_recoveries=5)
+    assert [r.id for r in rescued] == [run.id]
+    with db.transaction() as conn:
+        assert not runs.finish(conn, run.id, run.lease_token, status="completed",
+                               output_json="1")
+    row = execute(db, "SELECT status, recoveries, lease_token FROM orchestrator.runs")[0]
+    assert row == ("queued", 1, None)
+
+
+def test_rescue__fails_run_past_recovery_cap(db: Database) -> None:
+    queue_runs(db, 1)
+    execute(db, "UPDATE orchestrator.runs SET recoveries = 2")
+    claim(db, OWNER, lease=0.001)
+    execute(db, "SELECT pg_sleep(0.01)")
+    with db.transaction() as conn:
+        [rescued] = runs.rescue_expired(conn, max_recoveries=2)
+    assert rescued.status == "failed"
+    status, error = execute(db, "SELECT status, error FROM orchestrator.runs")[0]
+    assert status == "failed"
+    assert error["code"] == "recovery_cap"
+    assert "3 times" in error["message"]
+
+
+def test_rescue__leaves_live_leases_alone(db: Database) -> None:
+    queue_runs(db, 1)
+    claim(db, OWNER, lease=60)
+    with db.transaction() as conn:
+        assert runs.rescue_expired(conn, max_recoveries=5) == []
+
+
+def test_requeue_crashed__matches_token_not_just_id(db: Database) -> None:
+    queue_runs(db, 2)
+    a, b = claim(db, OWNER)
+    with db.transaction() as conn:
+        requeued = runs.requeue_crashed(
+            conn, [(a.id, a.lease_token), (b.id, str(uuid.uuid4()))], max_recoveries=5
+        )
+    assert [r.id for r in requeued] == [a.id]
+    statuses = dict(execute(db, "SELECT id::text, status FROM orchestrator.runs"))
+    assert statuses == {a.id: "queued", b.id: "running"}
+
+
+def test_release__does_not_count_a_recovery(db: Database) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    with db.transaction() as conn:
+        runs.release(conn, [(run.id, run.lease_token)])
+    assert execute(db, "SELECT status, recoveries FROM orchestrator.runs")[0] == ("queued", 0)
+
+
+def test_rescue_owner__requeues_only_that_daemons_runs(db: Database) -> None:
+    queue_runs(db, 2)
+    other = str(uuid.uuid4())
+    [mine] = claim(db, OWNER, limit=1)
+    [theirs] = claim(db, other, limit=1)
+    with db.transaction() as conn:
+        requeued = runs.rescue_owner(conn, owner=other, max_recoveries=5)
+    assert [r.id for r in requeued] == [theirs.id]
+    assert mine.id != theirs.id
+
+
+def test_suspend__releases_lease_and_sets_due_time(db: Database) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    with db.transaction() as conn:
+        due = runs.suspend(conn, run.id, run.lease_token, status="sleeping", delay_seconds=3600)
+    assert due is not None
+    row = execute(db, "SELECT status, lease_owner, extract(epoch FROM due_at - now()) "
+                      "FROM orchestrator.runs")[0]
+    assert row[0] == "sleeping"
+    assert row[1] is None
+    assert 3500 < float(row[2]) <= 3600
+    with db.transaction() as conn:
+        assert runs.suspend(conn, run.id, run.lease_token, status="sleeping") is None
+
+
+def test_seconds_until_next_due(db: Database) -> None:
+    with db.transaction() as conn:
+        assert runs.seconds_until_next_due(conn, ["f"]) is None
+    [rid] = queue_runs(db, 1)
+    execute(db, "UPDATE orchestrator.runs SET due_at = now() + interval '10 seconds'")
+    with db.transaction() as conn:
+        due_in = runs.seconds_until_next_due(conn, ["f"])
+    assert due_in is not None and 9 < due_in <= 10
+    assert rid
+
+
+def test_get__by_id_and_unambiguous_prefix(db: Database) -> None:
+    [rid] = queue_runs(db, 1)
+    with db.transaction() as conn:
+        assert runs.get(conn, rid).id == rid
+        assert runs.get(conn, rid[:8]).id == rid
+        assert runs.get(conn, "not-hex'; DROP TABLE x; --") is None
+        assert runs.get(conn, str(uuid.uuid4())) is None
+
+
+def test_list_runs__filters(db: Database) -> None:
+    queue_runs(db, 3)
+    queue_runs(db, 2, function_id="g")
+    with db.transaction() as conn:
+        assert len(runs.list_runs(conn)) == 5
+        assert len(runs.list_runs(conn, function_id="g")) == 2
+        assert len(runs.list_runs(conn, status="completed")) == 0
+        assert len(runs.list_runs(conn, limit=1)) == 1

@@ -1,0 +1,130 @@
+"""Retries end to end: back-off, NonRetriableError, StepError compensation, RetryAfterError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from tests.conftest import eventually
+from tests.e2e.harness import scalar, sql
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+APP = "tests.e2e.apps.retries:app"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def send(url: str, name: str, data: dict[str, Any] | None = None) -> str:
+    return scalar(
+        url,
+        "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s) RETURNING id",
+        (name, Jsonb(data or {})),
+    )
+
+
+def finished_run(url: str, event_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    def check() -> list[tuple[Any, ...]]:
+        return sql(
+            url,
+            "SELECT id::text, status, output, error FROM orchestrator.runs "
+            "WHERE event_id = %s AND status = ANY(%s)",
+            (event_id, list(TERMINAL)),
+        )
+
+    rows = eventually(check, timeout=timeout, what=f"run of event {event_id} finished")
+    run_id, status, output, error = rows[0]
+    return {"id": run_id, "status": status, "output": output, "error": error}
+
+
+def steps(url: str, run_id: str) -> dict[str, dict[str, Any]]:
+    rows = sql(
+        url,
+        "SELECT step_id, status, attempt, output, error FROM orchestrator.steps "
+        "WHERE run_id = %s ORDER BY position",
+        (run_id,),
+    )
+    return {
+        r[0]: {"status": r[1], "attempt": r[2], "output": r[3], "error": r[4]} for r in rows
+    }
+
+
+def effects(url: str, run_id: str) -> dict[str, int]:
+    rows = sql(
+        url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,)
+    )
+    return dict(rows)
+
+
+def test_retry__fails_twice_then_succeeds__attempt_3(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    run = finished_run(e2e_url, send(e2e_url, "retry/flaky", {"succeed_on": 3}))
+
+    assert run["status"] == "completed", run["error"]
+    assert run["output"] == {"step": "flaky-step", "execution": 3}
+    step = steps(e2e_url, run["id"])["flaky-step"]
+    assert (step["status"], step["attempt"]) == ("completed", 3)
+    assert step["output"] == {"step": "flaky-step", "execution": 3}
+    assert effects(e2e_url, run["id"]) == {"flaky-step": 3}
+
+
+def test_retry__non_retriable_error__fails_at_once(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    run = finished_run(e2e_url, send(e2e_url, "retry/non-retriable"))
+
+    assert run["status"] == "failed"
+    assert run["error"]["type"] == "NonRetriableError"
+    assert "card declined" in run["error"]["message"]
+    step = steps(e2e_url, run["id"])["refuse"]
+    assert (step["status"], step["attempt"]) == ("failed", 1)
+    assert step["error"]["type"] == "NonRetriableError"
+    assert effects(e2e_url, run["id"]) == {"refuse": 1}
+
+
+def test_retry__retries_exhausted__run_fails_with_the_step_error(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    run = finished_run(e2e_url, send(e2e_url, "retry/always"))
+
+    assert run["status"] == "failed"
+    assert run["error"]["type"] == "FlakyError"
+    assert run["error"]["message"] == "always broken"
+    step = steps(e2e_url, run["id"])["broken"]
+    assert (step["status"], step["attempt"]) == ("failed", 3)  # retries=2: 1 + 2 executions
+    assert effects(e2e_url, run["id"]) == {"broken": 3}
+
+
+def test_retry__step_error_caught__compensation_step_runs(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    run = finished_run(e2e_url, send(e2e_url, "retry/saga"))
+
+    assert run["status"] == "completed", run["error"]
+    assert run["output"] == {
+        "compensated": "refunded after: FlakyError",
+        "failed_step": "charge",
+        "error_type": "FlakyError",
+    }
+    recorded = steps(e2e_url, run["id"])
+    assert list(recorded) == ["charge", "refund"]
+    assert (recorded["charge"]["status"], recorded["charge"]["attempt"]) == ("failed", 2)
+    assert recorded["charge"]["error"]["type"] == "FlakyError"
+    assert (recorded["refund"]["status"], recorded["refund"]["attempt"]) == ("completed", 1)
+    assert effects(e2e_url, run["id"]) == {"charge": 2, "refund": 1}
+
+
+def test_retry__retry_after_error__waits_at_least_the_delay(e2e_url, daemon_factory):
+    # the function's back-off is capped at 1 s, so a gap of 2 s can only come from the delay
+    daemon_factory(APP, workers=1)
+    run = finished_run(e2e_url, send(e2e_url, "retry/after", {"delay": 2}))
+
+    assert run["status"] == "completed", run["error"]
+    assert run["output"] == 2
+    step = steps(e2e_url, run["id"])["rate-limited"]
+    assert (step["status"], step["attempt"]) == ("completed", 2)
+    gap = scalar(
+        e2e_url,
+        "SELECT extract(epoch FROM max(at) - min(at))::float8 FROM effects WHERE run_id = %s",
+        (run["id"],),
+    )
+    assert effects(e2e_url, run["id"]) == {"rate-limited": 2}
+    assert gap >= 2.0

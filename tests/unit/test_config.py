@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Config, load_config
+from orchestrator.errors import ConfigError
+
+
+def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(env={}) == Config()
+
+
+def test_precedence__file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "o.toml"
+    path.write_text('workers = 3\nconcurrency = 5\nlog_format = "json"\n')
+    env = {"ORCHESTRATOR_CONCURRENCY": "7"}
+    cfg = load_config(path, env=env, overrides={"workers": 9, "app": None})
+    assert (cfg.workers, cfg.concurrency, cfg.log_format) == (9, 7, "json")
+
+
+def test_file__orchestrator_table_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "o.toml"
+    path.write_text('[orchestrator]\napp = "m:app"\n')
+    assert load_config(path, env={}).app == "m:app"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ORCHESTRATOR_WORKERS": "two"}, "workers (from ORCHESTRATOR_WORKERS): expected a number"),
+        ({"ORCHESTRATOR_WORKERS": "0"}, "too small; use at least 1 worker process"),
+        ({"ORCHESTRATOR_LOG_FORMAT": "xml"}, "not one of auto, json, console"),
+        ({"ORCHESTRATOR_AUTO_MIGRATE": "maybe"}, "expected true or false"),
+        ({"ORCHESTRATOR_WORKERS": "1.5"}, "expected a number"),
+    ],
+)
+def test_invalid_values__name_the_key_and_the_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env)
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_file__lists_known_keys(tmp_path: Path) -> None:
+    path = tmp_path / "o.toml"
+    path.write_text("wokers = 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'wokers'.*workers"):
+        load_config(path, env={})
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("workers = = 2")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, env={})
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config.example.toml"
+    if not example.exists():
+        pytest.fail("config.example.toml is missing")
+    assert isinstance(load_config(example, env={}), Config)
