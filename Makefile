@@ -42,7 +42,7 @@ format: install ## apply ruff's fixes and formatting
 bench: install ## run the benchmarks and print their figures
 	$(BIN)/python bench/pickup.py
 
-db-up: install ## start (or reuse) the embedded Postgres and migrate it
+db-up: install ## migrate the configured database (or the embedded one in .orchestrator/pgdata)
 	$(BIN)/orchestrator migrate
 
 clean: ## remove the virtualenv, caches and the embedded database

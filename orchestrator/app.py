@@ -138,14 +138,29 @@ class Orchestrator:
 
 def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:
     """Check an event before it is written; returns its data as JSON text."""
-    if not isinstance(name, str) or not 1 <= len(name) <= 256 or "\x00" in name:
-        raise InvalidEventError(f"event name must be a 1-256 character string, got {name!r}")
-    if event_id is not None and (
-        not isinstance(event_id, str) or not 1 <= len(event_id) <= 256 or "\x00" in event_id
-    ):
-        raise InvalidEventError(f"event id must be a 1-256 character string, got {event_id!r}")
+    if not _storable_text(name):
+        raise InvalidEventError(
+            f"event name must be a 1-256 character string without NUL characters or lone "
+            f"surrogates, got {name!r}"
+        )
+    if event_id is not None and not _storable_text(event_id):
+        raise InvalidEventError(
+            f"event id must be a 1-256 character string without NUL characters or lone "
+            f"surrogates, got {event_id!r}"
+        )
     if not isinstance(data, dict):
         raise InvalidEventError(
             f"event data must be a JSON object (a dict), got {type(data).__name__}"
         )
     return codec.encode(data, what=f"event '{name}' data", limit=limit)
+
+
+def _storable_text(value: Any) -> bool:
+    """A string Postgres `text` can hold (no NUL, valid UTF-8) of 1-256 characters."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 256 or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `orchestrator runs list | head`
+        sys.stderr.close()
+        return 0
     except Exception as exc:
         from orchestrator.db.database import DatabaseError
 

@@ -9,11 +9,15 @@ whether it just ran or was replayed.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from orchestrator.errors import PayloadError, PayloadTooLargeError
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+# A real NUL escape is preceded by an even number of backslashes; "\\u0000" (an escaped
+# backslash followed by the text u0000) is six harmless characters.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
@@ -54,17 +58,22 @@ def encode(value: Any, *, what: str, limit: int | None = None) -> str:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except ValueError as exc:
         raise PayloadError(f"{what} contains NaN or Infinity, which JSON cannot hold") from exc
-    if "\\u0000" in text:
+    if _NUL_ESCAPE.search(text):
         raise PayloadError(
             f"{what} contains a NUL character (\\u0000), which Postgres jsonb rejects"
         )
-    if limit is not None:
+    try:
         size = len(text.encode("utf-8"))
-        if size > limit:
-            raise PayloadTooLargeError(
-                f"{what} is {size} bytes, over the {limit}-byte limit; store large data "
-                "elsewhere and return a reference, or raise the limit in the config"
-            )
+    except UnicodeEncodeError as exc:
+        raise PayloadError(
+            f"{what} contains a lone surrogate {exc.object[exc.start]!r}, which is not valid "
+            "Unicode and cannot be stored as JSON; decode bytes with errors='replace' instead"
+        ) from None
+    if limit is not None and size > limit:
+        raise PayloadTooLargeError(
+            f"{what} is {size} bytes, over the {limit}-byte limit; store large data "
+            "elsewhere and return a reference, or raise the limit in the config"
+        )
     return text
 
 

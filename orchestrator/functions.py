@@ -84,7 +84,8 @@ def cron(expr: str, tz: str | None = None) -> CronTrigger:
     """Trigger a function on a cron schedule, judged by the database clock, in time zone `tz`."""
     if not isinstance(expr, str) or not croniter.is_valid(expr):
         raise RegistrationError(
-            f"cron expression {expr!r} is not valid; use five fields such as '0 3 * * *'"
+            f"cron expression {expr!r} is not valid; use five fields such as '0 3 * * *', "
+            "or six with seconds as the last field ('* * * * * */10' = every 10 seconds)"
         )
     if tz is not None:
         try:
@@ -102,6 +103,12 @@ class Backoff:
 
     base: float = 1.0
     max: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.base <= self.max:
+            raise RegistrationError(
+                f"backoff needs 0 <= base <= max seconds, got base={self.base} max={self.max}"
+            )
 
     @classmethod
     def of(cls, base: timedelta | float = 1.0, max: timedelta | float = 600.0) -> Backoff:

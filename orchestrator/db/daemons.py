@@ -67,16 +67,17 @@ def register(
     return key
 
 
-def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str) -> bool:
-    """Refresh the heartbeat; False if the row is gone or was declared dead by the leader."""
-    result = conn.execute(
+def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str) -> str | None:
+    """Refresh the heartbeat and status; returns the status the row had (None if missing)."""
+    previous: str | None = conn.execute(
         text(
-            "UPDATE orchestrator.daemons SET heartbeat_at = now(), is_leader = :p_leader, "
-            "status = :p_status WHERE id = CAST(:p_id AS uuid) AND status <> 'dead'"
+            "UPDATE orchestrator.daemons d SET heartbeat_at = now(), is_leader = :p_leader, "
+            "status = :p_status, stopped_at = NULL FROM orchestrator.daemons old "
+            "WHERE d.id = CAST(:p_id AS uuid) AND old.id = d.id RETURNING old.status"
         ),
         {"p_id": daemon_id, "p_leader": is_leader, "p_status": status},
-    )
-    return result.rowcount == 1
+    ).scalar()
+    return previous
 
 
 def mark_stopped(conn: Connection, daemon_id: str) -> None:

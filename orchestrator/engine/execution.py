@@ -182,7 +182,7 @@ class Execution:
                 self.lease, StepRecord(sid, position, "sleep", "completed", 1, wake_at=until)
             )
             return
-        self._boundary()
+        # no drain check here: suspending already gives the run back, with its sleep recorded
         record = StepRecord(sid, position, "sleep", "sleeping", 1)
         due = self.store.suspend(
             self.lease, status="sleeping", delay=seconds or 0.0, until=until, record=record

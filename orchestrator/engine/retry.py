@@ -39,7 +39,13 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(exc))
     return {
         "type": type(exc).__name__,
-        "message": str(exc),
+        "message": _storable(str(exc)),
         "code": getattr(exc, "code", None),
-        "traceback": tb[-_MAX_TRACEBACK:],
+        "traceback": _storable(tb[-_MAX_TRACEBACK:]),
     }
+
+
+def _storable(text: str) -> str:
+    """jsonb refuses NUL and lone surrogates; an error message carrying them (parsing binary
+    data, say) must still be recorded, so show them escaped instead of failing the write."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")

@@ -258,7 +258,14 @@ class Daemon:
         assert self.session is not None
         status = "stopping" if self.stop_requested.is_set() else "running"
         with self.db.transaction() as conn:
-            daemons.heartbeat(conn, self.id, is_leader=self.session.is_leader, status=status)
+            previous = daemons.heartbeat(
+                conn, self.id, is_leader=self.session.is_leader, status=status
+            )
+        if previous == "dead":
+            self.log.error(
+                "this daemon was declared dead (stalled or cut off); its runs were "
+                "requeued and its late writes are refused; serving again"
+            )
 
     def _renew_leases(self) -> None:
         with self.db.transaction() as conn:
@@ -281,13 +288,15 @@ class Daemon:
     def _shutdown(self) -> int:
         grace = self.cfg.shutdown_grace
         self.log.info("shutting down", in_flight=self.pool.inflight(), grace=grace)
-        self.stop_requested.clear()
         self.pool.drain()
         deadline = time.monotonic() + grace
-        renew = self.intervals[1]
+        self.stop_requested.set()  # heartbeats now report 'stopping'
+        heartbeat, renew = self.intervals[0], self.intervals[1]
+        heartbeat.next_at = 0.0
+        self._safe(lambda: heartbeat.tick(time.monotonic()))
         while self.pool.inflight() and time.monotonic() < deadline and self.signals < 2:
-            self.stop_requested.wait(0.02)
-            self.stop_requested.clear()
+            time.sleep(0.02)
+            self._safe(lambda: heartbeat.tick(time.monotonic()))
             self._safe(lambda: renew.tick(time.monotonic()))
         if self.signals >= 2:
             leases = self.pool.kill()

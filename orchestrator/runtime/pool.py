@@ -201,9 +201,12 @@ class WorkerPool:
             if worker.process.is_alive():
                 return
             del self._workers[worker.index]
-            leases = list(worker.inflight.items())
-            worker.inflight.clear()
             respawn = not self._stopping
+            # A process stop()/kill() ended is no crash: they hand its leases back (released,
+            # no recovery counted), so leave them in `inflight` for them to collect.
+            leases = list(worker.inflight.items()) if respawn else []
+            if respawn:
+                worker.inflight.clear()
         worker.process.join(1)
         code = worker.process.exitcode
         if not self._stopping:
