@@ -24,16 +24,18 @@ OUTPUT = {"steps": ["one", "two", "three"]}
 
 def send_three(url: str, data: dict[str, Any]) -> str:
     """Insert one `test/three` event by SQL; returns the id of the run it starts."""
-    sql(url, "INSERT INTO orchestrator.events (name, data) VALUES ('test/three', %s::jsonb)",
-        (json.dumps(data),))
+    sql(
+        url,
+        "INSERT INTO orchestrator.events (name, data) VALUES ('test/three', %s::jsonb)",
+        (json.dumps(data),),
+    )
     return eventually(
         lambda: scalar(url, "SELECT id::text FROM orchestrator.runs"), what="run created"
     )
 
 
 def effect_counts(url: str, run_id: str) -> dict[str, int]:
-    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step",
-               (run_id,))
+    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
     return dict(rows)
 
 
@@ -63,9 +65,7 @@ def open_gate(url: str, run_id: str, step: str) -> None:
 def test_kill9__during_sleep__steps_run_once(e2e_url, daemon_factory):
     daemon = daemon_factory()
     run_id = send_three(e2e_url, {"sleep": 4})
-    eventually(
-        lambda: run_row(e2e_url, run_id)["status"] == "sleeping", what="run asleep at 'nap'"
-    )
+    eventually(lambda: run_row(e2e_url, run_id)["status"] == "sleeping", what="run asleep at 'nap'")
 
     daemon.kill9()
     # the kill landed inside the sleep: step one ran, step two has not started
@@ -83,9 +83,7 @@ def test_kill9__during_sleep__steps_run_once(e2e_url, daemon_factory):
 
     assert row["output"] == OUTPUT
     assert effect_counts(e2e_url, run_id) == {"one": 1, "two": 1, "three": 1}
-    two_at = scalar(
-        e2e_url, "SELECT at FROM effects WHERE run_id = %s AND step = 'two'", (run_id,)
-    )
+    two_at = scalar(e2e_url, "SELECT at FROM effects WHERE run_id = %s AND step = 'two'", (run_id,))
     assert two_at >= wake_at, "the restart cut the sleep short"
     assert row["recoveries"] == 0  # a sleeping run holds no lease: nothing to recover
 

@@ -73,9 +73,7 @@ def statuses(url: str) -> dict[str, int]:
 
 def finish_with_new_daemon(url: str, daemon_factory) -> None:
     daemon_factory(shutdown_grace=GRACE)
-    eventually(
-        lambda: statuses(url) == {"completed": RUNS}, timeout=30, what="every run completed"
-    )
+    eventually(lambda: statuses(url) == {"completed": RUNS}, timeout=30, what="every run completed")
     outputs = [o for (o,) in sql(url, "SELECT output FROM orchestrator.runs")]
     assert outputs == [OUTPUT] * RUNS
 
@@ -107,9 +105,7 @@ def test_sigterm__gates_opened_within_grace__steps_finish_and_exit_0(e2e_url, da
 
 
 @pytest.mark.timeout(60)
-def test_sigterm__steps_stuck_past_grace__exit_0_and_runs_complete_later(
-    e2e_url, daemon_factory
-):
+def test_sigterm__steps_stuck_past_grace__exit_0_and_runs_complete_later(e2e_url, daemon_factory):
     daemon = daemon_factory(shutdown_grace=GRACE)
     run_ids = start_gated_runs(e2e_url, daemon)
     done_before = completed_steps(e2e_url)
@@ -120,6 +116,8 @@ def test_sigterm__steps_stuck_past_grace__exit_0_and_runs_complete_later(
     assert GRACE - 0.5 <= took <= GRACE + MARGIN, f"exited after {took:.1f}s"
     assert statuses(e2e_url) == {"queued": RUNS}, "runs left leased to a stopped daemon"
     assert completed_steps(e2e_url) == done_before
+    # stopping our own workers at the end of the grace period is a release, not a crash
+    assert scalar(e2e_url, "SELECT sum(recoveries) FROM orchestrator.runs") == 0
 
     open_gates(e2e_url)
     finish_with_new_daemon(e2e_url, daemon_factory)
