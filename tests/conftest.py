@@ -71,7 +71,7 @@ def template_name(server_url: str) -> Iterator[str]:
 def db_url(server_url: str, template_name: str) -> Iterator[str]:
     name = f"orchestrator_test_{uuid.uuid4().hex[:12]}"
     with admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}" STRATEGY FILE_COPY')
     yield with_database(server_url, name)
     with admin(server_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

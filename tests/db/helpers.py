@@ -13,11 +13,13 @@ def queue_runs(db: Database, n: int, function_id: str = "f", **kwargs: Any) -> l
         return runs.create_many(conn, [runs.NewRun(function_id, [{"i": i}]) for i in range(n)])
 
 
-def claim(db: Database, owner: str, limit: int = 10, fids: tuple[str, ...] = ("f",),
-          lease: float = 30.0) -> list[runs.ClaimedRun]:
+def claim(
+    db: Database, owner: str, limit: int = 10, fids: tuple[str, ...] = ("f",), lease: float = 30.0
+) -> list[runs.ClaimedRun]:
     with db.transaction() as conn:
-        return runs.claim_due(conn, owner=owner, limit=limit, lease_seconds=lease,
-                              function_ids=list(fids))
+        return runs.claim_due(
+            conn, owner=owner, limit=limit, lease_seconds=lease, function_ids=list(fids)
+        )
 
 
 def execute(db: Database, sql: str, **params: Any) -> list[Any]:

@@ -27,12 +27,21 @@ def test_create_many__idempotency_key_creates_once(db: Database) -> None:
 def test_claim__leases_due_runs_oldest_first(db: Database) -> None:
     ids = queue_runs(db, 3)
     for age, rid in enumerate(ids):  # ids[0] has been due longest
-        execute(db, "UPDATE orchestrator.runs SET due_at = now() - make_interval(secs => :s) "
-                    "WHERE id = CAST(:i AS uuid)", s=10 - age, i=rid)
+        execute(
+            db,
+            "UPDATE orchestrator.runs SET due_at = now() - make_interval(secs => :s) "
+            "WHERE id = CAST(:i AS uuid)",
+            s=10 - age,
+            i=rid,
+        )
     claimed = claim(db, OWNER, limit=2)
     assert [c.id for c in claimed] == ids[:2]
-    row = execute(db, "SELECT status, lease_owner::text, attempts FROM orchestrator.runs "
-                      "WHERE id = CAST(:i AS uuid)", i=claimed[0].id)[0]
+    row = execute(
+        db,
+        "SELECT status, lease_owner::text, attempts FROM orchestrator.runs "
+        "WHERE id = CAST(:i AS uuid)",
+        i=claimed[0].id,
+    )[0]
     assert row == ("running", OWNER, 1)
     assert all(c.lease_token for c in claimed)
 
@@ -40,8 +49,12 @@ def test_claim__leases_due_runs_oldest_first(db: Database) -> None:
 def test_claim__skips_runs_not_yet_due_and_unknown_functions(db: Database) -> None:
     queue_runs(db, 1, function_id="other")
     [later] = queue_runs(db, 1)
-    execute(db, "UPDATE orchestrator.runs SET due_at = now() + interval '1 hour' "
-                "WHERE id = CAST(:i AS uuid)", i=later)
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET due_at = now() + interval '1 hour' "
+        "WHERE id = CAST(:i AS uuid)",
+        i=later,
+    )
     assert claim(db, OWNER) == []
 
 
@@ -57,8 +70,11 @@ def test_claim__two_connections_claim_disjoint_rows(db: Database) -> None:
 
 def test_claim__uses_the_partial_due_index(db: Database) -> None:
     queue_runs(db, 2000)
-    execute(db, "UPDATE orchestrator.runs SET status = 'completed' "
-                "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 1950)")
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET status = 'completed' "
+        "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 1950)",
+    )
     execute(db, "ANALYZE orchestrator.runs")
     params = {"p_owner": OWNER, "p_limit": 10, "p_lease": 30.0, "p_fids": ["f"]}
     with db.transaction() as conn:
@@ -88,8 +104,7 @@ def test_finish__rejected_after_rescue(db: Database) -> None:
         rescued = runs.rescue_expired(conn, max_recoveries=5)
     assert [r.id for r in rescued] == [run.id]
     with db.transaction() as conn:
-        assert not runs.finish(conn, run.id, run.lease_token, status="completed",
-                               output_json="1")
+        assert not runs.finish(conn, run.id, run.lease_token, status="completed", output_json="1")
     row = execute(db, "SELECT status, recoveries, lease_token FROM orchestrator.runs")[0]
     assert row == ("queued", 1, None)
 
@@ -152,8 +167,9 @@ def test_suspend__releases_lease_and_sets_due_time(db: Database) -> None:
     with db.transaction() as conn:
         due = runs.suspend(conn, run.id, run.lease_token, status="sleeping", delay_seconds=3600)
     assert due is not None
-    row = execute(db, "SELECT status, lease_owner, extract(epoch FROM due_at - now()) "
-                      "FROM orchestrator.runs")[0]
+    row = execute(
+        db, "SELECT status, lease_owner, extract(epoch FROM due_at - now()) FROM orchestrator.runs"
+    )[0]
     assert row[0] == "sleeping"
     assert row[1] is None
     assert 3500 < float(row[2]) <= 3600

@@ -47,8 +47,13 @@ def test_migrate__two_at_once_on_an_empty_database(server_url: str) -> None:
     env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=url)
     # separate processes, as on two hosts deploying at once (Alembic's context is per process)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "migrate"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=90)[0] for p in procs]

@@ -19,13 +19,12 @@ def e2e_url(db_url: str) -> str:
 
 
 @pytest.fixture
-def daemon_factory(
-    e2e_url: str, tmp_path: Path
-) -> Iterator[Callable[..., DaemonProcess]]:
+def daemon_factory(e2e_url: str, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def make(app: str = "tests.e2e.apps.flows:app", *, start: bool = True,
-             **config: Any) -> DaemonProcess:
+    def make(
+        app: str = "tests.e2e.apps.flows:app", *, start: bool = True, **config: Any
+    ) -> DaemonProcess:
         d = DaemonProcess(e2e_url, app, tmp_path / f"daemon-{len(started)}.log", **config)
         started.append(d)
         return d.start() if start else d

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +144,12 @@ def cli(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProc
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"orchestrator {' '.join(args)} failed: {result.stderr}")

@@ -45,15 +45,11 @@ def steps(url: str, run_id: str) -> dict[str, dict[str, Any]]:
         "WHERE run_id = %s ORDER BY position",
         (run_id,),
     )
-    return {
-        r[0]: {"status": r[1], "attempt": r[2], "output": r[3], "error": r[4]} for r in rows
-    }
+    return {r[0]: {"status": r[1], "attempt": r[2], "output": r[3], "error": r[4]} for r in rows}
 
 
 def effects(url: str, run_id: str) -> dict[str, int]:
-    rows = sql(
-        url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,)
-    )
+    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
     return dict(rows)
 
 

@@ -12,8 +12,9 @@ def test_three_steps__sql_insert_runs_to_completion(e2e_url, daemon_factory):
     daemon_factory()
     sql(e2e_url, "INSERT INTO orchestrator.events (name, data) VALUES ('test/three', '{}')")
     eventually(
-        lambda: scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status='completed'")
-        == 1,
+        lambda: (
+            scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status='completed'") == 1
+        ),
         what="run completed",
     )
     output = scalar(e2e_url, "SELECT output FROM orchestrator.runs")

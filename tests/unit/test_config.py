@@ -46,7 +46,7 @@ def test_invalid_values__name_the_key_and_the_fix(env: dict[str, str], message: 
 def test_unknown_key_in_file__lists_known_keys(tmp_path: Path) -> None:
     path = tmp_path / "o.toml"
     path.write_text("wokers = 3\n")
-    with pytest.raises(ConfigError, match="unknown key 'wokers'.*workers"):
+    with pytest.raises(ConfigError, match=r"unknown key 'wokers'.*workers"):
         load_config(path, env={})
 
 

@@ -21,7 +21,11 @@ def _conn() -> psycopg.Connection[Any]:
 
 def executions(run_id: str, step: str) -> int:
     """How many executions of `step` in `run_id` have been recorded, this one included."""
-    row = _conn().execute(
-        "SELECT count(*) FROM public.effects WHERE run_id = %s AND step = %s", (run_id, step)
-    ).fetchone()
+    row = (
+        _conn()
+        .execute(
+            "SELECT count(*) FROM public.effects WHERE run_id = %s AND step = %s", (run_id, step)
+        )
+        .fetchone()
+    )
     return int(row[0]) if row else 0
