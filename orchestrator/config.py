@@ -32,6 +32,7 @@ class Config:
     lease_duration: float = 15.0
     heartbeat_interval: float = 1.0
     rescue_interval: float = 1.0
+    leader_ttl: float = 5.0
     dead_daemon_after: float = 3.0
     shutdown_grace: float = 30.0
     max_recoveries: int = 5
@@ -50,6 +51,7 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "lease_duration": (1.0, "at least 1 second (e.g. 15)"),
     "heartbeat_interval": (0.05, "a positive number of seconds (e.g. 1.0)"),
     "rescue_interval": (0.05, "a positive number of seconds (e.g. 1.0)"),
+    "leader_ttl": (0.5, "at least 0.5 seconds (e.g. 5)"),
     "dead_daemon_after": (0.1, "a positive number of seconds (e.g. 3)"),
     "shutdown_grace": (0.0, "zero or more seconds (e.g. 30)"),
     "max_recoveries": (0, "zero or more"),
@@ -133,4 +135,10 @@ def load_config(
     for key, raw in (overrides or {}).items():
         if raw is not None:
             values[key] = _coerce(key, raw, "command line")
-    return dataclasses.replace(Config(), **values)
+    cfg = dataclasses.replace(Config(), **values)
+    if cfg.leader_ttl < 2 * cfg.heartbeat_interval:
+        raise ConfigError(
+            f"leader_ttl ({cfg.leader_ttl}) must be at least twice heartbeat_interval "
+            f"({cfg.heartbeat_interval}): the leader renews its term on every heartbeat"
+        )
+    return cfg

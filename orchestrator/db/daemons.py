@@ -7,8 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-# Advisory lock namespaces (first int4 of the two-key form).
-LEADER_LOCK = (0x6F726368, 1)
+# Advisory lock namespace (first int4 of the two-key form) of the daemons' liveness locks.
 DAEMON_LOCK_CLASS = 0x6F726369
 
 
@@ -124,3 +123,30 @@ def is_lock_free(conn: Connection, lock_key: int) -> bool:
             {"p_class": DAEMON_LOCK_CLASS, "p_key": lock_key},
         )
     return got
+
+
+def elect(conn: Connection, daemon_id: str, *, ttl: float) -> bool:
+    """Take or keep leadership for `ttl` seconds; True if this daemon now leads.
+
+    The current leader extends its term; anyone else takes over only once the term expired.
+    """
+    leader = conn.execute(
+        text(
+            "INSERT INTO orchestrator.leader AS l (name, daemon_id, elected_at, expires_at) "
+            "VALUES ('leader', CAST(:p_id AS uuid), now(), now() + make_interval(secs => :p_ttl)) "
+            "ON CONFLICT (name) DO UPDATE SET daemon_id = EXCLUDED.daemon_id, "
+            "elected_at = CASE WHEN l.daemon_id = EXCLUDED.daemon_id THEN l.elected_at "
+            "ELSE now() END, expires_at = EXCLUDED.expires_at "
+            "WHERE l.daemon_id = EXCLUDED.daemon_id OR l.expires_at < now() "
+            "RETURNING daemon_id::text"
+        ),
+        {"p_id": daemon_id, "p_ttl": ttl},
+    ).scalar()
+    return leader == daemon_id
+
+
+def resign(conn: Connection, daemon_id: str) -> None:
+    conn.execute(
+        text("DELETE FROM orchestrator.leader WHERE daemon_id = CAST(:p_id AS uuid)"),
+        {"p_id": daemon_id},
+    )

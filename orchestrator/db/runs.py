@@ -337,3 +337,44 @@ def list_runs(
             {"p_status": status, "p_fid": function_id, "p_limit": limit},
         )
     ]
+
+
+_UNKNOWN_FUNCTIONS = text(
+    """
+    WITH RECURSIVE ids AS (
+        (SELECT function_id FROM orchestrator.runs ORDER BY function_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT r.function_id FROM orchestrator.runs r
+                WHERE r.function_id > ids.function_id ORDER BY r.function_id LIMIT 1)
+        FROM ids WHERE ids.function_id IS NOT NULL
+    )
+    SELECT function_id FROM ids
+    WHERE function_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM orchestrator.functions f WHERE f.id = ids.function_id)
+    """
+)
+
+_FAIL_UNKNOWN = text(
+    f"""
+    UPDATE orchestrator.runs
+    SET status = 'failed', finished_at = now(), updated_at = now(),
+        error = jsonb_build_object(
+            'type', 'UnknownFunctionError', 'code', 'unknown_function',
+            'message', format('function %L is not registered by any daemon (no row in '
+                              'orchestrator.functions); nothing can run it', function_id))
+    WHERE function_id = ANY(CAST(:p_ids AS text[])) AND {_DUE}
+    RETURNING id::text, function_id, status
+    """
+)
+
+
+def fail_unknown_functions(conn: Connection) -> list[RequeuedRun]:
+    """Fail waiting runs whose function no daemon ever registered (rows made by hand).
+
+    Finds the distinct function ids with a skip scan of `runs_function_created`, so the cost
+    grows with the number of functions, not of runs.
+    """
+    unknown = [row[0] for row in conn.execute(_UNKNOWN_FUNCTIONS)]
+    if not unknown:
+        return []
+    return [RequeuedRun(*row) for row in conn.execute(_FAIL_UNKNOWN, {"p_ids": unknown})]

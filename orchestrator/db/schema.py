@@ -112,6 +112,15 @@ daemons = Table(
     Index("daemons_lock_key", "lock_key", unique=True),
 )
 
+leader = Table(
+    "leader",
+    metadata,
+    Column("name", Text, primary_key=True, server_default=text("'leader'")),
+    Column("daemon_id", UUID(as_uuid=False), nullable=False),
+    _ts("elected_at", nullable=False, default_now=True),
+    _ts("expires_at", nullable=False),
+)
+
 runs = Table(
     "runs",
     metadata,

@@ -1,15 +1,13 @@
-"""The daemon's long-lived database session: LISTEN wake-ups, liveness lock and leader lock.
+"""The daemon's long-lived database session: LISTEN wake-ups and the liveness lock.
 
 One raw psycopg connection per daemon. While it is open, the daemon's liveness advisory lock is
 held, so other daemons can tell at once that a daemon whose process died is gone (its
-connection closed and the lock with it). The leader lock is a session lock on the same
-connection: if the connection drops, leadership passes to another daemon.
+connection closed and the lock with it).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import psycopg
@@ -17,7 +15,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy import Connection, text
 
 from orchestrator.db.connect import libpq_url
-from orchestrator.db.daemons import DAEMON_LOCK_CLASS, LEADER_LOCK
+from orchestrator.db.daemons import DAEMON_LOCK_CLASS
 
 CHANNELS = ("orchestrator_events", "orchestrator_runs")
 _KEEPALIVE = {
@@ -48,14 +46,9 @@ class Session:
         self._on_wake = on_wake
         self._on_error = on_error
         self._app_name = application_name
-        self._leader = threading.Event()
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="orchestrator-session", daemon=True)
-
-    @property
-    def is_leader(self) -> bool:
-        return self._leader.is_set()
 
     @property
     def connected(self) -> bool:
@@ -84,7 +77,6 @@ class Session:
                     self._serve(conn)
                     return
             except psycopg.Error as exc:
-                self._leader.clear()
                 self._connected.clear()
                 self._on_error(exc)
                 self._stop.wait(delay)
@@ -96,15 +88,8 @@ class Session:
             conn.execute(f"LISTEN {channel}")
         self._connected.set()
         self._on_wake()  # anything that arrived while we were disconnected
-        next_leader_try = 0.0
         while not self._stop.is_set():
-            if not self._leader.is_set() and time.monotonic() >= next_leader_try:
-                got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LEADER_LOCK).fetchone()
-                if got and got[0]:
-                    self._leader.set()
-                next_leader_try = time.monotonic() + 1.0
             for _ in conn.notifies(timeout=0.25, stop_after=1000):
                 self._on_wake()
             conn.execute("SELECT 1")  # notices a dead server even when nothing is notified
-        self._leader.clear()
         self._connected.clear()

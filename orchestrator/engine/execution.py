@@ -48,8 +48,10 @@ class Execution:
         limits: Limits,
         draining: threading.Event,
         log: Any,
+        on_body: Callable[[str | None], None] | None = None,
     ) -> None:
         self.lease = lease
+        self.on_body = on_body or _ignore
         self.fdef = fdef
         self.store = store
         self.memo = memo
@@ -117,7 +119,11 @@ class Execution:
         log = self.log.bind(step=sid, attempt=attempt)
         started = time.perf_counter()
         try:
-            value = fn(*args, **kwargs)
+            self.on_body(self.lease.run_id)
+            try:
+                value = fn(*args, **kwargs)
+            finally:
+                self.on_body(None)
             text, decoded = codec.roundtrip(
                 value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
             )
@@ -206,3 +212,7 @@ def _valid_step_id(step_id: object) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _ignore(run_id: str | None) -> None:
+    return None

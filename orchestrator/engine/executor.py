@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,7 @@ def execute(
     limits: Limits,
     draining: threading.Event,
     log: Any,
+    on_body: Callable[[str | None], None] | None = None,
 ) -> Outcome:
     lease = Lease(task.run_id, task.lease_token)
     log = log.bind(run_id=task.run_id, function_id=task.function_id)
@@ -56,6 +58,7 @@ def execute(
         limits=limits,
         draining=draining,
         log=log,
+        on_body=on_body,
     )
     ctx = Context(
         run_id=task.run_id,

@@ -87,10 +87,12 @@ class Daemon:
         )
         self.cron = CronScheduler(self.db, self.registry, self.log)
         self.session: Session | None = None
+        self.leader_until = 0.0  # monotonic time until which this daemon's term surely holds
         self.intervals = [
             Interval(config.heartbeat_interval, self._heartbeat),
             Interval(config.lease_duration / 3, self._renew_leases),
-            Interval(config.rescue_interval, self._leader_duties),
+            Interval(config.rescue_interval, self._rescue),
+            Interval(UNKNOWN_FUNCTIONS_INTERVAL, self._park_unknown_functions),
         ]
 
     # -- start-up ------------------------------------------------------------------------
@@ -227,14 +229,16 @@ class Daemon:
                 self.next_due_in = due_in
         self.wake.set()
 
-    def _on_crash(self, worker: int, leases: list[tuple[str, str]]) -> None:
+    def _on_crash(
+        self, worker: int, crashed: list[tuple[str, str]], released: list[tuple[str, str]]
+    ) -> None:
+        """A worker process died: requeue its runs (a recovery for those it blames)."""
+        cap = self.cfg.max_recoveries
         try:
-            requeued = self.db.run(
-                lambda conn: _requeue_and_notify(conn, leases, self.cfg.max_recoveries)
-            )
+            requeued = self.db.run(lambda conn: _requeue_and_notify(conn, crashed, released, cap))
         except DatabaseError as exc:
             self.log.error(
-                "could not requeue runs of a dead worker; leases will expire",
+                "could not requeue runs of a dead worker; their leases will expire",
                 worker=worker,
                 error=_first_line(exc),
             )
@@ -254,13 +258,23 @@ class Daemon:
 
     # -- interval duties -----------------------------------------------------------------
 
+    @property
+    def is_leader(self) -> bool:
+        return time.monotonic() < self.leader_until
+
     def _heartbeat(self) -> None:
-        assert self.session is not None
-        status = "stopping" if self.stop_requested.is_set() else "running"
+        """Heartbeat, and take or extend leadership (not while stopping)."""
+        stopping = self.stop_requested.is_set()
+        started = time.monotonic()
+        ttl = self.cfg.leader_ttl
         with self.db.transaction() as conn:
+            leading = not stopping and daemons.elect(conn, self.id, ttl=ttl)
             previous = daemons.heartbeat(
-                conn, self.id, is_leader=self.session.is_leader, status=status
+                conn, self.id, is_leader=leading, status="stopping" if stopping else "running"
             )
+        # a term measured from before the statement ran, with a margin: a daemon that was
+        # paused past its term sees it expired by its own monotonic clock and stops leading
+        self.leader_until = started + ttl * 0.8 if leading else 0.0
         if previous == "dead":
             self.log.error(
                 "this daemon was declared dead (stalled or cut off); its runs were "
@@ -274,14 +288,16 @@ class Daemon:
         if lost:
             self.log.warning("leases lost; their runs will be fenced", runs=len(lost))
 
-    def _leader_duties(self) -> None:
-        assert self.session is not None
-        if not self.session.is_leader:
-            return
-        if self.rescuer.tick():
+    def _rescue(self) -> None:
+        rescued = self.rescuer.rescue_expired()
+        if self.is_leader:
+            rescued += self.rescuer.rescue_dead_daemons() + self.cron.tick()
+        if rescued:
             self.wake.set()
-        if self.cron.tick():
-            self.wake.set()
+
+    def _park_unknown_functions(self) -> None:
+        if self.is_leader:
+            self.rescuer.park_unknown_functions()
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -305,14 +321,16 @@ class Daemon:
         if leases:
             self._safe(lambda: self.db.run(lambda conn: runs.release(conn, leases), retry_for=5))
             self.log.info("released runs still in flight", runs=len(leases))
-        self._safe(
-            lambda: self.db.run(lambda conn: daemons.mark_stopped(conn, self.id), retry_for=5)
-        )
+        self._safe(lambda: self.db.run(self._sign_off, retry_for=5))
         if self.session is not None:
             self.session.stop()
         self.db.dispose()
         self.log.info("daemon stopped")
         return 0
+
+    def _sign_off(self, conn: Any) -> None:
+        daemons.resign(conn, self.id)
+        daemons.mark_stopped(conn, self.id)
 
     def _safe(self, fn: Callable[[], Any]) -> None:
         try:
@@ -321,8 +339,15 @@ class Daemon:
             self.log.warning("database error during shutdown", error=_first_line(exc))
 
 
-def _requeue_and_notify(conn: Any, leases: list[tuple[str, str]], cap: int) -> list[Any]:
-    requeued = runs.requeue_crashed(conn, leases, max_recoveries=cap)
+UNKNOWN_FUNCTIONS_INTERVAL = 30.0
+
+
+def _requeue_and_notify(
+    conn: Any, crashed: list[tuple[str, str]], released: list[tuple[str, str]], cap: int
+) -> list[Any]:
+    requeued = runs.requeue_crashed(conn, crashed, max_recoveries=cap) + runs.release(
+        conn, released
+    )
     if requeued:
         notify_runs(conn)
     return requeued

@@ -8,6 +8,7 @@ instead of waiting for their leases to expire, and the process is replaced.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 from orchestrator.config import Config
 from orchestrator.engine.executor import Task
-from orchestrator.runtime.worker import worker_main
+from orchestrator.runtime.worker import SLOT, WorkerSpec, worker_main
 
 _CTX = multiprocessing.get_context("spawn")
 
@@ -33,6 +34,7 @@ class _Worker:
     inflight: dict[str, str] = field(default_factory=dict)  # run id -> lease token
     ready: bool = False
     eof: bool = False
+    busy: Any = None  # shared memory: the run id each thread is executing a step body of
 
 
 class WorkerPool:
@@ -43,7 +45,7 @@ class WorkerPool:
         url: str,
         config: Config,
         on_done: Callable[[str, str, datetime | None], None],
-        on_crash: Callable[[int, list[tuple[str, str]]], None],
+        on_crash: Callable[[int, list[tuple[str, str]], list[tuple[str, str]]], None],
         log: Any,
     ) -> None:
         self.app_path = app_path
@@ -68,16 +70,21 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         parent_conn, child_conn = _CTX.Pipe()
+        busy = _CTX.RawArray(ctypes.c_char, self.config.concurrency * SLOT)
         process = _CTX.Process(
             target=worker_main,
-            args=(index, self.app_path, self.url, asdict(self.config), child_conn),
+            args=(
+                WorkerSpec(index, self.app_path, self.url, asdict(self.config)),
+                child_conn,
+                busy,
+            ),
             name=f"orchestrator-worker-{index}",
             daemon=True,
         )
         process.start()
         child_conn.close()
         with self._lock:
-            self._workers[index] = _Worker(index, process, parent_conn)
+            self._workers[index] = _Worker(index, process, parent_conn, busy=busy)
         self.log.info("worker started", worker=index, pid=process.pid)
 
     def wait_ready(self, timeout: float) -> bool:
@@ -191,7 +198,7 @@ class WorkerPool:
         with self._lock:
             token = worker.inflight.pop(run_id, None)
         if status == "abandoned" and token is not None:
-            self.on_crash(worker.index, [(run_id, token)])
+            self.on_crash(worker.index, [(run_id, token)], [])
         self.on_done(run_id, status, datetime.fromisoformat(due) if due else None)
 
     def _reap(self, worker: _Worker) -> None:
@@ -208,14 +215,39 @@ class WorkerPool:
             if respawn:
                 worker.inflight.clear()
         worker.process.join(1)
-        code = worker.process.exitcode
-        if not self._stopping:
-            self.log.error(
-                "worker died", worker=worker.index, exitcode=code, runs_in_flight=len(leases)
-            )
-        if leases:
-            self.on_crash(worker.index, leases)
         if respawn:
+            crashed, released = _blame(leases, _busy_runs(worker.busy))
+            self.log.error(
+                "worker died",
+                worker=worker.index,
+                exitcode=worker.process.exitcode,
+                runs_in_flight=len(leases),
+                runs_in_step_bodies=len(crashed) if released else None,
+            )
+            if leases:
+                self.on_crash(worker.index, crashed, released)
             self._spawn(worker.index)
             if self._draining:
                 self._send(self._workers[worker.index], ("drain",))
+
+
+def _busy_runs(busy: Any) -> set[str]:
+    raw = bytes(busy[:]) if busy is not None else b""
+    ids = (raw[i : i + SLOT].rstrip(b"\0 ").decode() for i in range(0, len(raw), SLOT))
+    return {run_id for run_id in ids if run_id}
+
+
+def _blame(
+    leases: list[tuple[str, str]], in_bodies: set[str]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split a dead process's runs into (crashed, released).
+
+    The runs that were inside a step body when the process died are the suspects and count a
+    recovery; the others were bystanders and go back without one, so a poison step cannot
+    drag healthy runs sharing its process to the recovery cap. When no run was in a step body
+    nobody can be singled out, and every run counts one.
+    """
+    suspects = [lease for lease in leases if lease[0] in in_bodies]
+    if not suspects:
+        return leases, []
+    return suspects, [lease for lease in leases if lease[0] not in in_bodies]

@@ -1,9 +1,13 @@
-"""Leader duty: give back runs whose daemon died or stalled.
+"""Give back runs whose daemon died or stalled, and park runs nothing can execute.
 
-Two signals: a lease that expired (the owner stopped renewing: paused, partitioned, dead), and
-a daemon whose liveness lock is free and whose heartbeat is stale (its process is gone; no need
-to wait for the lease). Either way the run is requeued with a recovery counted, or failed once
-it passes `max_recoveries`.
+- Expired leases (the owner stopped renewing: paused, partitioned, dead): every daemon checks,
+  so a stalled leader cannot hold up rescues. The statement is atomic and conditional, so two
+  daemons rescuing at once requeue each run once.
+- Dead daemons (leader only): a daemon whose liveness lock is free and whose heartbeat is stale
+  is gone; its runs are requeued without waiting for their leases.
+- Runs of functions no daemon ever registered (leader only): failed with a reason.
+
+A requeue counts a recovery; past `max_recoveries` the run fails instead.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ class Rescuer:
         self.dead_after = dead_after
         self.log = log
 
-    def tick(self) -> int:
-        rescued = self.rescue_dead_daemons()
+    def rescue_expired(self) -> int:
         with self.db.transaction() as conn:
             expired = runs.rescue_expired(conn, max_recoveries=self.max_recoveries)
             if expired:
@@ -38,7 +41,7 @@ class Rescuer:
                 function_id=run.function_id,
                 status=run.status,
             )
-        return rescued + len(expired)
+        return len(expired)
 
     def rescue_dead_daemons(self) -> int:
         total = 0
@@ -67,3 +70,12 @@ class Rescuer:
                 runs=len(requeued),
             )
         return total
+
+    def park_unknown_functions(self) -> int:
+        with self.db.transaction() as conn:
+            failed = runs.fail_unknown_functions(conn)
+        for run in failed:
+            self.log.warning(
+                "run of an unregistered function failed", run_id=run.id, function_id=run.function_id
+            )
+        return len(failed)

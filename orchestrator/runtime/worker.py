@@ -12,7 +12,8 @@ import os
 import queue
 import signal
 import threading
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator import log as logging
@@ -24,6 +25,7 @@ from orchestrator.engine.store import RunStore
 from orchestrator.runtime.loader import load_app
 
 _PR_SET_PDEATHSIG = 1
+SLOT = 36  # bytes per thread in the shared `busy` array (a run id); see pool.py
 
 
 def _die_with_parent() -> None:
@@ -34,27 +36,45 @@ def _die_with_parent() -> None:
         return  # not Linux: the pipe EOF check below still ends the worker
 
 
-def worker_main(index: int, app_path: str, url: str, config: dict[str, Any], conn: Any) -> None:
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    app_path: str
+    url: str
+    config: dict[str, Any]
+
+
+def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    cfg = Config(**config)
+    cfg = Config(**spec.config)
     logging.configure(cfg.log_format, cfg.log_level)
-    log = logging.get("worker", worker=index, pid=os.getpid())
-    app = load_app(app_path)
-    app.bind(url)
-    db = Database(url, pool_size=cfg.concurrency, application_name=f"orchestrator-worker-{index}")
-    Worker(app.functions, RunStore(db), cfg, conn, log).serve()
+    log = logging.get("worker", worker=spec.index, pid=os.getpid())
+    app = load_app(spec.app_path)
+    app.bind(spec.url)
+    db = Database(
+        spec.url, pool_size=cfg.concurrency, application_name=f"orchestrator-worker-{spec.index}"
+    )
+    Worker(app.functions, RunStore(db), cfg, conn=conn, log=log, busy=busy).serve()
 
 
 class Worker:
     def __init__(
-        self, functions: dict[str, Any], store: RunStore, cfg: Config, conn: Any, log: Any
+        self,
+        functions: dict[str, Any],
+        store: RunStore,
+        cfg: Config,
+        *,
+        conn: Any,
+        log: Any,
+        busy: Any = None,
     ) -> None:
         self.functions = functions
+        self.busy = busy
         self.store = store
         self.cfg = cfg
         self.conn = conn
@@ -66,7 +86,9 @@ class Worker:
 
     def serve(self) -> None:
         threads = [
-            threading.Thread(target=self._execute_loop, name=f"executor-{i}", daemon=True)
+            threading.Thread(
+                target=self._execute_loop, args=(i,), name=f"executor-{i}", daemon=True
+            )
             for i in range(self.cfg.concurrency)
         ]
         for thread in threads:
@@ -88,20 +110,39 @@ class Worker:
         for thread in threads:
             thread.join()
 
-    def _execute_loop(self) -> None:
+    def _execute_loop(self, slot: int) -> None:
+        mark = self._marker(slot)
         while (task := self.tasks.get()) is not None:
-            outcome = self._execute(task)
+            outcome = self._execute(task, mark)
             due = outcome.due_at.isoformat() if outcome.due_at else None
             self._send(("done", outcome.run_id, outcome.status, due))
 
-    def _execute(self, task: Task) -> Outcome:
+    def _marker(self, slot: int) -> Callable[[str | None], None]:
+        """Writes which run this thread is executing a step body of into shared memory, so
+        that if the process dies the daemon knows whom to blame (see pool._blame)."""
+        start, end = slot * SLOT, (slot + 1) * SLOT
+        busy = self.busy
+
+        def mark(run_id: str | None) -> None:
+            if busy is not None:
+                busy[start:end] = (run_id or "").encode().ljust(SLOT, b"\0")
+
+        return mark
+
+    def _execute(self, task: Task, mark: Callable[[str | None], None]) -> Outcome:
         fdef = self.functions.get(task.function_id)
         if fdef is None:
             self.log.error("function not in this worker's app", function_id=task.function_id)
             return Outcome(task.run_id, "abandoned")
         try:
             return execute(
-                task, fdef, self.store, limits=self.limits, draining=self.draining, log=self.log
+                task,
+                fdef,
+                self.store,
+                limits=self.limits,
+                draining=self.draining,
+                log=self.log,
+                on_body=mark,
             )
         except Exception:
             self.log.exception("execution abandoned", run_id=task.run_id)
