@@ -55,19 +55,27 @@ def insert(
 
 _CLAIM = text(
     """
-    SELECT id, name, data, ts, octet_length(data::text) AS size
-    FROM orchestrator.events
-    WHERE ingested_at IS NULL
-    ORDER BY seq
-    LIMIT :p_limit
-    FOR UPDATE SKIP LOCKED
+    SELECT id, name, CASE WHEN size <= :p_max_bytes THEN data END AS data, ts, size
+    FROM (
+        SELECT id, name, data, ts, octet_length(data::text) AS size
+        FROM orchestrator.events
+        WHERE ingested_at IS NULL
+        ORDER BY seq
+        LIMIT :p_limit
+        FOR UPDATE SKIP LOCKED
+    ) pending
     """
 )
 
 
-def claim_pending(conn: Connection, limit: int) -> list[PendingEvent]:
-    """Lock up to `limit` events not yet ingested, oldest first; the caller marks them."""
-    rows = conn.execute(_CLAIM, {"p_limit": limit}).all()
+def claim_pending(
+    conn: Connection, limit: int, *, max_bytes: int = 2**31 - 1
+) -> list[PendingEvent]:
+    """Lock up to `limit` events not yet ingested, oldest first; the caller marks them.
+
+    The data of an event over `max_bytes` is not fetched (it will be parked unread).
+    """
+    rows = conn.execute(_CLAIM, {"p_limit": limit, "p_max_bytes": max_bytes}).all()
     return [PendingEvent(r.id, r.name, r.data, r.ts, r.size) for r in rows]
 
 

@@ -157,6 +157,16 @@ def renew_leases(conn: Connection, *, owner: str, lease_seconds: float) -> set[s
 def _requeue_sql(where: str, *, count_recovery: bool) -> str:
     bump = "r.recoveries + 1" if count_recovery else "r.recoveries"
     capped = f"({bump}) > :p_cap" if count_recovery else "false"
+    # An interrupted run goes back to its place in line (due since it was created), so work
+    # already under way finishes before newer work starts. A run interrupted again backs off
+    # (1 s, 2 s, 4 s, … up to 30 s) so that a crash-looping run cannot take down one worker
+    # process after another.
+    due = (
+        f"CASE WHEN ({bump}) <= 1 THEN least(now(), r.created_at) "
+        f"ELSE now() + make_interval(secs => least(30, power(2, ({bump}) - 2))) END"
+        if count_recovery
+        else "least(now(), r.created_at)"
+    )
     return f"""
     WITH picked AS MATERIALIZED (
         SELECT id FROM orchestrator.runs WHERE status = 'running' AND ({where})
@@ -171,7 +181,8 @@ def _requeue_sql(where: str, *, count_recovery: bool) -> str:
                               'max_recoveries is %s', {bump}, :p_cap))
             ELSE r.error END,
         finished_at = CASE WHEN {capped} THEN now() ELSE NULL END,
-        due_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+        due_at = {due},
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
         updated_at = now()
     FROM picked
     WHERE r.id = picked.id

@@ -92,7 +92,7 @@ class Daemon:
             Interval(config.heartbeat_interval, self._heartbeat),
             Interval(config.lease_duration / 3, self._renew_leases),
             Interval(config.rescue_interval, self._rescue),
-            Interval(UNKNOWN_FUNCTIONS_INTERVAL, self._park_unknown_functions),
+            Interval(max(5.0, 10 * config.rescue_interval), self._park_unknown_functions),
         ]
 
     # -- start-up ------------------------------------------------------------------------
@@ -337,9 +337,6 @@ class Daemon:
             fn()
         except DatabaseError as exc:
             self.log.warning("database error during shutdown", error=_first_line(exc))
-
-
-UNKNOWN_FUNCTIONS_INTERVAL = 30.0
 
 
 def _requeue_and_notify(

@@ -41,7 +41,7 @@ class Ingester:
         """Ingest one batch; returns how many events it took (a full batch means: call again)."""
         subs = self.subscriptions()
         with self.db.transaction() as conn:
-            pending = events.claim_pending(conn, self.batch_size)
+            pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
                 return 0
             new_runs: list[runs.NewRun] = []
