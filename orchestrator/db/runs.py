@@ -97,36 +97,58 @@ def create_many(conn: Connection, new_runs: list[NewRun]) -> list[str]:
     return [row[0] for row in conn.execute(_CREATE, params)]
 
 
-_CLAIM = text(
-    f"""
-    WITH picked AS MATERIALIZED (
-        SELECT id FROM orchestrator.runs
-        WHERE {_DUE} AND due_at <= now() AND function_id = ANY(CAST(:p_fids AS text[]))
-        ORDER BY due_at, id
-        LIMIT :p_limit
-        FOR UPDATE SKIP LOCKED
+def _claim_sql(suspects: bool) -> Any:
+    # A run whose worker process died while it was inside a step body (`crashes` > 0) is a
+    # suspect: it runs in the quarantine process, one at a time, so a step that kills its
+    # process cannot take healthy runs down with it again.
+    which = "crashes > 0" if suspects else "crashes = 0"
+    return text(
+        f"""
+        WITH picked AS MATERIALIZED (
+            SELECT id FROM orchestrator.runs
+            WHERE {_DUE} AND due_at <= now() AND {which}
+              AND function_id = ANY(CAST(:p_fids AS text[]))
+            ORDER BY due_at, id
+            LIMIT :p_limit
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE orchestrator.runs AS r
+        SET status = 'running', lease_owner = CAST(:p_owner AS uuid),
+            lease_token = gen_random_uuid(),
+            lease_expires_at = now() + make_interval(secs => :p_lease),
+            attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()),
+            updated_at = now()
+        FROM picked
+        WHERE r.id = picked.id
+        RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
+                  r.recoveries, now()
+        """
     )
-    UPDATE orchestrator.runs AS r
-    SET status = 'running', lease_owner = CAST(:p_owner AS uuid),
-        lease_token = gen_random_uuid(),
-        lease_expires_at = now() + make_interval(secs => :p_lease),
-        attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()), updated_at = now()
-    FROM picked
-    WHERE r.id = picked.id
-    RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts, r.recoveries,
-              now()
-    """
-)
+
+
+_CLAIM = _claim_sql(suspects=False)
+_CLAIM_SUSPECTS = _claim_sql(suspects=True)
 
 
 def claim_due(
-    conn: Connection, *, owner: str, limit: int, lease_seconds: float, function_ids: list[str]
+    conn: Connection,
+    *,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    function_ids: list[str],
+    suspects: bool = False,
 ) -> list[ClaimedRun]:
-    """Claim up to `limit` due runs of the given functions for `owner`, oldest due first."""
+    """Claim up to `limit` due runs of the given functions for `owner`, oldest due first.
+
+    `suspects` claims only runs that were inside a step body when a worker died (for the
+    quarantine process); otherwise only the others.
+    """
     if limit <= 0 or not function_ids:
         return []
     params = {"p_owner": owner, "p_limit": limit, "p_lease": lease_seconds, "p_fids": function_ids}
-    return [ClaimedRun(*row) for row in conn.execute(_CLAIM, params)]
+    stmt = _CLAIM_SUSPECTS if suspects else _CLAIM
+    return [ClaimedRun(*row) for row in conn.execute(stmt, params)]
 
 
 def seconds_until_next_due(conn: Connection, function_ids: list[str]) -> float | None:
@@ -154,7 +176,7 @@ def renew_leases(conn: Connection, *, owner: str, lease_seconds: float) -> set[s
     return {row[0] for row in rows}
 
 
-def _requeue_sql(where: str, *, count_recovery: bool) -> str:
+def _requeue_sql(where: str, *, count_recovery: bool, crashed: bool = False) -> str:
     bump = "r.recoveries + 1" if count_recovery else "r.recoveries"
     capped = f"({bump}) > :p_cap" if count_recovery else "false"
     # An interrupted run goes back to its place in line (due since it was created), so work
@@ -173,7 +195,7 @@ def _requeue_sql(where: str, *, count_recovery: bool) -> str:
         ORDER BY id LIMIT :p_limit FOR UPDATE SKIP LOCKED
     )
     UPDATE orchestrator.runs AS r
-    SET recoveries = {bump},
+    SET recoveries = {bump},{" crashes = r.crashes + 1," if crashed else ""}
         status = CASE WHEN {capped} THEN 'failed' ELSE 'queued' END,
         error = CASE WHEN {capped} THEN jsonb_build_object(
             'type', 'RecoveryCapError', 'code', 'recovery_cap',
@@ -195,7 +217,7 @@ _RESCUE_OWNER = text(_requeue_sql("lease_owner = CAST(:p_owner AS uuid)", count_
 _LEASE_PAIRS = (
     "(id, lease_token) IN (SELECT * FROM unnest(CAST(:p_ids AS uuid[]), CAST(:p_tokens AS uuid[])))"
 )
-_REQUEUE_CRASHED = text(_requeue_sql(_LEASE_PAIRS, count_recovery=True))
+_REQUEUE_CRASHED = text(_requeue_sql(_LEASE_PAIRS, count_recovery=True, crashed=True))
 _RELEASE = text(_requeue_sql(_LEASE_PAIRS, count_recovery=False))
 
 
@@ -216,7 +238,8 @@ def rescue_owner(
 def requeue_crashed(
     conn: Connection, leases: list[tuple[str, str]], *, max_recoveries: int
 ) -> list[RequeuedRun]:
-    """Requeue runs whose worker process died, counting a recovery for each."""
+    """Requeue runs whose worker process died inside their step body: a recovery and a crash
+    each (a crashed run is a suspect, see `claim_due`)."""
     return _by_leases(conn, _REQUEUE_CRASHED, leases, max_recoveries)
 
 

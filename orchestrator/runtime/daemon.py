@@ -192,7 +192,14 @@ class Daemon:
             interval.tick(now)
 
     def _dispatch(self) -> None:
-        while (free := self.pool.free_slots()) > 0:
+        self._claim_into_pool(suspects=False)
+        self._claim_into_pool(suspects=True)
+        with self.db.transaction() as conn:
+            self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
+
+    def _claim_into_pool(self, *, suspects: bool) -> None:
+        """Claim as many due runs as there are free threads, and hand them over."""
+        while (free := self.pool.free_slots(quarantine=suspects)) > 0:
             claimed = self.db.run(
                 lambda conn: runs.claim_due(
                     conn,
@@ -200,19 +207,17 @@ class Daemon:
                     limit=free,
                     lease_seconds=self.cfg.lease_duration,
                     function_ids=self.function_ids,
+                    suspects=suspects,
                 ),
                 retry_for=0,
             )
-            self.pool.submit(
-                [
-                    Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
-                    for c in claimed
-                ]
-            )
+            tasks = [
+                Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
+                for c in claimed
+            ]
+            self.pool.submit(tasks, quarantine=suspects)
             if len(claimed) < free:
-                break
-        with self.db.transaction() as conn:
-            self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
+                return
 
     def _timeout(self) -> float:
         timeout = self.cfg.poll_interval

@@ -23,7 +23,10 @@ from orchestrator.config import Config
 from orchestrator.engine.executor import Task
 from orchestrator.runtime.worker import SLOT, WorkerSpec, worker_main
 
-_CTX = multiprocessing.get_context("spawn")
+# Workers fork from a fork server that has already imported the engine and the app: a
+# replacement for a dead worker is ready in milliseconds, not the second a fresh interpreter
+# takes, and the fork server is single-threaded, so forking it is safe.
+_CTX = multiprocessing.get_context("forkserver")
 
 
 @dataclass
@@ -35,6 +38,11 @@ class _Worker:
     ready: bool = False
     eof: bool = False
     busy: Any = None  # shared memory: the run id each thread is executing a step body of
+    capacity: int = 1
+    quarantine: bool = False
+
+    def free(self) -> int:
+        return self.capacity - len(self.inflight) if self.ready else 0
 
 
 class WorkerPool:
@@ -51,7 +59,7 @@ class WorkerPool:
         self.app_path = app_path
         self.url = url
         self.config = config
-        self.capacity_per_worker = config.concurrency
+        self.quarantine_index = config.workers  # one more process, for suspect runs
         self.on_done = on_done
         self.on_crash = on_crash
         self.log = log
@@ -64,28 +72,33 @@ class WorkerPool:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        for index in range(self.config.workers):
+        app_module = self.app_path.partition(":")[0]
+        _CTX.set_forkserver_preload(
+            ["orchestrator.runtime.forkserver_init", "orchestrator.runtime.worker", app_module]
+        )
+        for index in range(self.config.workers + 1):
             self._spawn(index)
         self._supervisor.start()
 
     def _spawn(self, index: int) -> None:
+        quarantine = index == self.quarantine_index
+        capacity = 1 if quarantine else self.config.concurrency
+        config = asdict(self.config) | {"concurrency": capacity}
         parent_conn, child_conn = _CTX.Pipe()
-        busy = _CTX.RawArray(ctypes.c_char, self.config.concurrency * SLOT)
+        busy = _CTX.RawArray(ctypes.c_char, capacity * SLOT)
         process = _CTX.Process(
             target=worker_main,
-            args=(
-                WorkerSpec(index, self.app_path, self.url, asdict(self.config)),
-                child_conn,
-                busy,
-            ),
+            args=(WorkerSpec(index, self.app_path, self.url, config), child_conn, busy),
             name=f"orchestrator-worker-{index}",
             daemon=True,
         )
         process.start()
         child_conn.close()
         with self._lock:
-            self._workers[index] = _Worker(index, process, parent_conn, busy=busy)
-        self.log.info("worker started", worker=index, pid=process.pid)
+            self._workers[index] = _Worker(
+                index, process, parent_conn, busy=busy, capacity=capacity, quarantine=quarantine
+            )
+        self.log.info("worker started", worker=index, pid=process.pid, quarantine=quarantine)
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -136,11 +149,13 @@ class WorkerPool:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def free_slots(self) -> int:
+    def free_slots(self, *, quarantine: bool = False) -> int:
+        """Free threads in ready processes: the regular ones, or the quarantine process that
+        runs suspects (runs interrupted repeatedly) one at a time, away from healthy runs."""
         with self._lock:
             if self._draining or self._stopping:
                 return 0
-            return sum(self.capacity_per_worker - len(w.inflight) for w in self._workers.values())
+            return sum(w.free() for w in self._workers.values() if w.quarantine == quarantine)
 
     def inflight(self) -> int:
         with self._lock:
@@ -150,11 +165,12 @@ class WorkerPool:
         with self._lock:
             return {rid for w in self._workers.values() for rid in w.inflight}
 
-    def submit(self, tasks: list[Task]) -> None:
-        """Hand tasks to the processes with the most free slots."""
+    def submit(self, tasks: list[Task], *, quarantine: bool = False) -> None:
+        """Hand tasks to the ready processes (of the kind asked for) with the most free slots."""
         for task in tasks:
             with self._lock:
-                worker = max(self._workers.values(), key=lambda w: -len(w.inflight))
+                candidates = [w for w in self._workers.values() if w.quarantine == quarantine]
+                worker = max(candidates, key=lambda w: (w.free(), w.ready))
                 worker.inflight[task.run_id] = task.lease_token
             self._send(worker, ("run", asdict(task)))
 

@@ -34,8 +34,9 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.non_terminal or self.duplicate_runs
-                    or self.duplicated_results)
+        return not (
+            self.lost or self.non_terminal or self.duplicate_runs or self.duplicated_results
+        )
 
 
 def check(url: str, *, expect_failed: set[str] | None = None) -> Report:
@@ -43,25 +44,39 @@ def check(url: str, *, expect_failed: set[str] | None = None) -> Report:
     expect_failed = expect_failed or set()
     report = Report()
     with psycopg.connect(url, autocommit=True) as conn:
-        report.events = _one(conn, "SELECT count(*) FROM orchestrator.events "
-                                   "WHERE name LIKE 'chaos/%'")
-        report.lost = _one(conn, """
+        report.events = _one(
+            conn, "SELECT count(*) FROM orchestrator.events WHERE name LIKE 'chaos/%'"
+        )
+        report.lost = _one(
+            conn,
+            """
             SELECT count(*) FROM orchestrator.events e
             JOIN (VALUES ('chaos-flow', 'chaos/flow'), ('chaos-timer', 'chaos/timer'),
                          ('chaos-poison', 'chaos/poison')) AS f(fid, name) ON f.name = e.name
             WHERE e.error IS NULL AND NOT EXISTS (
                 SELECT 1 FROM orchestrator.runs r WHERE r.event_id = e.id AND r.function_id = f.fid)
-        """)
-        report.duplicate_runs = _one(conn, """
+        """,
+        )
+        report.duplicate_runs = _one(
+            conn,
+            """
             SELECT count(*) FROM (SELECT 1 FROM orchestrator.runs WHERE event_id IS NOT NULL
                                   GROUP BY event_id, function_id HAVING count(*) > 1) d
-        """)
-        statuses = dict(conn.execute(
-            "SELECT status, count(*) FROM orchestrator.runs GROUP BY status").fetchall())
+        """,
+        )
+        statuses = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM orchestrator.runs GROUP BY status"
+            ).fetchall()
+        )
         report.runs = sum(statuses.values())
         report.completed = statuses.get("completed", 0)
-        report.non_terminal = report.runs - report.completed - statuses.get("failed", 0) - \
-            statuses.get("cancelled", 0)
+        report.non_terminal = (
+            report.runs
+            - report.completed
+            - statuses.get("failed", 0)
+            - statuses.get("cancelled", 0)
+        )
         unexpected = conn.execute(
             "SELECT id::text, function_id, error->>'code', error->>'message' "
             "FROM orchestrator.runs WHERE status = 'failed' AND NOT function_id = ANY(%s)",
@@ -70,10 +85,13 @@ def check(url: str, *, expect_failed: set[str] | None = None) -> Report:
         report.failed = len(unexpected)
         report.lost += len(unexpected)  # a healthy run that failed is work that was lost
         report.problems += [f"run {r[0]} ({r[1]}) failed: {r[2]}: {r[3]}" for r in unexpected[:5]]
-        report.extra_executions = _one(conn, """
+        report.extra_executions = _one(
+            conn,
+            """
             SELECT coalesce(sum(n - 1), 0) FROM (
                 SELECT count(*) AS n FROM public.chaos_effects GROUP BY run_id, step) c
-        """)
+        """,
+        )
         _check_chains(conn, report)
     return report
 
@@ -84,12 +102,15 @@ def _check_chains(conn: psycopg.Connection[Any], report: Report) -> None:
         "SELECT run_id, step, token_in, token_out FROM public.chaos_effects"
     ):
         effects[(run_id, step, token_out)] = token_in
-    rows = conn.execute("""
+    rows = conn.execute(
+        """
         SELECT r.id::text, r.event_id, r.output, s.step_id, s.output #>> '{}'
         FROM orchestrator.runs r JOIN orchestrator.steps s ON s.run_id = r.id
         WHERE r.status = 'completed' AND r.function_id = ANY(%s) AND s.kind = 'run'
         ORDER BY r.id, s.position
-    """, (list(CHAINED),)).fetchall()
+    """,
+        (list(CHAINED),),
+    ).fetchall()
     runs: dict[str, tuple[str, Any, list[tuple[str, str]]]] = {}
     for run_id, event_id, output, step_id, token in rows:
         runs.setdefault(run_id, (event_id, output, []))[2].append((step_id, token))
@@ -98,11 +119,17 @@ def _check_chains(conn: psycopg.Connection[Any], report: Report) -> None:
         for step_id, token in steps:
             token_in = effects.get((run_id, step_id, token))
             if token_in is None:
-                _bad(report, f"run {run_id} step {step_id}: recorded result {token} was "
-                             "produced by no execution")
+                _bad(
+                    report,
+                    f"run {run_id} step {step_id}: recorded result {token} was "
+                    "produced by no execution",
+                )
             elif token_in != previous:
-                _bad(report, f"run {run_id} step {step_id}: its execution saw {token_in}, "
-                             f"but the recorded previous result is {previous}")
+                _bad(
+                    report,
+                    f"run {run_id} step {step_id}: its execution saw {token_in}, "
+                    f"but the recorded previous result is {previous}",
+                )
             previous = token
         if (output or {}).get("tokens") != [t for _, t in steps]:
             _bad(report, f"run {run_id}: output {output} disagrees with its recorded steps")

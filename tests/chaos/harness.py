@@ -84,13 +84,16 @@ class ChaosEnv:
         return dict(self.sql("SELECT status, count(*) FROM orchestrator.runs GROUP BY status"))
 
     def terminal(self) -> int:
-        return int(self.scalar(
-            "SELECT count(*) FROM orchestrator.runs "
-            "WHERE status IN ('completed', 'failed', 'cancelled')"
-        ))
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM orchestrator.runs "
+                "WHERE status IN ('completed', 'failed', 'cancelled')"
+            )
+        )
 
-    def wait_terminal(self, expected: int, timeout: float, *,
-                      during: Callable[[], None] | None = None) -> float:
+    def wait_terminal(
+        self, expected: int, timeout: float, *, during: Callable[[], None] | None = None
+    ) -> float:
         """Wait until `expected` runs are terminal; call `during` each poll. Returns seconds."""
         started = time.monotonic()
         while True:

@@ -14,11 +14,22 @@ def queue_runs(db: Database, n: int, function_id: str = "f", **kwargs: Any) -> l
 
 
 def claim(
-    db: Database, owner: str, limit: int = 10, fids: tuple[str, ...] = ("f",), lease: float = 30.0
+    db: Database,
+    owner: str,
+    limit: int = 10,
+    fids: tuple[str, ...] = ("f",),
+    lease: float = 30.0,
+    *,
+    suspects: bool = False,
 ) -> list[runs.ClaimedRun]:
     with db.transaction() as conn:
         return runs.claim_due(
-            conn, owner=owner, limit=limit, lease_seconds=lease, function_ids=list(fids)
+            conn,
+            owner=owner,
+            limit=limit,
+            lease_seconds=lease,
+            function_ids=list(fids),
+            suspects=suspects,
         )
 
 

@@ -68,6 +68,21 @@ def test_claim__two_connections_claim_disjoint_rows(db: Database) -> None:
     assert not {c.id for c in first} & {c.id for c in second}
 
 
+def test_claim_suspects__uses_their_partial_index(db: Database) -> None:
+    queue_runs(db, 500)
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET crashes = 1 "
+        "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 5)",
+    )
+    execute(db, "ANALYZE orchestrator.runs")
+    params = {"p_owner": OWNER, "p_limit": 10, "p_lease": 30.0, "p_fids": ["f"]}
+    with db.transaction() as conn:
+        plan = conn.execute(text("EXPLAIN " + runs._CLAIM_SUSPECTS.text), params).all()
+    assert "runs_due_suspects" in "\n".join(r[0] for r in plan)
+    assert len(claim(db, OWNER, suspects=True)) == 5
+
+
 def test_claim__uses_the_partial_due_index(db: Database) -> None:
     queue_runs(db, 2000)
     execute(
@@ -128,6 +143,16 @@ def test_rescue__leaves_live_leases_alone(db: Database) -> None:
     claim(db, OWNER, lease=60)
     with db.transaction() as conn:
         assert runs.rescue_expired(conn, max_recoveries=5) == []
+
+
+def test_requeue_crashed__makes_a_suspect_for_the_quarantine(db: Database) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    with db.transaction() as conn:
+        runs.requeue_crashed(conn, [(run.id, run.lease_token)], max_recoveries=5)
+    assert execute(db, "SELECT recoveries, crashes FROM orchestrator.runs")[0] == (1, 1)
+    assert claim(db, OWNER) == []  # a suspect only runs in the quarantine process
+    assert [c.id for c in claim(db, OWNER, suspects=True)] == [run.id]
 
 
 def test_requeue_crashed__matches_token_not_just_id(db: Database) -> None:

@@ -75,12 +75,9 @@ class DaemonProcess:
         eventually(serving, timeout=timeout, what="daemon serving")
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False
-        ).stdout
-        pids = [int(p) for p in out.split()]
-        # the multiprocessing resource tracker is a child too; workers run worker_main
-        return [p for p in pids if "orchestrator-worker" in _cmdline(p) or _is_worker(p)]
+        """The worker processes: children of the fork server the daemon started."""
+        servers = [p for p in _children(self.pid) if "forkserver" in _cmdline(p)]
+        return [p for server in servers for p in _children(server)]
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -123,9 +120,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _is_worker(pid: int) -> bool:
-    cmd = _cmdline(pid)
-    return "multiprocessing.spawn" in cmd and "resource_tracker" not in cmd
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
 
 
 def sql(db_url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:

@@ -3,6 +3,7 @@ period, give the rest back, exit 0 — and lose or repeat nothing."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -40,11 +41,17 @@ def open_gates(url: str) -> None:
     sql(url, "INSERT INTO gates (name) SELECT id::text || ':two' FROM orchestrator.runs")
 
 
-def sigterm_and_wait(daemon: DaemonProcess, between=lambda: None) -> tuple[int, float]:
-    """SIGTERM the daemon, run `between`, and return (exit code, seconds it took to exit)."""
+def sigterm_and_wait(
+    daemon: DaemonProcess, between=lambda: None, *, whole_group: bool = False
+) -> tuple[int, float]:
+    """SIGTERM the daemon (or its whole process group, as systemd's default KillMode does),
+    run `between`, and return (exit code, seconds it took to exit)."""
     assert daemon.proc is not None
     started = time.monotonic()
-    daemon.proc.send_signal(signal.SIGTERM)
+    if whole_group:
+        os.killpg(daemon.proc.pid, signal.SIGTERM)
+    else:
+        daemon.proc.send_signal(signal.SIGTERM)
     between()
     try:
         code = daemon.proc.wait(timeout=GRACE + MARGIN)
@@ -79,7 +86,10 @@ def finish_with_new_daemon(url: str, daemon_factory) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_sigterm__gates_opened_within_grace__steps_finish_and_exit_0(e2e_url, daemon_factory):
+@pytest.mark.parametrize("whole_group", [False, True], ids=["daemon", "process-group"])
+def test_sigterm__gates_opened_within_grace__steps_finish_and_exit_0(
+    e2e_url, daemon_factory, whole_group
+):
     daemon = daemon_factory(shutdown_grace=GRACE)
     run_ids = start_gated_runs(e2e_url, daemon)
 
@@ -87,7 +97,7 @@ def test_sigterm__gates_opened_within_grace__steps_finish_and_exit_0(e2e_url, da
         eventually(lambda: '"shutting down"' in daemon.logs(), what="daemon shutting down")
         open_gates(e2e_url)
 
-    code, took = sigterm_and_wait(daemon, open_once_shutting_down)
+    code, took = sigterm_and_wait(daemon, open_once_shutting_down, whole_group=whole_group)
     assert code == 0, daemon.logs()
     assert took <= GRACE + MARGIN
 
