@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 APP    ?= examples.app:app
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-fast check lint format bench db-up clean
+.PHONY: help install run migrate test test-fast check lint format bench soak db-up clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ run: migrate ## install, migrate and start the daemon serving the example app
 test: install ## run the whole test suite against real Postgres
 	$(BIN)/pytest
 
-test-fast: install ## unit and database tests only (no daemon subprocesses)
+test-fast: install ## unit and database tests only (no daemon subprocesses, no faults)
 	$(BIN)/pytest tests/unit tests/db
 
 check: install ## ruff lint, ruff format --check, mypy --strict
@@ -41,6 +41,9 @@ format: install ## apply ruff's fixes and formatting
 
 bench: install ## run the benchmarks and print their figures
 	$(BIN)/python bench/pickup.py
+
+soak: install ## every fault scenario at full size (about 10 minutes); prints the figures
+	$(BIN)/python -m tests.chaos.soak $(SOAK_ARGS)
 
 db-up: install ## migrate the configured database (or the embedded one in .orchestrator/pgdata)
 	$(BIN)/orchestrator migrate

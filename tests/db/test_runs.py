@@ -230,3 +230,25 @@ def test_list_runs__filters(db: Database) -> None:
         assert len(runs.list_runs(conn, function_id="g")) == 2
         assert len(runs.list_runs(conn, status="completed")) == 0
         assert len(runs.list_runs(conn, limit=1)) == 1
+
+
+def test_rescue__interrupted_run_keeps_its_place_in_line(db: Database) -> None:
+    [old] = queue_runs(db, 1)
+    [claimed] = claim(db, OWNER, lease=0.001)
+    newer = queue_runs(db, 5)  # a backlog that arrived while the old run was executing
+    execute(db, "SELECT pg_sleep(0.01)")
+    with db.transaction() as conn:
+        runs.rescue_expired(conn, max_recoveries=5)
+    assert [c.id for c in claim(db, OWNER, limit=1)] == [old]
+    assert claimed.id == old and old not in newer
+
+
+def test_rescue__repeatedly_interrupted_run_backs_off(db: Database) -> None:
+    queue_runs(db, 1)
+    execute(db, "UPDATE orchestrator.runs SET recoveries = 3")
+    claim(db, OWNER, lease=0.001)
+    execute(db, "SELECT pg_sleep(0.01)")
+    with db.transaction() as conn:
+        runs.rescue_expired(conn, max_recoveries=10)
+    delay = execute(db, "SELECT extract(epoch FROM due_at - now()) FROM orchestrator.runs")[0][0]
+    assert 3.9 < float(delay) <= 4.0  # the 4th interruption waits 2**(4-2) seconds
