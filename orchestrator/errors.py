@@ -68,6 +68,12 @@ class RunNotFoundError(OrchestratorError):
     code = "run_not_found"
 
 
+class UnknownFunctionError(OrchestratorError):
+    """A run names a function no daemon ever registered (recorded in `runs.error`)."""
+
+    code = "unknown_function"
+
+
 class NonDeterminismError(OrchestratorError):
     """A replay met recorded steps that the current code cannot reconcile."""
 

@@ -218,6 +218,7 @@ _LEASE_PAIRS = (
     "(id, lease_token) IN (SELECT * FROM unnest(CAST(:p_ids AS uuid[]), CAST(:p_tokens AS uuid[])))"
 )
 _REQUEUE_CRASHED = text(_requeue_sql(_LEASE_PAIRS, count_recovery=True, crashed=True))
+_REQUEUE_INTERRUPTED = text(_requeue_sql(_LEASE_PAIRS, count_recovery=True))
 _RELEASE = text(_requeue_sql(_LEASE_PAIRS, count_recovery=False))
 
 
@@ -241,6 +242,14 @@ def requeue_crashed(
     """Requeue runs whose worker process died inside their step body: a recovery and a crash
     each (a crashed run is a suspect, see `claim_due`)."""
     return _by_leases(conn, _REQUEUE_CRASHED, leases, max_recoveries)
+
+
+def requeue_interrupted(
+    conn: Connection, leases: list[tuple[str, str]], *, max_recoveries: int
+) -> list[RequeuedRun]:
+    """Requeue runs interrupted through no fault of their own that can be pinned down: a
+    recovery each, no crash."""
+    return _by_leases(conn, _REQUEUE_INTERRUPTED, leases, max_recoveries)
 
 
 def release(conn: Connection, leases: list[tuple[str, str]]) -> list[RequeuedRun]:

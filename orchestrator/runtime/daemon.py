@@ -30,7 +30,7 @@ from orchestrator.db.session import Session, notify_runs
 from orchestrator.engine.executor import Task
 from orchestrator.runtime.cron import CronScheduler
 from orchestrator.runtime.ingest import Ingester
-from orchestrator.runtime.pool import WorkerPool
+from orchestrator.runtime.pool import Handback, WorkerPool
 from orchestrator.runtime.rescuer import Rescuer
 
 
@@ -234,13 +234,11 @@ class Daemon:
                 self.next_due_in = due_in
         self.wake.set()
 
-    def _on_crash(
-        self, worker: int, crashed: list[tuple[str, str]], released: list[tuple[str, str]]
-    ) -> None:
-        """A worker process died: requeue its runs (a recovery for those it blames)."""
+    def _on_crash(self, worker: int, handback: Handback) -> None:
+        """A worker process died or gave up: requeue its runs at once."""
         cap = self.cfg.max_recoveries
         try:
-            requeued = self.db.run(lambda conn: _requeue_and_notify(conn, crashed, released, cap))
+            requeued = self.db.run(lambda conn: _requeue_and_notify(conn, handback, cap))
         except DatabaseError as exc:
             self.log.error(
                 "could not requeue runs of a dead worker; their leases will expire",
@@ -344,11 +342,11 @@ class Daemon:
             self.log.warning("database error during shutdown", error=_first_line(exc))
 
 
-def _requeue_and_notify(
-    conn: Any, crashed: list[tuple[str, str]], released: list[tuple[str, str]], cap: int
-) -> list[Any]:
-    requeued = runs.requeue_crashed(conn, crashed, max_recoveries=cap) + runs.release(
-        conn, released
+def _requeue_and_notify(conn: Any, handback: Handback, cap: int) -> list[Any]:
+    requeued = (
+        runs.requeue_crashed(conn, handback.crashed, max_recoveries=cap)
+        + runs.requeue_interrupted(conn, handback.interrupted, max_recoveries=cap)
+        + runs.release(conn, handback.released)
     )
     if requeued:
         notify_runs(conn)

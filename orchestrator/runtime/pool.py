@@ -53,7 +53,7 @@ class WorkerPool:
         url: str,
         config: Config,
         on_done: Callable[[str, str, datetime | None], None],
-        on_crash: Callable[[int, list[tuple[str, str]], list[tuple[str, str]]], None],
+        on_crash: Callable[[int, Handback], None],
         log: Any,
     ) -> None:
         self.app_path = app_path
@@ -151,7 +151,8 @@ class WorkerPool:
 
     def free_slots(self, *, quarantine: bool = False) -> int:
         """Free threads in ready processes: the regular ones, or the quarantine process that
-        runs suspects (runs interrupted repeatedly) one at a time, away from healthy runs."""
+        runs suspects (runs that were inside a step body when a worker died) one at a time,
+        away from healthy runs."""
         with self._lock:
             if self._draining or self._stopping:
                 return 0
@@ -214,7 +215,9 @@ class WorkerPool:
         with self._lock:
             token = worker.inflight.pop(run_id, None)
         if status == "abandoned" and token is not None:
-            self.on_crash(worker.index, [(run_id, token)], [])
+            # the worker gave up (an engine or database error it could not get past): an
+            # interruption, but no crash to blame on the run
+            self.on_crash(worker.index, Handback(interrupted=[(run_id, token)]))
         self.on_done(run_id, status, datetime.fromisoformat(due) if due else None)
 
     def _reap(self, worker: _Worker) -> None:
@@ -232,16 +235,16 @@ class WorkerPool:
                 worker.inflight.clear()
         worker.process.join(1)
         if respawn:
-            crashed, released = _blame(leases, _busy_runs(worker.busy))
+            handback = _blame(leases, _busy_runs(worker.busy))
             self.log.error(
                 "worker died",
                 worker=worker.index,
                 exitcode=worker.process.exitcode,
                 runs_in_flight=len(leases),
-                runs_in_step_bodies=len(crashed) if released else None,
+                runs_in_step_bodies=len(handback.crashed),
             )
             if leases:
-                self.on_crash(worker.index, crashed, released)
+                self.on_crash(worker.index, handback)
             self._spawn(worker.index)
             if self._draining:
                 self._send(self._workers[worker.index], ("drain",))
@@ -253,17 +256,27 @@ def _busy_runs(busy: Any) -> set[str]:
     return {run_id for run_id in ids if run_id}
 
 
-def _blame(
-    leases: list[tuple[str, str]], in_bodies: set[str]
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split a dead process's runs into (crashed, released).
+@dataclass(frozen=True)
+class Handback:
+    """The runs (id, lease token) of a worker that died or gave up, by how they go back."""
 
-    The runs that were inside a step body when the process died are the suspects and count a
-    recovery; the others were bystanders and go back without one, so a poison step cannot
-    drag healthy runs sharing its process to the recovery cap. When no run was in a step body
-    nobody can be singled out, and every run counts one.
+    crashed: list[tuple[str, str]] = field(default_factory=list)  # a recovery and a crash
+    interrupted: list[tuple[str, str]] = field(default_factory=list)  # a recovery
+    released: list[tuple[str, str]] = field(default_factory=list)  # nothing counted
+
+
+def _blame(leases: list[tuple[str, str]], in_bodies: set[str]) -> Handback:
+    """Sort a dead process's runs.
+
+    The runs that were inside a step body when the process died are the suspects: they count
+    a recovery and a crash (and run in quarantine from then on). The others were bystanders
+    and go back without either, so a poison step cannot drag healthy runs sharing its process
+    to the recovery cap. When no run was in a step body nobody can be singled out: each counts
+    a recovery, none a crash.
     """
     suspects = [lease for lease in leases if lease[0] in in_bodies]
     if not suspects:
-        return leases, []
-    return suspects, [lease for lease in leases if lease[0] not in in_bodies]
+        return Handback(interrupted=leases)
+    return Handback(
+        crashed=suspects, released=[lease for lease in leases if lease[0] not in in_bodies]
+    )

@@ -1,8 +1,9 @@
 """A worker process: `concurrency` threads executing the runs its daemon hands it.
 
 Talks to its daemon over a pipe: it receives ("run", task), ("drain",) and ("stop",) and
-answers ("ready",) once, then ("done", run_id, status, due_at) per run. It dies with its daemon
-(PR_SET_PDEATHSIG) and ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
+answers ("ready",) once, then ("done", run_id, status, due_at) per run. It is forked from the
+daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the daemon; it
+ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
 """
 
 from __future__ import annotations

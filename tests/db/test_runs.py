@@ -252,3 +252,13 @@ def test_rescue__repeatedly_interrupted_run_backs_off(db: Database) -> None:
         runs.rescue_expired(conn, max_recoveries=10)
     delay = execute(db, "SELECT extract(epoch FROM due_at - now()) FROM orchestrator.runs")[0][0]
     assert 3.9 < float(delay) <= 4.0  # the 4th interruption waits 2**(4-2) seconds
+
+
+def test_requeue_interrupted__counts_a_recovery_but_no_crash(db: Database) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    with db.transaction() as conn:
+        [requeued] = runs.requeue_interrupted(conn, [(run.id, run.lease_token)], max_recoveries=5)
+    assert requeued.status == "queued"
+    assert execute(db, "SELECT recoveries, crashes FROM orchestrator.runs")[0] == (1, 0)
+    assert [c.id for c in claim(db, OWNER)] == [run.id]  # not a suspect

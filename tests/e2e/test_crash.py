@@ -123,7 +123,7 @@ def test_kill9__during_step_three__earlier_steps_run_once(e2e_url, daemon_factor
 def test_kill9_one_worker__mid_step__run_requeued_without_lease_expiry(e2e_url, daemon_factory):
     daemon = daemon_factory(lease_duration=120, workers=2)
     workers_before = daemon.worker_pids()
-    # two regular workers and the quarantine worker for runs interrupted repeatedly
+    # two regular workers and the quarantine worker for runs that crashed a worker
     assert len(workers_before) == 3, f"expected 3 worker processes, found {workers_before}"
 
     run_id = send_three(e2e_url, {"gate": "two"})

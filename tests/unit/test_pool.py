@@ -3,7 +3,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 
-from orchestrator.runtime.pool import SLOT, _blame, _busy_runs
+from orchestrator.runtime.pool import SLOT, Handback, _blame, _busy_runs
 
 
 def _busy(*run_ids: str) -> ctypes.Array[ctypes.c_char]:
@@ -21,10 +21,12 @@ def test_busy_runs__reads_the_ids_threads_wrote() -> None:
 
 def test_blame__only_runs_in_step_bodies_count_a_recovery() -> None:
     leases = [("a", "ta"), ("b", "tb"), ("c", "tc")]
-    assert _blame(leases, {"b"}) == ([("b", "tb")], [("a", "ta"), ("c", "tc")])
+    assert _blame(leases, {"b"}) == Handback(
+        crashed=[("b", "tb")], released=[("a", "ta"), ("c", "tc")]
+    )
 
 
-def test_blame__everyone_counts_when_nobody_was_in_a_step_body() -> None:
+def test_blame__everyone_interrupted_none_crashed_when_nobody_was_in_a_step_body() -> None:
     leases = [("a", "ta"), ("b", "tb")]
-    assert _blame(leases, set()) == (leases, [])
-    assert _blame(leases, {"someone-else"}) == (leases, [])
+    assert _blame(leases, set()) == Handback(interrupted=leases)
+    assert _blame(leases, {"someone-else"}) == Handback(interrupted=leases)
