@@ -31,7 +31,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # one write per line: the daemon and its workers share stderr, and lines written in
+        # pieces would interleave
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
 

@@ -167,16 +167,26 @@ def renew_leases(conn: Connection, *, owner: str, lease_seconds: float) -> set[s
     """Extend every lease `owner` holds; returns the ids it still holds."""
     rows = conn.execute(
         text(
-            "UPDATE orchestrator.runs "
-            "SET lease_expires_at = now() + make_interval(secs => :p_lease) "
-            "WHERE status = 'running' AND lease_owner = CAST(:p_owner AS uuid) RETURNING id::text"
+            # rows locked in id order, like every other multi-row lock here (no deadlocks)
+            "UPDATE orchestrator.runs SET lease_expires_at = now() + "
+            "make_interval(secs => :p_lease) WHERE id IN (SELECT id FROM orchestrator.runs "
+            "WHERE status = 'running' AND lease_owner = CAST(:p_owner AS uuid) ORDER BY id "
+            "FOR UPDATE) AND status = 'running' AND lease_owner = CAST(:p_owner AS uuid) "
+            "RETURNING id::text"
         ),
         {"p_owner": owner, "p_lease": lease_seconds},
     )
     return {row[0] for row in rows}
 
 
-def _requeue_sql(where: str, *, count_recovery: bool, crashed: bool = False) -> str:
+def _requeue_sql(
+    where: str, *, count_recovery: bool, crashed: bool = False, sweep: bool = False
+) -> str:
+    # A sweep (rescuing expired or dead leases) skips rows another transaction holds; the
+    # next sweep gets them. A targeted hand-back (these leases, now) must not skip a row that
+    # is briefly locked (a lease renewal, say), or the run would stay 'running' until its
+    # lease expired: it waits for the lock instead.
+    lock = "FOR UPDATE SKIP LOCKED" if sweep else "FOR UPDATE"
     bump = "r.recoveries + 1" if count_recovery else "r.recoveries"
     capped = f"({bump}) > :p_cap" if count_recovery else "false"
     # An interrupted run goes back to its place in line (due since it was created), so work
@@ -192,7 +202,7 @@ def _requeue_sql(where: str, *, count_recovery: bool, crashed: bool = False) -> 
     return f"""
     WITH picked AS MATERIALIZED (
         SELECT id FROM orchestrator.runs WHERE status = 'running' AND ({where})
-        ORDER BY id LIMIT :p_limit FOR UPDATE SKIP LOCKED
+        ORDER BY id LIMIT :p_limit {lock}
     )
     UPDATE orchestrator.runs AS r
     SET recoveries = {bump},{" crashes = r.crashes + 1," if crashed else ""}
@@ -212,8 +222,10 @@ def _requeue_sql(where: str, *, count_recovery: bool, crashed: bool = False) -> 
     """
 
 
-_RESCUE_EXPIRED = text(_requeue_sql("lease_expires_at < now()", count_recovery=True))
-_RESCUE_OWNER = text(_requeue_sql("lease_owner = CAST(:p_owner AS uuid)", count_recovery=True))
+_RESCUE_EXPIRED = text(_requeue_sql("lease_expires_at < now()", count_recovery=True, sweep=True))
+_RESCUE_OWNER = text(
+    _requeue_sql("lease_owner = CAST(:p_owner AS uuid)", count_recovery=True, sweep=True)
+)
 _LEASE_PAIRS = (
     "(id, lease_token) IN (SELECT * FROM unnest(CAST(:p_ids AS uuid[]), CAST(:p_tokens AS uuid[])))"
 )

@@ -262,3 +262,26 @@ def test_requeue_interrupted__counts_a_recovery_but_no_crash(db: Database) -> No
     assert requeued.status == "queued"
     assert execute(db, "SELECT recoveries, crashes FROM orchestrator.runs")[0] == (1, 0)
     assert [c.id for c in claim(db, OWNER)] == [run.id]  # not a suspect
+
+
+def test_release__waits_for_a_briefly_locked_row_instead_of_skipping_it(
+    db: Database, db_url: str
+) -> None:
+    import threading
+
+    import psycopg
+
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    holder = psycopg.connect(db_url)
+    holder.execute("SELECT 1 FROM orchestrator.runs FOR SHARE")  # as a lease renewal would
+    timer = threading.Timer(0.3, holder.commit)
+    timer.start()
+    try:
+        with db.transaction() as conn:
+            released = runs.release(conn, [(run.id, run.lease_token)])
+    finally:
+        timer.join()
+        holder.close()
+    assert [r.id for r in released] == [run.id]
+    assert execute(db, "SELECT status FROM orchestrator.runs")[0][0] == "queued"
