@@ -2,10 +2,10 @@
 
 - lost: an event with no run for a function it triggers, or a run that never finished
 - duplicate runs: more than one run of a function for one event
-- duplicated results: a recorded step result that no execution produced, or that was produced
-  by an execution which saw a different result of the previous step than the one recorded, or
-  a run output that disagrees with its recorded steps — any of which means two executions'
-  results were both acted upon
+- duplicated results: two results of one step that were both acted upon (each was the input
+  of a later step's execution), a recorded step result that no execution produced, or one
+  produced by an execution which saw a different result of the previous step than the one
+  recorded, or a run output that disagrees with its recorded steps
 - extra executions: step bodies that ran more than once (allowed, within bounds, after kills)
 """
 
@@ -98,10 +98,24 @@ def check(url: str, *, expect_failed: set[str] | None = None) -> Report:
 
 def _check_chains(conn: psycopg.Connection[Any], report: Report) -> None:
     effects: dict[tuple[str, str, str], str] = {}
+    outputs: dict[tuple[str, str], list[str]] = {}
+    consumed: set[tuple[str, str]] = set()
     for run_id, step, token_in, token_out in conn.execute(
         "SELECT run_id, step, token_in, token_out FROM public.chaos_effects"
     ):
         effects[(run_id, step, token_out)] = token_in
+        outputs.setdefault((run_id, step), []).append(token_out)
+        consumed.add((run_id, token_in))
+    # A body may run twice (its process died before the checkpoint), but only one of its
+    # results may ever be passed on: an execution whose checkpoint was refused must stop.
+    for (run_id, step), tokens in outputs.items():
+        used = [t for t in tokens if (run_id, t) in consumed]
+        if len(used) > 1:
+            _bad(
+                report,
+                f"run {run_id} step {step}: {len(used)} different results were "
+                "each passed on to a later step",
+            )
     rows = conn.execute(
         """
         SELECT r.id::text, r.event_id, r.output, s.step_id, s.output #>> '{}'
