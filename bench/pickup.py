@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from orchestrator import Context, Orchestrator, event
+from tests.e2e.apps.common import _conn
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -42,15 +42,6 @@ EVENT = "bench/pickup"
 # -- the app the daemon serves ------------------------------------------------------------------
 
 app = Orchestrator()
-_local = threading.local()
-
-
-def _conn() -> psycopg.Connection[Any]:
-    conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(os.environ["ORCHESTRATOR_DATABASE_URL"], autocommit=True)
-        _local.conn = conn
-    return conn
 
 
 def _note_start(event_id: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from tests.conftest import ROOT, eventually
 
@@ -151,3 +152,33 @@ def cli(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProc
     if check and result.returncode != 0:
         raise AssertionError(f"orchestrator {' '.join(args)} failed: {result.stderr}")
     return result
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def send(url: str, name: str, data: dict[str, Any] | None = None) -> str:
+    """Insert an event by plain SQL, as any producer would; returns its id."""
+    return str(
+        scalar(
+            url,
+            "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s) RETURNING id",
+            (name, Jsonb(data or {})),
+        )
+    )
+
+
+def finished_run(url: str, event_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Wait for the run of `event_id` to reach a terminal status; returns its row."""
+
+    def check() -> list[tuple[Any, ...]]:
+        return sql(
+            url,
+            "SELECT id::text, status, output, error FROM orchestrator.runs "
+            "WHERE event_id = %s AND status = ANY(%s)",
+            (event_id, list(TERMINAL)),
+        )
+
+    rows = eventually(check, timeout=timeout, what=f"run of event {event_id} finished")
+    run_id, status, output, error = rows[0]
+    return {"id": run_id, "status": status, "output": output, "error": error}

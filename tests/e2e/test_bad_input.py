@@ -9,40 +9,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
 from orchestrator import Orchestrator
 from orchestrator.errors import InvalidEventError, PayloadError
 from tests.conftest import eventually
 from tests.e2e.apps.badinput import HOSTILE_EVENT
-from tests.e2e.harness import cli, scalar, sql
+from tests.e2e.harness import cli, finished_run, scalar, send, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 APP = "tests.e2e.apps.badinput:app"
-TERMINAL = ("completed", "failed", "cancelled")
-
-
-def send(url: str, name: str, data: dict[str, Any] | None = None) -> str:
-    return scalar(
-        url,
-        "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s) RETURNING id",
-        (name, Jsonb(data or {})),
-    )
-
-
-def finished_run(url: str, event_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    def check() -> list[tuple[Any, ...]]:
-        return sql(
-            url,
-            "SELECT id::text, status, output, error FROM orchestrator.runs "
-            "WHERE event_id = %s AND status = ANY(%s)",
-            (event_id, list(TERMINAL)),
-        )
-
-    rows = eventually(check, timeout=timeout, what=f"run of event {event_id} finished")
-    run_id, status, output, error = rows[0]
-    return {"id": run_id, "status": status, "output": output, "error": error}
 
 
 def step_row(url: str, run_id: str, step_id: str) -> tuple[Any, ...]:

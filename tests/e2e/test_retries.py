@@ -5,37 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from psycopg.types.json import Jsonb
 
-from tests.conftest import eventually
-from tests.e2e.harness import scalar, sql
+from tests.e2e.harness import finished_run, scalar, send, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 APP = "tests.e2e.apps.retries:app"
-TERMINAL = ("completed", "failed", "cancelled")
-
-
-def send(url: str, name: str, data: dict[str, Any] | None = None) -> str:
-    return scalar(
-        url,
-        "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s) RETURNING id",
-        (name, Jsonb(data or {})),
-    )
-
-
-def finished_run(url: str, event_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    def check() -> list[tuple[Any, ...]]:
-        return sql(
-            url,
-            "SELECT id::text, status, output, error FROM orchestrator.runs "
-            "WHERE event_id = %s AND status = ANY(%s)",
-            (event_id, list(TERMINAL)),
-        )
-
-    rows = eventually(check, timeout=timeout, what=f"run of event {event_id} finished")
-    run_id, status, output, error = rows[0]
-    return {"id": run_id, "status": status, "output": output, "error": error}
 
 
 def steps(url: str, run_id: str) -> dict[str, dict[str, Any]]:

@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from typing import Any
-
-import psycopg
-
-_local = threading.local()
-
-
-def _conn() -> psycopg.Connection[Any]:
-    conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(os.environ["ORCHESTRATOR_DATABASE_URL"], autocommit=True)
-        _local.conn = conn
-    return conn
+from tests.e2e.apps.common import _conn
 
 
 def executions(run_id: str, step: str) -> int:
