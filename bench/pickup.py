@@ -101,14 +101,16 @@ def drop_database(server: str, name: str) -> None:
 
 
 class Daemon:
-    def __init__(self, url: str, log_path: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, url: str, log_path: Path, config: dict[str, Any], app: str = APP_PATH
+    ) -> None:
         self.log_path = log_path
         env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=url, ORCHESTRATOR_LOG_FORMAT="json")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.update({f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in config.items()})
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "run", "--app", APP_PATH],
+                [sys.executable, "-m", "orchestrator.cli", "run", "--app", app],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
