@@ -86,7 +86,9 @@ def make_engine(url: str, *, pool_size: int = 5, application_name: str = "orches
         sa_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # no ping per checkout (a round trip per transaction): a connection that died is
+        # found by the statement itself, invalidated, and the caller's retry gets a new one
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 10},
     )

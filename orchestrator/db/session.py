@@ -37,7 +37,7 @@ class Session:
         url: str,
         *,
         lock_key: int,
-        on_wake: Callable[[], None],
+        on_wake: Callable[[str], None],
         on_error: Callable[[Exception], None],
         application_name: str = "orchestrator-session",
     ) -> None:
@@ -87,9 +87,10 @@ class Session:
         for channel in CHANNELS:
             conn.execute(f"LISTEN {channel}")
         self._connected.set()
-        self._on_wake()  # anything that arrived while we were disconnected
+        for channel in CHANNELS:  # anything that arrived while we were disconnected
+            self._on_wake(channel)
         while not self._stop.is_set():
-            for _ in conn.notifies(timeout=0.25, stop_after=1000):
-                self._on_wake()
+            for notify in conn.notifies(timeout=0.25, stop_after=1000):
+                self._on_wake(notify.channel)
             conn.execute("SELECT 1")  # notices a dead server even when nothing is notified
         self._connected.clear()

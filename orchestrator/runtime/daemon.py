@@ -64,6 +64,8 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.signals = 0
         self.next_due_in: float | None = None
+        self.events_hint = threading.Event()  # an event arrived since the last ingest
+        self.ingested_at = 0.0
         self.pool = WorkerPool(
             app_path=app_path,
             url=url,
@@ -127,7 +129,7 @@ class Daemon:
         self.session = Session(
             self.url,
             lock_key=lock_key,
-            on_wake=self.wake.set,
+            on_wake=self._on_notify,
             on_error=self._on_session_error,
             application_name="orchestrator-session",
         )
@@ -184,21 +186,30 @@ class Daemon:
             self.wake.clear()
 
     def _pass(self) -> None:
-        while self.ingester.tick() >= self.cfg.ingest_batch_size:
-            pass
+        # ingest when told that events arrived, and by polling as a fallback (a NOTIFY can be
+        # lost across a reconnect, or never sent through a pooler)
+        now = time.monotonic()
+        if self.events_hint.is_set() or now - self.ingested_at >= self.cfg.poll_interval:
+            self.events_hint.clear()
+            self.ingested_at = now
+            while self.ingester.tick() >= self.cfg.ingest_batch_size:
+                pass
         self._dispatch()
         now = time.monotonic()
         for interval in self.intervals:
             interval.tick(now)
 
     def _dispatch(self) -> None:
-        self._claim_into_pool(suspects=False)
-        self._claim_into_pool(suspects=True)
-        with self.db.transaction() as conn:
-            self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
+        drained = self._claim_into_pool(suspects=False)
+        drained = self._claim_into_pool(suspects=True) or drained
+        self.next_due_in = None  # busy: a finishing run wakes the loop
+        if drained:  # no more due work: sleep until the next run falls due
+            with self.db.transaction() as conn:
+                self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
 
-    def _claim_into_pool(self, *, suspects: bool) -> None:
-        """Claim as many due runs as there are free threads, and hand them over."""
+    def _claim_into_pool(self, *, suspects: bool) -> bool:
+        """Claim as many due runs as there are free threads, and hand them over. True if
+        fewer were due than there was room for."""
         while (free := self.pool.free_slots(quarantine=suspects)) > 0:
             claimed = self.db.run(
                 lambda conn: runs.claim_due(
@@ -217,7 +228,8 @@ class Daemon:
             ]
             self.pool.submit(tasks, quarantine=suspects)
             if len(claimed) < free:
-                return
+                return True
+        return False
 
     def _timeout(self) -> float:
         timeout = self.cfg.poll_interval
@@ -254,6 +266,11 @@ class Daemon:
                 status=run.status,
                 worker=worker,
             )
+        self.wake.set()
+
+    def _on_notify(self, channel: str) -> None:
+        if channel == "orchestrator_events":
+            self.events_hint.set()
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:
