@@ -42,6 +42,7 @@ format: install ## apply ruff's fixes and formatting
 bench: install ## run the benchmarks (pgbench baseline, throughput, pickup) and print figures
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
+	$(BIN)/python bench/pickup.py --idle 1000000
 
 soak: install ## every fault scenario at full size (about 10 minutes); prints the figures
 	$(BIN)/python -m tests.chaos.soak $(SOAK_ARGS)

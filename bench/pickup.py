@@ -153,7 +153,12 @@ def wait_idle(conn: psycopg.Connection[Any], expected_started: int) -> None:
     """Every event ingested, every run finished, every step body recorded."""
     wait_for(conn, "SELECT count(*) FROM public.pickup", expected_started, 60)
     wait_for(conn, "SELECT count(*) FROM orchestrator.events WHERE ingested_at IS NULL", 0, 60)
-    wait_for(conn, "SELECT count(*) FROM orchestrator.runs WHERE status <> 'completed'", 0, 60)
+    wait_for(
+        conn,
+        "SELECT count(*) FROM orchestrator.runs WHERE status NOT IN ('completed', 'sleeping')",
+        0,
+        60,
+    )
 
 
 def insert_event(conn: psycopg.Connection[Any], event_id: str) -> float:
@@ -205,12 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--idle", type=int, default=0, help="sleeping runs to fill in first (W5)")
     args = parser.parse_args(argv)
 
     server, kind = server_url()
     name, url = create_database(server)
     RESULTS.mkdir(parents=True, exist_ok=True)
     config = {"workers": args.workers, "concurrency": args.concurrency}
+    if args.idle:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO orchestrator.runs (function_id, status, due_at, attempts) "
+                "SELECT 'pickup', 'sleeping', now() + interval '365 days', 1 "
+                "FROM generate_series(1, %s)",
+                (args.idle,),
+            )
+            conn.execute("VACUUM ANALYZE orchestrator.runs")
     log_path = Path(tempfile.mkdtemp(prefix="pickup-")) / "daemon.log"  # kept if the run fails
     daemon = Daemon(url, log_path, config)
     try:
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "pickup",
         "what": "event INSERT commit returned -> first step body started",
         "events": len(latencies),
+        "idle_runs": args.idle,
         "interval_ms": args.interval * 1000,
         **{k: round(v, 3) for k, v in figures.items()},
         "stages": breakdown,
@@ -254,17 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     shutil.rmtree(log_path.parent, ignore_errors=True)
-    (RESULTS / "pickup.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / ("pickup.json" if not args.idle else "pickup-idle.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"pickup latency over {len(latencies)} events ({kind} Postgres {pg_version}, "
-        f"{args.workers}x{args.concurrency} workers, {args.interval * 1000:g} ms apart):"
+        f"{args.workers}x{args.concurrency} workers, {args.interval * 1000:g} ms apart, "
+        f"{args.idle:,} idle runs):"
     )
     for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
         print(f"  {key[:-3]:>4}  {figures[key]:8.2f} ms")
     print("  stages (p50 / p95; database timestamps are transaction starts):")
     for name, figs in breakdown.items():
         print(f"    {name:<8} {figs['p50_ms']:7.2f} / {figs['p95_ms']:7.2f} ms")
-    print(f"written to {RESULTS / 'pickup.json'}")
+    print(f"written to {out}")
     return 0
 
 

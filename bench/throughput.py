@@ -9,6 +9,8 @@
 - W2: 3-step runs (each step returns a small dict); runs/s and steps/s
 - W4: one run of N sequential steps; total time and the per-step cost over the first and the
   last 100 steps (flat means no replay cost growing with history)
+- W5: W1 again with --w5-idle runs (default 1,000,000) sleeping in the tables, reported
+  against the empty-table W1 (bench/pickup.py --idle does the same for pickup latency)
 
 Every rate is also printed as a ratio to the pgbench 1-client figure. Writes
 bench/results/throughput.json.
@@ -118,9 +120,9 @@ def _wait_completed(url: str, function_id: str, n: int, timeout: float) -> float
     raise SystemExit(f"{function_id}: {n} runs did not complete in {timeout}s")
 
 
-def w1(url: str, n: int) -> dict[str, Any]:
+def w1(url: str, n: int, *, done_before: int = 0) -> dict[str, Any]:
     started = _send_bulk(url, "bench/one", n, {})
-    seconds = _wait_completed(url, "bench-one", n, timeout=900) - started
+    seconds = _wait_completed(url, "bench-one", done_before + n, timeout=900) - started
     return {"runs": n, "seconds": round(seconds, 2), "runs_per_s": round(n / seconds, 1)}
 
 
@@ -157,11 +159,26 @@ def w4(url: str, steps: int) -> dict[str, Any]:
     }
 
 
+def fill_idle(url: str, n: int) -> float:
+    """Insert `n` runs of a registered function sleeping a year from now."""
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orchestrator.runs (function_id, status, due_at, attempts) "
+            "SELECT 'bench-long', 'sleeping', now() + interval '365 days', 1 "
+            "FROM generate_series(1, %s)",
+            (n,),
+        )
+        conn.execute("VACUUM ANALYZE orchestrator.runs")
+    return time.monotonic() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--w1", type=int, default=20000)
     parser.add_argument("--w2", type=int, default=2000)
     parser.add_argument("--w4", type=int, default=1000)
+    parser.add_argument("--w5-idle", type=int, default=1_000_000)
     parser.add_argument("--pgbench-seconds", type=int, default=10)
     args = parser.parse_args(argv)
     server, kind = server_url()
@@ -177,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             results["W1"] = w1(url, args.w1)
             results["W2"] = w2(url, args.w2)
             results["W4"] = w4(url, args.w4)
+            if args.w5_idle:
+                fill_seconds = fill_idle(url, args.w5_idle)
+                w5 = w1(url, args.w1, done_before=args.w1)
+                w5["idle_runs"] = args.w5_idle
+                w5["fill_seconds"] = round(fill_seconds, 1)
+                w5["vs_empty"] = round(w5["runs_per_s"] / results["W1"]["runs_per_s"], 3)
+                results["W5"] = w5
         finally:
             daemon.stop()
     finally:
@@ -193,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         value = results[key][field]
         print(f"{label:<24} {value:>10,.1f}   ratio to pgbench(1) {value / base:.3f}")
+    if "W5" in results:
+        w5r = results["W5"]
+        print(
+            f"W5 W1 with {w5r['idle_runs']:,} idle runs {w5r['runs_per_s']:>8,.1f} runs/s   "
+            f"ratio to pgbench(1) {w5r['runs_per_s'] / base:.3f}; vs empty {w5r['vs_empty']}"
+        )
     w4r = results["W4"]
     print(
         f"W4 {w4r['steps']} sequential steps: {w4r['seconds']} s; ms/step first 100 "
