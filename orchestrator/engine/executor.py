@@ -96,8 +96,8 @@ def _drive(
         return _fail(store, lease, execution, exc.error, log)
     except Exception as exc:
         return _fail(store, lease, execution, error_dict(exc), log)
-    if execution.fatal is not None:
-        return _fail(store, lease, execution, error_dict(execution.fatal), log)
+    if execution.fatal is not None:  # user code swallowed a non-determinism error
+        return _fail(store, lease, execution, {}, log)
     store.finish(lease, status="completed", output_json=text, error_json=None)
     log.info("run completed")
     return Outcome(lease.run_id, "completed")
@@ -106,7 +106,7 @@ def _drive(
 def _fail(
     store: RunStore, lease: Lease, execution: Execution, error: dict[str, Any], log: Any
 ) -> Outcome:
-    if execution.fatal is not None:
+    if execution.fatal is not None:  # it wins over whatever the code did after it
         error = error_dict(execution.fatal)
     store.finish(lease, status="failed", output_json=None, error_json=json.dumps(error))
     log.warning("run failed", error_type=error.get("type"), error_code=error.get("code"))

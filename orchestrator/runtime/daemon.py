@@ -66,6 +66,8 @@ class Daemon:
         self.next_due_in: float | None = None
         self.events_hint = threading.Event()  # an event arrived since the last ingest
         self.ingested_at = 0.0
+        self.suspects_hint = threading.Event()  # a worker crash here made suspects
+        self.suspects_at = 0.0
         self.pool = WorkerPool(
             app_path=app_path,
             url=url,
@@ -201,7 +203,14 @@ class Daemon:
 
     def _dispatch(self) -> None:
         drained = self._claim_into_pool(suspects=False)
-        drained = self._claim_into_pool(suspects=True) or drained
+        # Suspects are rare: look for them after a crash here, else once per poll interval,
+        # not on every pass (the quarantine is nearly always free, so that would be one more
+        # transaction per finished run on the hot path).
+        now = time.monotonic()
+        if self.suspects_hint.is_set() or now - self.suspects_at >= self.cfg.poll_interval:
+            self.suspects_hint.clear()
+            self.suspects_at = now
+            self._claim_into_pool(suspects=True)
         self.next_due_in = None  # busy: a finishing run wakes the loop
         if drained:  # no more due work: sleep until the next run falls due
             with self.db.transaction() as conn:
@@ -258,6 +267,8 @@ class Daemon:
                 error=_first_line(exc),
             )
             return
+        if handback.crashed:
+            self.suspects_hint.set()
         for run in requeued:
             self.log.warning(
                 "run requeued after worker crash",
