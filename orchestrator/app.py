@@ -138,12 +138,12 @@ class Orchestrator:
 
 def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:
     """Check an event before it is written; returns its data as JSON text."""
-    if not _storable_text(name):
+    if not codec.storable_text(name, 256):
         raise InvalidEventError(
             f"event name must be a 1-256 character string without NUL characters or lone "
             f"surrogates, got {name!r}"
         )
-    if event_id is not None and not _storable_text(event_id):
+    if event_id is not None and not codec.storable_text(event_id, 256):
         raise InvalidEventError(
             f"event id must be a 1-256 character string without NUL characters or lone "
             f"surrogates, got {event_id!r}"
@@ -153,14 +153,3 @@ def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:
             f"event data must be a JSON object (a dict), got {type(data).__name__}"
         )
     return codec.encode(data, what=f"event '{name}' data", limit=limit)
-
-
-def _storable_text(value: Any) -> bool:
-    """A string Postgres `text` can hold (no NUL, valid UTF-8) of 1-256 characters."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 256 or "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -83,5 +83,17 @@ def roundtrip(value: Any, *, what: str, limit: int | None = None) -> tuple[str, 
     return text, json.loads(text)
 
 
+def storable_text(value: Any, max_length: int) -> bool:
+    """A string of 1-`max_length` characters that Postgres `text` can hold: no NUL, valid
+    UTF-8 (no lone surrogates). For names and ids, which are stored as text, not JSON."""
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode(text: str | None) -> Any:
     return None if text is None else json.loads(text)

@@ -99,17 +99,6 @@ def upsert_schedule(
     )
 
 
-def delete_schedules_except(conn: Connection, function_ids: list[str]) -> None:
-    """Drop schedules of functions that no longer have a cron trigger in this deployment."""
-    conn.execute(
-        text(
-            "DELETE FROM orchestrator.schedules "
-            "WHERE NOT (function_id = ANY(CAST(:p_ids AS text[])))"
-        ),
-        {"p_ids": function_ids},
-    )
-
-
 def claim_due_schedules(conn: Connection, function_ids: list[str]) -> list[DueSchedule]:
     rows = conn.execute(
         text(

@@ -69,7 +69,7 @@ class Execution:
 
     def next_id(self, step_id: str) -> tuple[str, int]:
         """The unique id for this call of `step_id` (`id`, `id#1`, …) and its position."""
-        if not _valid_step_id(step_id):
+        if not codec.storable_text(step_id, 200) or "#" in step_id:
             raise ValueError(
                 f"step id {step_id!r} is invalid; use a non-empty string of at most 200 "
                 "characters without '#' or NUL"
@@ -200,18 +200,6 @@ class Execution:
 
 def _ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
-
-
-def _valid_step_id(step_id: object) -> bool:
-    if not isinstance(step_id, str) or not 1 <= len(step_id) <= 200:
-        return False
-    if "#" in step_id or "\x00" in step_id:
-        return False
-    try:
-        step_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _ignore(run_id: str | None) -> None:

@@ -14,7 +14,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import log as logging
@@ -155,7 +155,3 @@ class Worker:
                 self.conn.send(message)
             except (OSError, EOFError):
                 os._exit(1)
-
-
-def task_message(task: Task) -> tuple[str, dict[str, Any]]:
-    return ("run", asdict(task))

@@ -44,3 +44,19 @@ def test_roundtrip__returns_what_a_replay_would_read() -> None:
     text, value = codec.roundtrip({"t": (1, 2), "n": None, "s": "ü"}, what="v")
     assert value == {"t": [1, 2], "n": None, "s": "ü"}
     assert codec.decode(text) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("order-1", True),
+        ("", False),
+        ("x" * 11, False),
+        ("a\x00b", False),
+        ("\ud800", False),
+        (7, False),
+        ("ü" * 10, True),
+    ],
+)
+def test_storable_text__names_and_ids_postgres_text_can_hold(value: object, ok: bool) -> None:
+    assert codec.storable_text(value, 10) is ok
