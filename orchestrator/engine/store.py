@@ -1,5 +1,9 @@
 """The writes one execution makes, each fenced on the run's lease and retried over
-transient connection errors (every write here is an idempotent upsert or a fenced update)."""
+transient connection errors (every write here is an idempotent upsert or a fenced update).
+
+Checkpoints and finishes, the writes on the hot path, go through the group committer: the
+concurrent runs of one worker process share their transactions (see engine/commit.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 from orchestrator.db import runs, steps
 from orchestrator.db.database import Database
+from orchestrator.engine.commit import GroupCommitter, Write
 from orchestrator.errors import LeaseLost
 
 
@@ -22,17 +27,14 @@ class RunStore:
     def __init__(self, db: Database, *, retry_for: float = 30.0) -> None:
         self.db = db
         self.retry_for = retry_for
+        self.committer = GroupCommitter(db, retry_for=retry_for)
 
     def load(self, run_id: str) -> dict[str, steps.StepRow]:
         rows = self.db.run(lambda conn: steps.load(conn, run_id), retry_for=self.retry_for)
         return {row.step_id: row for row in rows}
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> None:
-        ok = self.db.run(
-            lambda conn: steps.checkpoint(conn, lease.run_id, lease.token, record),
-            retry_for=self.retry_for,
-        )
-        if not ok:
+        if not self.committer.commit(Write(lease.run_id, lease.token, step=record)):
             raise LeaseLost(f"run {lease.run_id}: lease lost before step '{record.step_id}'")
 
     def suspend(
@@ -62,18 +64,8 @@ class RunStore:
     def finish(
         self, lease: Lease, *, status: str, output_json: str | None, error_json: str | None
     ) -> None:
-        ok = self.db.run(
-            lambda conn: runs.finish(
-                conn,
-                lease.run_id,
-                lease.token,
-                status=status,
-                output_json=output_json,
-                error_json=error_json,
-            ),
-            retry_for=self.retry_for,
-        )
-        if not ok:
+        finish = runs.Finish(lease.run_id, lease.token, status, output_json, error_json)
+        if not self.committer.commit(Write(lease.run_id, lease.token, finish=finish)):
             raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
 
     def release(self, lease: Lease) -> None:

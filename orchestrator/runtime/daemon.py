@@ -34,6 +34,9 @@ from orchestrator.runtime.pool import Handback, WorkerPool
 from orchestrator.runtime.rescuer import Rescuer
 
 
+CLAIM_HOLD = 0.002  # seconds a claim may wait for more free threads under a backlog
+
+
 class Interval:
     """Calls `fn` at most every `seconds` when ticked."""
 
@@ -68,6 +71,11 @@ class Daemon:
         self.ingested_at = 0.0
         self.suspects_hint = threading.Event()  # a worker crash here made suspects
         self.suspects_at = 0.0
+        # Under a backlog, claim in batches: when only a few threads are free, wait a moment
+        # for more rather than make one claim transaction per finished run.
+        self.backlogged = False
+        self.claim_batch = max(1, config.workers * config.concurrency // 4)
+        self.hold_until: float | None = None
         self.pool = WorkerPool(
             app_path=app_path,
             url=url,
@@ -202,7 +210,10 @@ class Daemon:
             interval.tick(now)
 
     def _dispatch(self) -> None:
+        if self._hold_claims(time.monotonic()):
+            return
         drained = self._claim_into_pool(suspects=False)
+        self.backlogged = not drained
         # Suspects are rare: look for them after a crash here, else once per poll interval,
         # not on every pass (the quarantine is nearly always free, so that would be one more
         # transaction per finished run on the hot path).
@@ -215,6 +226,20 @@ class Daemon:
         if drained:  # no more due work: sleep until the next run falls due
             with self.db.transaction() as conn:
                 self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
+
+    def _hold_claims(self, now: float) -> bool:
+        """While due work is waiting and few threads are free, hold the claim for up to
+        CLAIM_HOLD seconds so that one transaction claims for several threads."""
+        free = self.pool.free_slots()
+        if not self.backlogged or free == 0 or free >= self.claim_batch:
+            self.hold_until = None
+            return False
+        if self.hold_until is None:
+            self.hold_until = now + CLAIM_HOLD
+        if now < self.hold_until:
+            return True
+        self.hold_until = None
+        return False
 
     def _claim_into_pool(self, *, suspects: bool) -> bool:
         """Claim as many due runs as there are free threads, and hand them over. True if
@@ -242,6 +267,8 @@ class Daemon:
 
     def _timeout(self) -> float:
         timeout = self.cfg.poll_interval
+        if self.hold_until is not None:
+            timeout = min(timeout, self.hold_until - time.monotonic())
         if self.next_due_in is not None:
             timeout = min(timeout, max(self.next_due_in, 0.0) + 0.001)
         return max(timeout, 0.001)

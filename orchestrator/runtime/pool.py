@@ -167,13 +167,17 @@ class WorkerPool:
             return {rid for w in self._workers.values() for rid in w.inflight}
 
     def submit(self, tasks: list[Task], *, quarantine: bool = False) -> None:
-        """Hand tasks to the ready processes (of the kind asked for) with the most free slots."""
-        for task in tasks:
-            with self._lock:
-                candidates = [w for w in self._workers.values() if w.quarantine == quarantine]
-                worker = max(candidates, key=lambda w: (w.free(), w.ready))
+        """Hand tasks to the ready processes (of the kind asked for) with the most free slots,
+        one message per process."""
+        batches: dict[int, list[Task]] = {}
+        with self._lock:
+            workers = {w.index: w for w in self._workers.values() if w.quarantine == quarantine}
+            for task in tasks:
+                worker = max(workers.values(), key=lambda w: (w.free(), w.ready))
                 worker.inflight[task.run_id] = task.lease_token
-            self._send(worker, ("run", asdict(task)))
+                batches.setdefault(worker.index, []).append(task)
+        for index, batch in batches.items():
+            self._send(workers[index], ("run", batch))
 
     def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         # a dying process refuses messages; the supervisor hands its runs back

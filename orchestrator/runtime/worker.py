@@ -1,6 +1,6 @@
 """A worker process: `concurrency` threads executing the runs its daemon hands it.
 
-Talks to its daemon over a pipe: it receives ("run", task), ("drain",) and ("stop",) and
+Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("drain",) and ("stop",) and
 answers ("ready",) once, then ("done", run_id, status, due_at) per run. It is forked from the
 daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the daemon; it
 ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
@@ -101,7 +101,8 @@ class Worker:
             except (EOFError, OSError):
                 os._exit(1)  # the daemon is gone; its leases will be rescued
             if message[0] == "run":
-                self.tasks.put(Task(**message[1]))
+                for task in message[1]:
+                    self.tasks.put(task)
             elif message[0] == "drain":
                 self.draining.set()
             elif message[0] == "stop":
