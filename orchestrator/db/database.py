@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
@@ -17,8 +18,14 @@ T = TypeVar("T")
 
 # Errors after which the same statement may succeed on a new connection (server restart,
 # terminated backend, network blip). Anything else is a bug or bad data and is not retried.
-TransientError = (sa_exc.OperationalError, sa_exc.InterfaceError)
-DatabaseError = sa_exc.SQLAlchemyError
+# psycopg's own errors come from the direct connections of the hot path (db/direct.py).
+TransientError = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+DatabaseError = (sa_exc.SQLAlchemyError, psycopg.Error)
 IntegrityError = sa_exc.IntegrityError
 
 
@@ -31,6 +38,7 @@ def is_transient(exc: BaseException) -> bool:
 class Database:
     def __init__(self, url: str, *, pool_size: int = 5, application_name: str = "orchestrator"):
         self.url = url
+        self.application_name = application_name
         self.engine: Engine = make_engine(
             url, pool_size=pool_size, application_name=application_name
         )

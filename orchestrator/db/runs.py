@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db.direct import driver
+
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 _RUN_COLUMNS = (
     "id::text AS id, function_id, status, event_id, events, idempotency_key, "
@@ -97,25 +99,24 @@ def create_many(conn: Connection, new_runs: list[NewRun]) -> list[str]:
     return [row[0] for row in conn.execute(_CREATE, params)]
 
 
-def _claim_sql(suspects: bool) -> Any:
+def _claim_sql(suspects: bool) -> str:
     # A run whose worker process died while it was inside a step body (`crashes` > 0) is a
     # suspect: it runs in the quarantine process, one at a time, so a step that kills its
     # process cannot take healthy runs down with it again.
     which = "crashes > 0" if suspects else "crashes = 0"
-    return text(
-        f"""
+    return f"""
         WITH picked AS MATERIALIZED (
             SELECT id FROM orchestrator.runs
             WHERE {_DUE} AND due_at <= now() AND {which}
-              AND function_id = ANY(CAST(:p_fids AS text[]))
+              AND function_id = ANY(%(fids)s::text[])
             ORDER BY due_at, id
-            LIMIT :p_limit
+            LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         )
         UPDATE orchestrator.runs AS r
-        SET status = 'running', lease_owner = CAST(:p_owner AS uuid),
+        SET status = 'running', lease_owner = %(owner)s::uuid,
             lease_token = gen_random_uuid(),
-            lease_expires_at = now() + make_interval(secs => :p_lease),
+            lease_expires_at = now() + make_interval(secs => %(lease)s::float8),
             attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()),
             updated_at = now()
         FROM picked
@@ -123,7 +124,6 @@ def _claim_sql(suspects: bool) -> Any:
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
                   r.recoveries, now()
         """
-    )
 
 
 _CLAIM = _claim_sql(suspects=False)
@@ -133,14 +133,18 @@ _CLAIM_SUSPECTS = _claim_sql(suspects=True)
 # planner believes. With statistics taken before a burst (an empty or mostly finished
 # table), it estimates a handful of due rows and picks a bitmap scan that reads and sorts
 # every due run instead: 15-18 ms a claim with 15,000 queued, where the index walk takes a
-# fraction of a millisecond. These settings last until the claim's transaction ends.
-_PIN_PLAN = text(
-    "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)"
-)
+# fraction of a millisecond. The daemon's claim connection carries these settings
+# (db/direct.py); `pin_claim_plan` applies them to one transaction.
+CLAIM_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off"}
+
+
+def pin_claim_plan(conn: Any) -> None:
+    for name, value in CLAIM_SETTINGS.items():
+        driver(conn).execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 def claim_due(
-    conn: Connection,
+    conn: Any,
     *,
     owner: str,
     limit: int,
@@ -151,14 +155,16 @@ def claim_due(
     """Claim up to `limit` due runs of the given functions for `owner`, oldest due first.
 
     `suspects` claims only runs that were inside a step body when a worker died (for the
-    quarantine process); otherwise only the others.
+    quarantine process); otherwise only the others. `conn` is a direct connection (the
+    claim is then its own transaction) or an SQLAlchemy one (the claim joins its
+    transaction).
     """
     if limit <= 0 or not function_ids:
         return []
-    params = {"p_owner": owner, "p_limit": limit, "p_lease": lease_seconds, "p_fids": function_ids}
+    params = {"owner": owner, "limit": limit, "lease": lease_seconds, "fids": function_ids}
     stmt = _CLAIM_SUSPECTS if suspects else _CLAIM
-    conn.execute(_PIN_PLAN)
-    return [ClaimedRun(*row) for row in conn.execute(stmt, params)]
+    rows = driver(conn).execute(stmt, params, prepare=True).fetchall()
+    return [ClaimedRun(*row) for row in rows]
 
 
 def seconds_until_next_due(conn: Connection, function_ids: list[str]) -> float | None:
@@ -320,64 +326,6 @@ def finish(
         },
     )
     return result.rowcount == 1
-
-
-@dataclass(frozen=True)
-class Finish:
-    """A terminal status for a run, written under its lease (see `finish_many`)."""
-
-    run_id: str
-    token: str
-    status: str  # completed | failed
-    output_json: str | None = None
-    error_json: str | None = None
-
-
-_FINISH_MANY = text(
-    """
-    UPDATE orchestrator.runs AS r
-    SET status = v.status, output = CAST(v.output AS jsonb), error = CAST(v.error AS jsonb),
-        finished_at = now(), updated_at = now(),
-        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-    FROM unnest(CAST(:p_ids AS uuid[]), CAST(:p_tokens AS uuid[]), CAST(:p_statuses AS text[]),
-                CAST(:p_outputs AS text[]), CAST(:p_errors AS text[]))
-         AS v(id, token, status, output, error)
-    WHERE r.id = v.id AND r.lease_token = v.token AND r.status = 'running'
-    RETURNING r.id::text
-    """
-)
-
-
-def finish_many(conn: Connection, items: list[Finish]) -> set[str]:
-    """Record terminal statuses in one statement; returns the ids whose lease still held."""
-    if not items:
-        return set()
-    params = {
-        "p_ids": [f.run_id for f in items],
-        "p_tokens": [f.token for f in items],
-        "p_statuses": [f.status for f in items],
-        "p_outputs": [f.output_json for f in items],
-        "p_errors": [f.error_json for f in items],
-    }
-    return {row[0] for row in conn.execute(_FINISH_MANY, params)}
-
-
-_LOCK_LEASES = text(
-    # in id order, like every multi-row lock here, so two such transactions cannot deadlock
-    "SELECT id::text, lease_token::text FROM orchestrator.runs "
-    "WHERE id = ANY(CAST(:p_ids AS uuid[])) AND status = 'running' ORDER BY id "
-    "FOR NO KEY UPDATE"
-)
-
-
-def lock_leases(conn: Connection, run_ids: list[str]) -> dict[str, str]:
-    """Lock these runs' rows (those still running) until the transaction ends; returns each
-    one's current lease token. A rescue or release of a locked run waits for this
-    transaction, so writes made in it under a matching token are fenced."""
-    if not run_ids:
-        return {}
-    rows = conn.execute(_LOCK_LEASES, {"p_ids": run_ids})
-    return {row[0]: row[1] for row in rows}
 
 
 def suspend(

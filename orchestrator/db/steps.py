@@ -105,42 +105,6 @@ def save_locked(conn: Connection, run_id: str, step: StepRecord) -> None:
     conn.execute(_UNFENCED, _params(run_id, step))
 
 
-_SAVE_MANY = text(
-    f"""
-    {_INSERT}
-    SELECT r, s, p, k, st, a, CAST(o AS jsonb), CAST(e AS jsonb), w, d
-    FROM unnest(CAST(:p_runs AS uuid[]), CAST(:p_steps AS text[]), CAST(:p_positions AS int[]),
-                CAST(:p_kinds AS text[]), CAST(:p_statuses AS text[]),
-                CAST(:p_attempts AS int[]), CAST(:p_outputs AS text[]),
-                CAST(:p_errors AS text[]), CAST(:p_wakes AS timestamptz[]),
-                CAST(:p_durations AS int[])) AS t(r, s, p, k, st, a, o, e, w, d)
-    {_UPSERT_TAIL}
-    """
-)
-
-
-def save_many(conn: Connection, items: list[tuple[str, StepRecord]]) -> None:
-    """Write many steps in one statement, when this transaction already holds their run rows
-    (see `runs.lock_leases`). At most one record per (run, step) in one call."""
-    if not items:
-        return
-    conn.execute(
-        _SAVE_MANY,
-        {
-            "p_runs": [run_id for run_id, _ in items],
-            "p_steps": [s.step_id for _, s in items],
-            "p_positions": [s.position for _, s in items],
-            "p_kinds": [s.kind for _, s in items],
-            "p_statuses": [s.status for _, s in items],
-            "p_attempts": [s.attempt for _, s in items],
-            "p_outputs": [s.output_json for _, s in items],
-            "p_errors": [s.error_json for _, s in items],
-            "p_wakes": [s.wake_at for _, s in items],
-            "p_durations": [s.duration_ms for _, s in items],
-        },
-    )
-
-
 def load(conn: Connection, run_id: str) -> list[StepRow]:
     rows = conn.execute(
         text(

@@ -7,9 +7,9 @@ step is acknowledged before the transaction holding it has committed, and nothin
 company: a write that arrives while the database is idle is committed at once, and writes
 pile up only while a commit is already in flight.
 
-Every write stays fenced. The transaction first locks the run rows of the whole group in id
-order and reads their lease tokens; a write whose token no longer matches is dropped (its
-thread sees the lease as lost), and a rescue of a locked run waits for the commit.
+Every write stays fenced: the group is one statement on a direct connection (see
+db/checkpoints.py) that drops the write of a run whose lease token no longer matches (its
+thread sees the lease as lost); a rescue of a run in the group waits for the commit.
 """
 
 from __future__ import annotations
@@ -17,49 +17,45 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-from orchestrator.db import runs, steps
-from orchestrator.db.database import Database, DatabaseError, is_transient
+from orchestrator.db.checkpoints import GroupWrite, write_group
+from orchestrator.db.database import DatabaseError, is_transient
+from orchestrator.db.direct import Direct
 
 
 @dataclass(eq=False)
-class Write:
-    """One run's write: a step record, or its terminal status."""
-
-    run_id: str
-    token: str
-    step: steps.StepRecord | None = None
-    finish: runs.Finish | None = None
+class _Pending:
+    write: GroupWrite
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
     error: BaseException | None = None
 
 
 class GroupCommitter:
-    def __init__(self, db: Database, *, retry_for: float, max_group: int = 500) -> None:
-        self.db = db
+    def __init__(self, direct: Direct, *, retry_for: float, max_group: int = 500) -> None:
+        self.direct = direct
         self.retry_for = retry_for
         self.max_group = max_group
-        self._pending: deque[Write] = deque()
+        self._pending: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def commit(self, write: Write) -> bool:
+    def commit(self, write: GroupWrite) -> bool:
         """Commit `write` with whatever else is waiting; True if its lease still held.
 
         Raises the database error if the write could not be committed (after retrying
         transient errors for `retry_for` seconds)."""
+        pending = _Pending(write)
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="committer", daemon=True)
                 self._thread.start()
-            self._pending.append(write)
+            self._pending.append(pending)
             self._cond.notify()
-        write.done.wait()
-        if write.error is not None:
-            raise write.error
-        return write.ok
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.ok
 
     def _loop(self) -> None:
         while True:
@@ -67,38 +63,30 @@ class GroupCommitter:
                 while not self._pending:
                     self._cond.wait()
                 group = [
-                    self._pending.popleft()
-                    for _ in range(min(self.max_group, len(self._pending)))
+                    self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))
                 ]
             self._commit(group)
 
-    def _commit(self, group: list[Write]) -> None:
+    def _commit(self, group: list[_Pending]) -> None:
+        writes = [p.write for p in group]
         try:
-            held = self.db.run(lambda conn: _write(conn, group), retry_for=self.retry_for)
+            made = self.direct.run(lambda conn: write_group(conn, writes), retry_for=self.retry_for)
         except DatabaseError as exc:
             if len(group) > 1 and not is_transient(exc):
-                for write in group:  # one bad write must not fail the others: isolate it
-                    self._commit([write])
+                for pending in group:  # one bad write must not fail the others: isolate it
+                    self._commit([pending])
                 return
             _settle(group, error=exc)
             return
         except Exception as exc:  # a bug: fail the writes rather than leave threads waiting
             _settle(group, error=exc)
             return
-        for write in group:
-            write.ok = write.run_id in held
-            write.done.set()
+        for pending in group:
+            pending.ok = pending.write.run_id in made
+            pending.done.set()
 
 
-def _settle(group: list[Write], *, error: BaseException) -> None:
-    for write in group:
-        write.error = error
-        write.done.set()
-
-
-def _write(conn: Any, group: list[Write]) -> set[str]:
-    tokens = runs.lock_leases(conn, [w.run_id for w in group])
-    held = [w for w in group if tokens.get(w.run_id) == w.token]
-    steps.save_many(conn, [(w.run_id, w.step) for w in held if w.step is not None])
-    finished = runs.finish_many(conn, [w.finish for w in held if w.finish is not None])
-    return {w.run_id for w in held if w.step is not None} | finished
+def _settle(group: list[_Pending], *, error: BaseException) -> None:
+    for pending in group:
+        pending.error = error
+        pending.done.set()

@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.db import runs, steps
+from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
-from orchestrator.engine.commit import GroupCommitter, Write
+from orchestrator.db.direct import Direct
+from orchestrator.engine.commit import GroupCommitter
 from orchestrator.errors import LeaseLost
 
 
@@ -27,14 +29,15 @@ class RunStore:
     def __init__(self, db: Database, *, retry_for: float = 30.0) -> None:
         self.db = db
         self.retry_for = retry_for
-        self.committer = GroupCommitter(db, retry_for=retry_for)
+        direct = Direct(db.url, application_name=f"{db.application_name}-commit")
+        self.committer = GroupCommitter(direct, retry_for=retry_for)
 
     def load(self, run_id: str) -> dict[str, steps.StepRow]:
         rows = self.db.run(lambda conn: steps.load(conn, run_id), retry_for=self.retry_for)
         return {row.step_id: row for row in rows}
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> None:
-        if not self.committer.commit(Write(lease.run_id, lease.token, step=record)):
+        if not self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record)):
             raise LeaseLost(f"run {lease.run_id}: lease lost before step '{record.step_id}'")
 
     def suspend(
@@ -64,8 +67,8 @@ class RunStore:
     def finish(
         self, lease: Lease, *, status: str, output_json: str | None, error_json: str | None
     ) -> None:
-        finish = runs.Finish(lease.run_id, lease.token, status, output_json, error_json)
-        if not self.committer.commit(Write(lease.run_id, lease.token, finish=finish)):
+        write = GroupWrite(lease.run_id, lease.token, None, status, output_json, error_json)
+        if not self.committer.commit(write):
             raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
 
     def release(self, lease: Lease) -> None:

@@ -26,13 +26,13 @@ from orchestrator.config import Config
 from orchestrator.db import daemons, functions, migrate, runs
 from orchestrator.db.connect import check_schema
 from orchestrator.db.database import Database, DatabaseError
+from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session, notify_runs
 from orchestrator.engine.executor import Task
 from orchestrator.runtime.cron import CronScheduler
 from orchestrator.runtime.ingest import Ingester
 from orchestrator.runtime.pool import Handback, WorkerPool
 from orchestrator.runtime.rescuer import Rescuer
-
 
 CLAIM_HOLD = 0.002  # seconds a claim may wait for more free threads under a backlog
 
@@ -63,6 +63,10 @@ class Daemon:
         self.version = config.version or app.version()
         self.log = logging.get("daemon", daemon_id=self.id)
         self.db = Database(url, pool_size=4, application_name="orchestrator-daemon")
+        # claims run on their own direct connection, one statement each (see db/direct.py)
+        self.claimer = Direct(
+            url, application_name="orchestrator-claim", settings=runs.CLAIM_SETTINGS
+        )
         self.wake = threading.Event()
         self.stop_requested = threading.Event()
         self.signals = 0
@@ -245,7 +249,7 @@ class Daemon:
         """Claim as many due runs as there are free threads, and hand them over. True if
         fewer were due than there was room for."""
         while (free := self.pool.free_slots(quarantine=suspects)) > 0:
-            claimed = self.db.run(
+            claimed = self.claimer.run(
                 lambda conn: runs.claim_due(
                     conn,
                     owner=self.id,
@@ -382,6 +386,7 @@ class Daemon:
         self._safe(lambda: self.db.run(self._sign_off, retry_for=5))
         if self.session is not None:
             self.session.stop()
+        self.claimer.close()
         self.db.dispose()
         self.log.info("daemon stopped")
         return 0

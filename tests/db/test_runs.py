@@ -4,10 +4,10 @@ import json
 import uuid
 
 import pytest
-from sqlalchemy import text
 
 from orchestrator.db import runs, steps
 from orchestrator.db.database import Database
+from orchestrator.db.direct import driver
 from tests.db.helpers import claim, execute, queue_runs
 
 pytestmark = pytest.mark.timeout(60)
@@ -76,10 +76,10 @@ def test_claim_suspects__uses_their_partial_index(db: Database) -> None:
         "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 5)",
     )
     execute(db, "ANALYZE orchestrator.runs")
-    params = {"p_owner": OWNER, "p_limit": 10, "p_lease": 30.0, "p_fids": ["f"]}
+    params = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f"]}
     with db.transaction() as conn:
-        conn.execute(runs._PIN_PLAN)
-        plan = conn.execute(text("EXPLAIN " + runs._CLAIM_SUSPECTS.text), params).all()
+        runs.pin_claim_plan(conn)
+        plan = driver(conn).execute("EXPLAIN " + runs._CLAIM_SUSPECTS, params).fetchall()
     assert "runs_due_suspects" in "\n".join(r[0] for r in plan)
     assert len(claim(db, OWNER, suspects=True)) == 5
 
@@ -92,10 +92,10 @@ def test_claim__uses_the_partial_due_index(db: Database) -> None:
         "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 1950)",
     )
     execute(db, "ANALYZE orchestrator.runs")
-    params = {"p_owner": OWNER, "p_limit": 10, "p_lease": 30.0, "p_fids": ["f"]}
+    params = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f"]}
     with db.transaction() as conn:
-        conn.execute(runs._PIN_PLAN)
-        plan = conn.execute(text("EXPLAIN " + runs._CLAIM.text), params).all()
+        runs.pin_claim_plan(conn)
+        plan = driver(conn).execute("EXPLAIN " + runs._CLAIM, params).fetchall()
     text_plan = "\n".join(r[0] for r in plan)
     assert "runs_due" in text_plan, text_plan
 
@@ -103,12 +103,10 @@ def test_claim__uses_the_partial_due_index(db: Database) -> None:
 def test_claim__walks_the_due_index_in_order_despite_stale_statistics(db: Database) -> None:
     # no statistics yet (a new table), then a burst: the planner expects few due runs
     queue_runs(db, 15000)
-    params = {"p_owner": OWNER, "p_limit": 10, "p_lease": 30.0, "p_fids": ["f", "g"]}
+    params = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f", "g"]}
     with db.transaction() as conn:
-        conn.execute(runs._PIN_PLAN)
-        plan = conn.execute(
-            text("EXPLAIN (ANALYZE, BUFFERS) " + runs._CLAIM.text), params
-        ).all()
+        runs.pin_claim_plan(conn)
+        plan = driver(conn).execute("EXPLAIN (ANALYZE, BUFFERS) " + runs._CLAIM, params).fetchall()
     text_plan = "\n".join(r[0] for r in plan)
     assert "Index Scan using runs_due on runs" in text_plan, text_plan
     assert "Sort" not in text_plan and "Bitmap" not in text_plan, text_plan

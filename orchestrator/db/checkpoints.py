@@ -1,0 +1,104 @@
+"""The group write: step records and terminal statuses of many runs, fenced, in one statement.
+
+This is the statement behind group commit (engine/commit.py). Run on a direct connection in
+autocommit it is a whole transaction: one round trip and one WAL flush make every write in
+the group durable. It
+
+1. locks the rows of the runs whose lease token still matches, in id order (like every
+   multi-row lock here, so it cannot deadlock with a rescue or a lease renewal), and re-reads
+   each under the lock: a rescue that committed first has changed the token, and the run's
+   write is dropped; a rescue that comes later waits for this commit;
+2. upserts the step records of those runs;
+3. records the terminal status of those runs that finished;
+
+and returns the ids of the runs whose write was made. A run appears at most once in a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.db.direct import driver
+from orchestrator.db.steps import StepRecord
+
+
+@dataclass(frozen=True)
+class GroupWrite:
+    """One run's write under its lease: a step record, or a terminal status."""
+
+    run_id: str
+    token: str
+    step: StepRecord | None = None
+    final_status: str | None = None  # completed | failed
+    output_json: str | None = None  # the run's output, with final_status
+    error_json: str | None = None  # the run's error, with final_status
+
+
+_WRITE_GROUP = """
+WITH input AS MATERIALIZED (
+    SELECT * FROM unnest(
+        %(runs)s::uuid[], %(tokens)s::uuid[], %(steps)s::text[], %(positions)s::int[],
+        %(kinds)s::text[], %(step_statuses)s::text[], %(attempts)s::int[],
+        %(outputs)s::text[], %(errors)s::text[], %(wakes)s::timestamptz[],
+        %(durations)s::int[], %(finals)s::text[]
+    ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
+           wake_at, duration_ms, final)
+),
+held AS MATERIALIZED (
+    SELECT r.id FROM orchestrator.runs r
+    JOIN input i ON r.id = i.run_id AND r.lease_token = i.token
+    WHERE r.status = 'running'
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+),
+saved AS (
+    INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
+                                    output, error, wake_at, duration_ms)
+    SELECT i.run_id, i.step_id, i.position, i.kind, i.step_status, i.attempt,
+           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms
+    FROM input i JOIN held h ON h.id = i.run_id
+    WHERE i.step_id IS NOT NULL
+    ON CONFLICT (run_id, step_id) DO UPDATE SET
+        kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
+        output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
+        duration_ms = EXCLUDED.duration_ms, updated_at = now()
+    RETURNING run_id
+),
+finished AS (
+    UPDATE orchestrator.runs r
+    SET status = i.final, output = i.output::jsonb, error = i.error::jsonb,
+        finished_at = now(), updated_at = now(),
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM input i JOIN held h ON h.id = i.run_id
+    WHERE r.id = i.run_id AND i.final IS NOT NULL AND r.status = 'running'
+    RETURNING r.id
+)
+SELECT run_id::text FROM saved UNION ALL SELECT id::text FROM finished
+"""
+
+
+def write_group(conn: Any, writes: list[GroupWrite]) -> set[str]:
+    """Make every write whose lease still holds; returns the ids of those runs."""
+    if not writes:
+        return set()
+    steps = [w.step for w in writes]
+    pairs = list(zip(steps, writes, strict=True))
+    params = {
+        "runs": [w.run_id for w in writes],
+        "tokens": [w.token for w in writes],
+        "steps": [s.step_id if s else None for s in steps],
+        "positions": [s.position if s else None for s in steps],
+        "kinds": [s.kind if s else None for s in steps],
+        "step_statuses": [s.status if s else None for s in steps],
+        "attempts": [s.attempt if s else None for s in steps],
+        "outputs": [
+            s.output_json if s else w.output_json for s, w in zip(steps, writes, strict=True)
+        ],
+        "errors": [s.error_json if s else w.error_json for s, w in pairs],
+        "wakes": [s.wake_at if s else None for s in steps],
+        "durations": [s.duration_ms if s else None for s in steps],
+        "finals": [w.final_status for w in writes],
+    }
+    rows = driver(conn).execute(_WRITE_GROUP, params, prepare=True).fetchall()
+    return {str(row[0]) for row in rows}

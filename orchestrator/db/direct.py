@@ -1,0 +1,82 @@
+"""A direct psycopg connection for the hot path: claims and group commits.
+
+On the engine's hottest statements SQLAlchemy's per-statement machinery, its pool's
+check-out and reset, and the separate BEGIN and COMMIT cost more CPU and round trips than the
+statements themselves. A `Direct` connection runs each statement in autocommit — one
+statement, one transaction, one round trip, one WAL flush — prepared on the server after its
+first use. The statements it runs are written so that a single statement is the whole
+transaction (see `runs.claim_due` and `checkpoints.write_group`).
+
+One `Direct` belongs to one thread. It reconnects after a transient error; `run` retries
+such errors for a while, so what it runs must be safe to repeat (fenced or idempotent).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+
+from orchestrator.db.connect import libpq_url
+from orchestrator.db.database import is_transient
+
+T = TypeVar("T")
+
+
+class Direct:
+    def __init__(
+        self, url: str, *, application_name: str, settings: dict[str, str] | None = None
+    ) -> None:
+        self.url = libpq_url(url)
+        self.application_name = application_name
+        self.settings = settings or {}
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
+            self._conn = psycopg.connect(
+                self.url,
+                autocommit=True,
+                application_name=self.application_name,
+                connect_timeout=10,
+                options=options,
+            )
+        return self._conn
+
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], *, retry_for: float) -> T:
+        """Call `fn` with the connection, reconnecting and retrying on transient errors for up
+        to `retry_for` seconds."""
+        deadline = time.monotonic() + retry_for
+        delay = 0.05
+        while True:
+            try:
+                return fn(self.connection())
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    raise
+                self.close()
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 1.0)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+def driver(conn: Any) -> psycopg.Connection[Any]:
+    """`conn` if it is a psycopg connection, else the psycopg connection under an SQLAlchemy
+    one (statements on it run in that connection's transaction)."""
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return raw
