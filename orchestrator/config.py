@@ -27,7 +27,7 @@ class Config:
     app: str = ""
     auto_migrate: bool = True
     workers: int = 2
-    concurrency: int = 8
+    concurrency: int = 32
     poll_interval: float = 1.0
     lease_duration: float = 15.0
     heartbeat_interval: float = 1.0

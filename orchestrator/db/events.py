@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db.direct import driver
+
 
 @dataclass(frozen=True)
 class PendingEvent:
@@ -53,49 +55,44 @@ def insert(
     return str(new_id), True
 
 
-_CLAIM = text(
-    """
-    SELECT id, name, CASE WHEN size <= :p_max_bytes THEN data END AS data, ts, size
+_CLAIM = """
+    SELECT id, name, CASE WHEN size <= %(max_bytes)s THEN data END AS data, ts, size
     FROM (
         SELECT id, name, data, ts, octet_length(data::text) AS size
         FROM orchestrator.events
         WHERE ingested_at IS NULL
         ORDER BY seq
-        LIMIT :p_limit
+        LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) pending
     """
-)
 
 
-def claim_pending(
-    conn: Connection, limit: int, *, max_bytes: int = 2**31 - 1
-) -> list[PendingEvent]:
+def claim_pending(conn: Any, limit: int, *, max_bytes: int = 2**31 - 1) -> list[PendingEvent]:
     """Lock up to `limit` events not yet ingested, oldest first; the caller marks them.
 
-    The data of an event over `max_bytes` is not fetched (it will be parked unread).
+    The data of an event over `max_bytes` is not fetched (it will be parked unread). Like
+    every statement of the ingest (the daemon runs them on its direct connection), `conn` may
+    be a psycopg or an SQLAlchemy connection.
     """
-    rows = conn.execute(_CLAIM, {"p_limit": limit, "p_max_bytes": max_bytes}).all()
-    return [PendingEvent(r.id, r.name, r.data, r.ts, r.size) for r in rows]
+    params = {"limit": limit, "max_bytes": max_bytes}
+    rows = driver(conn).execute(_CLAIM, params, prepare=True).fetchall()
+    return [PendingEvent(*row) for row in rows]
 
 
-def mark_ingested(conn: Connection, ids: list[str]) -> None:
-    conn.execute(
-        text(
-            "UPDATE orchestrator.events SET ingested_at = now() "
-            "WHERE id = ANY(CAST(:p_ids AS text[]))"
-        ),
-        {"p_ids": ids},
+def mark_ingested(conn: Any, ids: list[str]) -> None:
+    driver(conn).execute(
+        "UPDATE orchestrator.events SET ingested_at = now() WHERE id = ANY(%s::text[])",
+        (ids,),
+        prepare=True,
     )
 
 
-def park(conn: Connection, event_id: str, reason: str) -> None:
+def park(conn: Any, event_id: str, reason: str) -> None:
     """Mark an event ingested with the reason it started nothing."""
-    conn.execute(
-        text(
-            "UPDATE orchestrator.events SET ingested_at = now(), error = :p_reason WHERE id = :p_id"
-        ),
-        {"p_id": event_id, "p_reason": reason},
+    driver(conn).execute(
+        "UPDATE orchestrator.events SET ingested_at = now(), error = %s WHERE id = %s",
+        (reason, event_id),
     )
 
 

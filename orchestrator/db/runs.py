@@ -73,30 +73,29 @@ class RequeuedRun:
     status: str
 
 
-_CREATE = text(
-    """
+_CREATE = """
     INSERT INTO orchestrator.runs (function_id, event_id, events, idempotency_key, parent_run_id)
-    SELECT f, e, CAST(j AS jsonb), k, CAST(p AS uuid)
-    FROM unnest(CAST(:p_fids AS text[]), CAST(:p_eids AS text[]), CAST(:p_events AS text[]),
-                CAST(:p_keys AS text[]), CAST(:p_parents AS text[])) AS t(f, e, j, k, p)
+    SELECT f, e, j::jsonb, k, p::uuid
+    FROM unnest(%(fids)s::text[], %(eids)s::text[], %(events)s::text[], %(keys)s::text[],
+                %(parents)s::text[]) AS t(f, e, j, k, p)
     ON CONFLICT (function_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id::text
     """
-)
 
 
-def create_many(conn: Connection, new_runs: list[NewRun]) -> list[str]:
-    """Queue runs due now; a run whose (function, idempotency key) exists is skipped."""
+def create_many(conn: Any, new_runs: list[NewRun]) -> list[str]:
+    """Queue runs due now; a run whose (function, idempotency key) exists is skipped.
+    `conn` may be a psycopg or an SQLAlchemy connection."""
     if not new_runs:
         return []
     params = {
-        "p_fids": [r.function_id for r in new_runs],
-        "p_eids": [r.event_id for r in new_runs],
-        "p_events": [json.dumps(r.events, separators=(",", ":")) for r in new_runs],
-        "p_keys": [r.idempotency_key for r in new_runs],
-        "p_parents": [r.parent_run_id for r in new_runs],
+        "fids": [r.function_id for r in new_runs],
+        "eids": [r.event_id for r in new_runs],
+        "events": [json.dumps(r.events, separators=(",", ":")) for r in new_runs],
+        "keys": [r.idempotency_key for r in new_runs],
+        "parents": [r.parent_run_id for r in new_runs],
     }
-    return [row[0] for row in conn.execute(_CREATE, params)]
+    return [str(row[0]) for row in driver(conn).execute(_CREATE, params, prepare=True)]
 
 
 def _claim_sql(suspects: bool) -> str:

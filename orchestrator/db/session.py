@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-from sqlalchemy import Connection, text
 
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.daemons import DAEMON_LOCK_CLASS
+from orchestrator.db.direct import driver
 
 CHANNELS = ("orchestrator_events", "orchestrator_runs")
 _KEEPALIVE = {
@@ -26,9 +27,10 @@ _KEEPALIVE = {
 }
 
 
-def notify_runs(conn: Connection) -> None:
-    """Hint every daemon that runs became due; delivered when the transaction commits."""
-    conn.execute(text("SELECT pg_notify('orchestrator_runs', '')"))
+def notify_runs(conn: Any) -> None:
+    """Hint every daemon that runs became due; delivered when the transaction commits.
+    `conn` may be a psycopg or an SQLAlchemy connection."""
+    driver(conn).execute("SELECT pg_notify('orchestrator_runs', '')")
 
 
 class Session:

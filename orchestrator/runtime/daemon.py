@@ -63,9 +63,10 @@ class Daemon:
         self.version = config.version or app.version()
         self.log = logging.get("daemon", daemon_id=self.id)
         self.db = Database(url, pool_size=4, application_name="orchestrator-daemon")
-        # claims run on their own direct connection, one statement each (see db/direct.py)
-        self.claimer = Direct(
-            url, application_name="orchestrator-claim", settings=runs.CLAIM_SETTINGS
+        # the hot statements of the loop (ingest, claims) run on a direct connection
+        # (see db/direct.py); its settings pin the claim's plan
+        self.direct = Direct(
+            url, application_name="orchestrator-scheduler", settings=runs.CLAIM_SETTINGS
         )
         self.wake = threading.Event()
         self.stop_requested = threading.Event()
@@ -90,6 +91,7 @@ class Daemon:
         )
         self.ingester = Ingester(
             self.db,
+            self.direct,
             batch_size=config.ingest_batch_size,
             max_event_bytes=config.max_event_bytes,
             log=self.log,
@@ -249,7 +251,7 @@ class Daemon:
         """Claim as many due runs as there are free threads, and hand them over. True if
         fewer were due than there was room for."""
         while (free := self.pool.free_slots(quarantine=suspects)) > 0:
-            claimed = self.claimer.run(
+            claimed = self.direct.run(
                 lambda conn: runs.claim_due(
                     conn,
                     owner=self.id,
@@ -386,7 +388,7 @@ class Daemon:
         self._safe(lambda: self.db.run(self._sign_off, retry_for=5))
         if self.session is not None:
             self.session.stop()
-        self.claimer.close()
+        self.direct.close()
         self.db.dispose()
         self.log.info("daemon stopped")
         return 0

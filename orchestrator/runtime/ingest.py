@@ -12,14 +12,18 @@ from typing import Any
 
 from orchestrator.db import events, functions, runs
 from orchestrator.db.database import Database
+from orchestrator.db.direct import Direct
 from orchestrator.db.session import notify_runs
 
 _SUBSCRIPTIONS_TTL = 2.0
 
 
 class Ingester:
-    def __init__(self, db: Database, *, batch_size: int, max_event_bytes: int, log: Any) -> None:
+    def __init__(
+        self, db: Database, direct: Direct, *, batch_size: int, max_event_bytes: int, log: Any
+    ) -> None:
         self.db = db
+        self.direct = direct  # the ingest itself runs on the daemon's direct connection
         self.batch_size = batch_size
         self.max_event_bytes = max_event_bytes
         self.log = log
@@ -40,7 +44,12 @@ class Ingester:
     def tick(self) -> int:
         """Ingest one batch; returns how many events it took (a full batch means: call again)."""
         subs = self.subscriptions()
-        with self.db.transaction() as conn:
+        return self.direct.run(lambda conn: self._ingest(conn, subs), retry_for=0)
+
+    def _ingest(self, conn: Any, subs: dict[str, list[str]]) -> int:
+        # Pipelined: the claim of pending events is one round trip, and the writes (which
+        # need no answer until the runs are created) share the next; the commit is the third.
+        with conn.pipeline(), conn.transaction():
             pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
                 return 0
@@ -61,10 +70,10 @@ class Ingester:
                     runs.NewRun(fid, [payload], event_id=ev.id, idempotency_key=f"event:{ev.id}")
                     for fid in subs.get(ev.name, ())
                 )
-            created = runs.create_many(conn, new_runs)
             events.mark_ingested(conn, accepted)
-            if created:
-                notify_runs(conn)
+            if new_runs:
+                notify_runs(conn)  # sent at commit; a superset if some runs already existed
+            created = runs.create_many(conn, new_runs)
         if created:
             self.log.debug("events ingested", events=len(pending), runs=len(created))
         return len(pending)

@@ -57,8 +57,12 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
     log = logging.get("worker", worker=spec.index, pid=os.getpid())
     app = load_app(spec.app_path)
     app.bind(spec.url)
+    # the hot writes share one direct connection (the group committer); this pool serves
+    # the rarer ones (suspends, releases, loading a resumed run's steps)
     db = Database(
-        spec.url, pool_size=cfg.concurrency, application_name=f"orchestrator-worker-{spec.index}"
+        spec.url,
+        pool_size=min(cfg.concurrency, 4),
+        application_name=f"orchestrator-worker-{spec.index}",
     )
     Worker(app.functions, RunStore(db), cfg, conn=conn, log=log, busy=busy).serve()
 

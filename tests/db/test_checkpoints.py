@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator.db.checkpoints import GroupWrite, write_group
+from orchestrator.db.database import Database
+from orchestrator.db.direct import Direct
+from orchestrator.db.steps import StepRecord
+from tests.conftest import eventually
+from tests.db.helpers import claim, execute, queue_runs
+
+pytestmark = pytest.mark.timeout(60)
+OWNER = str(uuid.uuid4())
+APP = "test"
+
+
+@pytest.fixture
+def direct(db: Database) -> Iterator[Direct]:
+    conn = Direct(db.url, application_name=APP)
+    yield conn
+    conn.close()
+
+
+def write(direct: Direct, writes: list[GroupWrite]) -> set[str]:
+    return direct.run(lambda c: write_group(c, writes), retry_for=0)
+
+
+def step_rows(db: Database, run_id: str) -> list[Any]:
+    return execute(
+        db,
+        "SELECT step_id, position, kind, status, attempt, output, error, duration_ms "
+        "FROM orchestrator.steps WHERE run_id = CAST(:i AS uuid) ORDER BY step_id",
+        i=run_id,
+    )
+
+
+def run_row(db: Database, run_id: str) -> Any:
+    [row] = execute(
+        db,
+        "SELECT status, output, error, finished_at, lease_owner::text, lease_token::text, "
+        "lease_expires_at FROM orchestrator.runs WHERE id = CAST(:i AS uuid)",
+        i=run_id,
+    )
+    return row
+
+
+RESCUE = (
+    "UPDATE orchestrator.runs SET status = 'queued', lease_token = NULL, lease_owner = NULL, "
+    "lease_expires_at = NULL WHERE id = CAST(:i AS uuid)"
+)
+
+
+def test_write_group__writes_steps_and_terminal_status_of_many_runs(
+    db: Database, direct: Direct
+) -> None:
+    queue_runs(db, 3)
+    first, second, third = claim(db, OWNER)
+    writes = [
+        GroupWrite(
+            first.id,
+            first.lease_token,
+            step=StepRecord(
+                "fetch", 0, "run", "completed", 1, output_json='{"x": 1}', duration_ms=7
+            ),
+        ),
+        GroupWrite(
+            second.id,
+            second.lease_token,
+            step=StepRecord("nap", 3, "sleep", "sleeping", 2, output_json="[1, 2]"),
+        ),
+        GroupWrite(third.id, third.lease_token, final_status="completed", output_json='{"a": 1}'),
+    ]
+
+    assert write(direct, writes) == {first.id, second.id, third.id}
+
+    assert step_rows(db, first.id) == [("fetch", 0, "run", "completed", 1, {"x": 1}, None, 7)]
+    assert step_rows(db, second.id) == [("nap", 3, "sleep", "sleeping", 2, [1, 2], None, None)]
+    assert step_rows(db, third.id) == []
+    status, output, error, finished_at, owner, token, expires = run_row(db, third.id)
+    assert (status, output, error) == ("completed", {"a": 1}, None)
+    assert finished_at is not None
+    assert (owner, token, expires) == (None, None, None)
+    for run in (first, second):  # a step record leaves the run running under its lease
+        status, _, _, finished_at, owner, token, _ = run_row(db, run.id)
+        assert (status, finished_at, owner, token) == ("running", None, OWNER, run.lease_token)
+
+
+def test_write_group__drops_writes_whose_lease_does_not_hold(db: Database, direct: Direct) -> None:
+    queue_runs(db, 3)
+    stale_step, stale_finish, valid = claim(db, OWNER)
+    [queued] = queue_runs(db, 1)  # never claimed: not running
+    record = StepRecord("s", 0, "run", "completed", 1, output_json='{"x": 1}')
+    writes = [
+        GroupWrite(stale_step.id, str(uuid.uuid4()), step=record),
+        GroupWrite(queued, str(uuid.uuid4()), step=record),
+        GroupWrite(stale_finish.id, str(uuid.uuid4()), final_status="completed", output_json="1"),
+        GroupWrite(valid.id, valid.lease_token, step=record),
+    ]
+
+    assert write(direct, writes) == {valid.id}
+
+    for run_id in (stale_step.id, queued, stale_finish.id):
+        assert step_rows(db, run_id) == []
+    assert step_rows(db, valid.id) == [("s", 0, "run", "completed", 1, {"x": 1}, None, None)]
+    assert run_row(db, queued)[:4] == ("queued", None, None, None)
+    for run in (stale_step, stale_finish):
+        status, output, _, finished_at, owner, token, _ = run_row(db, run.id)
+        assert (status, output, finished_at, owner, token) == (
+            "running",
+            None,
+            None,
+            OWNER,
+            run.lease_token,
+        )
+
+
+def test_write_group__upserts_a_step_written_again(db: Database, direct: Direct) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    retrying = StepRecord("s", 2, "run", "retrying", 1, error_json='{"type": "Boom"}')
+    completed = StepRecord("s", 2, "run", "completed", 2, output_json='"done"', duration_ms=5)
+
+    assert write(direct, [GroupWrite(run.id, run.lease_token, step=retrying)]) == {run.id}
+    assert step_rows(db, run.id) == [("s", 2, "run", "retrying", 1, None, {"type": "Boom"}, None)]
+    assert write(direct, [GroupWrite(run.id, run.lease_token, step=completed)]) == {run.id}
+
+    assert step_rows(db, run.id) == [("s", 2, "run", "completed", 2, "done", None, 5)]
+
+
+def test_write_group__records_a_failed_finish(db: Database, direct: Direct) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    failed = GroupWrite(run.id, run.lease_token, final_status="failed", error_json='{"type": "X"}')
+
+    assert write(direct, [failed]) == {run.id}
+
+    status, output, error, finished_at, owner, token, expires = run_row(db, run.id)
+    assert (status, output, error) == ("failed", None, {"type": "X"})
+    assert finished_at is not None
+    assert (owner, token, expires) == (None, None, None)
+
+
+def test_write_group__rescue_committed_first_wins(db: Database, direct: Direct) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    execute(db, RESCUE, i=run.id)
+    record = StepRecord("s", 0, "run", "completed", 1, output_json="1")
+
+    assert write(direct, [GroupWrite(run.id, run.lease_token, step=record)]) == set()
+
+    assert step_rows(db, run.id) == []
+    assert run_row(db, run.id)[0] == "queued"
+
+
+def test_write_group__waits_for_a_locked_run_and_rechecks_its_lease(
+    db: Database, direct: Direct
+) -> None:
+    queue_runs(db, 1)
+    [run] = claim(db, OWNER)
+    record = StepRecord("s", 0, "run", "completed", 1, output_json="1")
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def writer() -> None:
+        try:
+            result["ids"] = write(direct, [GroupWrite(run.id, run.lease_token, step=record)])
+        except BaseException as exc:  # reported by the main thread
+            result["error"] = exc
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    try:
+        with db.transaction() as holder:
+            holder.execute(
+                text("SELECT 1 FROM orchestrator.runs WHERE id = CAST(:i AS uuid) FOR UPDATE"),
+                {"i": run.id},
+            )
+            thread.start()
+            eventually(
+                lambda: (
+                    execute(
+                        db,
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name = :app AND wait_event_type = 'Lock'",
+                        app=APP,
+                    )[0][0]
+                    == 1
+                ),
+                timeout=20,
+                what="write_group waiting on the run's row lock",
+            )
+            assert not done.is_set()
+            holder.execute(text(RESCUE), {"i": run.id})  # as a rescue would, then commit
+    finally:
+        if thread.ident is not None:  # started
+            thread.join(timeout=30)
+
+    assert done.is_set(), "write_group did not return after the lock was released"
+    assert "error" not in result, result.get("error")
+    assert result["ids"] == set()
+    assert step_rows(db, run.id) == []
+    assert run_row(db, run.id)[0] == "queued"
+
+
+def test_write_group__empty_input_touches_nothing() -> None:
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"write_group used the connection: {name}")
+
+    assert write_group(Untouchable(), []) == set()
