@@ -1,6 +1,6 @@
 """Pickup latency: from an event INSERT's commit to the moment the first step body starts.
 
-    python bench/pickup.py [--events 200] [--interval 0.02] [--workers 2] [--concurrency 8]
+    python bench/pickup.py [--events 200] [--interval 0.02] [--workers 2] [--concurrency 32]
 
 Creates a fresh database (in ORCHESTRATOR_BENCH_DATABASE_URL's server if set, otherwise in the
 embedded Postgres under .orchestrator/bench-pgdata), migrates it, starts a real daemon as a
@@ -149,13 +149,29 @@ def wait_for(conn: psycopg.Connection[Any], query: str, want: int, timeout: floa
     raise SystemExit(f"timed out after {timeout}s waiting for {query!r} to be {want}")
 
 
+def fill_idle(url: str, n: int, function_id: str) -> float:
+    """Insert `n` idle runs of `function_id`, half sleeping and half waiting (for an event,
+    with a timeout), all due a year from now; returns the seconds it took."""
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for status, count in (("sleeping", n - n // 2), ("waiting", n // 2)):
+            conn.execute(
+                "INSERT INTO orchestrator.runs (function_id, status, due_at, attempts) "
+                "SELECT %s, %s, now() + interval '365 days', 1 FROM generate_series(1, %s)",
+                (function_id, status, count),
+            )
+        conn.execute("VACUUM ANALYZE orchestrator.runs")
+    return time.monotonic() - started
+
+
 def wait_idle(conn: psycopg.Connection[Any], expected_started: int) -> None:
     """Every event ingested, every run finished, every step body recorded."""
     wait_for(conn, "SELECT count(*) FROM public.pickup", expected_started, 60)
     wait_for(conn, "SELECT count(*) FROM orchestrator.events WHERE ingested_at IS NULL", 0, 60)
     wait_for(
         conn,
-        "SELECT count(*) FROM orchestrator.runs WHERE status NOT IN ('completed', 'sleeping')",
+        "SELECT count(*) FROM orchestrator.runs "
+        "WHERE status NOT IN ('completed', 'sleeping', 'waiting')",
         0,
         60,
     )
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--idle", type=int, default=0, help="sleeping runs to fill in first (W5)")
     args = parser.parse_args(argv)
 
@@ -218,14 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     config = {"workers": args.workers, "concurrency": args.concurrency}
     if args.idle:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO orchestrator.runs (function_id, status, due_at, attempts) "
-                "SELECT 'pickup', 'sleeping', now() + interval '365 days', 1 "
-                "FROM generate_series(1, %s)",
-                (args.idle,),
-            )
-            conn.execute("VACUUM ANALYZE orchestrator.runs")
+        fill_idle(url, args.idle, "pickup")
     log_path = Path(tempfile.mkdtemp(prefix="pickup-")) / "daemon.log"  # kept if the run fails
     daemon = Daemon(url, log_path, config)
     try:

@@ -9,7 +9,7 @@
 - W2: 3-step runs (each step returns a small dict); runs/s and steps/s
 - W4: one run of N sequential steps; total time and the per-step cost over the first and the
   last 100 steps (flat means no replay cost growing with history)
-- W5: W1 again with --w5-idle runs (default 1,000,000) sleeping in the tables, reported
+- W5: W1 again with --w5-idle runs (default 1,000,000) sleeping or waiting in the tables, reported
   against the empty-table W1 (bench/pickup.py --idle does the same for pickup latency)
 
 Every rate is also printed as a ratio to the pgbench 1-client figure. Writes
@@ -34,7 +34,7 @@ import psycopg
 from orchestrator import Context, Orchestrator, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.pickup import RESULTS, Daemon, create_database, drop_database, server_url
+from bench.pickup import RESULTS, Daemon, create_database, drop_database, fill_idle, server_url
 
 APP_PATH = "bench.throughput:app"
 app = Orchestrator()
@@ -168,20 +168,6 @@ def w4(url: str, steps: int) -> dict[str, Any]:
     }
 
 
-def fill_idle(url: str, n: int) -> float:
-    """Insert `n` runs of a registered function sleeping a year from now."""
-    started = time.monotonic()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO orchestrator.runs (function_id, status, due_at, attempts) "
-            "SELECT 'bench-long', 'sleeping', now() + interval '365 days', 1 "
-            "FROM generate_series(1, %s)",
-            (n,),
-        )
-        conn.execute("VACUUM ANALYZE orchestrator.runs")
-    return time.monotonic() - started
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--w1", type=int, default=20000)
@@ -204,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             results["W2"] = w2(url, args.w2)
             results["W4"] = w4(url, args.w4)
             if args.w5_idle:
-                fill_seconds = fill_idle(url, args.w5_idle)
+                fill_seconds = fill_idle(url, args.w5_idle, "bench-long")
                 w5 = w1(url, args.w1, done_before=args.w1)
                 w5["idle_runs"] = args.w5_idle
                 w5["fill_seconds"] = round(fill_seconds, 1)

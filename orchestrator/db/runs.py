@@ -298,35 +298,6 @@ def _by_leases(
     return [RequeuedRun(*row) for row in conn.execute(stmt, params)]
 
 
-def finish(
-    conn: Connection,
-    run_id: str,
-    token: str,
-    *,
-    status: str,
-    output_json: str | None = None,
-    error_json: str | None = None,
-) -> bool:
-    """Record a terminal status (completed or failed); False if the lease was lost."""
-    result = conn.execute(
-        text(
-            "UPDATE orchestrator.runs SET status = :p_status, output = CAST(:p_output AS jsonb), "
-            "error = CAST(:p_error AS jsonb), finished_at = now(), updated_at = now(), "
-            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
-            "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
-            "AND status = 'running'"
-        ),
-        {
-            "p_id": run_id,
-            "p_token": token,
-            "p_status": status,
-            "p_output": output_json,
-            "p_error": error_json,
-        },
-    )
-    return result.rowcount == 1
-
-
 def suspend(
     conn: Connection,
     run_id: str,

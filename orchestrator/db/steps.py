@@ -1,4 +1,6 @@
-"""Statements on `orchestrator.steps`: load a run's memo, checkpoint a step under the lease."""
+"""Statements on `orchestrator.steps`: load a run's memo, save a step under a held run row.
+
+The hot path writes steps in groups (see db/checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -61,21 +63,6 @@ _INSERT = (
     "output, error, wake_at, duration_ms)"
 )
 
-# FOR SHARE conflicts with the UPDATE a rescue makes, so either this checkpoint commits before
-# the rescue (and the new owner replays it) or it sees the new token and writes nothing.
-_FENCED = text(
-    f"""
-    WITH fence AS (
-        SELECT id FROM orchestrator.runs
-        WHERE id = CAST(:p_run AS uuid) AND lease_token = CAST(:p_token AS uuid)
-          AND status = 'running'
-        FOR SHARE
-    )
-    {_INSERT}
-    {_VALUES} FROM fence
-    {_UPSERT_TAIL}
-    """
-)
 _UNFENCED = text(f"{_INSERT} {_VALUES} {_UPSERT_TAIL}")
 
 
@@ -92,12 +79,6 @@ def _params(run_id: str, step: StepRecord) -> dict[str, Any]:
         "p_wake": step.wake_at,
         "p_duration": step.duration_ms,
     }
-
-
-def checkpoint(conn: Connection, run_id: str, token: str, step: StepRecord) -> bool:
-    """Write a step if `token` is still the run's lease; False (nothing written) otherwise."""
-    params = _params(run_id, step) | {"p_token": token}
-    return conn.execute(_FENCED, params).rowcount == 1
 
 
 def save_locked(conn: Connection, run_id: str, step: StepRecord) -> None:

@@ -399,9 +399,24 @@ def _poison_round(env: ChaosEnv, runs: int, result: Result | None) -> float:
         for target in (env, control):
             target.wait_terminal(runs, timeout=600)
         env.send("chaos/poison", [{}])
-        for target in (env, control):
-            _flows(target, 4 * runs, steps=1, work_ms=5)  # a backlog outlasting the poison
-        env.wait_terminal(5 * runs + 1, timeout=900)
+        sent = {id(target): runs for target in (env, control)}
+        deadline = time.monotonic() + 900
+        # keep a standing backlog on both sides until the poison has failed, however fast
+        # the engine drains it
+        while not env.scalar(
+            "SELECT count(*) FROM orchestrator.runs "
+            "WHERE function_id = 'chaos-poison' AND status = 'failed'"
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError("the poison run did not fail within 900 s")
+            for target in (env, control):
+                if sent[id(target)] - target.terminal() < runs:
+                    sent[id(target)] += _flows(target, runs, steps=1, work_ms=5)
+            time.sleep(0.2)
+        for target in (env, control):  # one more batch, so the backlog surely outlived it
+            sent[id(target)] += _flows(target, runs, steps=1, work_ms=5)
+        env.wait_terminal(sent[id(env)] + 1, timeout=900)
+        control.wait_terminal(sent[id(control)], timeout=900)
         status, code, message, recoveries, born, died = env.sql(
             "SELECT status, error->>'code', error->>'message', recoveries, created_at, "
             "finished_at FROM orchestrator.runs WHERE function_id = 'chaos-poison'"

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from orchestrator.db import runs, steps
+from orchestrator.db.checkpoints import GroupWrite, write_group
 from orchestrator.db.database import Database
 from orchestrator.db.direct import driver
 from tests.db.helpers import claim, execute, queue_runs
@@ -117,9 +118,9 @@ def test_checkpoint__fenced_by_lease_token(db: Database) -> None:
     [run] = claim(db, OWNER)
     record = steps.StepRecord("s", 0, "run", "completed", 1, output_json=json.dumps({"x": 1}))
     with db.transaction() as conn:
-        assert not steps.checkpoint(conn, run.id, str(uuid.uuid4()), record)
+        assert not write_group(conn, [GroupWrite(run.id, str(uuid.uuid4()), step=record)])
     with db.transaction() as conn:
-        assert steps.checkpoint(conn, run.id, run.lease_token, record)
+        assert write_group(conn, [GroupWrite(run.id, run.lease_token, step=record)]) == {run.id}
     with db.transaction() as conn:
         [row] = steps.load(conn, run.id)
     assert (row.step_id, row.status, row.output) == ("s", "completed", {"x": 1})
@@ -133,7 +134,8 @@ def test_finish__rejected_after_rescue(db: Database) -> None:
         rescued = runs.rescue_expired(conn, max_recoveries=5)
     assert [r.id for r in rescued] == [run.id]
     with db.transaction() as conn:
-        assert not runs.finish(conn, run.id, run.lease_token, status="completed", output_json="1")
+        finish = GroupWrite(run.id, run.lease_token, final_status="completed", output_json="1")
+        assert not write_group(conn, [finish])
     row = execute(db, "SELECT status, recoveries, lease_token FROM orchestrator.runs")[0]
     assert row == ("queued", 1, None)
 
