@@ -43,6 +43,7 @@ bench: install ## run the benchmarks (pgbench baseline, throughput, pickup) and 
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/pickup.py --idle 1000000
+	$(BIN)/python bench/report.py
 
 soak: install ## every fault scenario at full size (about 10 minutes); prints the figures
 	$(BIN)/python -m tests.chaos.soak $(SOAK_ARGS)

@@ -1,0 +1,118 @@
+"""The summary table of one `make bench` run: every figure, its ratio to the pgbench baseline
+of the same run, and the target.
+
+    python bench/report.py
+
+Reads bench/results/throughput.json, pickup.json and pickup-idle.json (written by
+bench/throughput.py and bench/pickup.py) and prints one table. Rates are divided by the
+1-client pgbench rate; latencies and per-step costs are expressed in pgbench 1-client commit
+times (1 / its rate), so both read as "how many single-row commits is this worth".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows(
+    tp: dict[str, Any], pickup: dict[str, Any] | None, idle: dict[str, Any] | None
+) -> list[tuple[str, str, str, str]]:
+    base = float(tp["pgbench_1"])
+    commit_ms = 1000.0 / base
+
+    def rate(value: float) -> str:
+        return f"{value / base:.3f} x pgbench(1)"
+
+    def latency(ms: float) -> str:
+        return f"{ms / commit_ms:.1f} commit times"
+
+    out = [
+        ("pgbench single-row INSERT, 1 client", f"{base:,.0f} tps", "1", ""),
+        (
+            "pgbench single-row INSERT, 8 clients",
+            f"{tp['pgbench_8']:,.0f} tps",
+            rate(tp["pgbench_8"]),
+            "",
+        ),
+        (
+            "W1 single-step runs/s",
+            f"{tp['W1']['runs_per_s']:,.1f}",
+            rate(tp["W1"]["runs_per_s"]),
+            "10,000",
+        ),
+        (
+            "W2 three-step runs/s",
+            f"{tp['W2']['runs_per_s']:,.1f}",
+            rate(tp["W2"]["runs_per_s"]),
+            "2,000",
+        ),
+        ("W2 steps/s", f"{tp['W2']['steps_per_s']:,.1f}", rate(tp["W2"]["steps_per_s"]), "6,000"),
+    ]
+    w4 = tp["W4"]
+    out.append(
+        (
+            f"W4 {w4['steps']:,} steps: ms/step first 100 / last 100",
+            f"{w4['first_100_ms_per_step']} / {w4['last_100_ms_per_step']} "
+            f"(x{w4['last_over_first']})",
+            latency(w4["last_100_ms_per_step"]),
+            "flat (last <= 1.5 x first)",
+        )
+    )
+    if pickup:
+        out.append(
+            (
+                "W3 pickup p50 / p95 / p99 ms",
+                f"{pickup['p50_ms']} / {pickup['p95_ms']} / {pickup['p99_ms']}",
+                latency(pickup["p50_ms"]),
+                "1-2 ms median",
+            )
+        )
+    if "W5" in tp:
+        w5 = tp["W5"]
+        out.append(
+            (
+                f"W5 W1 with {w5['idle_runs']:,} idle runs",
+                f"{w5['runs_per_s']:,.1f} (x{w5['vs_empty']} of empty)",
+                rate(w5["runs_per_s"]),
+                "within 20 % of empty",
+            )
+        )
+    if idle and pickup:
+        ratio = idle["p50_ms"] / pickup["p50_ms"]
+        out.append(
+            (
+                f"W5 W3 with {idle['idle_runs']:,} idle runs, p50 / p95 ms",
+                f"{idle['p50_ms']} / {idle['p95_ms']} (x{ratio:.2f} of empty)",
+                latency(idle["p50_ms"]),
+                "within 20 % of empty",
+            )
+        )
+    return out
+
+
+def main() -> int:
+    tp = _load("throughput.json")
+    if tp is None:
+        print("no bench/results/throughput.json: run bench/throughput.py first", file=sys.stderr)
+        return 1
+    table = rows(tp, _load("pickup.json"), _load("pickup-idle.json"))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    header = ("figure", "measured", "ratio to baseline", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    for line in (header, tuple("-" * w for w in widths), *table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
