@@ -17,9 +17,8 @@ and returns the ids of the runs whose write was made. A run appears at most once
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from orchestrator.db.direct import driver
+from orchestrator.db.direct import Conn, driver
 from orchestrator.db.steps import StepRecord
 
 
@@ -78,7 +77,7 @@ SELECT run_id::text FROM saved UNION ALL SELECT id::text FROM finished
 """
 
 
-def write_group(conn: Any, writes: list[GroupWrite]) -> set[str]:
+def write_group(conn: Conn, writes: list[GroupWrite]) -> set[str]:
     """Make every write whose lease still holds; returns the ids of those runs."""
     if not writes:
         return set()
@@ -92,9 +91,7 @@ def write_group(conn: Any, writes: list[GroupWrite]) -> set[str]:
         "kinds": [s.kind if s else None for s in steps],
         "step_statuses": [s.status if s else None for s in steps],
         "attempts": [s.attempt if s else None for s in steps],
-        "outputs": [
-            s.output_json if s else w.output_json for s, w in zip(steps, writes, strict=True)
-        ],
+        "outputs": [s.output_json if s else w.output_json for s, w in pairs],
         "errors": [s.error_json if s else w.error_json for s, w in pairs],
         "wakes": [s.wake_at if s else None for s in steps],
         "durations": [s.duration_ms if s else None for s in steps],

@@ -35,6 +35,27 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
+def retry_transient(
+    attempt: Callable[[], T], *, retry_for: float, reset: Callable[[], None] | None = None
+) -> T:
+    """Call `attempt`; on a transient error call `reset` (if given) and try again, with
+    jittered exponential back-off, for up to `retry_for` seconds. Other errors propagate."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            return attempt()
+        except DatabaseError as exc:
+            if not is_transient(exc):
+                raise
+            if reset is not None:
+                reset()
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 1.0)
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 5, application_name: str = "orchestrator"):
         self.url = url
@@ -54,17 +75,12 @@ class Database:
 
         `fn` must be safe to repeat: either its effect is idempotent or it is fenced.
         """
-        deadline = time.monotonic() + retry_for
-        delay = 0.05
-        while True:
-            try:
-                with self.transaction() as conn:
-                    return fn(conn)
-            except DatabaseError as exc:
-                if not is_transient(exc) or time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, 1.0)
+
+        def attempt() -> T:
+            with self.transaction() as conn:
+                return fn(conn)
+
+        return retry_transient(attempt, retry_for=retry_for)
 
     def dispose(self) -> None:
         self.engine.dispose()

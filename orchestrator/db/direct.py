@@ -13,15 +13,14 @@ such errors for a while, so what it runs must be safe to repeat (fenced or idemp
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
+import sqlalchemy
 
 from orchestrator.db.connect import libpq_url
-from orchestrator.db.database import is_transient
+from orchestrator.db.database import retry_transient
 
 T = TypeVar("T")
 
@@ -50,19 +49,7 @@ class Direct:
     def run(self, fn: Callable[[psycopg.Connection[Any]], T], *, retry_for: float) -> T:
         """Call `fn` with the connection, reconnecting and retrying on transient errors for up
         to `retry_for` seconds."""
-        deadline = time.monotonic() + retry_for
-        delay = 0.05
-        while True:
-            try:
-                return fn(self.connection())
-            except psycopg.Error as exc:
-                if not is_transient(exc):
-                    raise
-                self.close()
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, 1.0)
+        return retry_transient(lambda: fn(self.connection()), retry_for=retry_for, reset=self.close)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -72,7 +59,11 @@ class Direct:
                 self._conn = None
 
 
-def driver(conn: Any) -> psycopg.Connection[Any]:
+Conn = sqlalchemy.Connection | psycopg.Connection[Any]
+"""A connection the statements shared by the hot path and the rest accept."""
+
+
+def driver(conn: Conn) -> psycopg.Connection[Any]:
     """`conn` if it is a psycopg connection, else the psycopg connection under an SQLAlchemy
     one (statements on it run in that connection's transaction)."""
     if isinstance(conn, psycopg.Connection):

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from orchestrator.db.direct import driver
+from orchestrator.db.direct import Conn, driver
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ _CLAIM = """
     """
 
 
-def claim_pending(conn: Any, limit: int, *, max_bytes: int = 2**31 - 1) -> list[PendingEvent]:
+def claim_pending(conn: Conn, limit: int, *, max_bytes: int = 2**31 - 1) -> list[PendingEvent]:
     """Lock up to `limit` events not yet ingested, oldest first; the caller marks them.
 
     The data of an event over `max_bytes` is not fetched (it will be parked unread). Like
@@ -80,7 +80,7 @@ def claim_pending(conn: Any, limit: int, *, max_bytes: int = 2**31 - 1) -> list[
     return [PendingEvent(*row) for row in rows]
 
 
-def mark_ingested(conn: Any, ids: list[str]) -> None:
+def mark_ingested(conn: Conn, ids: list[str]) -> None:
     driver(conn).execute(
         "UPDATE orchestrator.events SET ingested_at = now() WHERE id = ANY(%s::text[])",
         (ids,),
@@ -88,7 +88,7 @@ def mark_ingested(conn: Any, ids: list[str]) -> None:
     )
 
 
-def park(conn: Any, event_id: str, reason: str) -> None:
+def park(conn: Conn, event_id: str, reason: str) -> None:
     """Mark an event ingested with the reason it started nothing."""
     driver(conn).execute(
         "UPDATE orchestrator.events SET ingested_at = now(), error = %s WHERE id = %s",

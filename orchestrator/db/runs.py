@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from orchestrator.db.direct import driver
+from orchestrator.db.direct import Conn, driver
 
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 _RUN_COLUMNS = (
@@ -83,7 +83,7 @@ _CREATE = """
     """
 
 
-def create_many(conn: Any, new_runs: list[NewRun]) -> list[str]:
+def create_many(conn: Conn, new_runs: list[NewRun]) -> list[str]:
     """Queue runs due now; a run whose (function, idempotency key) exists is skipped.
     `conn` may be a psycopg or an SQLAlchemy connection."""
     if not new_runs:
@@ -133,17 +133,12 @@ _CLAIM_SUSPECTS = _claim_sql(suspects=True)
 # table), it estimates a handful of due rows and picks a bitmap scan that reads and sorts
 # every due run instead: 15-18 ms a claim with 15,000 queued, where the index walk takes a
 # fraction of a millisecond. The daemon's claim connection carries these settings
-# (db/direct.py); `pin_claim_plan` applies them to one transaction.
+# (db/direct.py).
 CLAIM_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off"}
 
 
-def pin_claim_plan(conn: Any) -> None:
-    for name, value in CLAIM_SETTINGS.items():
-        driver(conn).execute("SELECT set_config(%s, %s, true)", (name, value))
-
-
 def claim_due(
-    conn: Any,
+    conn: Conn,
     *,
     owner: str,
     limit: int,

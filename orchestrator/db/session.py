@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.daemons import DAEMON_LOCK_CLASS
-from orchestrator.db.direct import driver
+from orchestrator.db.direct import Conn, driver
 
 CHANNELS = ("orchestrator_events", "orchestrator_runs")
 _KEEPALIVE = {
@@ -27,7 +26,7 @@ _KEEPALIVE = {
 }
 
 
-def notify_runs(conn: Any) -> None:
+def notify_runs(conn: Conn) -> None:
     """Hint every daemon that runs became due; delivered when the transaction commits.
     `conn` may be a psycopg or an SQLAlchemy connection."""
     driver(conn).execute("SELECT pg_notify('orchestrator_runs', '')")

@@ -67,7 +67,13 @@ class RunStore:
     def finish(
         self, lease: Lease, *, status: str, output_json: str | None, error_json: str | None
     ) -> None:
-        write = GroupWrite(lease.run_id, lease.token, None, status, output_json, error_json)
+        write = GroupWrite(
+            lease.run_id,
+            lease.token,
+            final_status=status,
+            output_json=output_json,
+            error_json=error_json,
+        )
         if not self.committer.commit(write):
             raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
 

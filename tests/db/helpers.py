@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import text
 
 from orchestrator.db import runs
 from orchestrator.db.database import Database
+from orchestrator.db.direct import driver
 
 
 def queue_runs(db: Database, n: int, function_id: str = "f", **kwargs: Any) -> list[str]:
@@ -37,3 +39,16 @@ def execute(db: Database, sql: str, **params: Any) -> list[Any]:
     with db.transaction() as conn:
         result = conn.execute(text(sql), params)
         return list(result) if result.returns_rows else []
+
+
+def claim_plan(db: Database, *, suspects: bool = False, analyze: bool = False) -> str:
+    """The plan of the claim statement, under the settings the daemon's claim connection
+    carries (`runs.CLAIM_SETTINGS`)."""
+    stmt = runs._CLAIM_SUSPECTS if suspects else runs._CLAIM
+    params = {"owner": str(uuid.uuid4()), "limit": 10, "lease": 30.0, "fids": ["f", "g"]}
+    with db.transaction() as conn:
+        raw = driver(conn)
+        for name, value in runs.CLAIM_SETTINGS.items():
+            raw.execute("SELECT set_config(%s, %s, true)", (name, value))
+        explain = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
+        return "\n".join(str(row[0]) for row in raw.execute(explain + stmt, params))

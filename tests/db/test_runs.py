@@ -8,8 +8,7 @@ import pytest
 from orchestrator.db import runs, steps
 from orchestrator.db.checkpoints import GroupWrite, write_group
 from orchestrator.db.database import Database
-from orchestrator.db.direct import driver
-from tests.db.helpers import claim, execute, queue_runs
+from tests.db.helpers import claim, claim_plan, execute, queue_runs
 
 pytestmark = pytest.mark.timeout(60)
 OWNER = str(uuid.uuid4())
@@ -77,11 +76,7 @@ def test_claim_suspects__uses_their_partial_index(db: Database) -> None:
         "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 5)",
     )
     execute(db, "ANALYZE orchestrator.runs")
-    params = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f"]}
-    with db.transaction() as conn:
-        runs.pin_claim_plan(conn)
-        plan = driver(conn).execute("EXPLAIN " + runs._CLAIM_SUSPECTS, params).fetchall()
-    assert "runs_due_suspects" in "\n".join(r[0] for r in plan)
+    assert "runs_due_suspects" in claim_plan(db, suspects=True)
     assert len(claim(db, OWNER, suspects=True)) == 5
 
 
@@ -93,22 +88,14 @@ def test_claim__uses_the_partial_due_index(db: Database) -> None:
         "WHERE id IN (SELECT id FROM orchestrator.runs LIMIT 1950)",
     )
     execute(db, "ANALYZE orchestrator.runs")
-    params = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f"]}
-    with db.transaction() as conn:
-        runs.pin_claim_plan(conn)
-        plan = driver(conn).execute("EXPLAIN " + runs._CLAIM, params).fetchall()
-    text_plan = "\n".join(r[0] for r in plan)
+    text_plan = claim_plan(db)
     assert "runs_due" in text_plan, text_plan
 
 
 def test_claim__walks_the_due_index_in_order_despite_stale_statistics(db: Database) -> None:
     # no statistics yet (a new table), then a burst: the planner expects few due runs
     queue_runs(db, 15000)
-    params = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f", "g"]}
-    with db.transaction() as conn:
-        runs.pin_claim_plan(conn)
-        plan = driver(conn).execute("EXPLAIN (ANALYZE, BUFFERS) " + runs._CLAIM, params).fetchall()
-    text_plan = "\n".join(r[0] for r in plan)
+    text_plan = claim_plan(db, analyze=True)
     assert "Index Scan using runs_due on runs" in text_plan, text_plan
     assert "Sort" not in text_plan and "Bitmap" not in text_plan, text_plan
 
