@@ -208,8 +208,7 @@ class Daemon:
         if self.events_hint.is_set() or now - self.ingested_at >= self.cfg.poll_interval:
             self.events_hint.clear()
             self.ingested_at = now
-            while self.ingester.tick() >= self.cfg.ingest_batch_size:
-                pass
+            self._ingest()
         self._dispatch()
         now = time.monotonic()
         for interval in self.intervals:
@@ -247,29 +246,50 @@ class Daemon:
         self.hold_until = None
         return False
 
+    def _ingest(self) -> None:
+        """Ingest every pending event. Each ingest transaction also claims due runs for the
+        free threads, so a new event's run starts without a claim transaction of its own;
+        the claimed runs are handed over only once that transaction has committed."""
+        while self._ingest_batch() >= self.cfg.ingest_batch_size:
+            pass
+
+    def _ingest_batch(self) -> int:
+        claimed: list[runs.ClaimedRun] = []
+        taken = self.ingester.tick(
+            then=lambda conn: claimed.extend(self._claim(conn, self.pool.free_slots()))
+        )
+        self._submit(claimed, suspects=False)
+        return taken
+
     def _claim_into_pool(self, *, suspects: bool) -> bool:
         """Claim as many due runs as there are free threads, and hand them over. True if
         fewer were due than there was room for."""
         while (free := self.pool.free_slots(quarantine=suspects)) > 0:
             claimed = self.direct.run(
-                lambda conn: runs.claim_due(
-                    conn,
-                    owner=self.id,
-                    limit=free,
-                    lease_seconds=self.cfg.lease_duration,
-                    function_ids=self.function_ids,
-                    suspects=suspects,
-                ),
-                retry_for=0,
+                lambda conn: self._claim(conn, free, suspects=suspects), retry_for=0
             )
-            tasks = [
-                Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
-                for c in claimed
-            ]
-            self.pool.submit(tasks, quarantine=suspects)
+            self._submit(claimed, suspects=suspects)
             if len(claimed) < free:
                 return True
         return False
+
+    def _claim(self, conn: Any, limit: int, *, suspects: bool = False) -> list[runs.ClaimedRun]:
+        return runs.claim_due(
+            conn,
+            owner=self.id,
+            limit=limit,
+            lease_seconds=self.cfg.lease_duration,
+            function_ids=self.function_ids,
+            suspects=suspects,
+        )
+
+    def _submit(self, claimed: list[runs.ClaimedRun], *, suspects: bool) -> None:
+        tasks = [
+            Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
+            for c in claimed
+        ]
+        if tasks:
+            self.pool.submit(tasks, quarantine=suspects)
 
     def _timeout(self) -> float:
         timeout = self.cfg.poll_interval

@@ -8,6 +8,7 @@ daemons; the `(function_id, idempotency_key)` unique index backs that up.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.db import events, functions, runs
@@ -41,12 +42,18 @@ class Ingester:
     def invalidate(self) -> None:
         self._subs_at = -_SUBSCRIPTIONS_TTL
 
-    def tick(self) -> int:
-        """Ingest one batch; returns how many events it took (a full batch means: call again)."""
-        subs = self.subscriptions()
-        return self.direct.run(lambda conn: self._ingest(conn, subs), retry_for=0)
+    def tick(self, *, then: Callable[[Any], None] | None = None) -> int:
+        """Ingest one batch; returns how many events it took (a full batch means: call again).
 
-    def _ingest(self, conn: Any, subs: dict[str, list[str]]) -> int:
+        `then(conn)`, if given, runs inside the ingest transaction after the runs were
+        created (the daemon claims there), so its writes commit or roll back with them.
+        """
+        subs = self.subscriptions()
+        return self.direct.run(lambda conn: self._ingest(conn, subs, then), retry_for=0)
+
+    def _ingest(
+        self, conn: Any, subs: dict[str, list[str]], then: Callable[[Any], None] | None
+    ) -> int:
         # Pipelined: the claim of pending events is one round trip, and the writes (which
         # need no answer until the runs are created) share the next; the commit is the third.
         with conn.pipeline(), conn.transaction():
@@ -74,6 +81,8 @@ class Ingester:
             if new_runs:
                 notify_runs(conn)  # sent at commit; a superset if some runs already existed
             created = runs.create_many(conn, new_runs)
+            if created and then is not None:
+                then(conn)
         if created:
             self.log.debug("events ingested", events=len(pending), runs=len(created))
         return len(pending)
