@@ -255,9 +255,12 @@ class Daemon:
 
     def _ingest_batch(self) -> int:
         claimed: list[runs.ClaimedRun] = []
-        taken = self.ingester.tick(
-            then=lambda conn: claimed.extend(self._claim(conn, self.pool.free_slots()))
-        )
+
+        def claim(conn: Any) -> set[str]:
+            claimed.extend(self._claim(conn, self.pool.free_slots()))
+            return {c.id for c in claimed}
+
+        taken = self.ingester.tick(then=claim)
         self._submit(claimed, suspects=False)
         return taken
 

@@ -42,20 +42,22 @@ class Ingester:
     def invalidate(self) -> None:
         self._subs_at = -_SUBSCRIPTIONS_TTL
 
-    def tick(self, *, then: Callable[[Any], None] | None = None) -> int:
+    def tick(self, *, then: Callable[[Any], set[str]] | None = None) -> int:
         """Ingest one batch; returns how many events it took (a full batch means: call again).
 
         `then(conn)`, if given, runs inside the ingest transaction after the runs were
-        created (the daemon claims there), so its writes commit or roll back with them.
+        created, so its writes commit or roll back with them: the daemon claims there, and
+        returns the ids it claimed. Other daemons are woken (NOTIFY) only if a created run
+        was left for them.
         """
         subs = self.subscriptions()
         return self.direct.run(lambda conn: self._ingest(conn, subs, then), retry_for=0)
 
     def _ingest(
-        self, conn: Any, subs: dict[str, list[str]], then: Callable[[Any], None] | None
+        self, conn: Any, subs: dict[str, list[str]], then: Callable[[Any], set[str]] | None
     ) -> int:
         # Pipelined: the claim of pending events is one round trip, and the writes (which
-        # need no answer until the runs are created) share the next; the commit is the third.
+        # need no answer until the runs are created) share the next.
         with conn.pipeline(), conn.transaction():
             pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
@@ -78,11 +80,10 @@ class Ingester:
                     for fid in subs.get(ev.name, ())
                 )
             events.mark_ingested(conn, accepted)
-            if new_runs:
-                notify_runs(conn)  # sent at commit; a superset if some runs already existed
             created = runs.create_many(conn, new_runs)
-            if created and then is not None:
-                then(conn)
+            claimed = then(conn) if created and then is not None else set()
+            if not claimed.issuperset(created):
+                notify_runs(conn)  # sent at commit
         if created:
             self.log.debug("events ingested", events=len(pending), runs=len(created))
         return len(pending)
