@@ -38,6 +38,13 @@ class RegistrationError(OrchestratorError):
     code = "registration_error"
 
 
+class ExpressionError(RegistrationError):
+    """A CEL expression (a trigger's or wait's `if_`, a `match` path) does not compile; the
+    message quotes it and points at the position of the error."""
+
+    code = "invalid_expression"
+
+
 class DatabaseNotReadyError(OrchestratorError):
     """The schema is missing or older than this code; run `orchestrator migrate`."""
 
@@ -121,12 +128,28 @@ class StepError(OrchestratorError):
         super().__init__(f"step '{step_id}' failed: {self.error_type}: {self.error_message}")
 
 
+class InvokeTimeoutError(OrchestratorError):
+    """An invoked run did not finish within the `timeout` given to `ctx.step.invoke`."""
+
+    code = "invoke_timeout"
+
+
+class RunCancelledError(OrchestratorError):
+    """Recorded as the error of a cancelled run (and of an invoke whose child was cancelled)."""
+
+    code = "cancelled"
+
+
 class ControlSignal(BaseException):
     """Base of signals thrown through user code; never caught by `except Exception`."""
 
 
 class Suspend(ControlSignal):
     """The run stops executing here and will be resumed later (sleep, retry back-off, drain)."""
+
+
+class Cancelled(ControlSignal):
+    """The run was cancelled; it stops at this step boundary."""
 
 
 class LeaseLost(ControlSignal):

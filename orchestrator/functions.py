@@ -7,9 +7,11 @@ data so that the daemon can record it in `orchestrator.functions` and match even
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,13 +20,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from orchestrator.errors import RegistrationError
+from orchestrator.errors import ExpressionError, RegistrationError
+from orchestrator.expressions import compile_expression
 
 if TYPE_CHECKING:
     from orchestrator.context import Context
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_PATH_RE = re.compile(r"^data(\.[^.\s]{1,128}){1,16}$")
 CRON_EVENT_NAME = "orchestrator/cron"
+INVOKED_EVENT_NAME = "orchestrator/function.invoked"
+FINISHED_EVENT_NAME = "orchestrator/function.finished"
+FAILED_EVENT_NAME = "orchestrator/function.failed"
+TRIGGER_VARIABLES = ("event",)
+WAIT_VARIABLES = ("event", "async")
 
 
 def _seconds(value: timedelta | float, what: str) -> float:
@@ -72,12 +81,69 @@ Trigger = EventTrigger | CronTrigger
 
 
 def event(name: str, if_: str | None = None) -> EventTrigger:
-    """Trigger a function on every event called `name`."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 256:
-        raise RegistrationError(f"event trigger name must be 1-256 characters, got {name!r}")
+    """Trigger a function on every event called `name`; with `if_`, only on those for which
+    the CEL expression over `event` is true (`"event.data.amount > 100"`)."""
+    _check_event_name(name, "event trigger")
     if if_ is not None:
-        raise RegistrationError("event(..., if_=...) expressions are not supported yet")
+        compile_expression(if_, where=f"event({name!r}, if_=...)", allowed=TRIGGER_VARIABLES)
     return EventTrigger(name, if_)
+
+
+def _check_event_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise RegistrationError(f"{what} name must be 1-256 characters, got {name!r}")
+
+
+def check_match(path: Any, where: str) -> str:
+    """A `match` path names a field of the event data: `data.order_id`, `data.user.id`."""
+    if not isinstance(path, str) or not _PATH_RE.match(path):
+        raise ExpressionError(
+            f"{where}: match path {path!r} is invalid; name a field of the event data such as "
+            "'data.order_id' or 'data.user.id'"
+        )
+    return path
+
+
+def match_value(path: str, data: dict[str, Any]) -> Any:
+    """The value at `data.x.y` in an event's data (None when absent), as `match` compares it."""
+    value: Any = data
+    for key in path.split(".")[1:]:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+@dataclass(frozen=True)
+class CancelOn:
+    """Cancel a run when an event arrives (see `cancel_on`)."""
+
+    event: str
+    match: str | None = None
+    if_: str | None = None
+    timeout: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"event": self.event, "match": self.match, "if": self.if_, "timeout": self.timeout}
+
+
+def cancel_on(
+    event: str,
+    *,
+    match: str | None = None,
+    if_: str | None = None,
+    timeout: timedelta | float | None = None,
+) -> CancelOn:
+    """Cancel the run when `event` arrives whose `match` field equals the triggering event's
+    (and for which `if_`, over `event` and `async`, is true), within `timeout` of its start."""
+    _check_event_name(event, "cancel_on event")
+    where = f"cancel_on({event!r})"
+    if match is not None:
+        check_match(match, where)
+    if if_ is not None:
+        compile_expression(if_, where=where, allowed=WAIT_VARIABLES)
+    seconds = None if timeout is None else _seconds(timeout, f"{where} timeout")
+    return CancelOn(event, match, if_, seconds)
 
 
 def cron(expr: str, tz: str | None = None) -> CronTrigger:
@@ -122,6 +188,8 @@ class FunctionDef:
     triggers: tuple[Trigger, ...]
     retries: int = 3
     backoff: Backoff = field(default_factory=Backoff)
+    cancel_on: tuple[CancelOn, ...] = ()
+    on_failure_id: str | None = None  # the id of its on_failure handler's function
 
     @property
     def event_names(self) -> list[str]:
@@ -137,6 +205,8 @@ class FunctionDef:
             "triggers": [t.describe() for t in self.triggers],
             "retries": self.retries,
             "backoff": {"base": self.backoff.base, "max": self.backoff.max},
+            "cancel_on": [c.describe() for c in self.cancel_on],
+            "on_failure": self.on_failure_id,
         }
 
     def source_hash(self) -> str:
@@ -153,6 +223,8 @@ def make_function(
     trigger: Trigger | Sequence[Trigger] | None,
     retries: int,
     backoff: Backoff | None,
+    cancel: Sequence[CancelOn] = (),
+    on_failure_id: str | None = None,
 ) -> FunctionDef:
     if not isinstance(function_id, str) or not _ID_RE.match(function_id):
         raise RegistrationError(
@@ -178,4 +250,34 @@ def make_function(
         raise RegistrationError(
             f"function {function_id!r}: {fn.__qualname__} must take exactly one argument (ctx)"
         )
-    return FunctionDef(function_id, fn, triggers, retries, backoff or Backoff())
+    for c in cancel:
+        if not isinstance(c, CancelOn):
+            raise RegistrationError(
+                f"function {function_id!r}: cancel_on entry {c!r} is not cancel_on(...)"
+            )
+    check_step_expressions(function_id, fn)
+    return FunctionDef(
+        function_id, fn, triggers, retries, backoff or Backoff(), tuple(cancel), on_failure_id
+    )
+
+
+def check_step_expressions(function_id: str, fn: Callable[..., Any]) -> None:
+    """Compile the literal `if_` and `match` arguments of the function's `wait_for_event`
+    calls, so that a typo fails at registration rather than when a run reaches the wait."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return  # no source to read (a lambda in a REPL, a built-in): checked when called
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr != "wait_for_event":
+            continue
+        where = f"function {function_id!r}, wait_for_event at line {node.lineno}"
+        for kw in node.keywords:
+            if not (isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)):
+                continue
+            if kw.arg == "if_":
+                compile_expression(kw.value.value, where=where, allowed=WAIT_VARIABLES)
+            elif kw.arg == "match":
+                check_match(kw.value.value, where)

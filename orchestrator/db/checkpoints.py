@@ -9,9 +9,11 @@ the group durable. It
    each under the lock: a rescue that committed first has changed the token, and the run's
    write is dropped; a rescue that comes later waits for this commit;
 2. upserts the step records of those runs;
-3. records the terminal status of those runs that finished;
+3. records the terminal status of those runs that finished, with what ending a run entails
+   (db/finish.py);
 
-and returns the ids of the runs whose write was made. A run appears at most once in a group.
+and returns the runs whose write was made, each with whether its cancellation was requested
+(the worker stops it at this step boundary). A run appears at most once in a group.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.db.direct import Conn, driver
+from orchestrator.db.finish import after_finish
 from orchestrator.db.steps import StepRecord
 
 
@@ -29,12 +32,12 @@ class GroupWrite:
     run_id: str
     token: str
     step: StepRecord | None = None
-    final_status: str | None = None  # completed | failed
+    final_status: str | None = None  # completed | failed | cancelled
     output_json: str | None = None  # the run's output, with final_status
     error_json: str | None = None  # the run's error, with final_status
 
 
-_WRITE_GROUP = """
+_WRITE_GROUP = f"""
 WITH input AS MATERIALIZED (
     SELECT * FROM unnest(
         %(runs)s::uuid[], %(tokens)s::uuid[], %(steps)s::text[], %(positions)s::int[],
@@ -45,7 +48,7 @@ WITH input AS MATERIALIZED (
            wake_at, duration_ms, final)
 ),
 held AS MATERIALIZED (
-    SELECT r.id FROM orchestrator.runs r
+    SELECT r.id, r.cancel_requested_at IS NOT NULL AS cancel FROM orchestrator.runs r
     JOIN input i ON r.id = i.run_id AND r.lease_token = i.token
     WHERE r.status = 'running'
     ORDER BY r.id
@@ -71,16 +74,19 @@ finished AS (
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM input i JOIN held h ON h.id = i.run_id
     WHERE r.id = i.run_id AND i.final IS NOT NULL AND r.status = 'running'
-    RETURNING r.id
+    RETURNING r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id
 )
-SELECT run_id::text FROM saved UNION ALL SELECT id::text FROM finished
+{after_finish("finished")}
+SELECT s.run_id::text, h.cancel FROM saved s JOIN held h ON h.id = s.run_id
+UNION ALL SELECT id::text, false FROM finished
 """
 
 
-def write_group(conn: Conn, writes: list[GroupWrite]) -> set[str]:
-    """Make every write whose lease still holds; returns the ids of those runs."""
+def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
+    """Make every write whose lease still holds; returns the ids of those runs, each with
+    whether its cancellation was requested."""
     if not writes:
-        return set()
+        return {}
     steps = [w.step for w in writes]
     pairs = list(zip(steps, writes, strict=True))
     params = {
@@ -98,4 +104,4 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> set[str]:
         "finals": [w.final_status for w in writes],
     }
     rows = driver(conn).execute(_WRITE_GROUP, params, prepare=True).fetchall()
-    return {str(row[0]) for row in rows}
+    return {str(row[0]): bool(row[1]) for row in rows}

@@ -18,6 +18,7 @@ class PendingEvent:
     data: Any
     ts: datetime
     size: int
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ def insert(
 
 
 _CLAIM = """
-    SELECT id, name, CASE WHEN size <= %(max_bytes)s THEN data END AS data, ts, size
+    SELECT id, name, CASE WHEN size <= %(max_bytes)s OR name LIKE 'orchestrator/%%' THEN data END
+           AS data, ts, size, received_at
     FROM (
-        SELECT id, name, data, ts, octet_length(data::text) AS size
+        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at
         FROM orchestrator.events
         WHERE ingested_at IS NULL
         ORDER BY seq
@@ -78,6 +80,63 @@ def claim_pending(conn: Conn, limit: int, *, max_bytes: int = 2**31 - 1) -> list
     params = {"limit": limit, "max_bytes": max_bytes}
     rows = driver(conn).execute(_CLAIM, params, prepare=True).fetchall()
     return [PendingEvent(*row) for row in rows]
+
+
+_INSERT_MANY = """
+    INSERT INTO orchestrator.events (id, name, data)
+    SELECT i, n, d::jsonb FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[])
+         AS t(i, n, d)
+    ON CONFLICT (id) DO NOTHING
+    """
+
+
+def insert_many(conn: Conn, events: list[tuple[str, str, str]]) -> None:
+    """Insert (id, name, data JSON) events; ids already present are duplicates, skipped."""
+    if events:
+        params = {
+            "ids": [e[0] for e in events],
+            "names": [e[1] for e in events],
+            "datas": [e[2] for e in events],
+        }
+        driver(conn).execute(_INSERT_MANY, params)
+
+
+_MATCHING_SINCE = """
+    SELECT id, name, data, ts FROM orchestrator.events
+    WHERE name = %(name)s AND received_at >= %(since)s AND error IS NULL
+      AND CASE WHEN %(path)s::text IS NULL THEN true
+               ELSE coalesce(data #> (string_to_array(%(path)s::text, '.'))[2:], 'null'::jsonb)
+                    = %(value)s::jsonb END
+    ORDER BY seq
+    LIMIT %(limit)s
+    """
+
+
+def matching_since(
+    conn: Conn,
+    name: str,
+    *,
+    since: datetime,
+    match_path: str | None,
+    match_value_json: str,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Events called `name` received since `since` whose `match_path` field equals the
+    expected value, oldest first, as functions receive them (id, name, data, ts)."""
+    params = {
+        "name": name,
+        "since": since,
+        "path": match_path,
+        "value": match_value_json,
+        "limit": limit,
+    }
+    rows = driver(conn).execute(_MATCHING_SINCE, params).fetchall()
+    return [event_payload(*row) for row in rows]
+
+
+def event_payload(event_id: str, name: str, data: Any, ts: datetime) -> dict[str, Any]:
+    """An event as a function receives it (`ctx.event`, a wait's result)."""
+    return {"id": event_id, "name": name, "data": data, "ts": ts.isoformat()}
 
 
 def mark_ingested(conn: Conn, ids: list[str]) -> None:

@@ -14,13 +14,16 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from orchestrator.db.direct import Conn, driver
+from orchestrator.db.finish import after_finish
 
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
+_ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
+_ENDED_COLUMNS = "id, function_id, status, output, error, events, parent_run_id"
 _RUN_COLUMNS = (
     "id::text AS id, function_id, status, event_id, events, idempotency_key, "
     "parent_run_id::text AS parent_run_id, output, error, attempts, recoveries, due_at, "
     "lease_owner::text AS lease_owner, lease_expires_at, created_at, started_at, updated_at, "
-    "finished_at"
+    "finished_at, cancel_requested_at"
 )
 
 
@@ -31,6 +34,20 @@ class NewRun:
     event_id: str | None = None
     idempotency_key: str | None = None
     parent_run_id: str | None = None
+    id: str | None = None  # a deterministic id (an invoked run's); else the database's
+    since: datetime | None = None  # cancel_on sees events received from then (default: now)
+
+
+@dataclass(frozen=True)
+class CancelWatch:
+    """A function's `cancel_on` condition, as run creation records it in `waits`."""
+
+    function_id: str
+    index: int
+    event_name: str
+    match_path: str | None
+    expression: str | None
+    timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class ClaimedRun:
     attempts: int
     recoveries: int
     claimed_at: datetime
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,7 @@ class RunRow:
     started_at: datetime | None
     updated_at: datetime
     finished_at: datetime | None
+    cancel_requested_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -73,27 +92,64 @@ class RequeuedRun:
     status: str
 
 
+# New runs, and the cancellation conditions of their functions (`cancel_on`) as waits whose
+# expected value is read from the run's triggering event.
 _CREATE = """
-    INSERT INTO orchestrator.runs (function_id, event_id, events, idempotency_key, parent_run_id)
-    SELECT f, e, j::jsonb, k, p::uuid
-    FROM unnest(%(fids)s::text[], %(eids)s::text[], %(events)s::text[], %(keys)s::text[],
-                %(parents)s::text[]) AS t(f, e, j, k, p)
-    ON CONFLICT (function_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id::text
+    WITH made AS (
+        INSERT INTO orchestrator.runs
+            (id, function_id, event_id, events, idempotency_key, parent_run_id)
+        SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid
+        FROM unnest(%(ids)s::text[], %(fids)s::text[], %(eids)s::text[], %(events)s::text[],
+                    %(keys)s::text[], %(parents)s::text[], %(since)s::timestamptz[])
+             AS t(i, f, e, j, k, p, s)
+        ON CONFLICT DO NOTHING
+        RETURNING id, function_id, events, idempotency_key
+    ),
+    watch AS (
+        INSERT INTO orchestrator.waits
+            (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
+             expires_at)
+        SELECT m.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
+               CASE WHEN c.path IS NULL THEN 'null'::jsonb
+                    ELSE coalesce((m.events -> 0 -> 'data')
+                                  #> (string_to_array(c.path, '.'))[2:], 'null'::jsonb) END,
+               c.expr, coalesce(t.s, now()),
+               coalesce(t.s, now()) + make_interval(secs => c.timeout)
+        FROM made m
+        JOIN unnest(%(ids)s::text[], %(fids)s::text[], %(keys)s::text[],
+                    %(since)s::timestamptz[]) AS t(i, f, k, s)
+          ON t.f = m.function_id AND (t.i::uuid = m.id OR t.k = m.idempotency_key)
+        JOIN unnest(%(c_fids)s::text[], %(c_ns)s::int[], %(c_events)s::text[],
+                    %(c_paths)s::text[], %(c_exprs)s::text[], %(c_timeouts)s::float8[])
+             AS c(fid, n, ev, path, expr, timeout) ON c.fid = m.function_id
+    )
+    SELECT id::text FROM made
     """
 
 
-def create_many(conn: Conn, new_runs: list[NewRun]) -> list[str]:
-    """Queue runs due now; a run whose (function, idempotency key) exists is skipped.
-    `conn` may be a psycopg or an SQLAlchemy connection."""
+def create_many(
+    conn: Conn, new_runs: list[NewRun], watches: list[CancelWatch] | None = None
+) -> list[str]:
+    """Queue runs due now; a run whose id or (function, idempotency key) exists is skipped.
+    `watches` are the `cancel_on` conditions of their functions. `conn` may be a psycopg or
+    an SQLAlchemy connection."""
     if not new_runs:
         return []
+    watches = [w for w in watches or [] if any(r.function_id == w.function_id for r in new_runs)]
     params = {
+        "ids": [r.id for r in new_runs],
         "fids": [r.function_id for r in new_runs],
         "eids": [r.event_id for r in new_runs],
         "events": [json.dumps(r.events, separators=(",", ":")) for r in new_runs],
         "keys": [r.idempotency_key for r in new_runs],
         "parents": [r.parent_run_id for r in new_runs],
+        "since": [r.since for r in new_runs],
+        "c_fids": [w.function_id for w in watches],
+        "c_ns": [w.index for w in watches],
+        "c_events": [w.event_name for w in watches],
+        "c_paths": [w.match_path for w in watches],
+        "c_exprs": [w.expression for w in watches],
+        "c_timeouts": [w.timeout for w in watches],
     }
     return [str(row[0]) for row in driver(conn).execute(_CREATE, params, prepare=True)]
 
@@ -107,7 +163,7 @@ def _claim_sql(suspects: bool) -> str:
         WITH picked AS MATERIALIZED (
             SELECT id FROM orchestrator.runs
             WHERE {_DUE} AND due_at <= now() AND {which}
-              AND function_id = ANY(%(fids)s::text[])
+              AND function_id = ANY(%(fids)s::text[]) AND cancel_requested_at IS NULL
             ORDER BY due_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -121,7 +177,7 @@ def _claim_sql(suspects: bool) -> str:
         FROM picked
         WHERE r.id = picked.id
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
-                  r.recoveries, now()
+                  r.recoveries, now(), r.created_at
         """
 
 
@@ -213,7 +269,8 @@ def _requeue_sql(
     WITH picked AS MATERIALIZED (
         SELECT id FROM orchestrator.runs WHERE status = 'running' AND ({where})
         ORDER BY id LIMIT :p_limit {lock}
-    )
+    ),
+    changed AS (
     UPDATE orchestrator.runs AS r
     SET recoveries = {bump},{" crashes = r.crashes + 1," if crashed else ""}
         status = CASE WHEN {capped} THEN 'failed' ELSE 'queued' END,
@@ -228,7 +285,10 @@ def _requeue_sql(
         updated_at = now()
     FROM picked
     WHERE r.id = picked.id
-    RETURNING r.id::text, r.function_id, r.status
+    RETURNING {_ENDED_COLUMNS.replace("id,", "r.id,", 1)}
+    )
+    {after_finish("changed")}
+    SELECT id::text, function_id, status FROM changed
     """
 
 
@@ -392,6 +452,7 @@ _UNKNOWN_FUNCTIONS = text(
 
 _FAIL_UNKNOWN = text(
     f"""
+    WITH changed AS (
     UPDATE orchestrator.runs
     SET status = 'failed', finished_at = now(), updated_at = now(),
         error = jsonb_build_object(
@@ -399,7 +460,10 @@ _FAIL_UNKNOWN = text(
             'message', format('function %L is not registered by any daemon (no row in '
                               'orchestrator.functions); nothing can run it', function_id))
     WHERE function_id = ANY(CAST(:p_ids AS text[])) AND {_DUE}
-    RETURNING id::text, function_id, status
+    RETURNING {_ENDED_COLUMNS}
+    )
+    {after_finish("changed")}
+    SELECT id::text, function_id, status FROM changed
     """
 )
 
@@ -414,3 +478,59 @@ def fail_unknown_functions(conn: Connection) -> list[RequeuedRun]:
     if not unknown:
         return []
     return [RequeuedRun(*row) for row in conn.execute(_FAIL_UNKNOWN, {"p_ids": unknown})]
+
+
+# Cancellation: the runs and their unfinished descendants (invoked children). Idle runs end
+# at once; a running run is marked, and its worker stops it at the next step boundary.
+_CANCEL = f"""
+    WITH RECURSIVE tree(id) AS (
+        SELECT unnest(%(ids)s::uuid[])
+        UNION
+        SELECT c.id FROM orchestrator.runs c JOIN tree t ON c.parent_run_id = t.id
+        WHERE c.{_ACTIVE}
+    ),
+    picked AS MATERIALIZED (
+        SELECT r.id FROM orchestrator.runs r
+        WHERE r.id IN (SELECT id FROM tree) AND r.{_ACTIVE}
+        ORDER BY r.id
+        FOR UPDATE
+    ),
+    changed AS (
+        UPDATE orchestrator.runs r
+        SET cancel_requested_at = coalesce(r.cancel_requested_at, now()),
+            status = CASE WHEN r.status = 'running' THEN r.status ELSE 'cancelled' END,
+            finished_at = CASE WHEN r.status = 'running' THEN NULL ELSE now() END,
+            error = CASE WHEN r.status = 'running' THEN r.error ELSE jsonb_build_object(
+                'type', 'RunCancelledError', 'code', 'cancelled', 'message', %(reason)s::text)
+                END,
+            updated_at = now()
+        FROM picked p WHERE r.id = p.id
+        RETURNING r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id
+    )
+    {after_finish("changed")}
+    SELECT id::text, function_id, status FROM changed
+    """
+
+# Cancellations requested by hand (`UPDATE runs SET cancel_requested_at = now()`): idle runs
+# end, and running ones pass the request on to their children (they themselves stop at
+# their next step boundary).
+_REQUESTED = f"""
+    SELECT id::text FROM orchestrator.runs
+    WHERE cancel_requested_at IS NOT NULL AND {_ACTIVE}
+    LIMIT %(limit)s
+    """
+
+
+def cancel(conn: Conn, run_ids: list[str], *, reason: str) -> list[RequeuedRun]:
+    """Cancel runs and their unfinished descendants; returns each changed run with its new
+    status (`cancelled`, or `running` for a run that stops at its next step boundary)."""
+    if not run_ids:
+        return []
+    rows = driver(conn).execute(_CANCEL, {"ids": run_ids, "reason": reason}).fetchall()
+    return [RequeuedRun(*row) for row in rows]
+
+
+def cancel_requested(conn: Conn, *, limit: int = 500) -> list[RequeuedRun]:
+    """Apply the cancellations requested with an UPDATE (see `_REQUESTED`)."""
+    ids = [row[0] for row in driver(conn).execute(_REQUESTED, {"limit": limit}).fetchall()]
+    return cancel(conn, ids, reason="run was cancelled (cancel_requested_at was set)")

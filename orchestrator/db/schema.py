@@ -27,7 +27,8 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 SCHEMA = "orchestrator"
 RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
 ACTIVE_DUE_STATUSES = ("queued", "sleeping", "waiting")
-STEP_STATUSES = ("completed", "failed", "retrying", "sleeping")
+STEP_STATUSES = ("completed", "failed", "retrying", "sleeping", "waiting")
+WAIT_KINDS = ("event", "cancel")
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -61,6 +62,7 @@ events = Table(
     CheckConstraint("jsonb_typeof(data) = 'object'", name="events_data_is_object"),
     Index("events_pending", "seq", postgresql_where=text("ingested_at IS NULL")),
     Index("events_seq", "seq", unique=True),
+    Index("events_name_received", "name", "received_at"),
 )
 
 functions = Table(
@@ -144,6 +146,7 @@ runs = Table(
     _ts("started_at"),
     _ts("updated_at", nullable=False, default_now=True),
     _ts("finished_at"),
+    _ts("cancel_requested_at"),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
     Index(
         "runs_due",
@@ -169,6 +172,15 @@ runs = Table(
     Index("runs_function_created", "function_id", "created_at"),
     Index("runs_created", "created_at"),
     Index("runs_event", "event_id", postgresql_where=text("event_id IS NOT NULL")),
+    Index("runs_parent", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL")),
+    Index(
+        "runs_cancel_requested",
+        "id",
+        postgresql_where=text(
+            "cancel_requested_at IS NOT NULL AND "
+            + _in("status", ("queued", "running", "sleeping", "waiting"))
+        ),
+    ),
 )
 
 steps = Table(
@@ -193,4 +205,27 @@ steps = Table(
     _ts("updated_at", nullable=False, default_now=True),
     PrimaryKeyConstraint("run_id", "step_id", name="steps_pkey"),
     CheckConstraint(_in("status", STEP_STATUSES), name="steps_status"),
+)
+
+waits = Table(
+    "waits",
+    metadata,
+    Column(
+        "run_id",
+        UUID(as_uuid=False),
+        ForeignKey("orchestrator.runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("event_name", Text, nullable=False),
+    Column("match_path", Text, nullable=False, server_default=text("''")),
+    Column("match_value", JSONB, nullable=False, server_default=text("'null'::jsonb")),
+    Column("expression", Text),
+    _ts("since", nullable=False),
+    _ts("expires_at"),
+    _ts("created_at", nullable=False, default_now=True),
+    PrimaryKeyConstraint("run_id", "step_id", name="waits_pkey"),
+    CheckConstraint(_in("kind", WAIT_KINDS), name="waits_kind"),
+    Index("waits_match", "event_name", "match_path", "match_value"),
 )
