@@ -24,8 +24,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator import codec
 from orchestrator.config import Config, load_config
-from orchestrator.errors import InvalidEventError, RegistrationError
-from orchestrator.functions import Backoff, FunctionDef, Trigger, make_function
+from orchestrator.errors import InvalidEventError, RegistrationError, RunNotFoundError
+from orchestrator.functions import (
+    FAILED_EVENT_NAME,
+    Backoff,
+    CancelOn,
+    FunctionDef,
+    Trigger,
+    event,
+    make_function,
+)
 
 if TYPE_CHECKING:
     from orchestrator.db.database import Database
@@ -52,17 +60,37 @@ class Orchestrator:
         trigger: Trigger | Sequence[Trigger] | None = None,
         retries: int = 3,
         backoff: Backoff | None = None,
+        cancel_on: Sequence[CancelOn] = (),
+        on_failure: Callable[..., Any] | None = None,
     ) -> Callable[[F], F]:
-        """Register a durable function under a stable `id`."""
+        """Register a durable function under a stable `id`.
+
+        - `trigger`: `event(...)`, `cron(...)`, or a list of them.
+        - `retries`, `backoff`: the retry policy of each step.
+        - `cancel_on`: `cancel_on(...)` conditions; a matching event cancels the run.
+        - `on_failure`: a function `(ctx) -> Any` run as its own durable run (id
+          `<id>:on-failure`) when a run fails for good; `ctx.event` is the event
+          `orchestrator/function.failed` with `data.run_id`, `data.error` and `data.event`
+          (the original event). Its run's `parent_run_id` is the failed run.
+        """
 
         def register(fn: F) -> F:
-            fdef = make_function(id, fn, trigger, retries, backoff)
-            if id in self._functions:
-                raise RegistrationError(f"function id {id!r} is registered twice")
-            self._functions[id] = fdef
+            handler_id = f"{id}:on-failure" if on_failure is not None else None
+            fdef = make_function(
+                id, fn, trigger, retries, backoff, cancel=cancel_on, on_failure_id=handler_id
+            )
+            self._add(fdef)
+            if on_failure is not None and handler_id is not None:
+                only_this = event(FAILED_EVENT_NAME, if_=f"event.data.function_id == {id!r}")
+                self._add(make_function(handler_id, on_failure, only_this, retries, backoff))
             return fn
 
         return register
+
+    def _add(self, fdef: FunctionDef) -> None:
+        if fdef.id in self._functions:
+            raise RegistrationError(f"function id {fdef.id!r} is registered twice")
+        self._functions[fdef.id] = fdef
 
     @property
     def functions(self) -> dict[str, FunctionDef]:
@@ -134,6 +162,30 @@ class Orchestrator:
         return self._database().run(
             lambda conn: events.insert(conn, name, text, event_id=id, ts=ts)
         )[0]
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def cancel(self, run_id: str, *, reason: str = "cancelled by request") -> str:
+        """Cancel a run and its unfinished invoked children; returns the run's status after.
+
+        A queued, sleeping or waiting run is `cancelled` at once; a running run stops at its
+        next step boundary (the status returned is then `running`). A finished run is left
+        as it is. Raises `RunNotFoundError` for an unknown id.
+        """
+        from orchestrator.db import runs
+
+        def cancel(conn: Any) -> str | None:
+            run = runs.get(conn, run_id)
+            if run is None:
+                return None
+            changed = runs.cancel(conn, [run.id], reason=reason)
+            mine = [c.status for c in changed if c.id == run.id]
+            return mine[0] if mine else run.status
+
+        status = self._database().run(cancel)
+        if status is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return status
 
 
 def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:

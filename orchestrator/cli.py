@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     show = runs_sub.add_parser("show", parents=[common], help="one run and its steps")
     show.add_argument("run_id", help="run id (or an unambiguous prefix)")
+    cancel = runs_sub.add_parser(
+        "cancel", parents=[common], help="cancel a run and its unfinished invoked runs"
+    )
+    cancel.add_argument("run_id", help="run id (or an unambiguous prefix)")
+    cancel.add_argument("--reason", default="cancelled from the command line")
 
     sub.add_parser("functions", parents=[common], help="list registered functions")
     return parser
@@ -120,9 +125,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return _cmd_send(db, cfg, args)
         if args.command == "functions":
             return _cmd_functions(db, args)
-        if args.runs_command == "list":
-            return _cmd_runs_list(db, args)
-        return _cmd_runs_show(db, args)
+        runs_commands = {
+            "list": _cmd_runs_list,
+            "show": _cmd_runs_show,
+            "cancel": _cmd_runs_cancel,
+        }
+        return runs_commands[args.runs_command](db, args)
     finally:
         db.dispose()
 
@@ -201,6 +209,31 @@ def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs_cancel(db: Any, args: argparse.Namespace) -> int:
+    from orchestrator.db import runs
+    from orchestrator.errors import RunNotFoundError
+
+    with db.transaction() as conn:
+        run = runs.get(conn, args.run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run matches {args.run_id!r} (or the prefix is ambiguous)")
+        changed = runs.cancel(conn, [run.id], reason=args.reason)
+    status = next((c.status for c in changed if c.id == run.id), run.status)
+    children = sum(c.id != run.id for c in changed)
+    if args.json:
+        print(json.dumps({"id": run.id, "status": status, "children_cancelled": children}))
+        return 0
+    if status == "running":
+        print(f"{run.id}: cancellation requested; it stops at its next step boundary")
+    elif status == "cancelled" and any(c.id == run.id for c in changed):
+        print(f"{run.id}: cancelled")
+    else:
+        print(f"{run.id}: already {status}; nothing to cancel")
+    if children:
+        print(f"{children} invoked run(s) cancelled with it")
+    return 0
+
+
 def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
     from orchestrator.db import runs, steps
     from orchestrator.errors import RunNotFoundError
@@ -226,6 +259,8 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
         "finished_at",
         "due_at",
         "lease_owner",
+        "parent_run_id",
+        "cancel_requested_at",
     ):
         print(f"{key:<12} {_cell(getattr(run, key))}")
     if run.output is not None:
@@ -256,7 +291,8 @@ def _trigger_text(trigger: dict[str, Any]) -> str:
     if trigger.get("type") == "cron":
         tz = f" {trigger['tz']}" if trigger.get("tz") else ""
         return f"cron({trigger.get('expr')}{tz})"
-    return f"event({trigger.get('name')})"
+    cond = f", if_={trigger['if']!r}" if trigger.get("if") else ""
+    return f"event({trigger.get('name')}{cond})"
 
 
 def _plain(obj: dict[str, Any]) -> dict[str, Any]:

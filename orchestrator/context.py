@@ -15,12 +15,14 @@ Every step takes a step id first. The id names the step's recorded result in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from orchestrator.engine import coordination
 from orchestrator.engine.execution import Execution
+from orchestrator.engine.parallel import parallel
 
 T = TypeVar("T")
 
@@ -77,6 +79,59 @@ class Step:
         if until.tzinfo is None:
             until = until.replace(tzinfo=UTC)
         self._execution.sleep(step_id, until=until)
+
+    def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        timeout: timedelta | float | None,
+        match: str | None = None,
+        if_: str | None = None,
+    ) -> Event | None:
+        """Suspend until an event called `event` arrives, and return it; None on `timeout`
+        (a timedelta or seconds; None waits for good).
+
+        - `match="data.order_id"`: the event's `data.order_id` equals the triggering event's.
+        - `if_`: a CEL expression over the triggering event `event` and the incoming one
+          `async`, such as `"async.data.amount >= event.data.amount"`.
+
+        Every matching event received since the previous step began counts, including one
+        that arrived before the run reached the wait. The run holds no worker while it waits.
+        """
+        spec = coordination.WaitFor(event, match, if_, coordination.seconds(timeout))
+        found = coordination.wait_for_event(self._execution, step_id, spec)
+        return None if found is None else Event.from_json(found)
+
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        function: str,
+        data: dict[str, Any] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> Any:
+        """Run function `function` as a child run (its event: `orchestrator/function.invoked`
+        with `data`) and return its output. Its failure, cancellation or not finishing within
+        `timeout` raises `StepError` here. The child's `parent_run_id` is this run."""
+        return coordination.invoke(
+            self._execution, step_id, function, data, coordination.seconds(timeout)
+        )
+
+    def send_event(
+        self, step_id: str, events: dict[str, Any] | Sequence[dict[str, Any]]
+    ) -> list[str]:
+        """Send one event (`{"name": ..., "data": {...}}`, optional `"id"`) or a list of
+        them; returns their ids. Ids are derived from the run and step, so a replay never
+        sends an event twice."""
+        batch = [events] if isinstance(events, dict) else list(events)
+        return coordination.send_event(self._execution, step_id, batch)
+
+    def parallel(self, step_id: str, branches: Sequence[Any]) -> list[Any]:
+        """Run step bodies concurrently and return their results in list order. Each entry
+        is a callable or `(id, fn, args)`; each is memoized on its own as step
+        `step_id[index or id]`, so a crash re-runs only the unfinished ones."""
+        return parallel(self._execution, step_id, branches)
 
     def idempotency_key(self, step_id: str) -> str:
         """A key stable across every re-execution of this step, for external APIs."""

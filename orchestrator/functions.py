@@ -223,6 +223,7 @@ def make_function(
     trigger: Trigger | Sequence[Trigger] | None,
     retries: int,
     backoff: Backoff | None,
+    *,
     cancel: Sequence[CancelOn] = (),
     on_failure_id: str | None = None,
 ) -> FunctionDef:

@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db.runs import CancelWatch
+
 
 @dataclass(frozen=True)
 class FunctionRow:
@@ -64,18 +66,32 @@ def list_all(conn: Connection) -> list[FunctionRow]:
     return [FunctionRow(*row) for row in rows]
 
 
-def event_subscriptions(conn: Connection) -> dict[str, list[str]]:
-    """Event name → ids of the functions it triggers, from every registered function."""
+def event_subscriptions(conn: Connection) -> dict[str, list[tuple[str, str | None]]]:
+    """Event name → (function id, `if` expression or None) of every trigger on it, from every
+    registered function."""
     rows = conn.execute(
         text(
-            "SELECT t->>'name', f.id FROM orchestrator.functions f, "
+            "SELECT t->>'name', f.id, t->>'if' FROM orchestrator.functions f, "
             "jsonb_array_elements(f.triggers) t WHERE t->>'type' = 'event' ORDER BY f.id"
         )
     )
-    subs: dict[str, list[str]] = {}
-    for name, function_id in rows:
-        subs.setdefault(name, []).append(function_id)
+    subs: dict[str, list[tuple[str, str | None]]] = {}
+    for name, function_id, expression in rows:
+        subs.setdefault(name, []).append((function_id, expression))
     return subs
+
+
+def cancel_watches(conn: Connection) -> list[CancelWatch]:
+    """The `cancel_on` conditions of every registered function."""
+    rows = conn.execute(
+        text(
+            "SELECT f.id, (c.n - 1)::int, c.spec->>'event', c.spec->>'match', c.spec->>'if', "
+            "(c.spec->>'timeout')::float8 FROM orchestrator.functions f, "
+            "jsonb_array_elements(coalesce(f.options->'cancel_on', '[]'::jsonb)) "
+            "WITH ORDINALITY AS c(spec, n) ORDER BY f.id, c.n"
+        )
+    )
+    return [CancelWatch(*row) for row in rows]
 
 
 def db_now(conn: Connection) -> datetime:

@@ -387,6 +387,18 @@ def suspend(
     ).scalar()
 
 
+def hold(conn: Connection, run_id: str, token: str) -> str | None:
+    """Lock the run row if the lease token still holds; returns its status, else None."""
+    status: str | None = conn.execute(
+        text(
+            "SELECT status FROM orchestrator.runs WHERE id = CAST(:p_id AS uuid) "
+            "AND lease_token = CAST(:p_token AS uuid) AND status = 'running' FOR NO KEY UPDATE"
+        ),
+        {"p_id": run_id, "p_token": token},
+    ).scalar()
+    return status
+
+
 def _uuid_bounds(prefix: str) -> tuple[str, str] | None:
     """A run id or an unambiguous hex prefix of one → the inclusive uuid range it covers."""
     hexed = prefix.lower().replace("-", "")

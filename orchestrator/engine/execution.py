@@ -2,8 +2,9 @@
 
 A worker runs the function straight through. A step already recorded returns its recorded
 result without running; a new step runs, and its result is committed (fenced on the lease)
-before the function continues. The run suspends only at sleeps and retry back-offs, so a
-function of N steps costs O(N) work.
+before the function continues. The run suspends only at sleeps, waits and retry back-offs,
+so a function of N steps costs O(N) work. Waits, invokes, sent events and parallel steps are
+in engine/coordination.py and engine/parallel.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from orchestrator.functions import FunctionDef
 @dataclass(frozen=True)
 class Limits:
     max_step_output_bytes: int = 4 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
 
 
 class Execution:
@@ -45,6 +47,8 @@ class Execution:
         store: RunStore,
         memo: dict[str, StepRow],
         claimed_at: datetime,
+        created_at: datetime,
+        trigger: dict[str, Any],
         limits: Limits,
         draining: threading.Event,
         log: Any,
@@ -57,6 +61,10 @@ class Execution:
         self.memo = memo
         self.claimed_at = claimed_at
         self.claimed_mono = time.monotonic()
+        self.trigger = trigger  # the run's first event, as functions receive it
+        # Waits see the events received since the previous step began (the run's creation
+        # for a first step): this is that moment, by the database clock.
+        self.since = created_at
         self.limits = limits
         self.draining = draining
         self.log = log
@@ -67,8 +75,9 @@ class Execution:
 
     # -- step identity -------------------------------------------------------------------
 
-    def next_id(self, step_id: str) -> tuple[str, int]:
-        """The unique id for this call of `step_id` (`id`, `id#1`, …) and its position."""
+    def next_id(self, step_id: str, *, positions: int = 1) -> tuple[str, int]:
+        """The unique id for this call of `step_id` (`id`, `id#1`, …) and its position
+        (the first of `positions` consecutive ones, for a parallel group)."""
         if not codec.storable_text(step_id, 200) or "#" in step_id:
             raise ValueError(
                 f"step id {step_id!r} is invalid; use a non-empty string of at most 200 "
@@ -78,8 +87,19 @@ class Execution:
         self._seen[step_id] = count + 1
         unique = step_id if count == 0 else f"{step_id}#{count}"
         position = self._position
-        self._position += 1
+        self._position += positions
         return unique, position
+
+    def replayed(self, row: StepRow) -> None:
+        """A recorded step was replayed: the next wait looks back to when it began."""
+        began = row.updated_at - timedelta(milliseconds=row.duration_ms or 0)
+        self.since = max(self.since, began)
+
+    def recorded(self, step_id: str, kind: str) -> StepRow | None:
+        return self._recorded(step_id, kind)
+
+    def boundary(self) -> None:
+        self._boundary()
 
     def _recorded(self, step_id: str, kind: str) -> StepRow | None:
         if self.fatal is not None:
@@ -111,24 +131,24 @@ class Execution:
         sid, position = self.next_id(step_id)
         row = self._recorded(sid, "run")
         if row is not None and row.status == "completed":
+            self.replayed(row)
             return row.output
         if row is not None and row.status == "failed":
             raise StepError(sid, row.error or {})
         attempt = row.attempt + 1 if row is not None else 1
         self._boundary()
         log = self.log.bind(step=sid, attempt=attempt)
+        began = self.db_now()
         started = time.perf_counter()
         try:
             self.on_body(self.lease.run_id)
             try:
-                value = fn(*args, **kwargs)
+                text, decoded = self.body(sid, fn, args, kwargs)
             finally:
                 self.on_body(None)
-            text, decoded = codec.roundtrip(
-                value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
-            )
         except Exception as exc:
             return self._step_failed(sid, position, attempt, exc, started=started, log=log)
+        self.since = max(self.since, began)
         self.store.checkpoint(
             self.lease,
             StepRecord(
@@ -138,15 +158,25 @@ class Execution:
                 "completed",
                 attempt,
                 output_json=text,
-                duration_ms=_ms(started),
+                duration_ms=ms(started),
             ),
         )
-        log.debug("step completed", duration_ms=_ms(started), output_bytes=len(text))
+        log.debug("step completed", duration_ms=ms(started), output_bytes=len(text))
         return decoded
 
-    def _step_failed(
-        self, sid: str, position: int, attempt: int, exc: Exception, *, started: float, log: Any
-    ) -> Any:
+    def body(
+        self, sid: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, Any]:
+        """Call a step body; returns its result as stored (JSON text) and as decoded."""
+        value = fn(*args, **kwargs)
+        return codec.roundtrip(
+            value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
+        )
+
+    def failure(
+        self, sid: str, position: int, attempt: int, exc: Exception, *, started: float
+    ) -> tuple[StepRecord, float | None]:
+        """The record of a failed attempt, and the delay before the next (None: no more)."""
         error = error_dict(exc)
         retriable = not isinstance(exc, PayloadError)
         delay = (
@@ -159,16 +189,27 @@ class Execution:
             "failed" if delay is None else "retrying",
             attempt,
             error_json=json.dumps(error),
-            duration_ms=_ms(started),
+            duration_ms=ms(started),
         )
+        return record, delay
+
+    def _step_failed(
+        self, sid: str, position: int, attempt: int, exc: Exception, *, started: float, log: Any
+    ) -> Any:
+        record, delay = self.failure(sid, position, attempt, exc, started=started)
+        error_type = type(exc).__name__
         if delay is None:
             self.store.checkpoint(self.lease, record)
-            log.warning("step failed", error_type=error["type"], retries=self.fdef.retries)
-            raise StepError(sid, error) from exc
-        due = self.store.suspend(self.lease, status="queued", delay=delay, record=record)
-        log.info("step will retry", error_type=error["type"], delay=round(delay, 3))
-        self.suspended_until = due
+            log.warning("step failed", error_type=error_type, retries=self.fdef.retries)
+            raise StepError(sid, json.loads(record.error_json or "{}")) from exc
+        self.retry_later(delay, (record,))
+        log.info("step will retry", error_type=error_type, delay=round(delay, 3))
         raise Suspend(f"retry of step '{sid}'")
+
+    def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
+        """Suspend the run for `delay` seconds with these failed attempts recorded."""
+        due = self.store.suspend(self.lease, status="queued", delay=delay, records=records)
+        self.suspended_until = due
 
     # -- step.sleep ----------------------------------------------------------------------
 
@@ -178,12 +219,14 @@ class Execution:
         sid, position = self.next_id(step_id)
         row = self._recorded(sid, "sleep")
         if row is not None and row.status == "completed":
+            self.replayed(row)
             return
         if row is not None and row.wake_at is not None:
             until, seconds = row.wake_at, None
         elif seconds is not None and seconds <= 0:
             until, seconds = self.db_now(), None
         if until is not None and until <= self.db_now():
+            self.since = max(self.since, self.db_now())
             self.store.checkpoint(
                 self.lease, StepRecord(sid, position, "sleep", "completed", 1, wake_at=until)
             )
@@ -198,7 +241,7 @@ class Execution:
         raise Suspend(f"sleep '{sid}'")
 
 
-def _ms(started: float) -> int:
+def ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 

@@ -14,7 +14,7 @@ from orchestrator.context import Context, Event, Step
 from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.retry import error_dict
 from orchestrator.engine.store import Lease, RunStore
-from orchestrator.errors import LeaseLost, StepError, Suspend
+from orchestrator.errors import Cancelled, LeaseLost, StepError, Suspend
 from orchestrator.functions import FunctionDef
 
 
@@ -28,6 +28,7 @@ class Task:
     events: list[dict[str, Any]]
     attempts: int
     claimed_at: datetime
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def execute(
         store=store,
         memo=store.load(task.run_id) if task.attempts > 1 else {},
         claimed_at=task.claimed_at,
+        created_at=task.created_at,
+        trigger=task.events[0] if task.events else {},
         limits=limits,
         draining=draining,
         log=log,
@@ -92,6 +95,11 @@ def _drive(
         )
     except Suspend:
         return Outcome(lease.run_id, "suspended", execution.suspended_until)
+    except Cancelled as exc:
+        error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
+        store.finish(lease, status="cancelled", output_json=None, error_json=json.dumps(error))
+        log.info("run cancelled at a step boundary")
+        return Outcome(lease.run_id, "cancelled")
     except StepError as exc:
         return _fail(store, lease, execution, exc.error, log)
     except Exception as exc:

@@ -7,22 +7,26 @@ concurrent runs of one worker process share their transactions (see engine/commi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.db import runs, steps
+from orchestrator.db import events, runs, steps, waits
 from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.engine.commit import GroupCommitter
-from orchestrator.errors import LeaseLost
+from orchestrator.errors import Cancelled, LeaseLost
 
 
 @dataclass(frozen=True)
 class Lease:
     run_id: str
     token: str
+
+
+FOREVER = datetime(9999, 12, 31, tzinfo=UTC)  # the due time of a wait without a timeout
 
 
 class RunStore:
@@ -37,8 +41,13 @@ class RunStore:
         return {row.step_id: row for row in rows}
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> None:
-        if not self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record)):
+        """Commit a step record. Raises `Cancelled` after the commit if the run's
+        cancellation was requested: the run stops at this step boundary."""
+        ok, cancel = self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record))
+        if not ok:
             raise LeaseLost(f"run {lease.run_id}: lease lost before step '{record.step_id}'")
+        if cancel:
+            raise Cancelled(f"run {lease.run_id} cancelled after step '{record.step_id}'")
 
     def suspend(
         self,
@@ -48,21 +57,87 @@ class RunStore:
         delay: float = 0.0,
         until: datetime | None = None,
         record: steps.StepRecord | None = None,
+        records: tuple[steps.StepRecord, ...] = (),
     ) -> datetime:
-        """Make the run due later and record `record` with its wake time, atomically."""
+        """Make the run due later and record `record` (and `records`) with its wake time,
+        atomically."""
+        written = (record, *records) if record is not None else records
 
         def write(conn: Any) -> datetime | None:
             due = runs.suspend(
                 conn, lease.run_id, lease.token, status=status, delay_seconds=delay, until=until
             )
-            if due is not None and record is not None:
-                steps.save_locked(conn, lease.run_id, replace(record, wake_at=due))
+            for rec in written if due is not None else ():
+                steps.save_locked(conn, lease.run_id, replace(rec, wake_at=due))
             return due
 
         due = self.db.run(write, retry_for=self.retry_for)
         if due is None:
             raise LeaseLost(f"run {lease.run_id}: lease lost while suspending")
         return due
+
+    def wait(
+        self,
+        lease: Lease,
+        record: steps.StepRecord,
+        wait: waits.Wait,
+        *,
+        accept: Callable[[dict[str, Any]], bool],
+        child: runs.NewRun | None = None,
+    ) -> dict[str, Any] | None:
+        """Wait for an event, race-free (see db/waits.py), in one transaction: start `child`
+        (an invoked run) if given, then look back at the events received since `wait.since`;
+        return the first that matches and that `accept`s, writing nothing else; if none does,
+        suspend the run as waiting until `wait.expires_at` (or for good), with `record` and
+        the wait stored, and return None."""
+
+        def write(conn: Any) -> tuple[bool, dict[str, Any] | None]:
+            waits.lock_names(conn, [wait.event_name], shared=True)
+            if child is not None:
+                runs.create_many(conn, [child])
+            seen = events.matching_since(
+                conn,
+                wait.event_name,
+                since=wait.since,
+                match_path=wait.match_path,
+                match_value_json=wait.match_value_json,
+            )
+            for payload in seen:
+                if accept(payload):
+                    return True, payload
+            due = runs.suspend(
+                conn, lease.run_id, lease.token, status="waiting", until=wait.expires_at or FOREVER
+            )
+            if due is None:
+                return False, None
+            steps.save_locked(conn, lease.run_id, replace(record, wake_at=wait.expires_at))
+            waits.insert(conn, wait)
+            return True, None
+
+        ok, found = self.db.run(write, retry_for=self.retry_for)
+        if not ok:
+            raise LeaseLost(f"run {lease.run_id}: lease lost while storing wait '{wait.step_id}'")
+        return found
+
+    def end_wait(self, lease: Lease, record: steps.StepRecord, *, cancel_run: str | None) -> None:
+        """A wait timed out: remove it and record the step (and cancel `cancel_run`, an invoked
+        run that is no longer awaited), fenced on the lease."""
+
+        def write(conn: Any) -> bool:
+            if runs.hold(conn, lease.run_id, lease.token) is None:
+                return False
+            waits.remove(conn, lease.run_id, record.step_id)
+            steps.save_locked(conn, lease.run_id, record)
+            if cancel_run is not None:
+                runs.cancel(conn, [cancel_run], reason="the run that invoked it timed out")
+            return True
+
+        if not self.db.run(write, retry_for=self.retry_for):
+            raise LeaseLost(f"run {lease.run_id}: lease lost while ending '{record.step_id}'")
+
+    def send_events(self, batch: list[tuple[str, str, str]]) -> None:
+        """Insert (id, name, data JSON) events; ids already sent are skipped."""
+        self.db.run(lambda conn: events.insert_many(conn, batch), retry_for=self.retry_for)
 
     def finish(
         self, lease: Lease, *, status: str, output_json: str | None, error_json: str | None
@@ -74,7 +149,7 @@ class RunStore:
             output_json=output_json,
             error_json=error_json,
         )
-        if not self.committer.commit(write):
+        if not self.committer.commit(write)[0]:
             raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
 
     def release(self, lease: Lease) -> None:

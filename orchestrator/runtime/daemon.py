@@ -111,6 +111,7 @@ class Daemon:
             Interval(config.lease_duration / 3, self._renew_leases),
             Interval(config.rescue_interval, self._rescue),
             Interval(max(5.0, 10 * config.rescue_interval), self._park_unknown_functions),
+            Interval(config.poll_interval, self._apply_cancellations),
         ]
 
     # -- start-up ------------------------------------------------------------------------
@@ -288,7 +289,15 @@ class Daemon:
 
     def _submit(self, claimed: list[runs.ClaimedRun], *, suspects: bool) -> None:
         tasks = [
-            Task(c.id, c.function_id, c.lease_token, c.events, c.attempts, c.claimed_at)
+            Task(
+                c.id,
+                c.function_id,
+                c.lease_token,
+                c.events,
+                c.attempts,
+                c.claimed_at,
+                c.created_at,
+            )
             for c in claimed
         ]
         if tasks:
@@ -381,6 +390,13 @@ class Daemon:
             rescued += self.rescuer.rescue_dead_daemons() + self.cron.tick()
         if rescued:
             self.wake.set()
+
+    def _apply_cancellations(self) -> None:
+        """Cancellations requested with an UPDATE of `runs.cancel_requested_at`."""
+        changed = self.db.run(runs.cancel_requested)
+        for run in changed:
+            if run.status == "cancelled":
+                self.log.info("run cancelled", run_id=run.id, function_id=run.function_id)
 
     def _park_unknown_functions(self) -> None:
         if self.is_leader:

@@ -1,22 +1,46 @@
-"""Ingest events: fan each new event out to a run of every function it triggers.
+"""Ingest events: start the functions they trigger, resolve the waits they match, cancel the
+runs they cancel.
 
-Events are locked with SKIP LOCKED, runs are created and the events marked in one
-transaction, so each event starts each matching function exactly once even with many
-daemons; the `(function_id, idempotency_key)` unique index backs that up.
+Events are locked with SKIP LOCKED and, in one transaction with them being marked ingested:
+
+1. a run is created for every function with a trigger on the event's name whose `if`
+   expression holds (exactly once: the `(function_id, idempotency_key)` unique index backs
+   that up), with the function's `cancel_on` conditions;
+2. the waits the event matches are found by index (db/waits.py), their expressions evaluated
+   here, and each wait is resolved by the first event that matches it; one event may resolve
+   many waits;
+3. runs whose `cancel_on` condition the event matches are cancelled.
+
+The ingest holds the exclusive advisory lock of each event name in its batch, which makes
+waits race-free (see db/waits.py).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.db import events, functions, runs
+from orchestrator.db import events, functions, runs, waits
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.db.session import notify_runs
+from orchestrator.expressions import Expression, cached
+from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VARIABLES
 
 _SUBSCRIPTIONS_TTL = 2.0
+_ENGINE_PREFIX = "orchestrator/"  # the engine's own events are not held to max_event_bytes
+
+
+@dataclass
+class Registry:
+    """What the ingest needs to know of every registered function, refreshed every few
+    seconds: triggers by event name (with compiled `if` expressions) and `cancel_on`s."""
+
+    triggers: dict[str, list[tuple[str, Expression | None]]] = field(default_factory=dict)
+    watches: list[runs.CancelWatch] = field(default_factory=list)
 
 
 class Ingester:
@@ -28,62 +52,147 @@ class Ingester:
         self.batch_size = batch_size
         self.max_event_bytes = max_event_bytes
         self.log = log
-        self._subs: dict[str, list[str]] = {}
-        self._subs_at = -_SUBSCRIPTIONS_TTL
+        self._registry = Registry()
+        self._registry_at = -_SUBSCRIPTIONS_TTL
 
-    def subscriptions(self) -> dict[str, list[str]]:
-        """Event name → function ids, from every function registered by any daemon."""
-        if time.monotonic() - self._subs_at > _SUBSCRIPTIONS_TTL:
+    def registry(self) -> Registry:
+        if time.monotonic() - self._registry_at > _SUBSCRIPTIONS_TTL:
             with self.db.transaction() as conn:
-                self._subs = functions.event_subscriptions(conn)
-            self._subs_at = time.monotonic()
-        return self._subs
+                subs = functions.event_subscriptions(conn)
+                watches = functions.cancel_watches(conn)
+            triggers: dict[str, list[tuple[str, Expression | None]]] = {}
+            for name, entries in subs.items():
+                for fid, src in entries:
+                    expression = _expression(src, TRIGGER_VARIABLES)
+                    if src is not None and expression is None:  # edited by hand, broken
+                        self.log.error("trigger expression does not compile", function_id=fid)
+                        continue
+                    triggers.setdefault(name, []).append((fid, expression))
+            self._registry = Registry(triggers, watches)
+            self._registry_at = time.monotonic()
+        return self._registry
 
     def invalidate(self) -> None:
-        self._subs_at = -_SUBSCRIPTIONS_TTL
+        self._registry_at = -_SUBSCRIPTIONS_TTL
 
     def tick(self, *, then: Callable[[Any], set[str]] | None = None) -> int:
         """Ingest one batch; returns how many events it took (a full batch means: call again).
 
         `then(conn)`, if given, runs inside the ingest transaction after the runs were
-        created, so its writes commit or roll back with them: the daemon claims there, and
-        returns the ids it claimed. Other daemons are woken (NOTIFY) only if a created run
-        was left for them.
+        created and woken, so its writes commit or roll back with them: the daemon claims
+        there, and returns the ids it claimed. Other daemons are woken (NOTIFY) only if a
+        created or woken run was left for them.
         """
-        subs = self.subscriptions()
-        return self.direct.run(lambda conn: self._ingest(conn, subs, then), retry_for=0)
+        registry = self.registry()
+        return self.direct.run(lambda conn: self._ingest(conn, registry, then), retry_for=0)
 
-    def _ingest(
-        self, conn: Any, subs: dict[str, list[str]], then: Callable[[Any], set[str]] | None
-    ) -> int:
-        # Pipelined: the claim of pending events is one round trip, and the writes (which
-        # need no answer until the runs are created) share the next.
+    def _ingest(self, conn: Any, registry: Registry, then: Callable[[Any], set[str]] | None) -> int:
+        # Pipelined: statements that need no answer share a round trip with the next one
+        # that does.
         with conn.pipeline(), conn.transaction():
             pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
                 return 0
-            new_runs: list[runs.NewRun] = []
-            accepted: list[str] = []
-            for ev in pending:
-                if ev.size > self.max_event_bytes:
-                    reason = (
-                        f"event data is {ev.size} bytes, over max_event_bytes "
-                        f"({self.max_event_bytes}); nothing was started"
-                    )
-                    events.park(conn, ev.id, reason)
-                    self.log.warning("event parked", event_id=ev.id, size=ev.size)
-                    continue
-                accepted.append(ev.id)
-                payload = {"id": ev.id, "name": ev.name, "data": ev.data, "ts": ev.ts.isoformat()}
-                new_runs.extend(
-                    runs.NewRun(fid, [payload], event_id=ev.id, idempotency_key=f"event:{ev.id}")
-                    for fid in subs.get(ev.name, ())
-                )
-            events.mark_ingested(conn, accepted)
-            created = runs.create_many(conn, new_runs)
-            claimed = then(conn) if created and then is not None else set()
-            if not claimed.issuperset(created):
+            accepted = [ev for ev in pending if self._acceptable(conn, ev)]
+            waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
+            payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]
+            new_runs = [
+                run
+                for ev, payload in zip(accepted, payloads, strict=True)
+                for run in _runs_for(ev, payload, registry)
+            ]
+            events.mark_ingested(conn, [ev.id for ev in accepted])
+            created = runs.create_many(conn, new_runs, registry.watches)
+            found = waits.candidates(
+                conn,
+                [ev.name for ev in accepted],
+                [ev.data for ev in accepted],
+                [ev.received_at for ev in accepted],
+            )
+            resolutions, cancels = _decide(found, payloads)
+            woken = waits.resolve(conn, resolutions)
+            cancelled = runs.cancel(conn, cancels, reason="cancelled by a cancel_on event")
+            due = set(created) | set(woken)
+            claimed = then(conn) if due and then is not None else set()
+            if not claimed.issuperset(due):
                 notify_runs(conn)  # sent at commit
-        if created:
-            self.log.debug("events ingested", events=len(pending), runs=len(created))
+        if created or woken or cancelled:
+            self.log.debug(
+                "events ingested",
+                events=len(pending),
+                runs=len(created),
+                waits_resolved=len(woken),
+                runs_cancelled=len(cancelled),
+            )
         return len(pending)
+
+    def _acceptable(self, conn: Any, ev: events.PendingEvent) -> bool:
+        if ev.size <= self.max_event_bytes or ev.name.startswith(_ENGINE_PREFIX):
+            return True
+        reason = (
+            f"event data is {ev.size} bytes, over max_event_bytes "
+            f"({self.max_event_bytes}); nothing was started"
+        )
+        events.park(conn, ev.id, reason)
+        self.log.warning("event parked", event_id=ev.id, size=ev.size)
+        return False
+
+
+def _runs_for(
+    ev: events.PendingEvent, payload: dict[str, Any], registry: Registry
+) -> list[runs.NewRun]:
+    """A run of every function with a trigger that this event satisfies, once each."""
+    parent = _failed_run(ev) if ev.name == FAILED_EVENT_NAME else None
+    started: dict[str, runs.NewRun] = {}
+    for fid, expression in registry.triggers.get(ev.name, ()):
+        if fid in started or (
+            expression is not None and not expression.matches({"event": payload})
+        ):
+            continue
+        started[fid] = runs.NewRun(
+            fid,
+            [payload],
+            event_id=ev.id,
+            idempotency_key=f"event:{ev.id}",
+            parent_run_id=parent,
+            since=ev.received_at,
+        )
+    return list(started.values())
+
+
+def _failed_run(ev: events.PendingEvent) -> str | None:
+    """The failed run an `orchestrator/function.failed` event is about: the parent of the
+    on_failure handler's run."""
+    value = (ev.data or {}).get("run_id")
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+def _decide(
+    found: list[waits.Candidate], payloads: list[dict[str, Any]]
+) -> tuple[list[tuple[str, str, dict[str, Any]]], list[str]]:
+    """Which waits the events resolve (each by the first event, in order, that satisfies its
+    expression) and which runs they cancel."""
+    resolved: dict[tuple[str, str], dict[str, Any]] = {}
+    cancels: list[str] = []
+    for cand in found:
+        key = (cand.run_id, cand.step_id)
+        if key in resolved or (cand.kind == "cancel" and cand.run_id in cancels):
+            continue
+        incoming = payloads[cand.event_index]
+        if cand.expression is not None:
+            expression = _expression(cand.expression, WAIT_VARIABLES)
+            variables = {"event": cand.trigger or {}, "async": incoming}
+            if expression is None or not expression.matches(variables):
+                continue
+        if cand.kind == "cancel":
+            cancels.append(cand.run_id)
+        else:
+            resolved[key] = incoming
+    return [(r, s, e) for (r, s), e in resolved.items()], cancels
+
+
+def _expression(source: str | None, allowed: tuple[str, ...]) -> Expression | None:
+    return None if source is None else cached(source, allowed)

@@ -84,7 +84,7 @@ class Worker:
         self.cfg = cfg
         self.conn = conn
         self.log = log
-        self.limits = Limits(cfg.max_step_output_bytes)
+        self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes)
         self.draining = threading.Event()
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.send_lock = threading.Lock()
