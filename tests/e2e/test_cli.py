@@ -191,5 +191,10 @@ def test_cli_functions__lists_the_registered_functions(e2e_url, daemon_factory):
     assert [f["id"] for f in listed] == sorted(app.functions)
     flaky = next(f for f in listed if f["id"] == "flaky")
     assert flaky["triggers"] == [{"type": "event", "name": "retry/flaky", "if": None}]
-    assert flaky["options"] == {"retries": 3, "backoff": {"base": 0.2, "max": 1.0}}
+    assert flaky["options"] == {
+        "retries": 3,
+        "backoff": {"base": 0.2, "max": 1.0},
+        "cancel_on": [],
+        "on_failure": None,
+    }
     assert flaky["version"] == app.functions["flaky"].source_hash()

@@ -1,0 +1,228 @@
+"""Waits: indexed resolution, the lock protocol that makes them race-free, cancellation."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from orchestrator.db import events, runs, waits
+from orchestrator.db.database import Database
+from orchestrator.db.direct import driver
+from tests.conftest import eventually
+from tests.db.helpers import claim, execute
+
+pytestmark = pytest.mark.timeout(60)
+
+OWNER = "00000000-0000-0000-0000-00000000000b"
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def waiting_runs(db: Database, n: int, *, name: str = "payment/received") -> list[str]:
+    """`n` runs waiting on `name` with match data.order_id = their index."""
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    execute(
+        db,
+        "INSERT INTO orchestrator.runs (id, function_id, status, due_at) "
+        "SELECT unnest(CAST(:ids AS uuid[])), 'f', 'waiting', 'infinity'",
+        ids=ids,
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status) "
+        "SELECT unnest(CAST(:ids AS uuid[])), 'paid', 0, 'wait', 'waiting'",
+        ids=ids,
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
+        "match_value, since) SELECT id, 'paid', 'event', :name, 'data.order_id', "
+        "to_jsonb(n - 1), :since FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS t(id, n)",
+        ids=ids,
+        name=name,
+        since=LONG_AGO,
+    )
+    execute(db, "ANALYZE orchestrator.waits")
+    return ids
+
+
+def candidates(db: Database, datas: list[dict[str, Any]]) -> list[waits.Candidate]:
+    now = datetime.now(UTC)
+    with db.transaction() as conn:
+        return waits.candidates(conn, ["payment/received"] * len(datas), datas, [now] * len(datas))
+
+
+def test_candidates__index_lookup_finds_exactly_the_matching_wait(db: Database) -> None:
+    ids = waiting_runs(db, 10_000)
+    [found] = candidates(db, [{"order_id": 4242, "amount": 1}])
+    assert (found.run_id, found.step_id, found.kind, found.event_index) == (
+        ids[4242],
+        "paid",
+        "event",
+        0,
+    )
+    assert candidates(db, [{"order_id": "4242"}]) == []  # JSON types differ: no match
+    assert candidates(db, [{"other": 1}]) == []
+
+
+def test_candidates__plan_uses_the_match_index_not_a_scan(db: Database) -> None:
+    waiting_runs(db, 10_000)
+    params = {
+        "names": ["payment/received"],
+        "datas": [json.dumps({"order_id": 17})],
+        "received": [datetime.now(UTC)],
+    }
+    with db.transaction() as conn:
+        rows = driver(conn).execute("EXPLAIN " + waits._CANDIDATES, params).fetchall()
+    plan = "\n".join(str(r[0]) for r in rows)
+    assert "waits_match" in plan, plan
+    assert "Seq Scan on waits" not in plan, plan
+
+
+def test_resolve__an_event_resolves_a_wait_once(db: Database) -> None:
+    [run_id] = waiting_runs(db, 1)
+    event = {"id": "e1", "name": "payment/received", "data": {"order_id": 0}, "ts": "t"}
+    with db.transaction() as conn:
+        assert waits.resolve(conn, [(run_id, "paid", event)]) == [run_id]
+    with db.transaction() as conn:
+        assert waits.resolve(conn, [(run_id, "paid", {**event, "id": "e2"})]) == []
+    [(status, output)] = execute(
+        db,
+        "SELECT status, output FROM orchestrator.steps WHERE run_id = CAST(:r AS uuid)",
+        r=run_id,
+    )
+    assert (status, output["id"]) == ("completed", "e1")
+    assert execute(db, "SELECT status FROM orchestrator.runs")[0][0] == "queued"
+    assert execute(db, "SELECT count(*) FROM orchestrator.waits")[0][0] == 0
+
+
+def test_resolve__leaves_a_run_that_is_no_longer_waiting(db: Database) -> None:
+    [run_id] = waiting_runs(db, 1)
+    execute(db, "UPDATE orchestrator.runs SET status = 'running'")
+    with db.transaction() as conn:
+        assert waits.resolve(conn, [(run_id, "paid", {"id": "e"})]) == []
+    assert execute(db, "SELECT status FROM orchestrator.steps")[0][0] == "waiting"
+
+
+def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Database) -> None:
+    """The worker stores a wait under the shared name lock while an event is ingested: the
+    ingest's exclusive lock waits for the worker's commit, so its lookup sees the wait."""
+    [run_id] = waiting_runs(db, 1, name="other/name")  # a run row to hang the wait on
+    execute(db, "DELETE FROM orchestrator.waits")
+    stored = threading.Event()
+    release = threading.Event()
+    found: list[list[waits.Candidate]] = []
+
+    def worker() -> None:
+        with db.transaction() as conn:
+            waits.lock_names(conn, ["payment/received"], shared=True)
+            wait = waits.Wait(
+                run_id, "paid", "payment/received", "data.order_id", "7", None, LONG_AGO, None
+            )
+            waits.insert(conn, wait)
+            stored.set()
+            release.wait(10)
+
+    def ingest() -> None:
+        with db.transaction() as conn:
+            waits.lock_names(conn, ["payment/received"], shared=False)
+            now = datetime.now(UTC)
+            found.append(waits.candidates(conn, ["payment/received"], [{"order_id": 7}], [now]))
+
+    w = threading.Thread(target=worker)
+    w.start()
+    assert stored.wait(10)
+    i = threading.Thread(target=ingest)
+    i.start()
+    blocked = eventually(
+        lambda: (
+            execute(
+                db,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )[0][0]
+            == 1
+        ),
+        what="the ingest blocked on the name lock",
+    )
+    assert blocked and not found
+    release.set()
+    w.join(10)
+    i.join(10)
+    assert [c.run_id for c in found[0]] == [run_id]
+
+
+def test_matching_since__sees_events_received_before_the_wait(db: Database) -> None:
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (id, name, data, received_at) VALUES "
+        "('old', 'payment/received', '{\"order_id\": 7}', now() - interval '1 hour'), "
+        "('new', 'payment/received', '{\"order_id\": 7}', now()), "
+        "('other', 'payment/received', '{\"order_id\": 8}', now())",
+    )
+    with db.transaction() as conn:
+        seen = events.matching_since(
+            conn,
+            "payment/received",
+            since=datetime.now(UTC) - timedelta(minutes=1),
+            match_path="data.order_id",
+            match_value_json="7",
+        )
+    assert [e["id"] for e in seen] == ["new"]
+
+
+def test_cancel__idle_runs_end_running_ones_are_marked_children_follow(db: Database) -> None:
+    parent = str(uuid.uuid4())
+    with db.transaction() as conn:
+        runs.create_many(conn, [runs.NewRun("f", [{}], id=parent)])
+    [claimed] = claim(db, OWNER)
+    assert claimed.id == parent
+    with db.transaction() as conn:
+        child, grandchild = str(uuid.uuid4()), str(uuid.uuid4())
+        runs.create_many(conn, [runs.NewRun("g", [{}], id=child, parent_run_id=parent)])
+        runs.create_many(conn, [runs.NewRun("g", [{}], id=grandchild, parent_run_id=child)])
+    with db.transaction() as conn:
+        changed = {r.id: r.status for r in runs.cancel(conn, [parent], reason="test")}
+    assert changed == {parent: "running", child: "cancelled", grandchild: "cancelled"}
+    rows = dict(
+        execute(db, "SELECT id::text, cancel_requested_at IS NOT NULL FROM orchestrator.runs")
+    )
+    assert rows == {parent: True, child: True, grandchild: True}
+    # the children had a parent: their end is recorded for it
+    names = execute(db, "SELECT id FROM orchestrator.events ORDER BY id")
+    assert [n[0] for n in names] == sorted([f"finished:{child}", f"finished:{grandchild}"])
+    with db.transaction() as conn:  # again: nothing more changes
+        assert [r.status for r in runs.cancel(conn, [parent], reason="test")] == ["running"]
+    # a run whose cancellation was requested is never claimed again
+    execute(
+        db, "UPDATE orchestrator.runs SET status = 'queued', due_at = now() WHERE id = :p", p=parent
+    )
+    assert claim(db, OWNER) == []
+
+
+def test_create_many__records_cancel_on_conditions_with_the_triggers_value(db: Database) -> None:
+    watch = runs.CancelWatch("f", 0, "order/cancelled", "data.order.id", None, 60.0)
+    with db.transaction() as conn:
+        [run_id] = runs.create_many(
+            conn,
+            [runs.NewRun("f", [{"data": {"order": {"id": 9}}}], idempotency_key="k")],
+            [watch],
+        )
+    [(step_id, kind, name, path, value, expires)] = execute(
+        db,
+        "SELECT step_id, kind, event_name, match_path, match_value, "
+        "expires_at - since FROM orchestrator.waits WHERE run_id = CAST(:r AS uuid)",
+        r=run_id,
+    )
+    assert (step_id, kind, name, path, value) == (
+        "#cancel/0",
+        "cancel",
+        "order/cancelled",
+        "data.order.id",
+        9,
+    )
+    assert expires == timedelta(seconds=60)

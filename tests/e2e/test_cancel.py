@@ -1,0 +1,305 @@
+"""Cancellation against a live daemon, by every route a user has: `cancel_on` events,
+`Orchestrator.cancel`, the CLI and a plain SQL UPDATE; and `on_failure` handlers, which run
+for failed runs only, never for cancelled ones.
+
+Step-body executions are counted in `public.effects` (written by the body on its own
+connection), so "never ran" is observed independently of the engine's own tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orchestrator import Orchestrator
+from tests.conftest import eventually
+from tests.e2e.harness import cli, scalar, sql
+
+pytestmark = pytest.mark.e2e
+
+APP = "tests.e2e.apps.coordination:app"
+
+
+@pytest.fixture
+def client(e2e_url: str) -> Iterator[Orchestrator]:
+    orch = Orchestrator(e2e_url)
+    yield orch
+    orch.close()
+
+
+def send(url: str, name: str, data: dict[str, Any]) -> str:
+    """Insert an event by plain SQL, as any producer would; returns its id."""
+    return str(
+        scalar(
+            url,
+            "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s::jsonb) RETURNING id",
+            (name, json.dumps(data)),
+        )
+    )
+
+
+def run_of(url: str, event_id: str, function_id: str) -> str:
+    """The id of the run of `function_id` that event `event_id` started (waits for it)."""
+    return eventually(
+        lambda: scalar(
+            url,
+            "SELECT id::text FROM orchestrator.runs WHERE event_id = %s AND function_id = %s",
+            (event_id, function_id),
+        ),
+        what=f"a {function_id} run for event {event_id}",
+    )
+
+
+def row(url: str, run_id: str) -> dict[str, Any]:
+    rows = sql(
+        url,
+        "SELECT status, output, error, finished_at, cancel_requested_at, updated_at "
+        "FROM orchestrator.runs WHERE id = %s",
+        (run_id,),
+    )
+    status, output, error, finished_at, cancel_requested_at, updated_at = rows[0]
+    return {
+        "status": status,
+        "output": output,
+        "error": error,
+        "finished_at": finished_at,
+        "cancel_requested_at": cancel_requested_at,
+        "updated_at": updated_at,
+    }
+
+
+def status(url: str, run_id: str) -> str:
+    return str(scalar(url, "SELECT status FROM orchestrator.runs WHERE id = %s", (run_id,)))
+
+
+def wait_status(url: str, run_id: str, expected: str, timeout: float = 20.0) -> dict[str, Any]:
+    return eventually(
+        lambda: (r := row(url, run_id))["status"] == expected and r,
+        timeout=timeout,
+        what=f"run {run_id} {expected}",
+    )
+
+
+def effects(url: str, run_id: str) -> dict[str, int]:
+    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
+    return dict(rows)
+
+
+def sleeping_order(url: str, order_id: int) -> str:
+    """Place an order; returns its 'cancellable' run once it sleeps at step 'hold'."""
+    run_id = run_of(url, send(url, "order/placed", {"order_id": order_id}), "cancellable")
+    wait_status(url, run_id, "sleeping")
+    return run_id
+
+
+def assert_cancelled(r: dict[str, Any]) -> None:
+    assert r["status"] == "cancelled"
+    assert r["error"]["code"] == "cancelled", r["error"]
+    assert r["finished_at"] is not None
+    assert r["cancel_requested_at"] is not None
+    assert r["output"] is None
+
+
+@pytest.mark.timeout(60)
+def test_cancel__cancel_on_event__cancels_the_matching_sleeping_run_only(e2e_url, daemon_factory):
+    daemon_factory(APP)
+    one, two, three = (sleeping_order(e2e_url, n) for n in (1, 2, 3))
+    # every run watches for its own cancellation: one 'cancel' wait each
+    watched = sql(e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits ORDER BY run_id")
+    assert sorted(watched) == sorted([(one, "cancel"), (two, "cancel"), (three, "cancel")])
+
+    cancel_event = send(e2e_url, "order/cancelled", {"order_id": 2})
+    assert_cancelled(wait_status(e2e_url, two, "cancelled"))
+    eventually(
+        lambda: scalar(
+            e2e_url,
+            "SELECT ingested_at IS NOT NULL FROM orchestrator.events WHERE id = %s",
+            (cancel_event,),
+        ),
+        what="the order/cancelled event ingested",
+    )
+
+    # the ingest of the event is over (it commits with the cancellation it makes): the others
+    # are untouched
+    assert status(e2e_url, one) == "sleeping"
+    assert status(e2e_url, three) == "sleeping"
+    assert scalar(e2e_url, "SELECT count(*) FROM effects WHERE step = 'after-hold'") == 0
+    assert sql(
+        e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits ORDER BY run_id"
+    ) == sorted([(one, "cancel"), (three, "cancel")])
+    # the event started nothing itself and cancelled exactly one run
+    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 3
+    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status = 'cancelled'") == 1
+
+
+@pytest.mark.timeout(60)
+def test_cancel__app_cancel_of_sleeping_run__cancelled_at_once(e2e_url, daemon_factory, client):
+    daemon_factory(APP)
+    run_id = sleeping_order(e2e_url, 7)
+
+    assert client.cancel(run_id) == "cancelled"
+    # no polling: the call itself ended the run
+    after = row(e2e_url, run_id)
+    assert_cancelled(after)
+    assert sql(e2e_url, "SELECT * FROM orchestrator.waits WHERE run_id = %s", (run_id,)) == []
+
+    # cancelling again changes nothing and reports the status
+    assert client.cancel(run_id) == "cancelled"
+    assert row(e2e_url, run_id) == after
+    assert effects(e2e_url, run_id) == {}
+
+
+@pytest.mark.timeout(60)
+def test_cancel__cli__cancels_and_reports__completed_run_unchanged(e2e_url, daemon_factory):
+    daemon_factory(APP)
+    run_id = sleeping_order(e2e_url, 8)
+
+    result = cli(e2e_url, "runs", "cancel", run_id)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"{run_id}: cancelled"
+    assert_cancelled(row(e2e_url, run_id))
+
+    # a completed run: exit 0, reported as such, the row is left as it was
+    done = run_of(e2e_url, send(e2e_url, "shop/a", {}), "either")
+    before = wait_status(e2e_url, done, "completed")
+    result = cli(e2e_url, "runs", "cancel", done)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{done}: already completed; nothing to cancel"
+    assert row(e2e_url, done) == before
+    as_json = json.loads(cli(e2e_url, "runs", "cancel", done, "--json").stdout)
+    assert as_json == {"id": done, "status": "completed", "children_cancelled": 0}
+    assert row(e2e_url, done) == before
+
+
+@pytest.mark.timeout(60)
+def test_cancel__sql_update_of_cancel_requested_at__cancels_sleeping_run(e2e_url, daemon_factory):
+    daemon_factory(APP)
+    run_id = sleeping_order(e2e_url, 9)
+    other = sleeping_order(e2e_url, 10)
+
+    sql(
+        e2e_url,
+        "UPDATE orchestrator.runs SET cancel_requested_at = now() WHERE id = %s",
+        (run_id,),
+    )
+    assert_cancelled(wait_status(e2e_url, run_id, "cancelled"))
+    assert sql(e2e_url, "SELECT * FROM orchestrator.waits WHERE run_id = %s", (run_id,)) == []
+    assert status(e2e_url, other) == "sleeping"
+    assert effects(e2e_url, run_id) == {}
+
+
+@pytest.mark.timeout(60)
+def test_cancel__running_run__stops_at_next_step_boundary(e2e_url, daemon_factory, client):
+    daemon_factory(APP)
+    run_id = run_of(e2e_url, send(e2e_url, "long/start", {}), "long-steps")
+    eventually(lambda: effects(e2e_url, run_id).get("one") == 1, what="step one's body started")
+
+    assert client.cancel(run_id) == "running"
+    requested = row(e2e_url, run_id)
+    assert requested["status"] == "running"
+    assert requested["cancel_requested_at"] is not None
+    assert requested["finished_at"] is None
+
+    sql(e2e_url, "INSERT INTO gates (name) VALUES (%s)", (run_id,))
+    assert_cancelled(wait_status(e2e_url, run_id, "cancelled"))
+    assert effects(e2e_url, run_id) == {"one": 1}
+    recorded = sql(
+        e2e_url,
+        "SELECT step_id, status FROM orchestrator.steps WHERE run_id = %s ORDER BY position",
+        (run_id,),
+    )
+    assert recorded == [("one", "completed")]
+
+
+@pytest.mark.timeout(90)
+def test_cancel__on_failure__once_per_failed_run__never_for_cancelled(
+    e2e_url, daemon_factory, client
+):
+    daemon_factory(APP)
+    failed = [run_of(e2e_url, send(e2e_url, "fragile/start", {}), "fragile") for _ in range(3)]
+    for run_id in failed:
+        r = wait_status(e2e_url, run_id, "failed")
+        assert r["error"]["message"] == "fragile broke", r["error"]
+
+    def handlers() -> list[tuple[Any, ...]]:
+        return sql(
+            e2e_url,
+            "SELECT parent_run_id::text, status, output, event_id FROM orchestrator.runs "
+            "WHERE function_id = 'fragile:on-failure' ORDER BY parent_run_id",
+        )
+
+    done = eventually(
+        lambda: (h := handlers()) and len(h) >= 3 and all(x[1] == "completed" for x in h) and h,
+        what="three on-failure handlers completed",
+    )
+    assert done == [
+        (run_id, "completed", {"failed": run_id, "message": "fragile broke"}, f"failed:{run_id}")
+        for run_id in sorted(failed)
+    ]
+    for run_id in failed:
+        assert effects(e2e_url, run_id) == {"on-failure": 1}
+
+    # a cancelled run is not a failure: no handler
+    sleeper = run_of(e2e_url, send(e2e_url, "fragile/start", {"sleep": True}), "fragile")
+    wait_status(e2e_url, sleeper, "sleeping")
+    assert client.cancel(sleeper) == "cancelled"
+    # a later failure's handler is the marker that the engine went past the cancellation
+    marker = run_of(e2e_url, send(e2e_url, "fragile/start", {}), "fragile")
+    eventually(
+        lambda: scalar(
+            e2e_url,
+            "SELECT status = 'completed' FROM orchestrator.runs "
+            "WHERE function_id = 'fragile:on-failure' AND parent_run_id = %s",
+            (marker,),
+        ),
+        what="the marker failure's handler completed",
+    )
+    assert_cancelled(row(e2e_url, sleeper))
+    assert (
+        scalar(
+            e2e_url,
+            "SELECT count(*) FROM orchestrator.runs WHERE parent_run_id = %s",
+            (sleeper,),
+        )
+        == 0
+    )
+    assert (
+        scalar(
+            e2e_url,
+            "SELECT count(*) FROM orchestrator.events WHERE data->>'run_id' = %s",
+            (sleeper,),
+        )
+        == 0
+    )
+    assert effects(e2e_url, sleeper) == {}
+    assert (
+        scalar(
+            e2e_url,
+            "SELECT count(*) FROM orchestrator.runs WHERE function_id = 'fragile:on-failure'",
+        )
+        == 4
+    )
+
+
+@pytest.mark.timeout(90)
+def test_cancel__daemon_restart__cancelled_run_stays_cancelled(e2e_url, daemon_factory, client):
+    daemon = daemon_factory(APP)
+    run_id = sleeping_order(e2e_url, 11)
+    assert client.cancel(run_id) == "cancelled"
+    before = row(e2e_url, run_id)
+    effects_before = effects(e2e_url, run_id)
+    assert daemon.terminate() == 0
+
+    daemon_factory(APP)
+    # markers that the new daemon is at work: it ingests, runs, and applies cancellations
+    fresh = sleeping_order(e2e_url, 12)
+    sql(e2e_url, "UPDATE orchestrator.runs SET cancel_requested_at = now() WHERE id = %s", (fresh,))
+    wait_status(e2e_url, fresh, "cancelled")
+    done = run_of(e2e_url, send(e2e_url, "shop/a", {}), "either")
+    wait_status(e2e_url, done, "completed")
+
+    assert row(e2e_url, run_id) == before
+    assert effects(e2e_url, run_id) == effects_before == {}
