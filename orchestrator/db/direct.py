@@ -71,3 +71,10 @@ def driver(conn: Conn) -> psycopg.Connection[Any]:
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     return raw
+
+
+def set_local(conn: Conn, settings: dict[str, str]) -> None:
+    """Change planner settings until the end of the current transaction (pipelined: no
+    round trip of its own)."""
+    for name, value in settings.items():
+        driver(conn).execute("SELECT set_config(%s, %s, true)", (name, value), prepare=True)

@@ -190,7 +190,11 @@ _CLAIM_SUSPECTS = _claim_sql(suspects=True)
 # every due run instead: 15-18 ms a claim with 15,000 queued, where the index walk takes a
 # fraction of a millisecond. The daemon's claim connection carries these settings
 # (db/direct.py).
-CLAIM_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off"}
+# JIT is off for the same reason: the disabled plan types carry a huge cost, which would make
+# the planner compile small statements (a second and more, the first time each is planned).
+CLAIM_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off", "jit": "off"}
+# What the other statements of a transaction on that connection (the ingest's) plan with.
+PLANNER_DEFAULTS = {"enable_bitmapscan": "on", "enable_sort": "on"}
 
 
 def claim_due(

@@ -117,21 +117,24 @@ _CANDIDATES = """
             )
             SELECT match_path FROM ps WHERE match_path IS NOT NULL
         ) p
+    ),
+    keys AS MATERIALIZED (
+        SELECT e.idx, e.name, e.received_at, p.match_path,
+               CASE WHEN p.match_path = '' THEN 'null'::jsonb
+                    ELSE coalesce(e.data #> (string_to_array(p.match_path, '.'))[2:],
+                                  'null'::jsonb) END AS match_value
+        FROM ev e JOIN paths p ON p.name = e.name
     )
-    SELECT e.idx::int, w.run_id::text, w.step_id, w.kind, w.expression,
+    SELECT k.idx::int, w.run_id::text, w.step_id, w.kind, w.expression,
            CASE WHEN w.expression IS NOT NULL THEN r.events -> 0 END
-    FROM ev e
-    JOIN paths p ON p.name = e.name
+    FROM keys k
     JOIN orchestrator.waits w
-      ON w.event_name = e.name AND w.match_path = p.match_path
-     AND w.match_value = CASE WHEN p.match_path = '' THEN 'null'::jsonb
-                              ELSE coalesce(e.data #> (string_to_array(p.match_path, '.'))[2:],
-                                            'null'::jsonb) END
+      ON w.event_name = k.name AND w.match_path = k.match_path
+     AND w.match_value = k.match_value
     JOIN orchestrator.runs r ON r.id = w.run_id
-    WHERE w.since <= e.received_at
-      AND (w.expires_at IS NULL OR w.expires_at > e.received_at)
+    WHERE w.since <= k.received_at
+      AND (w.expires_at IS NULL OR w.expires_at > k.received_at)
       AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
-    ORDER BY e.idx, w.run_id, w.step_id
     """
 
 
@@ -148,7 +151,8 @@ def candidates(
         "received": received,
     }
     rows = driver(conn).execute(_CANDIDATES, params, prepare=True).fetchall()
-    return [Candidate(idx - 1, *rest) for idx, *rest in rows]
+    found = [Candidate(idx - 1, *rest) for idx, *rest in rows]
+    return sorted(found, key=lambda c: (c.event_index, c.run_id, c.step_id))
 
 
 # Resolve waiting steps: the run rows first (in id order, like every multi-row lock), then the

@@ -193,7 +193,7 @@ def _wait_or_suspend(
     if found is None:
         until = wait.expires_at
         execution.log.info(
-            "run waiting", step=sid, event=wait.event_name, until=until and until.isoformat()
+            "run waiting", step=sid, event_name=wait.event_name, until=until and until.isoformat()
         )
         execution.suspended_until = until
         raise Suspend(f"{kind} '{sid}'")

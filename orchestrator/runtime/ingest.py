@@ -25,7 +25,7 @@ from typing import Any
 
 from orchestrator.db import events, functions, runs, waits
 from orchestrator.db.database import Database
-from orchestrator.db.direct import Direct
+from orchestrator.db.direct import Direct, set_local
 from orchestrator.db.session import notify_runs
 from orchestrator.expressions import Expression, cached
 from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VARIABLES
@@ -93,6 +93,8 @@ class Ingester:
             pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
                 return 0
+            # the connection's settings pin the claim's plan; the other statements plan freely
+            set_local(conn, runs.PLANNER_DEFAULTS)
             accepted = [ev for ev in pending if self._acceptable(conn, ev)]
             waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
             payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]
@@ -113,6 +115,7 @@ class Ingester:
             woken = waits.resolve(conn, resolutions)
             cancelled = runs.cancel(conn, cancels, reason="cancelled by a cancel_on event")
             due = set(created) | set(woken)
+            set_local(conn, runs.CLAIM_SETTINGS)
             claimed = then(conn) if due and then is not None else set()
             if not claimed.issuperset(due):
                 notify_runs(conn)  # sent at commit

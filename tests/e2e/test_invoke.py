@@ -33,18 +33,18 @@ def run_of(url: str, event_id: str) -> str:
 def run_row(url: str, run_id: str) -> dict[str, Any]:
     rows = sql(
         url,
-        "SELECT status, output, error, function_id FROM orchestrator.runs WHERE id = %s",
+        "SELECT status, output, error, recoveries FROM orchestrator.runs WHERE id = %s",
         (run_id,),
     )
-    status, output, error, function_id = rows[0]
-    return {"status": status, "output": output, "error": error, "function_id": function_id}
+    status, output, error, recoveries = rows[0]
+    return {"status": status, "output": output, "error": error, "recoveries": recoveries}
 
 
 def children(url: str, parent_id: str) -> dict[str, dict[str, Any]]:
     """The parent's invoked runs by function id."""
     rows = sql(
         url,
-        "SELECT function_id, id::text, status, output, error, events -> 0 ->> 'name' "
+        "SELECT function_id, id::text, status, output, error, events -> 0 "
         "FROM orchestrator.runs WHERE parent_run_id = %s",
         (parent_id,),
     )
@@ -76,8 +76,10 @@ def test_invoke__child_output_returned__failing_child_raises_catchable_step_erro
     assert kids["double"]["output"] == 42
     assert kids["explode"]["status"] == "failed"
     assert kids["explode"]["error"]["message"] == "child exploded"
+    assert kids["double"]["trigger"]["data"] == {"x": 21}
     for kid in kids.values():
-        assert kid["trigger"] == "orchestrator/function.invoked"
+        assert kid["trigger"]["name"] == "orchestrator/function.invoked"
+        assert kid["trigger"]["id"] == f"invoke:{kid['id']}"  # the id derives from the step
     steps = sql(
         e2e_url,
         "SELECT step_id, kind, status FROM orchestrator.steps WHERE run_id = %s ORDER BY position",
@@ -174,7 +176,9 @@ def test_invoke__send_event_then_kill9_and_replay__each_event_sent_once(e2e_url,
     )
     assert [row[0] for row in sent] == expected
     assert [row[1] for row in sent] == [{"i": i, "run": run_id} for i in range(3)]
-    assert run_row(e2e_url, run_id)["output"] == expected
+    row = run_row(e2e_url, run_id)
+    assert row["output"] == expected
+    assert row["recoveries"] == 1
     notify = sql(
         e2e_url,
         "SELECT kind, status, output FROM orchestrator.steps WHERE run_id = %s "

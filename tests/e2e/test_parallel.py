@@ -8,11 +8,15 @@ Branch-body executions are counted in `public.effects` (written by the body itse
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import admin, eventually, with_database
+from tests.e2e.apps.common import ensure_schema
 from tests.e2e.harness import DaemonProcess, scalar, send, sql
 
 pytestmark = pytest.mark.e2e
@@ -82,28 +86,62 @@ def completed_branches(url: str, run_id: str) -> set[str]:
     }
 
 
-def kill_mid_parallel(url: str, daemon_factory: Any) -> str:
-    """fan/start with branch b held at its gate: a and c finish, the daemon is killed -9 and
-    a new one re-runs b (its effect count reaches 2). Returns the run id, b's gate still shut."""
-    daemon: DaemonProcess = daemon_factory(APP)
-    run_id = run_of(url, send(url, "fan/start", {"gate": "b"}))
-    eventually(
-        lambda: (
-            effect_counts(url, run_id) == {"a": 1, "b": 1, "c": 1}
-            and completed_branches(url, run_id) == {"fan[a]", "fan[c]"}
-        ),
-        what="a and c checkpointed, b held at its gate",
-    )
-    assert run_row(url, run_id)["status"] == "running"
+@dataclass(frozen=True)
+class KilledRun:
+    """The run of `killed_mid_parallel`, and what was seen along the way."""
 
-    daemon.kill9()
-    daemon_factory(APP)
-    eventually(
-        lambda: effect_counts(url, run_id).get("b") == 2,
-        timeout=30,
-        what="branch b re-executed after the restart",
-    )
-    return run_id
+    url: str
+    run_id: str
+    effects_before_kill: dict[str, int]
+    completed_before_kill: set[str]
+    effects_after_restart: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def killed_mid_parallel(
+    server_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KilledRun]:
+    """One run shared by the tests that need it (a daemon start costs seconds on a busy box):
+    fan/start with branch b held at its gate; once a and c are checkpointed the daemon is
+    killed -9, a new one re-runs b (its effect count reaches 2), then b's gate is opened and
+    the run completes (or not: the tests check)."""
+    name = f"orchestrator_test_{uuid.uuid4().hex[:12]}"
+    with admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}" STRATEGY FILE_COPY')
+    url = with_database(server_url, name)
+    ensure_schema(url)
+    logs = tmp_path_factory.mktemp("killed-mid-parallel")
+    daemons = [DaemonProcess(url, APP, logs / f"daemon-{i}.log") for i in range(2)]
+    try:
+        daemons[0].start()
+        run_id = run_of(url, send(url, "fan/start", {"gate": "b"}))
+        eventually(
+            lambda: (
+                effect_counts(url, run_id) == {"a": 1, "b": 1, "c": 1}
+                and completed_branches(url, run_id) == {"fan[a]", "fan[c]"}
+            ),
+            what="a and c checkpointed, b held at its gate",
+        )
+        before = (effect_counts(url, run_id), completed_branches(url, run_id))
+        assert run_row(url, run_id)["status"] == "running"
+
+        daemons[0].kill9()
+        daemons[1].start()
+        eventually(
+            lambda: effect_counts(url, run_id).get("b") == 2,
+            timeout=30,
+            what="branch b re-executed after the restart",
+        )
+        after_restart = effect_counts(url, run_id)
+        sql(url, "INSERT INTO gates (name) VALUES (%s)", (f"{run_id}:b",))
+        wait_ended(url, run_id)
+        yield KilledRun(url, run_id, before[0], before[1], after_restart)
+    finally:
+        for daemon in daemons:
+            if daemon.proc is not None:
+                daemon.stop()
+        with admin(server_url) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.timeout(60)
@@ -127,20 +165,21 @@ def test_parallel__one_branch_fails_twice__retried_alone_until_it_succeeds(e2e_u
     }
 
 
-@pytest.mark.timeout(90)
-def test_parallel__kill9_mid_parallel__only_unfinished_branch_reruns(e2e_url, daemon_factory):
-    run_id = kill_mid_parallel(e2e_url, daemon_factory)
-    # the finished branches were not run again by the new daemon
-    assert effect_counts(e2e_url, run_id) == {"a": 1, "b": 2, "c": 1}
+@pytest.mark.timeout(100)
+def test_parallel__kill9_mid_parallel__only_unfinished_branch_reruns(killed_mid_parallel):
+    url, run_id = killed_mid_parallel.url, killed_mid_parallel.run_id
+    assert killed_mid_parallel.effects_before_kill == {"a": 1, "b": 1, "c": 1}
+    assert killed_mid_parallel.completed_before_kill == {"fan[a]", "fan[c]"}
+    # the new daemon re-ran b, the one unfinished branch, and not the checkpointed a and c
+    assert killed_mid_parallel.effects_after_restart == {"a": 1, "b": 2, "c": 1}
 
-    sql(e2e_url, "INSERT INTO gates (name) VALUES (%s)", (f"{run_id}:b",))
-    row = wait_ended(e2e_url, run_id)
+    row = run_row(url, run_id)
 
     assert row["status"] == "completed", row
     assert row["output"] == ["A", "B", "C"]
-    assert effect_counts(e2e_url, run_id) == {"a": 1, "b": 2, "c": 1}
+    assert effect_counts(url, run_id) == {"a": 1, "b": 2, "c": 1}
     assert row["recoveries"] == 1
-    steps = branch_steps(e2e_url, run_id)
+    steps = branch_steps(url, run_id)
     assert {sid: (s["status"], s["attempt"], s["output"]) for sid, s in steps.items()} == {
         "fan[a]": ("completed", 1, "A"),
         "fan[b]": ("completed", 1, "B"),
@@ -148,24 +187,24 @@ def test_parallel__kill9_mid_parallel__only_unfinished_branch_reruns(e2e_url, da
     }
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(100)
 def test_parallel__replay_after_out_of_order_finish__positions_follow_list_order(
-    e2e_url, daemon_factory
+    killed_mid_parallel,
 ):
-    run_id = kill_mid_parallel(e2e_url, daemon_factory)
-    sql(e2e_url, "INSERT INTO gates (name) VALUES (%s)", (f"{run_id}:b",))
-    assert wait_ended(e2e_url, run_id)["status"] == "completed"
+    url, run_id = killed_mid_parallel.url, killed_mid_parallel.run_id
+    assert run_row(url, run_id)["status"] == "completed"
 
     # b finished last, after a restart that replayed a and c from their checkpoints ...
     finish_order = [
         sid
         for (sid,) in sql(
-            e2e_url,
+            url,
             "SELECT step_id FROM orchestrator.steps WHERE run_id = %s ORDER BY updated_at",
             (run_id,),
         )
     ]
     assert finish_order[-1] == "fan[b]"
+    assert set(finish_order) == set(BRANCHES)
     # ... yet positions are consecutive in list order, whatever the order of finishing
-    positions = [branch_steps(e2e_url, run_id)[sid]["position"] for sid in BRANCHES]
+    positions = [branch_steps(url, run_id)[sid]["position"] for sid in BRANCHES]
     assert positions == [positions[0], positions[0] + 1, positions[0] + 2]

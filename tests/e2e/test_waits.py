@@ -209,12 +209,12 @@ def test_wait__ten_thousand_waiting_runs__one_event_resolves_exactly_its_run(
 @pytest.mark.timeout(120)
 def test_wait__race__reply_sent_before_wait_stored_resolves_all(e2e_url, daemon_factory):
     n = 100
-    daemon_factory(APP, concurrency=16)
+    daemon_factory(APP, concurrency=8)
     # even keys: the reply is committed before the wait is stored; odd: sent concurrently
     sql(
         e2e_url,
         "INSERT INTO orchestrator.events (name, data) "
-        "SELECT 'race/start', CASE WHEN i % 2 = 0 "
+        "SELECT 'race/start', CASE WHEN i %% 2 = 0 "
         "  THEN jsonb_build_object('key', 'k' || i, 'join', true) "
         "  ELSE jsonb_build_object('key', 'k' || i) END "
         "FROM generate_series(0, %s) AS i",

@@ -1,0 +1,210 @@
+"""Wait resolution: 10,000 runs waiting for `payment/received`, each on its own order id.
+
+    python bench/waits.py [--runs 10000] [--singles 20] [--workers 2] [--concurrency 32]
+
+Creates a fresh database (like bench/pickup.py), starts a real daemon, sends `--runs`
+`order/created` events in one INSERT and waits until every run is waiting. Then:
+
+- single: one `payment/received` at a time, on an otherwise idle daemon, for `--singles`
+  different orders; the latency is from the event INSERT's commit to the start of the step
+  after the wait (the wait resolved, the run claimed and replayed), and the check that exactly
+  that run, and no other, moved on;
+- bulk: matching events for every remaining run in one INSERT; the time until all runs have
+  completed, from the database clock.
+
+Also prints the plan of the resolving query. Writes bench/results/waits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.pickup import (
+    RESULTS,
+    Daemon,
+    create_database,
+    drop_database,
+    percentile,
+    server_url,
+    wait_for,
+)
+from orchestrator import Context, Orchestrator, event
+from orchestrator.db import waits
+from tests.e2e.apps.common import _conn
+
+APP_PATH = "bench.waits:app"
+
+app = Orchestrator()
+
+
+def _note(order_id: int) -> None:
+    _conn().execute(
+        "INSERT INTO public.pickup (event_id, started) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (str(order_id), time.time()),
+    )
+
+
+@app.function("await-payment", trigger=event("order/created"))
+def await_payment(ctx: Context) -> int:
+    paid = ctx.step.wait_for_event(
+        "paid", event="payment/received", match="data.order_id", timeout=timedelta(hours=1)
+    )
+    assert paid is not None
+    ctx.step.run("after", _note, ctx.event.data["order_id"])
+    return int(paid.data["order_id"])
+
+
+def _payment(conn: psycopg.Connection[Any], order_id: int) -> float:
+    conn.execute(
+        "INSERT INTO orchestrator.events (name, data) "
+        "VALUES ('payment/received', jsonb_build_object('order_id', %s::int))",
+        (order_id,),
+    )
+    return time.time()
+
+
+def _count(conn: psycopg.Connection[Any], query: str) -> int:
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def singles(conn: psycopg.Connection[Any], n: int, total: int) -> list[float]:
+    latencies = []
+    for k in range(n):
+        order_id = (k * 7919) % total
+        committed = _payment(conn, order_id)
+        wait_for(conn, "SELECT count(*) FROM public.pickup", k + 1, 30)
+        row = conn.execute(
+            "SELECT started FROM public.pickup WHERE event_id = %s", (str(order_id),)
+        ).fetchone()
+        if row is None:
+            raise SystemExit(f"the run of order {order_id} did not move on; another one did")
+        latencies.append((float(row[0]) - committed) * 1000)
+        time.sleep(0.1)  # idle again before the next one
+    waiting = _count(conn, "SELECT count(*) FROM orchestrator.runs WHERE status = 'waiting'")
+    if waiting != total - n:
+        raise SystemExit(f"{waiting} runs still waiting, expected {total - n}")
+    return latencies
+
+
+def bulk(conn: psycopg.Connection[Any], total: int, done: set[int]) -> tuple[float, int]:
+    rest = [i for i in range(total) if i not in done]
+    conn.execute(
+        "INSERT INTO orchestrator.events (name, data) SELECT 'payment/received', "
+        "jsonb_build_object('order_id', i) FROM unnest(%s::int[]) AS i",
+        (rest,),
+    )
+    wait_for(
+        conn, "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed'", total, 300
+    )
+    row = conn.execute(
+        "SELECT extract(epoch FROM max(r.finished_at) - min(e.received_at)) "
+        "FROM orchestrator.runs r, orchestrator.events e "
+        "WHERE e.name = 'payment/received' AND e.data->>'order_id' = ANY(%s::text[])",
+        ([str(i) for i in rest],),
+    ).fetchone()
+    wrong = _count(
+        conn,
+        "SELECT count(*) FROM orchestrator.runs WHERE output <> events->0->'data'->'order_id'",
+    )
+    if wrong:
+        raise SystemExit(f"{wrong} runs were resolved by another order's event")
+    return float(row[0]) if row else 0.0, len(rest)
+
+
+def plan(url: str) -> str:
+    params = {
+        "names": ["payment/received"],
+        "datas": [json.dumps({"order_id": 1})],
+        "received": [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())],
+    }
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("EXPLAIN " + waits._CANDIDATES, params).fetchall()
+    return "\n".join(str(r[0]) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--singles", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    server, kind = server_url()
+    name, url = create_database(server)
+    config = {"workers": args.workers, "concurrency": args.concurrency}
+    log_path = Path(tempfile.mkdtemp(prefix="waits-")) / "daemon.log"
+    daemon = Daemon(url, log_path, config, app=APP_PATH)
+    try:
+        daemon.wait_serving()
+        with psycopg.connect(url, autocommit=True) as conn:
+            started = time.monotonic()
+            conn.execute(
+                "INSERT INTO orchestrator.events (name, data) SELECT 'order/created', "
+                "jsonb_build_object('order_id', i) FROM generate_series(0, %s - 1) AS i",
+                (args.runs,),
+            )
+            wait_for(conn, "SELECT count(*) FROM orchestrator.waits", args.runs, 300)
+            to_waiting = time.monotonic() - started
+            conn.execute("ANALYZE orchestrator.waits")
+            time.sleep(1.0)  # idle
+            single = singles(conn, args.singles, args.runs)
+            done = {(k * 7919) % args.runs for k in range(args.singles)}
+            bulk_s, bulk_n = bulk(conn, args.runs, done)
+        the_plan = plan(url)
+    finally:
+        code = daemon.stop()
+        drop_database(server, name)
+
+    ordered = sorted(single)
+    result = {
+        "benchmark": "waits",
+        "runs": args.runs,
+        "to_waiting_s": round(to_waiting, 3),
+        "single": {
+            "events": len(single),
+            "p50_ms": round(percentile(ordered, 50), 3),
+            "max_ms": round(ordered[-1], 3),
+            "mean_ms": round(statistics.fmean(ordered), 3),
+        },
+        "bulk": {
+            "events": bulk_n,
+            "seconds": round(bulk_s, 3),
+            "runs_per_s": round(bulk_n / bulk_s, 1) if bulk_s else None,
+        },
+        "plan_uses_index": "waits_match" in the_plan and "Seq Scan on waits" not in the_plan,
+        "database": kind,
+        "daemon": config | {"exit_code": code},
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "waits.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.runs:,} runs waiting on payment/received ({kind} Postgres) in {to_waiting:.1f} s")
+    print(
+        f"  one event resolves exactly its run: p50 {result['single']['p50_ms']} ms, "
+        f"max {result['single']['max_ms']} ms over {len(single)} events (commit -> next step)"
+    )
+    print(
+        f"  {bulk_n:,} matching events in one INSERT: all resolved and completed in "
+        f"{bulk_s:.2f} s ({result['bulk']['runs_per_s']} runs/s)"
+    )
+    print("  plan of the resolving query:")
+    print("\n".join("    " + line for line in the_plan.splitlines()))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Event triggers against a live daemon: `if_` conditions, functions with several triggers,
+and one event fanning out to every function it triggers, exactly once each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.e2e
+
+APP = "tests.e2e.apps.coordination:app"
+
+
+# One connection per test database for the test's own reads and writes: polling with a new
+# connection every 50 ms would load the (shared, 2-core) machine the daemon runs on.
+_conns: dict[str, psycopg.Connection[Any]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _test_connection(e2e_url: str) -> Iterator[None]:
+    yield
+    for conn in _conns.values():
+        conn.close()
+    _conns.clear()
+
+
+def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    conn = _conns.get(url)
+    if conn is None or conn.closed:
+        conn = _conns[url] = psycopg.connect(url, autocommit=True)
+    cur = conn.execute(query, params)
+    return cur.fetchall() if cur.description else []
+
+
+def scalar(url: str, query: str, params: Any = None) -> Any:
+    rows = sql(url, query, params)
+    return rows[0][0] if rows else None
+
+
+def send(url: str, name: str, data: dict[str, Any]) -> str:
+    """Insert an event by plain SQL, as any producer would; returns its id."""
+    return str(
+        scalar(
+            url,
+            "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s::jsonb) RETURNING id",
+            (name, json.dumps(data)),
+        )
+    )
+
+
+def runs_of(url: str, event_id: str) -> list[tuple[str, str, Any]]:
+    """(function, status, output) of every run event `event_id` started, by function."""
+    return sql(
+        url,
+        "SELECT function_id, status, output FROM orchestrator.runs WHERE event_id = %s "
+        "ORDER BY function_id, id",
+        (event_id,),
+    )
+
+
+def completed(url: str, event_id: str, functions: list[str]) -> list[tuple[str, str, Any]]:
+    """Wait until the runs of `functions` for `event_id` have all completed; returns every
+    run of the event (their ingest is one transaction, so no run of it can come later)."""
+
+    def check() -> list[tuple[str, str, Any]] | None:
+        rows = runs_of(url, event_id)
+        done = {fid for fid, status, _ in rows if status == "completed"}
+        return rows if done >= set(functions) else None
+
+    return eventually(check, what=f"runs of {functions} for event {event_id} completed")
+
+
+@pytest.mark.timeout(60)
+def test_triggers__if_condition__filters_events(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    big = send(e2e_url, "shop/order", {"amount": 500})
+    small = send(e2e_url, "shop/order", {"amount": 5})
+
+    assert completed(e2e_url, big, ["big-orders", "any-order"]) == [
+        ("any-order", "completed", "any"),
+        ("big-orders", "completed", "big"),
+    ]
+    # its any-order run is the marker that the small order was ingested
+    assert completed(e2e_url, small, ["any-order"]) == [("any-order", "completed", "any")]
+    assert (
+        scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE function_id = 'big-orders'")
+        == 1
+    )
+
+
+@pytest.mark.timeout(60)
+def test_triggers__two_triggers_match_one_event__function_runs_once(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    # any-order has two triggers on shop/order (one with `if_="true"`): both match each event
+    sent = [send(e2e_url, "shop/order", {"amount": amount}) for amount in (1, 200, 3)]
+
+    for event_id in sent:
+        rows = completed(e2e_url, event_id, ["any-order"])
+        assert [r for r in rows if r[0] == "any-order"] == [("any-order", "completed", "any")]
+    assert sql(
+        e2e_url,
+        "SELECT event_id, count(*) FROM orchestrator.runs WHERE function_id = 'any-order' "
+        "GROUP BY event_id ORDER BY event_id",
+    ) == sorted((event_id, 1) for event_id in sent)
+
+
+@pytest.mark.timeout(60)
+def test_triggers__several_triggers__function_runs_for_each(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    a = send(e2e_url, "shop/a", {})
+    b = send(e2e_url, "shop/b", {})
+
+    assert completed(e2e_url, a, ["either"]) == [("either", "completed", "shop/a")]
+    assert completed(e2e_url, b, ["either"]) == [("either", "completed", "shop/b")]
+    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 2
+
+
+@pytest.mark.timeout(60)
+def test_triggers__one_event_fans_out__once_each_even_if_sent_twice(e2e_url, daemon_factory):
+    daemon_factory(APP, workers=1)
+    first = "INSERT INTO orchestrator.events (id, name, data) VALUES (%s, 'shop/order', %s::jsonb)"
+    insert = f"{first} ON CONFLICT (id) DO NOTHING RETURNING id"
+    payload = json.dumps({"amount": 500})
+    sql(e2e_url, first, ("order-42", payload))
+    # the same event again, before and after its ingest: nothing is written
+    assert sql(e2e_url, insert, ("order-42", payload)) == []
+
+    expected = [("any-order", "completed", "any"), ("big-orders", "completed", "big")]
+    assert completed(e2e_url, "order-42", ["big-orders", "any-order"]) == expected
+    assert sql(e2e_url, insert, ("order-42", json.dumps({"amount": 900}))) == []
+
+    # a later event's runs are the marker that the ingest went past anything sent before it
+    later = send(e2e_url, "shop/order", {"amount": 7})
+    completed(e2e_url, later, ["any-order"])
+    assert runs_of(e2e_url, "order-42") == expected
+    assert sql(e2e_url, "SELECT data FROM orchestrator.events WHERE id = 'order-42'") == [
+        ({"amount": 500},)
+    ]
+    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 3
