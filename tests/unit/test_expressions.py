@@ -24,7 +24,7 @@ def test_trigger_if__syntax_error_fails_at_registration_with_expression_and_posi
 
 
 def test_trigger_if__unknown_variable_is_refused() -> None:
-    with pytest.raises(ExpressionError, match="unknown variable.*async"):
+    with pytest.raises(ExpressionError, match=r"unknown variable.*async"):
         event("order/created", if_="async.data.x == 1")
 
 
