@@ -104,9 +104,7 @@ def bulk(conn: psycopg.Connection[Any], total: int, done: set[int]) -> tuple[flo
         "jsonb_build_object('order_id', i) FROM unnest(%s::int[]) AS i",
         (rest,),
     )
-    wait_for(
-        conn, "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed'", total, 300
-    )
+    wait_for(conn, "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed'", total, 300)
     row = conn.execute(
         "SELECT extract(epoch FROM max(r.finished_at) - min(e.received_at)) "
         "FROM orchestrator.runs r, orchestrator.events e "

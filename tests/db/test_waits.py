@@ -145,7 +145,7 @@ def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Da
             execute(
                 db,
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )[0][0]
             == 1
         ),
