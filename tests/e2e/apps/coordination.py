@@ -188,4 +188,3 @@ def any_order(ctx: Context) -> str:
 @app.function("either", trigger=[event("shop/a"), event("shop/b")])
 def either(ctx: Context) -> str:
     return ctx.event.name
-
