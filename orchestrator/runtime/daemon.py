@@ -378,9 +378,12 @@ class Daemon:
             )
 
     def _renew_leases(self) -> None:
+        before = self.pool.held_leases()
         with self.db.transaction() as conn:
             held = runs.renew_leases(conn, owner=self.id, lease_seconds=self.cfg.lease_duration)
-        lost = self.pool.held_leases() - held
+        # held by the pool both before and after the renewal, yet not renewed: a run that
+        # finished or was handed over meanwhile is not lost
+        lost = (before & self.pool.held_leases()) - held
         if lost:
             self.log.warning("leases lost; their runs will be fenced", runs=len(lost))
 

@@ -134,7 +134,7 @@ def test_invoke__cancel_parent_via_cli__unfinished_child_cancelled(e2e_url, daem
     assert parent["error"]["code"] == "cancelled"
     assert kid["error"]["code"] == "cancelled"
     assert parent["output"] is None and kid["output"] is None
-    # the child's end is recorded for its (already cancelled) parent, and nothing waits on
+    # the child's end is still recorded (for its already cancelled parent); no wait is left
     finished = scalar(
         e2e_url, "SELECT data FROM orchestrator.events WHERE id = %s", (f"finished:{child['id']}",)
     )
