@@ -528,12 +528,18 @@ _CANCEL = f"""
     """
 
 # Cancellations requested by hand (`UPDATE runs SET cancel_requested_at = now()`): idle runs
-# end, and running ones pass the request on to their children (they themselves stop at
-# their next step boundary).
+# end; a running one stops at its next step boundary by itself, and only its unfinished
+# children are cancelled here (so it is not rewritten on every pass).
 _REQUESTED = f"""
-    SELECT id::text FROM orchestrator.runs
-    WHERE cancel_requested_at IS NOT NULL AND {_ACTIVE}
-    LIMIT %(limit)s
+    (SELECT id::text FROM orchestrator.runs
+     WHERE cancel_requested_at IS NOT NULL AND {_DUE}
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT c.id::text FROM orchestrator.runs p
+     JOIN orchestrator.runs c ON c.parent_run_id = p.id
+     WHERE p.cancel_requested_at IS NOT NULL AND p.status = 'running'
+       AND c.{_ACTIVE} AND c.cancel_requested_at IS NULL
+     LIMIT %(limit)s)
     """
 
 

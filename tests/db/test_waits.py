@@ -228,3 +228,31 @@ def test_create_many__records_cancel_on_conditions_with_the_triggers_value(db: D
         9,
     )
     assert expires == timedelta(seconds=60)
+
+
+def test_cancel_requested__ends_idle_runs_and_children_of_running_ones_once(
+    db: Database,
+) -> None:
+    parent, child, idle = (str(uuid.uuid4()) for _ in range(3))
+    with db.transaction() as conn:
+        runs.create_many(conn, [runs.NewRun("f", [{}], id=parent)])
+    [claimed] = claim(db, OWNER)
+    with db.transaction() as conn:
+        runs.create_many(conn, [runs.NewRun("g", [{}], id=child, parent_run_id=parent)])
+        runs.create_many(conn, [runs.NewRun("g", [{}], id=idle)])
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET cancel_requested_at = now() "
+        "WHERE id IN (CAST(:p AS uuid), CAST(:i AS uuid))",
+        p=claimed.id,
+        i=idle,
+    )
+    with db.transaction() as conn:
+        changed = {r.id: r.status for r in runs.cancel_requested(conn)}
+    assert changed == {child: "cancelled", idle: "cancelled"}
+    with db.transaction() as conn:  # the running parent is left to its worker, not rewritten
+        assert runs.cancel_requested(conn) == []
+    [(status,)] = execute(
+        db, "SELECT status FROM orchestrator.runs WHERE id = CAST(:p AS uuid)", p=parent
+    )
+    assert status == "running"

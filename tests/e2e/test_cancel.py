@@ -138,7 +138,7 @@ def test_cancel__cancel_on_event__cancels_the_matching_sleeping_run_only(e2e_url
     daemon_factory(APP, workers=1)
     one, two, three = sleeping_orders(e2e_url, 1, 2, 3)
     # every run watches for its own cancellation: one 'cancel' wait each
-    watched = sql(e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits ORDER BY run_id")
+    watched = sql(e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits")
     assert sorted(watched) == sorted([(one, "cancel"), (two, "cancel"), (three, "cancel")])
 
     cancel_event = send(e2e_url, "order/cancelled", {"order_id": 2})
@@ -157,9 +157,8 @@ def test_cancel__cancel_on_event__cancels_the_matching_sleeping_run_only(e2e_url
     assert status(e2e_url, one) == "sleeping"
     assert status(e2e_url, three) == "sleeping"
     assert scalar(e2e_url, "SELECT count(*) FROM effects WHERE step = 'after-hold'") == 0
-    assert sql(
-        e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits ORDER BY run_id"
-    ) == sorted([(one, "cancel"), (three, "cancel")])
+    left = sql(e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits")
+    assert sorted(left) == sorted([(one, "cancel"), (three, "cancel")])
     # the event started nothing itself and cancelled exactly one run
     assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 3
     assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status = 'cancelled'") == 1
@@ -257,7 +256,7 @@ def test_cancel__on_failure__once_per_failed_run__never_for_cancelled(
         return sql(
             e2e_url,
             "SELECT parent_run_id::text, status, output, event_id FROM orchestrator.runs "
-            "WHERE function_id = 'fragile:on-failure' ORDER BY parent_run_id",
+            "WHERE function_id = 'fragile:on-failure' ORDER BY parent_run_id::text COLLATE \"C\"",
         )
 
     done = eventually(

@@ -59,7 +59,7 @@ def runs_of(url: str, event_id: str) -> list[tuple[str, str, Any]]:
     return sql(
         url,
         "SELECT function_id, status, output FROM orchestrator.runs WHERE event_id = %s "
-        "ORDER BY function_id, id",
+        'ORDER BY function_id COLLATE "C", id',
         (event_id,),
     )
 
@@ -106,7 +106,7 @@ def test_triggers__two_triggers_match_one_event__function_runs_once(e2e_url, dae
     assert sql(
         e2e_url,
         "SELECT event_id, count(*) FROM orchestrator.runs WHERE function_id = 'any-order' "
-        "GROUP BY event_id ORDER BY event_id",
+        'GROUP BY event_id ORDER BY event_id COLLATE "C"',
     ) == sorted((event_id, 1) for event_id in sent)
 
 
