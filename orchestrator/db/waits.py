@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.db.direct import Conn, driver
+from orchestrator.db.steps import StepRecord
 
 WAIT_LOCK_CLASS = 0x6F726377  # the first key of the event-name advisory locks
 
@@ -54,7 +55,8 @@ class Candidate:
 
 
 def lock_names(conn: Conn, names: list[str], *, shared: bool) -> None:
-    """Take the advisory locks of these event names, in key order (see the module doc)."""
+    """Take the advisory locks of these event names, in key order (see the module doc). In
+    pipeline mode this shares a round trip with the statements that follow."""
     if not names:
         return
     fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
@@ -63,29 +65,56 @@ def lock_names(conn: Conn, names: list[str], *, shared: bool) -> None:
         "FROM unnest(%(names)s::text[]) AS n ORDER BY k) keys",
         {"cls": WAIT_LOCK_CLASS, "names": names},
         prepare=True,
-    ).fetchall()
+    )
 
 
-def insert(conn: Conn, wait: Wait) -> None:
-    driver(conn).execute(
-        """
+# Suspend a running run on a wait, fenced on its lease, in one statement: the run waits until
+# the wait expires (or for good), its step is recorded as waiting, the wait is stored.
+_SUSPEND = """
+    WITH held AS (
+        UPDATE orchestrator.runs
+        SET status = 'waiting', due_at = %(due)s, updated_at = now(),
+            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+        WHERE id = %(run)s::uuid AND lease_token = %(token)s::uuid AND status = 'running'
+        RETURNING id
+    ),
+    step AS (
+        INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, wake_at)
+        SELECT id, %(step)s, %(position)s, %(kind)s, 'waiting', 1, %(expires)s FROM held
+        ON CONFLICT (run_id, step_id) DO UPDATE SET
+            kind = EXCLUDED.kind, status = EXCLUDED.status, wake_at = EXCLUDED.wake_at,
+            updated_at = now()
+    ),
+    stored AS (
         INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path,
                                         match_value, expression, since, expires_at)
-        VALUES (%(run)s::uuid, %(step)s, 'event', %(name)s, %(path)s, %(value)s::jsonb,
-                %(expr)s, %(since)s, %(expires)s)
+        SELECT id, %(step)s, 'event', %(name)s, %(path)s, %(value)s::jsonb, %(expr)s,
+               %(since)s, %(expires)s
+        FROM held
         ON CONFLICT (run_id, step_id) DO NOTHING
-        """,
-        {
-            "run": wait.run_id,
-            "step": wait.step_id,
-            "name": wait.event_name,
-            "path": wait.match_path or "",
-            "value": wait.match_value_json,
-            "expr": wait.expression,
-            "since": wait.since,
-            "expires": wait.expires_at,
-        },
     )
+    SELECT count(*) FROM held
+    """
+
+
+def suspend(conn: Conn, wait: Wait, record: StepRecord, *, token: str, due: datetime) -> bool:
+    """Suspend the run on `wait` (see `_SUSPEND`); False if its lease no longer holds."""
+    params = {
+        "run": wait.run_id,
+        "token": token,
+        "due": due,
+        "step": wait.step_id,
+        "position": record.position,
+        "kind": record.kind,
+        "name": wait.event_name,
+        "path": wait.match_path or "",
+        "value": wait.match_value_json,
+        "expr": wait.expression,
+        "since": wait.since,
+        "expires": wait.expires_at,
+    }
+    row = driver(conn).execute(_SUSPEND, params, prepare=True).fetchone()
+    return bool(row and row[0])
 
 
 def remove(conn: Conn, run_id: str, step_id: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from orchestrator.db import events, runs, steps, waits
 from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
-from orchestrator.db.direct import Direct
+from orchestrator.db.direct import Direct, driver, set_local
 from orchestrator.engine.commit import GroupCommitter
 from orchestrator.errors import Cancelled, LeaseLost
 
@@ -92,27 +92,28 @@ class RunStore:
         the wait stored, and return None."""
 
         def write(conn: Any) -> tuple[bool, dict[str, Any] | None]:
-            waits.lock_names(conn, [wait.event_name], shared=True)
-            if child is not None:
-                runs.create_many(conn, [child])
-            seen = events.matching_since(
-                conn,
-                wait.event_name,
-                since=wait.since,
-                match_path=wait.match_path,
-                match_value_json=wait.match_value_json,
-            )
-            for payload in seen:
-                if accept(payload):
-                    return True, payload
-            due = runs.suspend(
-                conn, lease.run_id, lease.token, status="waiting", until=wait.expires_at or FOREVER
-            )
-            if due is None:
-                return False, None
-            steps.save_locked(conn, lease.run_id, replace(record, wake_at=wait.expires_at))
-            waits.insert(conn, wait)
-            return True, None
+            # Two round trips: the name lock with the look back, then the suspension. The
+            # commit does not wait for its WAL flush: if a crash loses it, the run is as it
+            # was (running, its previous step durable), is rescued, and reaches the wait
+            # again; anything that saw the wait commits after it in the WAL, so it is lost
+            # with it or not at all.
+            with driver(conn).pipeline():
+                set_local(conn, {"synchronous_commit": "off"})
+                waits.lock_names(conn, [wait.event_name], shared=True)
+                if child is not None:
+                    runs.create_many(conn, [child])
+                seen = events.matching_since(
+                    conn,
+                    wait.event_name,
+                    since=wait.since,
+                    match_path=wait.match_path,
+                    match_value_json=wait.match_value_json,
+                )
+                for payload in seen:
+                    if accept(payload):
+                        return True, payload
+                due = wait.expires_at or FOREVER
+                return waits.suspend(conn, wait, record, token=lease.token, due=due), None
 
         ok, found = self.db.run(write, retry_for=self.retry_for)
         if not ok:

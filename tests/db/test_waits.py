@@ -122,10 +122,12 @@ def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Da
     def worker() -> None:
         with db.transaction() as conn:
             waits.lock_names(conn, ["payment/received"], shared=True)
-            wait = waits.Wait(
-                run_id, "paid", "payment/received", "data.order_id", "7", None, LONG_AGO, None
+            driver(conn).execute(
+                "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
+                "match_value, since) VALUES (%s, 'paid', 'event', 'payment/received', "
+                "'data.order_id', '7', %s)",
+                (run_id, LONG_AGO),
             )
-            waits.insert(conn, wait)
             stored.set()
             release.wait(10)
 
