@@ -3,8 +3,8 @@ of the same run, and the target.
 
     python bench/report.py
 
-Reads bench/results/throughput.json, pickup.json and pickup-idle.json (written by
-bench/throughput.py and bench/pickup.py) and prints one table. Rates are divided by the
+Reads bench/results/throughput.json, pickup.json, pickup-idle.json and waits.json (written by
+bench/throughput.py, bench/pickup.py and bench/waits.py) and prints one table. Rates are divided by the
 1-client pgbench rate; latencies and per-step costs are expressed in pgbench 1-client commit
 times (1 / its rate), so both read as "how many single-row commits is this worth".
 """
@@ -25,7 +25,10 @@ def _load(name: str) -> dict[str, Any] | None:
 
 
 def rows(
-    tp: dict[str, Any], pickup: dict[str, Any] | None, idle: dict[str, Any] | None
+    tp: dict[str, Any],
+    pickup: dict[str, Any] | None,
+    idle: dict[str, Any] | None,
+    waits: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str, str]]:
     base = float(tp["pgbench_1"])
     commit_ms = 1000.0 / base
@@ -97,6 +100,25 @@ def rows(
                 "within 20 % of empty",
             )
         )
+    if waits:
+        single, bulk = waits["single"], waits["bulk"]
+        vs = f" (x{single['p50_ms'] / pickup['p50_ms']:.1f} of W3 pickup)" if pickup else ""
+        out.append(
+            (
+                f"one event resolves 1 of {waits['runs']:,} waiting runs, p50 / max ms",
+                f"{single['p50_ms']} / {single['max_ms']}{vs}",
+                latency(single["p50_ms"]),
+                "within 100 ms",
+            )
+        )
+        out.append(
+            (
+                f"{bulk['events']:,} matching events in one INSERT: all resolved",
+                f"{bulk['seconds']} s ({bulk['runs_per_s']:,} runs/s)",
+                rate(bulk["runs_per_s"]),
+                "report the time",
+            )
+        )
     return out
 
 
@@ -105,7 +127,7 @@ def main() -> int:
     if tp is None:
         print("no bench/results/throughput.json: run bench/throughput.py first", file=sys.stderr)
         return 1
-    table = rows(tp, _load("pickup.json"), _load("pickup-idle.json"))
+    table = rows(tp, _load("pickup.json"), _load("pickup-idle.json"), _load("waits.json"))
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     header = ("figure", "measured", "ratio to baseline", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
