@@ -76,5 +76,6 @@ def driver(conn: Conn) -> psycopg.Connection[Any]:
 def set_local(conn: Conn, settings: dict[str, str]) -> None:
     """Change planner settings until the end of the current transaction (pipelined: no
     round trip of its own)."""
-    for name, value in settings.items():
-        driver(conn).execute("SELECT set_config(%s, %s, true)", (name, value), prepare=True)
+    calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+    params = [item for pair in settings.items() for item in pair]
+    driver(conn).execute(f"SELECT {calls}", params, prepare=True)

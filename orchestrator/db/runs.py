@@ -7,6 +7,7 @@ and changes nothing if the token is no longer current (the run was rescued or re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,15 +128,33 @@ _CREATE = """
     """
 
 
+# The same without cancellation conditions: most functions have none.
+_CREATE_PLAIN = (
+    _CREATE[: _CREATE.index("    watch AS (")].rstrip().rstrip(",")
+    + """
+    SELECT id::text FROM made
+    """
+)
+
+
 def create_many(
     conn: Conn, new_runs: list[NewRun], watches: list[CancelWatch] | None = None
 ) -> list[str]:
     """Queue runs due now; a run whose id or (function, idempotency key) exists is skipped.
     `watches` are the `cancel_on` conditions of their functions. `conn` may be a psycopg or
     an SQLAlchemy connection."""
+    return create_many_sent(conn, new_runs, watches)()
+
+
+def create_many_sent(
+    conn: Conn, new_runs: list[NewRun], watches: list[CancelWatch] | None = None
+) -> Callable[[], list[str]]:
+    """`create_many`, sent now; call the result for the ids. In pipeline mode the statement
+    then shares a round trip with those sent after it."""
     if not new_runs:
-        return []
-    watches = [w for w in watches or [] if any(r.function_id == w.function_id for r in new_runs)]
+        return list
+    fids = {r.function_id for r in new_runs}
+    watches = [w for w in watches or [] if w.function_id in fids]
     params = {
         "ids": [r.id for r in new_runs],
         "fids": [r.function_id for r in new_runs],
@@ -151,7 +170,8 @@ def create_many(
         "c_exprs": [w.expression for w in watches],
         "c_timeouts": [w.timeout for w in watches],
     }
-    return [str(row[0]) for row in driver(conn).execute(_CREATE, params, prepare=True)]
+    cursor = driver(conn).execute(_CREATE if watches else _CREATE_PLAIN, params, prepare=True)
+    return lambda: [str(row[0]) for row in cursor.fetchall()]
 
 
 def _claim_sql(suspects: bool) -> str:
@@ -192,9 +212,21 @@ _CLAIM_SUSPECTS = _claim_sql(suspects=True)
 # (db/direct.py).
 # JIT is off for the same reason: the disabled plan types carry a huge cost, which would make
 # the planner compile small statements (a second and more, the first time each is planned).
-CLAIM_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off", "jit": "off"}
-# What the other statements of a transaction on that connection (the ingest's) plan with.
-PLANNER_DEFAULTS = {"enable_bitmapscan": "on", "enable_sort": "on"}
+CLAIM_SETTINGS = {
+    "enable_bitmapscan": "off",
+    "enable_sort": "off",
+    "jit": "off",
+    "plan_cache_mode": "auto",
+}
+# What the other statements of a transaction on that connection (the ingest's) plan with:
+# the default plan types, and the generic plan of each prepared statement (the planner keeps
+# re-planning the wait lookup, a millisecond each time, for a plan no better than the
+# generic one).
+PLANNER_DEFAULTS = {
+    "enable_bitmapscan": "on",
+    "enable_sort": "on",
+    "plan_cache_mode": "force_generic_plan",
+}
 
 
 def claim_due(

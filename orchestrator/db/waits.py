@@ -17,6 +17,7 @@ before any row lock, so it cannot take part in a deadlock.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -169,19 +170,25 @@ _CANDIDATES = """
 
 def candidates(
     conn: Conn, names: list[str], datas: list[Any], received: list[datetime]
-) -> list[Candidate]:
+) -> Callable[[], list[Candidate]]:
     """The waits that events (given in order) match by name and `match`, for a later
-    evaluation of their expressions. `event_index` is the position in the input."""
+    evaluation of their expressions; `event_index` is the position in the input. Sent now;
+    call the result for the rows (in pipeline mode, it shares a round trip with what was
+    sent before it)."""
     if not names:
-        return []
+        return list
     params = {
         "names": names,
         "datas": [json.dumps(d, separators=(",", ":")) for d in datas],
         "received": received,
     }
-    rows = driver(conn).execute(_CANDIDATES, params, prepare=True).fetchall()
-    found = [Candidate(idx - 1, *rest) for idx, *rest in rows]
-    return sorted(found, key=lambda c: (c.event_index, c.run_id, c.step_id))
+    cursor = driver(conn).execute(_CANDIDATES, params, prepare=True)
+
+    def fetch() -> list[Candidate]:
+        found = [Candidate(idx - 1, *rest) for idx, *rest in cursor.fetchall()]
+        return sorted(found, key=lambda c: (c.event_index, c.run_id, c.step_id))
+
+    return fetch
 
 
 # Resolve waiting steps: the run rows first (in id order, like every multi-row lock), then the

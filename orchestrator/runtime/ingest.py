@@ -104,13 +104,14 @@ class Ingester:
                 for run in _runs_for(ev, payload, registry)
             ]
             events.mark_ingested(conn, [ev.id for ev in accepted])
-            created = runs.create_many(conn, new_runs, registry.watches)
-            found = waits.candidates(
+            creating = runs.create_many_sent(conn, new_runs, registry.watches)
+            finding = waits.candidates(
                 conn,
                 [ev.name for ev in accepted],
                 [ev.data for ev in accepted],
                 [ev.received_at for ev in accepted],
             )
+            created, found = creating(), finding()  # one round trip for both
             resolutions, cancels = _decide(found, payloads)
             woken = waits.resolve(conn, resolutions)
             cancelled = runs.cancel(conn, cancels, reason="cancelled by a cancel_on event")

@@ -53,7 +53,9 @@ def waiting_runs(db: Database, n: int, *, name: str = "payment/received") -> lis
 def candidates(db: Database, datas: list[dict[str, Any]]) -> list[waits.Candidate]:
     now = datetime.now(UTC)
     with db.transaction() as conn:
-        return waits.candidates(conn, ["payment/received"] * len(datas), datas, [now] * len(datas))
+        return waits.candidates(
+            conn, ["payment/received"] * len(datas), datas, [now] * len(datas)
+        )()
 
 
 def test_candidates__index_lookup_finds_exactly_the_matching_wait(db: Database) -> None:
@@ -135,7 +137,7 @@ def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Da
         with db.transaction() as conn:
             waits.lock_names(conn, ["payment/received"], shared=False)
             now = datetime.now(UTC)
-            found.append(waits.candidates(conn, ["payment/received"], [{"order_id": 7}], [now]))
+            found.append(waits.candidates(conn, ["payment/received"], [{"order_id": 7}], [now])())
 
     w = threading.Thread(target=worker)
     w.start()
