@@ -5,8 +5,9 @@ of the same run, and the target.
 
 Reads bench/results/throughput.json, pickup.json, pickup-idle.json and waits.json (written
 by bench/throughput.py, bench/pickup.py and bench/waits.py) and prints one table. Rates are
-divided by the 1-client pgbench rate; latencies and per-step costs are expressed in pgbench 1-client commit
-times (1 / its rate), so both read as "how many single-row commits is this worth".
+divided by the 1-client pgbench rate; latencies and per-step costs are expressed in pgbench
+1-client commit times (1 / its rate), so both read as "how many single-row commits is this
+worth".
 """
 
 from __future__ import annotations
