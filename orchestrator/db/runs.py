@@ -61,6 +61,7 @@ class ClaimedRun:
     recoveries: int
     claimed_at: datetime
     created_at: datetime
+    parent_run_id: str | None
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _claim_sql(suspects: bool) -> str:
         FROM picked
         WHERE r.id = picked.id
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
-                  r.recoveries, now(), r.created_at
+                  r.recoveries, now(), r.created_at, r.parent_run_id::text
         """
 
 
@@ -573,6 +574,16 @@ _REQUESTED = f"""
        AND c.{_ACTIVE} AND c.cancel_requested_at IS NULL
      LIMIT %(limit)s)
     """
+
+
+def cancelling(conn: Conn, *, owner: str) -> set[str]:
+    """Runs leased by `owner` whose cancellation was requested."""
+    rows = driver(conn).execute(
+        "SELECT id::text FROM orchestrator.runs WHERE cancel_requested_at IS NOT NULL "
+        "AND status = 'running' AND lease_owner = %s::uuid",
+        (owner,),
+    )
+    return {row[0] for row in rows}
 
 
 def cancel(conn: Conn, run_ids: list[str], *, reason: str) -> list[RequeuedRun]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from orchestrator.db.steps import StepRecord, StepRow
 from orchestrator.engine.retry import error_dict, retry_delay
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import (
+    Cancelled,
     NonDeterminismError,
     PayloadError,
     StepError,
@@ -53,8 +54,10 @@ class Execution:
         draining: threading.Event,
         log: Any,
         on_body: Callable[[str | None], None] | None = None,
+        cancelled: Collection[str] = (),
     ) -> None:
         self.lease = lease
+        self.cancelled = cancelled  # runs whose cancellation the daemon passed on
         self.on_body = on_body or _ignore
         self.fdef = fdef
         self.store = store
@@ -118,7 +121,10 @@ class Execution:
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
 
     def _boundary(self) -> None:
-        """Before executing new work: give the run back if the worker is draining."""
+        """Before executing new work: stop if the run was cancelled; give the run back if the
+        worker is draining."""
+        if self.lease.run_id in self.cancelled:
+            raise Cancelled(f"run {self.lease.run_id} was cancelled")
         if self.draining.is_set():
             self.store.release(self.lease)
             raise Suspend("worker draining")

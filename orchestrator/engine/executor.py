@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,7 @@ class Task:
     attempts: int
     claimed_at: datetime
     created_at: datetime
+    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,11 @@ def execute(
     draining: threading.Event,
     log: Any,
     on_body: Callable[[str | None], None] | None = None,
+    cancelled: Collection[str] = (),
 ) -> Outcome:
-    lease = Lease(task.run_id, task.lease_token)
+    lease = Lease(
+        task.run_id, task.lease_token, ties=task.parent_run_id is not None or bool(fdef.cancel_on)
+    )
     log = log.bind(run_id=task.run_id, function_id=task.function_id)
     execution = Execution(
         lease=lease,
@@ -62,6 +66,7 @@ def execute(
         draining=draining,
         log=log,
         on_body=on_body,
+        cancelled=cancelled,
     )
     ctx = Context(
         run_id=task.run_id,

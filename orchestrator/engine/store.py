@@ -17,13 +17,15 @@ from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, driver, set_local
 from orchestrator.engine.commit import GroupCommitter
-from orchestrator.errors import Cancelled, LeaseLost
+from orchestrator.errors import LeaseLost
 
 
 @dataclass(frozen=True)
 class Lease:
     run_id: str
     token: str
+    # the run has a parent or cancellation conditions: its end has effects beyond its row
+    ties: bool = False
 
 
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)  # the due time of a wait without a timeout
@@ -41,13 +43,8 @@ class RunStore:
         return {row.step_id: row for row in rows}
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> None:
-        """Commit a step record. Raises `Cancelled` after the commit if the run's
-        cancellation was requested: the run stops at this step boundary."""
-        ok, cancel = self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record))
-        if not ok:
+        if not self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record)):
             raise LeaseLost(f"run {lease.run_id}: lease lost before step '{record.step_id}'")
-        if cancel:
-            raise Cancelled(f"run {lease.run_id} cancelled after step '{record.step_id}'")
 
     def suspend(
         self,
@@ -149,8 +146,9 @@ class RunStore:
             final_status=status,
             output_json=output_json,
             error_json=error_json,
+            effects=lease.ties or status != "completed",
         )
-        if not self.committer.commit(write)[0]:
+        if not self.committer.commit(write):
             raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
 
     def release(self, lease: Lease) -> None:

@@ -395,8 +395,14 @@ class Daemon:
             self.wake.set()
 
     def _apply_cancellations(self) -> None:
-        """Cancellations requested with an UPDATE of `runs.cancel_requested_at`."""
+        """Cancellations requested with an UPDATE of `runs.cancel_requested_at` (or by another
+        process): idle runs end here, and the workers executing runs of this daemon whose
+        cancellation was requested stop them at their next step boundary."""
         changed = self.db.run(runs.cancel_requested)
+        with self.db.transaction() as conn:
+            running = runs.cancelling(conn, owner=self.id)
+        if running:
+            self.pool.cancel(running)
         for run in changed:
             if run.status == "cancelled":
                 self.log.info("run cancelled", run_id=run.id, function_id=run.function_id)

@@ -179,6 +179,18 @@ class WorkerPool:
         for index, batch in batches.items():
             self._send(workers[index], ("run", batch))
 
+    def cancel(self, run_ids: set[str]) -> None:
+        """Tell the processes executing these runs that their cancellation was requested:
+        each stops at its next step boundary."""
+        batches: dict[int, list[str]] = {}
+        with self._lock:
+            workers = dict(self._workers)
+            for worker in workers.values():
+                batches[worker.index] = [rid for rid in run_ids if rid in worker.inflight]
+        for index, batch in batches.items():
+            if batch:
+                self._send(workers[index], ("cancel", batch))
+
     def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         # a dying process refuses messages; the supervisor hands its runs back
         with contextlib.suppress(OSError, ValueError):

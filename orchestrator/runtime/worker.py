@@ -86,6 +86,7 @@ class Worker:
         self.log = log
         self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes)
         self.draining = threading.Event()
+        self.cancelled: set[str] = set()  # runs here whose cancellation was requested
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.send_lock = threading.Lock()
 
@@ -107,6 +108,8 @@ class Worker:
             if message[0] == "run":
                 for task in message[1]:
                     self.tasks.put(task)
+            elif message[0] == "cancel":
+                self.cancelled.update(message[1])
             elif message[0] == "drain":
                 self.draining.set()
             elif message[0] == "stop":
@@ -120,6 +123,7 @@ class Worker:
         mark = self._marker(slot)
         while (task := self.tasks.get()) is not None:
             outcome = self._execute(task, mark)
+            self.cancelled.discard(task.run_id)
             due = outcome.due_at.isoformat() if outcome.due_at else None
             self._send(("done", outcome.run_id, outcome.status, due))
 
@@ -149,6 +153,7 @@ class Worker:
                 draining=self.draining,
                 log=self.log,
                 on_body=mark,
+                cancelled=self.cancelled,
             )
         except Exception:
             self.log.exception("execution abandoned", run_id=task.run_id)

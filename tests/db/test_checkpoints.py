@@ -28,7 +28,7 @@ def direct(db: Database) -> Iterator[Direct]:
 
 
 def write(direct: Direct, writes: list[GroupWrite]) -> set[str]:
-    return set(direct.run(lambda c: write_group(c, writes), retry_for=0))
+    return direct.run(lambda c: write_group(c, writes), retry_for=0)
 
 
 def step_rows(db: Database, run_id: str) -> list[Any]:
@@ -214,4 +214,4 @@ def test_write_group__empty_input_touches_nothing() -> None:
         def __getattr__(self, name: str) -> Any:
             raise AssertionError(f"write_group used the connection: {name}")
 
-    assert write_group(Untouchable(), []) == {}
+    assert write_group(Untouchable(), []) == set()
