@@ -297,6 +297,7 @@ class Daemon:
                 c.attempts,
                 c.claimed_at,
                 c.created_at,
+                c.parent_run_id,
             )
             for c in claimed
         ]
