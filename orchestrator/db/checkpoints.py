@@ -56,6 +56,11 @@ held AS MATERIALIZED (
     ORDER BY r.id
     FOR NO KEY UPDATE OF r
 ),
+cancels AS MATERIALIZED (  -- through the partial index of requested cancellations: ~free
+    SELECT id FROM orchestrator.runs
+    WHERE id = ANY(%(runs)s::uuid[]) AND cancel_requested_at IS NOT NULL
+      AND status IN ('queued', 'running', 'sleeping', 'waiting')
+),
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
                                     output, error, wake_at, duration_ms)
@@ -82,7 +87,7 @@ finished AS (
 # Every held run's write is made (the upsert and the update cannot skip a held run), and
 # the data-modifying CTEs run whether or not the result reads them.
 _WRITE_GROUP_TAIL = """
-SELECT id::text FROM held
+SELECT h.id::text, c.id IS NOT NULL FROM held h LEFT JOIN cancels c ON c.id = h.id
 """
 _WRITE_GROUP = _WRITE_GROUP_HEAD + _WRITE_GROUP_TAIL
 # Only when a finish in the group has effects: they cost a fifth of the throughput of
@@ -90,10 +95,11 @@ _WRITE_GROUP = _WRITE_GROUP_HEAD + _WRITE_GROUP_TAIL
 _WRITE_GROUP_EFFECTS = _WRITE_GROUP_HEAD + after_finish("finished") + _WRITE_GROUP_TAIL
 
 
-def write_group(conn: Conn, writes: list[GroupWrite]) -> set[str]:
-    """Make every write whose lease still holds; returns the ids of those runs."""
+def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
+    """Make every write whose lease still holds; returns the ids of those runs, each with
+    whether its cancellation was requested (the worker stops it at this step boundary)."""
     if not writes:
-        return set()
+        return {}
     steps = [w.step for w in writes]
     pairs = list(zip(steps, writes, strict=True))
     params = {
@@ -112,4 +118,4 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> set[str]:
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()
-    return {str(row[0]) for row in rows}
+    return {str(row[0]): bool(row[1]) for row in rows}

@@ -28,6 +28,7 @@ class _Pending:
     write: GroupWrite
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
+    cancel: bool = False
     error: BaseException | None = None
 
 
@@ -40,8 +41,9 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def commit(self, write: GroupWrite) -> bool:
-        """Commit `write` with whatever else is waiting; True if its lease still held.
+    def commit(self, write: GroupWrite) -> tuple[bool, bool]:
+        """Commit `write` with whatever else is waiting; returns whether its lease still held
+        and whether the run's cancellation was requested.
 
         Raises the database error if the write could not be committed (after retrying
         transient errors for `retry_for` seconds)."""
@@ -55,7 +57,7 @@ class GroupCommitter:
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        return pending.ok
+        return pending.ok, pending.cancel
 
     def _loop(self) -> None:
         while True:
@@ -83,6 +85,7 @@ class GroupCommitter:
             return
         for pending in group:
             pending.ok = pending.write.run_id in made
+            pending.cancel = made.get(pending.write.run_id, False)
             pending.done.set()
 
 

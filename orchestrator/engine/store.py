@@ -17,7 +17,7 @@ from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, driver, set_local
 from orchestrator.engine.commit import GroupCommitter
-from orchestrator.errors import LeaseLost
+from orchestrator.errors import Cancelled, LeaseLost
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,13 @@ class RunStore:
         return {row.step_id: row for row in rows}
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> None:
-        if not self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record)):
+        """Commit a step record. Raises `Cancelled` after the commit if the run's
+        cancellation was requested: the run stops at this step boundary."""
+        ok, cancel = self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record))
+        if not ok:
             raise LeaseLost(f"run {lease.run_id}: lease lost before step '{record.step_id}'")
+        if cancel:
+            raise Cancelled(f"run {lease.run_id} was cancelled after step '{record.step_id}'")
 
     def suspend(
         self,
@@ -148,7 +153,7 @@ class RunStore:
             error_json=error_json,
             effects=lease.ties or status != "completed",
         )
-        if not self.committer.commit(write):
+        if not self.committer.commit(write)[0]:
             raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
 
     def release(self, lease: Lease) -> None:

@@ -28,7 +28,7 @@ def direct(db: Database) -> Iterator[Direct]:
 
 
 def write(direct: Direct, writes: list[GroupWrite]) -> set[str]:
-    return direct.run(lambda c: write_group(c, writes), retry_for=0)
+    return set(direct.run(lambda c: write_group(c, writes), retry_for=0))
 
 
 def step_rows(db: Database, run_id: str) -> list[Any]:
@@ -214,4 +214,45 @@ def test_write_group__empty_input_touches_nothing() -> None:
         def __getattr__(self, name: str) -> Any:
             raise AssertionError(f"write_group used the connection: {name}")
 
-    assert write_group(Untouchable(), []) == set()
+    assert write_group(Untouchable(), []) == {}
+
+
+def test_write_group__reports_requested_cancellations(db: Database, direct: Direct) -> None:
+    queue_runs(db, 2)
+    first, second = claim(db, OWNER)
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET cancel_requested_at = now() WHERE id = CAST(:r AS uuid)",
+        r=second.id,
+    )
+    record = StepRecord("s", 0, "run", "completed", 1, output_json="1")
+    writes = [
+        GroupWrite(first.id, first.lease_token, step=record),
+        GroupWrite(second.id, second.lease_token, step=record),
+    ]
+    made = direct.run(lambda c: write_group(c, writes), retry_for=0)
+    assert made == {first.id: False, second.id: True}  # both written; the second is to stop
+    assert len(step_rows(db, second.id)) == 1
+
+
+def test_write_group__finish_with_effects_notifies_parent_and_removes_waits(
+    db: Database, direct: Direct
+) -> None:
+    queue_runs(db, 2)
+    plain, failing = claim(db, OWNER)
+    writes = [
+        GroupWrite(plain.id, plain.lease_token, final_status="completed", output_json="1"),
+        GroupWrite(
+            failing.id,
+            failing.lease_token,
+            final_status="failed",
+            error_json='{"type": "Boom", "message": "m"}',
+            effects=True,
+        ),
+    ]
+    assert set(direct.run(lambda c: write_group(c, writes), retry_for=0)) == {
+        plain.id,
+        failing.id,
+    }
+    names = execute(db, "SELECT id, name, data->>'run_id' FROM orchestrator.events")
+    assert names == [(f"failed:{failing.id}", "orchestrator/function.failed", failing.id)]

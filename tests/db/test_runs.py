@@ -107,7 +107,9 @@ def test_checkpoint__fenced_by_lease_token(db: Database) -> None:
     with db.transaction() as conn:
         assert not write_group(conn, [GroupWrite(run.id, str(uuid.uuid4()), step=record)])
     with db.transaction() as conn:
-        assert write_group(conn, [GroupWrite(run.id, run.lease_token, step=record)]) == {run.id}
+        assert write_group(conn, [GroupWrite(run.id, run.lease_token, step=record)]) == {
+            run.id: False
+        }
     with db.transaction() as conn:
         [row] = steps.load(conn, run.id)
     assert (row.step_id, row.status, row.output) == ("s", "completed", {"x": 1})
