@@ -19,7 +19,8 @@ from orchestrator.db.finish import after_finish
 
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 _ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
-_ENDED_COLUMNS = "id, function_id, status, output, error, events, parent_run_id"
+# what db/finish.py reads of the runs a statement ended (`r` is the updated table's alias)
+_ENDED_COLUMNS = "r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id"
 _RUN_COLUMNS = (
     "id::text AS id, function_id, status, event_id, events, idempotency_key, "
     "parent_run_id::text AS parent_run_id, output, error, attempts, recoveries, due_at, "
@@ -322,7 +323,7 @@ def _requeue_sql(
         updated_at = now()
     FROM picked
     WHERE r.id = picked.id
-    RETURNING {_ENDED_COLUMNS.replace("id,", "r.id,", 1)}
+    RETURNING {_ENDED_COLUMNS}
     )
     {after_finish("changed")}
     SELECT id::text, function_id, status FROM changed
@@ -502,7 +503,7 @@ _UNKNOWN_FUNCTIONS = text(
 _FAIL_UNKNOWN = text(
     f"""
     WITH changed AS (
-    UPDATE orchestrator.runs
+    UPDATE orchestrator.runs AS r
     SET status = 'failed', finished_at = now(), updated_at = now(),
         error = jsonb_build_object(
             'type', 'UnknownFunctionError', 'code', 'unknown_function',
@@ -554,7 +555,7 @@ _CANCEL = f"""
                 END,
             updated_at = now()
         FROM picked p WHERE r.id = p.id
-        RETURNING r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id
+        RETURNING {_ENDED_COLUMNS}
     )
     {after_finish("changed")}
     SELECT id::text, function_id, status FROM changed

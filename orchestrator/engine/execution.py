@@ -99,12 +99,6 @@ class Execution:
         self.since = max(self.since, began)
 
     def recorded(self, step_id: str, kind: str) -> StepRow | None:
-        return self._recorded(step_id, kind)
-
-    def boundary(self) -> None:
-        self._boundary()
-
-    def _recorded(self, step_id: str, kind: str) -> StepRow | None:
         if self.fatal is not None:
             raise self.fatal
         row = self.memo.get(step_id)
@@ -120,7 +114,7 @@ class Execution:
     def db_now(self) -> datetime:
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
 
-    def _boundary(self) -> None:
+    def boundary(self) -> None:
         """Before executing new work: stop if the run was cancelled; give the run back if the
         worker is draining."""
         if self.lease.run_id in self.cancelled:
@@ -135,14 +129,14 @@ class Execution:
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         sid, position = self.next_id(step_id)
-        row = self._recorded(sid, "run")
+        row = self.recorded(sid, "run")
         if row is not None and row.status == "completed":
             self.replayed(row)
             return row.output
         if row is not None and row.status == "failed":
             raise StepError(sid, row.error or {})
         attempt = row.attempt + 1 if row is not None else 1
-        self._boundary()
+        self.boundary()
         log = self.log.bind(step=sid, attempt=attempt)
         began = self.db_now()
         started = time.perf_counter()
@@ -223,7 +217,7 @@ class Execution:
         self, step_id: str, *, seconds: float | None = None, until: datetime | None = None
     ) -> None:
         sid, position = self.next_id(step_id)
-        row = self._recorded(sid, "sleep")
+        row = self.recorded(sid, "sleep")
         if row is not None and row.status == "completed":
             self.replayed(row)
             return

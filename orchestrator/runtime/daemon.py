@@ -399,9 +399,11 @@ class Daemon:
         """Cancellations requested with an UPDATE of `runs.cancel_requested_at` (or by another
         process): idle runs end here, and the workers executing runs of this daemon whose
         cancellation was requested stop them at their next step boundary."""
-        changed = self.db.run(runs.cancel_requested)
-        with self.db.transaction() as conn:
-            running = runs.cancelling(conn, owner=self.id)
+
+        def apply(conn: Any) -> tuple[list[runs.RequeuedRun], set[str]]:
+            return runs.cancel_requested(conn), runs.cancelling(conn, owner=self.id)
+
+        changed, running = self.db.run(apply)
         if running:
             self.pool.cancel(running)
         for run in changed:

@@ -7,15 +7,16 @@ from typing import Any
 import pytest
 
 from tests.e2e.apps.common import ensure_schema
-from tests.e2e.harness import DaemonProcess
+from tests.e2e.harness import DaemonProcess, close_connections
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def e2e_url(db_url: str) -> str:
+def e2e_url(db_url: str) -> Iterator[str]:
     ensure_schema(db_url)
-    return db_url
+    yield db_url
+    close_connections()
 
 
 @pytest.fixture

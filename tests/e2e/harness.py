@@ -126,10 +126,35 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+# One connection per test database for the tests' own reads and writes, kept for the test:
+# polling with a new connection every 50 ms would load the machine the daemon runs on.
+_conns: dict[str, psycopg.Connection[Any]] = {}
+
+
 def sql(db_url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
+    conn = _conns.get(db_url)
+    if conn is None or conn.closed or conn.broken:
+        conn = _conns[db_url] = psycopg.connect(db_url, autocommit=True)
+    cur = conn.execute(query, params)
+    return cur.fetchall() if cur.description else []
+
+
+def close_connections() -> None:
+    for conn in _conns.values():
+        conn.close()
+    _conns.clear()
+
+
+def run_of(db_url: str, event_id: str) -> str:
+    """The id of the run the event `event_id` started (waiting for it to be created)."""
+    return str(
+        eventually(
+            lambda: scalar(
+                db_url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (event_id,)
+            ),
+            what=f"run of event {event_id} created",
+        )
+    )
 
 
 def scalar(db_url: str, query: str, params: Any = None) -> Any:

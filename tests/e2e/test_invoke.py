@@ -13,21 +13,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
-from tests.e2e.harness import cli, finished_run, scalar, send, sql
+from tests.e2e.harness import cli, finished_run, run_of, scalar, send, sql
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
-
-
-def run_of(url: str, event_id: str) -> str:
-    """The id of the run the event `event_id` started."""
-    return eventually(
-        lambda: scalar(
-            url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (event_id,)
-        ),
-        what=f"run of event {event_id} created",
-    )
 
 
 def run_row(url: str, run_id: str) -> dict[str, Any]:

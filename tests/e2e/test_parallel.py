@@ -17,21 +17,12 @@ import pytest
 
 from tests.conftest import admin, eventually, with_database
 from tests.e2e.apps.common import ensure_schema
-from tests.e2e.harness import DaemonProcess, scalar, send, sql
+from tests.e2e.harness import DaemonProcess, run_of, send, sql
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
 BRANCHES = ["fan[a]", "fan[b]", "fan[c]"]
-
-
-def run_of(url: str, event_id: str) -> str:
-    return eventually(
-        lambda: scalar(
-            url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (event_id,)
-        ),
-        what=f"run of event {event_id} created",
-    )
 
 
 def run_row(url: str, run_id: str) -> dict[str, Any]:

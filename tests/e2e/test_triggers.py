@@ -4,43 +4,16 @@ and one event fanning out to every function it triggers, exactly once each."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import eventually
+from tests.e2e.harness import scalar, sql
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
-
-
-# One connection per test database for the test's own reads and writes: polling with a new
-# connection every 50 ms would load the (shared, 2-core) machine the daemon runs on.
-_conns: dict[str, psycopg.Connection[Any]] = {}
-
-
-@pytest.fixture(autouse=True)
-def _test_connection(e2e_url: str) -> Iterator[None]:
-    yield
-    for conn in _conns.values():
-        conn.close()
-    _conns.clear()
-
-
-def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    conn = _conns.get(url)
-    if conn is None or conn.closed:
-        conn = _conns[url] = psycopg.connect(url, autocommit=True)
-    cur = conn.execute(query, params)
-    return cur.fetchall() if cur.description else []
-
-
-def scalar(url: str, query: str, params: Any = None) -> Any:
-    rows = sql(url, query, params)
-    return rows[0][0] if rows else None
 
 
 def send(url: str, name: str, data: dict[str, Any]) -> str:
