@@ -25,6 +25,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from orchestrator import codec
 from orchestrator.config import Config, load_config
 from orchestrator.errors import InvalidEventError, RegistrationError, RunNotFoundError
+from orchestrator.flow import (
+    Batch,
+    Concurrency,
+    Debounce,
+    Idempotency,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 from orchestrator.functions import (
     FAILED_EVENT_NAME,
     Backoff,
@@ -62,6 +73,15 @@ class Orchestrator:
         backoff: Backoff | None = None,
         cancel_on: Sequence[CancelOn] = (),
         on_failure: Callable[..., Any] | None = None,
+        concurrency: Concurrency | Sequence[Concurrency] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        priority: Priority | None = None,
+        batch_events: Batch | None = None,
+        idempotency: str | Idempotency | None = None,
+        singleton: Singleton | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Callable[[F], F]:
         """Register a durable function under a stable `id`.
 
@@ -72,12 +92,33 @@ class Orchestrator:
           `<id>:on-failure`) when a run fails for good; `ctx.event` is the event
           `orchestrator/function.failed` with `data.run_id`, `data.error` and `data.event`
           (the original event). Its run's `parent_run_id` is the failed run.
+        - Flow control (orchestrator/flow.py; keys are CEL over `event`): `concurrency`,
+          `throttle`, `rate_limit`, `debounce`, `priority`, `batch_events`, `idempotency`
+          (a key expression, or `Idempotency(key, period)`), `singleton`, `timeouts`.
         """
+        flow = {
+            "concurrency": concurrency,
+            "throttle": throttle,
+            "rate_limit": rate_limit,
+            "debounce": debounce,
+            "priority": priority,
+            "batch_events": batch_events,
+            "idempotency": idempotency,
+            "singleton": singleton,
+            "timeouts": timeouts,
+        }
 
         def register(fn: F) -> F:
             handler_id = f"{id}:on-failure" if on_failure is not None else None
             fdef = make_function(
-                id, fn, trigger, retries, backoff, cancel=cancel_on, on_failure_id=handler_id
+                id,
+                fn,
+                trigger,
+                retries,
+                backoff,
+                cancel=cancel_on,
+                on_failure_id=handler_id,
+                flow=flow,
             )
             self._add(fdef)
             if on_failure is not None and handler_id is not None:

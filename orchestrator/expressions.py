@@ -42,6 +42,13 @@ class Expression:
         except Exception:
             return False
 
+    def value(self, variables: Mapping[str, Any]) -> Any:
+        """What the expression evaluates to, or None if evaluating it fails."""
+        try:
+            return self._program.execute(dict(variables))
+        except Exception:
+            return None
+
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
 

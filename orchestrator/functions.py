@@ -22,6 +22,7 @@ from croniter import croniter
 
 from orchestrator.errors import ExpressionError, RegistrationError
 from orchestrator.expressions import compile_expression
+from orchestrator.flow import FlowOptions, flow_options
 
 if TYPE_CHECKING:
     from orchestrator.context import Context
@@ -52,13 +53,27 @@ class EventTrigger:
         return {"type": "event", "name": self.name, "if": self.if_}
 
 
+CRON_OVERLAP = ("skip", "allow", "cancel_previous")
+CRON_CATCH_UP = ("latest", "none", "all")
+CATCH_UP_LIMIT = 100  # catch_up="all" starts at most this many missed ticks (the latest)
+CATCH_UP_GRACE = 60.0  # seconds late after which a tick counts as missed
+
+
 @dataclass(frozen=True)
 class CronTrigger:
     expr: str
     tz: str | None = None
+    overlap: str = "allow"
+    catch_up: str = "latest"
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "cron", "expr": self.expr, "tz": self.tz}
+        return {
+            "type": "cron",
+            "expr": self.expr,
+            "tz": self.tz,
+            "overlap": self.overlap,
+            "catch_up": self.catch_up,
+        }
 
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz or "UTC")
@@ -75,6 +90,24 @@ class CronTrigger:
         itr = croniter(self.expr, local + timedelta(microseconds=1))
         prev: datetime = itr.get_prev(datetime)
         return prev.astimezone(ZoneInfo("UTC"))
+
+    def ticks_due(self, first: datetime, now: datetime) -> list[datetime]:
+        """The ticks to start when a schedule due at `first` is looked at `now`, by the
+        `catch_up` policy: the latest one; none that is over CATCH_UP_GRACE seconds late;
+        or every one since `first`, at most the latest CATCH_UP_LIMIT."""
+        latest = self.latest_at_or_before(now)
+        if self.catch_up == "latest":
+            return [latest]
+        if self.catch_up == "none":
+            return [latest] if (now - latest).total_seconds() <= CATCH_UP_GRACE else []
+        ticks: list[datetime] = []
+        itr = croniter(self.expr, now.astimezone(self.zone()) + timedelta(microseconds=1))
+        while len(ticks) < CATCH_UP_LIMIT:
+            tick = itr.get_prev(datetime).astimezone(ZoneInfo("UTC"))
+            if tick < first:
+                break
+            ticks.append(tick)
+        return ticks[::-1]
 
 
 Trigger = EventTrigger | CronTrigger
@@ -146,8 +179,22 @@ def cancel_on(
     return CancelOn(event, match, if_, seconds)
 
 
-def cron(expr: str, tz: str | None = None) -> CronTrigger:
-    """Trigger a function on a cron schedule, judged by the database clock, in time zone `tz`."""
+def cron(
+    expr: str, tz: str | None = None, *, overlap: str = "allow", catch_up: str = "latest"
+) -> CronTrigger:
+    """Trigger a function on a cron schedule, judged by the database clock, in time zone `tz`.
+
+    - `overlap`: when a tick comes while a run of the function is still active: `"allow"`
+      starts another, `"skip"` starts none, `"cancel_previous"` cancels the active runs
+      first.
+    - `catch_up`: ticks missed while no daemon was running: `"latest"` starts one run for
+      the latest, `"none"` starts none (a tick over 60 s late counts as missed), `"all"`
+      starts one per missed tick, at most the latest 100.
+    """
+    if overlap not in CRON_OVERLAP:
+        raise RegistrationError(f"cron overlap must be one of {CRON_OVERLAP}, got {overlap!r}")
+    if catch_up not in CRON_CATCH_UP:
+        raise RegistrationError(f"cron catch_up must be one of {CRON_CATCH_UP}, got {catch_up!r}")
     if not isinstance(expr, str) or not croniter.is_valid(expr):
         raise RegistrationError(
             f"cron expression {expr!r} is not valid; use five fields such as '0 3 * * *', "
@@ -160,7 +207,7 @@ def cron(expr: str, tz: str | None = None) -> CronTrigger:
             raise RegistrationError(
                 f"cron time zone {tz!r} is unknown; use an IANA name such as 'Europe/Paris'"
             ) from None
-    return CronTrigger(expr, tz)
+    return CronTrigger(expr, tz, overlap, catch_up)
 
 
 @dataclass(frozen=True)
@@ -190,6 +237,7 @@ class FunctionDef:
     backoff: Backoff = field(default_factory=Backoff)
     cancel_on: tuple[CancelOn, ...] = ()
     on_failure_id: str | None = None  # the id of its on_failure handler's function
+    flow: FlowOptions = field(default_factory=FlowOptions)
 
     @property
     def event_names(self) -> list[str]:
@@ -207,6 +255,7 @@ class FunctionDef:
             "backoff": {"base": self.backoff.base, "max": self.backoff.max},
             "cancel_on": [c.describe() for c in self.cancel_on],
             "on_failure": self.on_failure_id,
+            **self.flow.describe(),
         }
 
     def source_hash(self) -> str:
@@ -226,6 +275,7 @@ def make_function(
     *,
     cancel: Sequence[CancelOn] = (),
     on_failure_id: str | None = None,
+    flow: dict[str, Any] | None = None,
 ) -> FunctionDef:
     if not isinstance(function_id, str) or not _ID_RE.match(function_id):
         raise RegistrationError(
@@ -257,8 +307,16 @@ def make_function(
                 f"function {function_id!r}: cancel_on entry {c!r} is not cancel_on(...)"
             )
     check_step_expressions(function_id, fn)
+    options = flow_options(function_id, flow or {}, has_cancel_on=bool(cancel))
     return FunctionDef(
-        function_id, fn, triggers, retries, backoff or Backoff(), tuple(cancel), on_failure_id
+        function_id,
+        fn,
+        triggers,
+        retries,
+        backoff or Backoff(),
+        tuple(cancel),
+        on_failure_id,
+        options,
     )
 
 

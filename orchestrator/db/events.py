@@ -19,6 +19,7 @@ class PendingEvent:
     ts: datetime
     size: int
     received_at: datetime
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ def insert(
 
 _CLAIM = """
     SELECT id, name, CASE WHEN size <= %(max_bytes)s OR name LIKE 'orchestrator/%%' THEN data END
-           AS data, ts, size, received_at
+           AS data, ts, size, received_at, seq
     FROM (
-        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at
+        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at, seq
         FROM orchestrator.events
         WHERE ingested_at IS NULL
         ORDER BY seq

@@ -81,6 +81,12 @@ def event_subscriptions(conn: Connection) -> dict[str, list[tuple[str, str | Non
     return subs
 
 
+def options(conn: Connection) -> dict[str, dict[str, Any]]:
+    """Every registered function's options (retries, cancel_on, flow control, …)."""
+    rows = conn.execute(text("SELECT id, options FROM orchestrator.functions"))
+    return {row[0]: row[1] for row in rows}
+
+
 def cancel_watches(conn: Connection) -> list[CancelWatch]:
     """The `cancel_on` conditions of every registered function."""
     rows = conn.execute(

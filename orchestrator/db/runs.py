@@ -38,6 +38,11 @@ class NewRun:
     parent_run_id: str | None = None
     id: str | None = None  # a deterministic id (an invoked run's); else the database's
     since: datetime | None = None  # cancel_on sees events received from then (default: now)
+    priority: int = 0
+    concurrency_keys: list[str] | None = None
+    throttle_key: str | None = None
+    singleton_key: str | None = None
+    skipped: dict[str, str] | None = None  # recorded as `skipped` with this error (flow control)
 
 
 @dataclass(frozen=True)
@@ -100,13 +105,20 @@ class RequeuedRun:
 _CREATE = """
     WITH made AS (
         INSERT INTO orchestrator.runs
-            (id, function_id, event_id, events, idempotency_key, parent_run_id)
-        SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid
+            (id, function_id, event_id, events, idempotency_key, parent_run_id, priority,
+             concurrency_keys, throttle_key, singleton_key, status, error, finished_at)
+        SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
+               CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
+                   ck::jsonb)) END,
+               tk, sk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
+               CASE WHEN x IS NULL THEN NULL ELSE now() END
         FROM unnest(%(ids)s::text[], %(fids)s::text[], %(eids)s::text[], %(events)s::text[],
-                    %(keys)s::text[], %(parents)s::text[], %(since)s::timestamptz[])
-             AS t(i, f, e, j, k, p, s)
+                    %(keys)s::text[], %(parents)s::text[], %(since)s::timestamptz[],
+                    %(priorities)s::int[], %(ckeys)s::text[], %(tkeys)s::text[],
+                    %(skeys)s::text[], %(skips)s::text[])
+             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, x)
         ON CONFLICT DO NOTHING
-        RETURNING id, function_id, events, idempotency_key
+        RETURNING id, function_id, events, idempotency_key, status
     ),
     watch AS (
         INSERT INTO orchestrator.waits
@@ -125,6 +137,7 @@ _CREATE = """
         JOIN unnest(%(c_fids)s::text[], %(c_ns)s::int[], %(c_events)s::text[],
                     %(c_paths)s::text[], %(c_exprs)s::text[], %(c_timeouts)s::float8[])
              AS c(fid, n, ev, path, expr, timeout) ON c.fid = m.function_id
+        WHERE m.status = 'queued'
     )
     SELECT id::text FROM made
     """
@@ -165,6 +178,11 @@ def create_many_sent(
         "keys": [r.idempotency_key for r in new_runs],
         "parents": [r.parent_run_id for r in new_runs],
         "since": [r.since for r in new_runs],
+        "priorities": [r.priority for r in new_runs],
+        "ckeys": [_json_or_none(r.concurrency_keys) for r in new_runs],
+        "tkeys": [r.throttle_key for r in new_runs],
+        "skeys": [r.singleton_key for r in new_runs],
+        "skips": [_json_or_none(r.skipped) for r in new_runs],
         "c_fids": [w.function_id for w in watches],
         "c_ns": [w.index for w in watches],
         "c_events": [w.event_name for w in watches],
@@ -174,6 +192,25 @@ def create_many_sent(
     }
     cursor = driver(conn).execute(_CREATE if watches else _CREATE_PLAIN, params, prepare=True)
     return lambda: [str(row[0]) for row in cursor.fetchall()]
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+# What a claim does to each run it takes, and what it returns (a `ClaimedRun`); shared with
+# the claim of flow-controlled functions (db/flow.py).
+CLAIM_SET = """
+        SET status = 'running', lease_owner = %(owner)s::uuid,
+            lease_token = gen_random_uuid(),
+            lease_expires_at = now() + make_interval(secs => %(lease)s::float8),
+            attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()),
+            updated_at = now()
+"""
+CLAIM_RETURNING = """
+        RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
+                  r.recoveries, now(), r.created_at, r.parent_run_id::text
+"""
 
 
 def _claim_sql(suspects: bool) -> str:
@@ -190,16 +227,9 @@ def _claim_sql(suspects: bool) -> str:
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         )
-        UPDATE orchestrator.runs AS r
-        SET status = 'running', lease_owner = %(owner)s::uuid,
-            lease_token = gen_random_uuid(),
-            lease_expires_at = now() + make_interval(secs => %(lease)s::float8),
-            attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()),
-            updated_at = now()
+        UPDATE orchestrator.runs AS r {CLAIM_SET}
         FROM picked
-        WHERE r.id = picked.id
-        RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
-                  r.recoveries, now(), r.created_at, r.parent_run_id::text
+        WHERE r.id = picked.id {CLAIM_RETURNING}
         """
 
 
@@ -255,14 +285,21 @@ def claim_due(
     return [ClaimedRun(*row) for row in rows]
 
 
-def seconds_until_next_due(conn: Connection, function_ids: list[str]) -> float | None:
-    """Seconds (by the database clock) until the next run of these functions is due."""
+def seconds_until_next_due(
+    conn: Connection, function_ids: list[str], *, future: bool = False
+) -> float | None:
+    """Seconds (by the database clock) until the next run of these functions is due; with
+    `future`, the next that is not due yet (a flow-controlled function's due runs may be
+    held back by its limits: the claim of that function says when to look again)."""
+    if not function_ids:
+        return None
     value = conn.execute(
         text(
             f"SELECT extract(epoch FROM min(due_at) - now()) FROM orchestrator.runs "
-            f"WHERE {_DUE} AND function_id = ANY(CAST(:p_fids AS text[]))"
+            f"WHERE {_DUE} AND function_id = ANY(CAST(:p_fids AS text[])) "
+            f"AND (NOT :p_future OR due_at > now())"
         ),
-        {"p_fids": function_ids},
+        {"p_fids": function_ids, "p_future": future},
     ).scalar()
     return None if value is None else float(value)
 

@@ -22,11 +22,22 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 SCHEMA = "orchestrator"
-RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "sleeping",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+    "skipped",
+)
 ACTIVE_DUE_STATUSES = ("queued", "sleeping", "waiting")
+ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting")
+LIMITER_KINDS = ("throttle", "rate_limit")
 STEP_STATUSES = ("completed", "failed", "retrying", "sleeping", "waiting")
 WAIT_KINDS = ("event", "cancel")
 
@@ -147,6 +158,10 @@ runs = Table(
     _ts("updated_at", nullable=False, default_now=True),
     _ts("finished_at"),
     _ts("cancel_requested_at"),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("concurrency_keys", ARRAY(Text)),
+    Column("throttle_key", Text),
+    Column("singleton_key", Text),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
     Index(
         "runs_due",
@@ -177,8 +192,25 @@ runs = Table(
         "runs_cancel_requested",
         "id",
         postgresql_where=text(
-            "cancel_requested_at IS NOT NULL AND "
-            + _in("status", ("queued", "running", "sleeping", "waiting"))
+            "cancel_requested_at IS NOT NULL AND " + _in("status", ACTIVE_STATUSES)
+        ),
+    ),
+    Index(
+        "runs_function_due",
+        "function_id",
+        "due_at",
+        "id",
+        postgresql_where=text(_in("status", ACTIVE_DUE_STATUSES)),
+    ),
+    Index("runs_running", "function_id", postgresql_where=text("status = 'running'")),
+    Index(
+        "runs_singleton",
+        "function_id",
+        "singleton_key",
+        unique=True,
+        postgresql_where=text(
+            "singleton_key IS NOT NULL AND cancel_requested_at IS NULL AND "
+            + _in("status", ACTIVE_STATUSES)
         ),
     ),
 )
@@ -228,4 +260,42 @@ waits = Table(
     PrimaryKeyConstraint("run_id", "step_id", name="waits_pkey"),
     CheckConstraint(_in("kind", WAIT_KINDS), name="waits_kind"),
     Index("waits_match", "event_name", "match_path", "match_value"),
+)
+
+limiters = Table(
+    "limiters",
+    metadata,
+    Column("function_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    _ts("tat", nullable=False),
+    _ts("updated_at", nullable=False, default_now=True),
+    PrimaryKeyConstraint("function_id", "kind", "key", name="limiters_pkey"),
+    CheckConstraint(_in("kind", LIMITER_KINDS), name="limiters_kind"),
+)
+
+buffered_events = Table(
+    "buffered_events",
+    metadata,
+    Column("function_id", Text, nullable=False),
+    Column("key", Text, nullable=False, server_default=text("''")),
+    Column("event_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("event", JSONB, nullable=False),
+    _ts("received_at", nullable=False),
+    _ts("created_at", nullable=False, default_now=True),
+    PrimaryKeyConstraint("function_id", "event_id", name="buffered_events_pkey"),
+    Index("buffered_events_key", "function_id", "key", "seq"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("function_id", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    _ts("expires_at", nullable=False),
+    _ts("created_at", nullable=False, default_now=True),
+    PrimaryKeyConstraint("function_id", "key", name="idempotency_keys_pkey"),
+    Index("idempotency_keys_expires", "expires_at"),
 )

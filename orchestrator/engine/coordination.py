@@ -24,6 +24,7 @@ from orchestrator.engine.execution import Execution
 from orchestrator.engine.store import FOREVER
 from orchestrator.errors import InvokeTimeoutError, StepError, Suspend
 from orchestrator.expressions import compile_expression
+from orchestrator.flow import RunKeys
 from orchestrator.functions import (
     FINISHED_EVENT_NAME,
     INVOKED_EVENT_NAME,
@@ -108,7 +109,15 @@ def invoke(
         "data": json.loads(payload),
         "ts": execution.db_now().isoformat(),
     }
-    child = NewRun(function_id, [child_event], parent_run_id=execution.lease.run_id, id=child_id)
+    policy = execution.policies.get(function_id)
+    keys = policy.run_keys(child_event) if policy is not None and policy.claims else RunKeys()
+    child = NewRun(
+        function_id,
+        [child_event],
+        parent_run_id=execution.lease.run_id,
+        id=child_id,
+        **keys.fields(),
+    )
     wait = _wait(
         execution,
         sid,

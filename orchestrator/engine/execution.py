@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from orchestrator.errors import (
     StepError,
     Suspend,
 )
+from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 
 
@@ -55,8 +56,10 @@ class Execution:
         log: Any,
         on_body: Callable[[str | None], None] | None = None,
         cancelled: Collection[str] = (),
+        policies: Mapping[str, FlowPolicy] | None = None,
     ) -> None:
         self.lease = lease
+        self.policies = policies or {}  # flow control of the functions it may invoke
         self.cancelled = cancelled  # runs whose cancellation the daemon passed on
         self.on_body = on_body or _ignore
         self.fdef = fdef

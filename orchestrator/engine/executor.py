@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +15,7 @@ from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.retry import error_dict
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import Cancelled, LeaseLost, StepError, Suspend
+from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 
 
@@ -49,6 +50,7 @@ def execute(
     log: Any,
     on_body: Callable[[str | None], None] | None = None,
     cancelled: Collection[str] = (),
+    policies: Mapping[str, FlowPolicy] | None = None,
 ) -> Outcome:
     lease = Lease(
         task.run_id, task.lease_token, ties=task.parent_run_id is not None or bool(fdef.cancel_on)
@@ -67,6 +69,7 @@ def execute(
         log=log,
         on_body=on_body,
         cancelled=cancelled,
+        policies=policies,
     )
     ctx = Context(
         run_id=task.run_id,

@@ -1,24 +1,33 @@
 """Leader duty: fire cron schedules.
 
-A due schedule fires once, for the latest tick at or before the database's now (after downtime,
-one run for the latest missed tick, not a burst). The run's idempotency key is the tick time,
-so even two daemons that both believed they led could not start the same tick twice.
+A due schedule fires for the ticks its `catch_up` policy names: by default the latest tick at
+or before the database's now (after downtime, one run for the latest missed tick, not a
+burst); `"none"` drops ticks over a minute late; `"all"` fires each missed tick, at most the
+latest 100. Its `overlap` policy decides what a tick does while a run of the function is
+still active: start another (`"allow"`), nothing (`"skip"`), or cancel the active runs first
+(`"cancel_previous"`). A run's idempotency key is its tick time, so even two daemons that
+both believed they led could not start the same tick twice.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from orchestrator.db import functions, runs
+from orchestrator.db import flow, functions, runs
 from orchestrator.db.database import Database
 from orchestrator.db.session import notify_runs
-from orchestrator.functions import CRON_EVENT_NAME, FunctionDef
+from orchestrator.flow import FlowPolicy
+from orchestrator.functions import CRON_EVENT_NAME, CronTrigger, FunctionDef
 
 
 class CronScheduler:
     def __init__(self, db: Database, registry: dict[str, FunctionDef], log: Any) -> None:
         self.db = db
         self.crons = {fid: f.cron_trigger for fid, f in registry.items() if f.cron_trigger}
+        self.policies = {
+            fid: FlowPolicy.from_options(registry[fid].describe()) for fid in self.crons
+        }
         self.log = log
 
     def register(self) -> None:
@@ -41,28 +50,41 @@ class CronScheduler:
         with self.db.transaction() as conn:
             for due in functions.claim_due_schedules(conn, list(self.crons)):
                 trigger = self.crons[due.function_id]
-                tick_at = trigger.latest_at_or_before(due.now)
-                stamp = tick_at.isoformat()
-                payload = {
-                    "id": f"cron:{due.function_id}:{stamp}",
-                    "name": CRON_EVENT_NAME,
-                    "data": {"scheduled_at": stamp, "cron": trigger.expr, "tz": trigger.tz},
-                    "ts": stamp,
-                }
-                created = runs.create_many(
-                    conn, [runs.NewRun(due.function_id, [payload], idempotency_key=f"cron:{stamp}")]
-                )
+                run_id = None
+                for tick_at in trigger.ticks_due(due.next_fire_at, due.now):
+                    run_id = self._fire(conn, due.function_id, trigger, tick_at) or run_id
+                    fired += run_id is not None
                 functions.mark_fired(
                     conn,
                     due.function_id,
-                    fired_at=tick_at,
+                    fired_at=trigger.latest_at_or_before(due.now),
                     next_fire_at=trigger.next_after(due.now),
-                    run_id=created[0] if created else None,
-                )
-                fired += len(created)
-                self.log.info(
-                    "cron fired", function_id=due.function_id, tick=stamp, created=bool(created)
+                    run_id=run_id,
                 )
             if fired:
                 notify_runs(conn)
         return fired
+
+    def _fire(self, conn: Any, fid: str, trigger: CronTrigger, tick_at: datetime) -> str | None:
+        """Start the run of one tick, by the trigger's overlap policy; returns its id."""
+        stamp = tick_at.isoformat()
+        if trigger.overlap != "allow":
+            active = flow.active_runs(conn, fid)
+            if active and trigger.overlap == "skip":
+                self.log.info(
+                    "cron tick skipped: a run is still active", function_id=fid, tick=stamp
+                )
+                return None
+            runs.cancel(conn, active, reason=f"cancelled by the cron tick of {stamp} (overlap)")
+        payload = {
+            "id": f"cron:{fid}:{stamp}",
+            "name": CRON_EVENT_NAME,
+            "data": {"scheduled_at": stamp, "cron": trigger.expr, "tz": trigger.tz},
+            "ts": stamp,
+        }
+        keys = self.policies[fid].run_keys(payload)
+        created = runs.create_many(
+            conn, [runs.NewRun(fid, [payload], idempotency_key=f"cron:{stamp}", **keys.fields())]
+        )
+        self.log.info("cron fired", function_id=fid, tick=stamp, created=bool(created))
+        return created[0] if created else None

@@ -30,9 +30,11 @@ from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session, notify_runs
 from orchestrator.engine.executor import Task
 from orchestrator.runtime.cron import CronScheduler
+from orchestrator.runtime.flow import FlowClaimer
 from orchestrator.runtime.ingest import Ingester
 from orchestrator.runtime.pool import Handback, WorkerPool
 from orchestrator.runtime.rescuer import Rescuer
+from orchestrator.runtime.upkeep import Upkeep
 
 CLAIM_HOLD = 0.002  # seconds a claim may wait for more free threads under a backlog
 
@@ -104,6 +106,18 @@ class Daemon:
             log=self.log,
         )
         self.cron = CronScheduler(self.db, self.registry, self.log)
+        # flow-controlled functions are claimed one by one under their own lock (runtime/flow.py)
+        self.flow = FlowClaimer(
+            self.direct,
+            self.registry,
+            owner=self.id,
+            lease_seconds=config.lease_duration,
+            poll_interval=config.poll_interval,
+            log=self.log,
+        )
+        self.plain_ids = [f for f in self.function_ids if f not in set(self.flow.function_ids)]
+        self.flow_due_at: float | None = None  # when a flow-controlled run falls due
+        self.upkeep = Upkeep(self.db, self.registry, self.log)
         self.session: Session | None = None
         self.leader_until = 0.0  # monotonic time until which this daemon's term surely holds
         self.intervals = [
@@ -210,6 +224,9 @@ class Daemon:
             self.events_hint.clear()
             self.ingested_at = now
             self._ingest()
+        if self.flow_due_at is not None and now >= self.flow_due_at:
+            self.flow_due_at = None
+            self.flow.poke()
         self._dispatch()
         now = time.monotonic()
         for interval in self.intervals:
@@ -218,6 +235,7 @@ class Daemon:
     def _dispatch(self) -> None:
         if self._hold_claims(time.monotonic()):
             return
+        self._submit(self.flow.claim(self.pool.free_slots()), suspects=False)
         drained = self._claim_into_pool(suspects=False)
         self.backlogged = not drained
         # Suspects are rare: look for them after a crash here, else once per poll interval,
@@ -227,11 +245,19 @@ class Daemon:
         if self.suspects_hint.is_set() or now - self.suspects_at >= self.cfg.poll_interval:
             self.suspects_hint.clear()
             self.suspects_at = now
+            self._submit(
+                self.flow.claim(self.pool.free_slots(quarantine=True), suspects=True), suspects=True
+            )
             self._claim_into_pool(suspects=True)
         self.next_due_in = None  # busy: a finishing run wakes the loop
         if drained:  # no more due work: sleep until the next run falls due
             with self.db.transaction() as conn:
-                self.next_due_in = runs.seconds_until_next_due(conn, self.function_ids)
+                self.next_due_in = runs.seconds_until_next_due(conn, self.plain_ids)
+                flow_due_in = runs.seconds_until_next_due(conn, self.flow.function_ids, future=True)
+            if flow_due_in is not None:
+                self.flow_due_at = time.monotonic() + flow_due_in
+                due_in = self.next_due_in
+                self.next_due_in = flow_due_in if due_in is None else min(due_in, flow_due_in)
 
     def _hold_claims(self, now: float) -> bool:
         """While due work is waiting and few threads are free, hold the claim for up to
@@ -263,6 +289,8 @@ class Daemon:
 
         taken = self.ingester.tick(then=claim)
         self._submit(claimed, suspects=False)
+        if taken:  # it may have made runs of flow-controlled functions
+            self.flow.poke()
         return taken
 
     def _claim_into_pool(self, *, suspects: bool) -> bool:
@@ -283,7 +311,7 @@ class Daemon:
             owner=self.id,
             limit=limit,
             lease_seconds=self.cfg.lease_duration,
-            function_ids=self.function_ids,
+            function_ids=self.plain_ids,
             suspects=suspects,
         )
 
@@ -310,11 +338,15 @@ class Daemon:
             timeout = min(timeout, self.hold_until - time.monotonic())
         if self.next_due_in is not None:
             timeout = min(timeout, max(self.next_due_in, 0.0) + 0.001)
+        flow_in = self.flow.next_in()
+        if flow_in is not None:
+            timeout = min(timeout, flow_in + 0.001)
         return max(timeout, 0.001)
 
     # -- callbacks from the pool (supervisor thread) --------------------------------------
 
     def _on_done(self, run_id: str, status: str, due_at: datetime | None) -> None:
+        self.flow.finished(run_id)
         if due_at is not None:
             due_in = (due_at - datetime.now(UTC)).total_seconds()
             if self.next_due_in is None or due_in < self.next_due_in:
@@ -348,6 +380,7 @@ class Daemon:
     def _on_notify(self, channel: str) -> None:
         if channel == "orchestrator_events":
             self.events_hint.set()
+        self.flow.poke()
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:
@@ -392,7 +425,9 @@ class Daemon:
         rescued = self.rescuer.rescue_expired()
         if self.is_leader:
             rescued += self.rescuer.rescue_dead_daemons() + self.cron.tick()
+            self.upkeep.tick()
         if rescued:
+            self.flow.poke()
             self.wake.set()
 
     def _apply_cancellations(self) -> None:

@@ -28,10 +28,13 @@ from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, set_local
 from orchestrator.db.session import notify_runs
 from orchestrator.expressions import Expression, cached
+from orchestrator.flow import FlowPolicy, RunKeys
 from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VARIABLES
+from orchestrator.runtime.admission import Source, admit
 
 _SUBSCRIPTIONS_TTL = 2.0
 _ENGINE_PREFIX = "orchestrator/"  # the engine's own events are not held to max_event_bytes
+_REPLACED = "replaced by a newer run of the same singleton key"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Registry:
 
     triggers: dict[str, list[tuple[str, Expression | None]]] = field(default_factory=dict)
     watches: list[runs.CancelWatch] = field(default_factory=list)
+    policies: dict[str, FlowPolicy] = field(default_factory=dict)
 
 
 class Ingester:
@@ -60,6 +64,7 @@ class Ingester:
             with self.db.transaction() as conn:
                 subs = functions.event_subscriptions(conn)
                 watches = functions.cancel_watches(conn)
+                options = functions.options(conn)
             triggers: dict[str, list[tuple[str, Expression | None]]] = {}
             for name, entries in subs.items():
                 for fid, src in entries:
@@ -68,7 +73,8 @@ class Ingester:
                         self.log.error("trigger expression does not compile", function_id=fid)
                         continue
                     triggers.setdefault(name, []).append((fid, expression))
-            self._registry = Registry(triggers, watches)
+            policies = {fid: FlowPolicy.from_options(o) for fid, o in options.items()}
+            self._registry = Registry(triggers, watches, policies)
             self._registry_at = time.monotonic()
         return self._registry
 
@@ -98,13 +104,15 @@ class Ingester:
             accepted = [ev for ev in pending if self._acceptable(conn, ev)]
             waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
             payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]
-            new_runs = [
-                run
+            proposed = [
+                (run, Source(ev.id, ev.seq, ev.received_at, payload))
                 for ev, payload in zip(accepted, payloads, strict=True)
                 for run in _runs_for(ev, payload, registry)
             ]
             events.mark_ingested(conn, [ev.id for ev in accepted])
-            creating = runs.create_many_sent(conn, new_runs, registry.watches)
+            admitted = admit(conn, proposed, registry.policies)
+            replaced = runs.cancel(conn, admitted.replaced, reason=_REPLACED)
+            creating = runs.create_many_sent(conn, admitted.runs, registry.watches)
             finding = waits.candidates(
                 conn,
                 [ev.name for ev in accepted],
@@ -114,17 +122,20 @@ class Ingester:
             created, found = creating(), finding()  # one round trip for both
             resolutions, cancels = _decide(found, payloads)
             woken = waits.resolve(conn, resolutions)
-            cancelled = runs.cancel(conn, cancels, reason="cancelled by a cancel_on event")
+            cancelled = replaced + runs.cancel(
+                conn, cancels, reason="cancelled by a cancel_on event"
+            )
             due = set(created) | set(woken)
             set_local(conn, runs.CLAIM_SETTINGS)
             claimed = then(conn) if due and then is not None else set()
             if not claimed.issuperset(due):
                 notify_runs(conn)  # sent at commit
-        if created or woken or cancelled:
+        if created or woken or cancelled or admitted.buffered:
             self.log.debug(
                 "events ingested",
                 events=len(pending),
                 runs=len(created),
+                buffered=admitted.buffered,
                 waits_resolved=len(woken),
                 runs_cancelled=len(cancelled),
             )
@@ -153,6 +164,8 @@ def _runs_for(
             expression is not None and not expression.matches({"event": payload})
         ):
             continue
+        policy = registry.policies.get(fid)
+        keys = policy.run_keys(payload) if policy is not None and policy.claims else RunKeys()
         started[fid] = runs.NewRun(
             fid,
             [payload],
@@ -160,6 +173,7 @@ def _runs_for(
             idempotency_key=f"event:{ev.id}",
             parent_run_id=parent,
             since=ev.received_at,
+            **keys.fields(),
         )
     return list(started.values())
 

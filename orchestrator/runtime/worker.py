@@ -23,6 +23,7 @@ from orchestrator.db.database import Database
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute
 from orchestrator.engine.store import RunStore
+from orchestrator.flow import FlowPolicy
 from orchestrator.runtime.loader import load_app
 
 _PR_SET_PDEATHSIG = 1
@@ -79,6 +80,7 @@ class Worker:
         busy: Any = None,
     ) -> None:
         self.functions = functions
+        self.policies = {fid: FlowPolicy.from_options(f.describe()) for fid, f in functions.items()}
         self.busy = busy
         self.store = store
         self.cfg = cfg
@@ -154,6 +156,7 @@ class Worker:
                 log=self.log,
                 on_body=mark,
                 cancelled=self.cancelled,
+                policies=self.policies,
             )
         except Exception:
             self.log.exception("execution abandoned", run_id=task.run_id)

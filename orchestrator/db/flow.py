@@ -1,0 +1,174 @@
+"""Statements on `orchestrator.runs` for flow-controlled functions.
+
+A limited function's runs are claimed under the function's advisory lock (`lock_function`),
+held to the end of the claiming transaction: a statement that runs after it sees every claim
+of that function committed before, so the runs counted as executing (`running`) are exact,
+whichever daemon claimed them. Only a claim moves a run into `running`; everything else moves
+runs out of it, which can only make the count smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from orchestrator.db.direct import Conn, driver
+from orchestrator.db.runs import CLAIM_RETURNING, CLAIM_SET, ClaimedRun
+
+FLOW_LOCK_CLASS = 0x6F72666C  # the first key of the per-function flow-control locks
+_DUE = "status IN ('queued', 'sleeping', 'waiting')"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A due run of a limited function, in the order the claim considers it."""
+
+    id: str
+    concurrency_keys: list[str] | None
+    throttle_key: str | None
+    fresh: bool  # never started: a throttle applies to it
+
+
+def lock_function(conn: Conn, function_id: str) -> None:
+    """Wait for the function's flow-control lock, held until the transaction ends."""
+    driver(conn).execute(
+        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FLOW_LOCK_CLASS, function_id)
+    )
+
+
+def running(conn: Conn, function_id: str) -> tuple[datetime, list[tuple[list[str] | None, int]]]:
+    """The database's now, and how many runs of the function execute, by concurrency keys."""
+    rows = (
+        driver(conn)
+        .execute(
+            "SELECT now(), concurrency_keys, count(*) FROM orchestrator.runs "
+            "WHERE function_id = %s AND status = 'running' GROUP BY concurrency_keys "
+            "UNION ALL SELECT now(), NULL, 0",
+            (function_id,),
+            prepare=True,
+        )
+        .fetchall()
+    )
+    return rows[0][0], [(row[1], int(row[2])) for row in rows if row[2]]
+
+
+def _candidates_sql(fair: str | None, priority: bool) -> str:
+    where = (
+        f"function_id = %(fid)s AND {_DUE} AND due_at <= now() "
+        "AND cancel_requested_at IS NULL AND (crashes > 0) = %(suspects)s"
+    )
+    order = "priority DESC, due_at, id" if priority else "due_at, id"
+    columns = "id::text, concurrency_keys, throttle_key, started_at IS NULL"
+    if fair is None:
+        return f"SELECT {columns} FROM orchestrator.runs WHERE {where} ORDER BY {order} LIMIT %(n)s"
+    # Round robin over keys: every key's first runs come before any key's next ones, so a key
+    # with a long queue cannot hold back the others.
+    return f"""
+        SELECT {columns} FROM (
+            SELECT *, row_number() OVER (PARTITION BY {fair} ORDER BY {order}) AS rank
+            FROM orchestrator.runs WHERE {where}
+        ) due
+        WHERE rank <= %(per_key)s
+        ORDER BY rank, {order}
+        LIMIT %(n)s
+        """
+
+
+def candidates(
+    conn: Conn,
+    function_id: str,
+    *,
+    limit: int,
+    fair: str | None = None,
+    per_key: int = 1,
+    priority: bool = False,
+    suspects: bool = False,
+) -> list[Candidate]:
+    """Due runs of the function in claim order: by priority (if it has one), then by due
+    time. `fair` is "concurrency:N" (the Nth concurrency key, 1-based) or "throttle": runs
+    then take turns by that key, at most `per_key` of each."""
+    column = None
+    if fair == "throttle":
+        column = "coalesce(throttle_key, '')"
+    elif fair is not None:
+        column = f"coalesce(concurrency_keys[{int(fair.split(':')[1])}], '')"
+    params = {"fid": function_id, "suspects": suspects, "n": limit, "per_key": per_key}
+    rows = driver(conn).execute(_candidates_sql(column, priority), params).fetchall()
+    return [Candidate(*row) for row in rows]
+
+
+_CLAIM_IDS = f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id FROM orchestrator.runs
+        WHERE id = ANY(%(ids)s::uuid[]) AND {_DUE} AND due_at <= now()
+          AND cancel_requested_at IS NULL
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE orchestrator.runs AS r {CLAIM_SET}
+    FROM picked
+    WHERE r.id = picked.id {CLAIM_RETURNING}
+    """
+
+
+def claim_ids(
+    conn: Conn, run_ids: list[str], *, owner: str, lease_seconds: float
+) -> list[ClaimedRun]:
+    """Claim these runs (chosen by the flow-control claim) if they are still due."""
+    if not run_ids:
+        return []
+    params = {"ids": run_ids, "owner": owner, "lease": lease_seconds}
+    rows = driver(conn).execute(_CLAIM_IDS, params, prepare=True).fetchall()
+    order = {run_id: i for i, run_id in enumerate(run_ids)}
+    return sorted((ClaimedRun(*row) for row in rows), key=lambda c: order[c.id])
+
+
+def active_singletons(conn: Conn, pairs: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """The active (not cancelled) runs holding these (function, singleton key) pairs, as
+    (function id, key, run id)."""
+    if not pairs:
+        return []
+    rows = driver(conn).execute(
+        "SELECT r.function_id, r.singleton_key, r.id::text FROM orchestrator.runs r "
+        "JOIN unnest(%s::text[], %s::text[]) AS t(f, k) "
+        "  ON r.function_id = t.f AND r.singleton_key = t.k "
+        "WHERE r.singleton_key IS NOT NULL AND r.cancel_requested_at IS NULL "
+        "AND r.status IN ('queued', 'running', 'sleeping', 'waiting')",
+        ([f for f, _ in pairs], [k for _, k in pairs]),
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def active_runs(conn: Conn, function_id: str) -> list[str]:
+    """The ids of the function's active runs (queued, running, sleeping or waiting)."""
+    rows = driver(conn).execute(
+        f"SELECT id::text FROM orchestrator.runs WHERE function_id = %(f)s AND {_DUE} "
+        "UNION ALL SELECT id::text FROM orchestrator.runs "
+        "WHERE function_id = %(f)s AND status = 'running'",
+        {"f": function_id},
+    )
+    return [row[0] for row in rows]
+
+
+def past_timeouts(
+    conn: Conn, function_id: str, *, start: float | None, finish: float | None, limit: int = 500
+) -> list[tuple[str, str]]:
+    """Runs of the function past their timeouts, as (run id, which): not started within
+    `start` seconds of being created, or not finished within `finish` seconds of starting."""
+    rows = driver(conn).execute(
+        f"""
+        (SELECT id::text, 'start' FROM orchestrator.runs
+         WHERE %(start)s::float8 IS NOT NULL AND function_id = %(f)s AND status = 'queued'
+           AND started_at IS NULL AND cancel_requested_at IS NULL
+           AND created_at <= now() - make_interval(secs => %(start)s::float8)
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id::text, 'finish' FROM orchestrator.runs
+         WHERE %(finish)s::float8 IS NOT NULL AND function_id = %(f)s
+           AND ({_DUE} OR status = 'running') AND cancel_requested_at IS NULL
+           AND started_at <= now() - make_interval(secs => %(finish)s::float8)
+         LIMIT %(limit)s)
+        """,
+        {"f": function_id, "start": start, "finish": finish, "limit": limit},
+    )
+    return [(row[0], row[1]) for row in rows]
