@@ -1,0 +1,116 @@
+"""Functions with every flow-control option, for the flow-control end-to-end tests.
+
+Each step body records itself in `public.effects` (tests/e2e/apps/common.py), so tests see
+executions independently of the engine's tables; `hold` sleeps in the step body so that
+runs overlap long enough to be sampled.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from orchestrator import (
+    Batch,
+    Concurrency,
+    Context,
+    Debounce,
+    Orchestrator,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+    cron,
+    event,
+)
+from tests.e2e.apps.common import record
+
+app = Orchestrator()
+
+
+def _work(ctx: Context, seconds: float) -> dict[str, Any]:
+    def body() -> int:
+        record(ctx.run_id, "work")
+        time.sleep(seconds)
+        return len(ctx.events)
+
+    return {"events": ctx.step.run("work", body), "data": ctx.event.data}
+
+
+@app.function("limited", trigger=event("fc/limited"), concurrency=Concurrency(limit=3))
+def limited(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, float(ctx.event.data.get("hold", 0.02)))
+
+
+@app.function(
+    "per-key",
+    trigger=event("fc/per-key"),
+    concurrency=[Concurrency(limit=10), Concurrency(limit=1, key="event.data.key")],
+)
+def per_key(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, float(ctx.event.data.get("hold", 0.02)))
+
+
+@app.function(
+    "throttled", trigger=event("fc/throttled"), throttle=Throttle(10, timedelta(seconds=1))
+)
+def throttled(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function(
+    "rate-limited", trigger=event("fc/rate-limited"), rate_limit=RateLimit(5, timedelta(minutes=1))
+)
+def rate_limited(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function("debounced", trigger=event("fc/debounced"), debounce=Debounce(timedelta(seconds=1)))
+def debounced(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function("batched", trigger=event("fc/batched"), batch_events=Batch(100, timedelta(seconds=2)))
+def batched(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function("idempotent", trigger=event("fc/idempotent"), idempotency="event.data.order_id")
+def idempotent(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function(
+    "singleton", trigger=event("fc/singleton"), singleton=Singleton(key="event.data.user")
+)
+def singleton(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, float(ctx.event.data.get("hold", 1.0)))
+
+
+@app.function(
+    "prioritized",
+    trigger=event("fc/prioritized"),
+    concurrency=Concurrency(limit=1),
+    priority=Priority(run="event.data.plan == 'pro' ? 100 : 0"),
+)
+def prioritized(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, float(ctx.event.data.get("hold", 0.0)))
+
+
+@app.function(
+    "timed",
+    trigger=event("fc/timed"),
+    concurrency=Concurrency(limit=1),
+    timeouts=Timeouts(start=timedelta(seconds=1), finish=timedelta(seconds=2)),
+)
+def timed(ctx: Context) -> dict[str, Any]:
+    hold = float(ctx.event.data.get("hold", 0.0))
+    ctx.step.run("first", lambda: time.sleep(hold))
+    return _work(ctx, 0)
+
+
+@app.function("slow-cron", trigger=cron("* * * * * *", overlap="skip"))
+def slow_cron(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 2.5)
