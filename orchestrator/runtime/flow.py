@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestrator.db import buffers, flow, limiters, runs
-from orchestrator.db.direct import Direct, set_local
+from orchestrator.db.direct import Direct
 from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 from orchestrator.runtime.gcra import Rate
@@ -131,8 +131,8 @@ class FlowClaimer:
     def _claim_function(
         self, conn: Any, fid: str, policy: FlowPolicy, room: int, suspects: bool
     ) -> Outcome:
+        # planned with the claim connection's settings: the due runs are walked in index order
         with conn.transaction():
-            set_local(conn, runs.PLANNER_DEFAULTS)
             flow.lock_function(conn, fid)
             retry_in = (
                 self._form_runs(conn, fid, policy) if policy.buffers and not suspects else None
