@@ -65,7 +65,8 @@ def _candidates_sql(fair: str | None, priority: bool) -> str:
     # with a long queue cannot hold back the others.
     return f"""
         SELECT {columns} FROM (
-            SELECT *, row_number() OVER (PARTITION BY {fair} ORDER BY {order}) AS rank
+            SELECT id, concurrency_keys, throttle_key, started_at, priority, due_at,
+                   row_number() OVER (PARTITION BY {fair} ORDER BY {order}) AS rank
             FROM orchestrator.runs WHERE {where}
         ) due
         WHERE rank <= %(per_key)s

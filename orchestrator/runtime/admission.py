@@ -74,6 +74,7 @@ Entry = tuple[runs.NewRun, Source, FlowPolicy]
 def _dedupe(conn: Any, entries: list[Entry]) -> list[Entry]:
     """Drop runs whose idempotency key was seen (earlier in the batch, or in the table)."""
     pending: dict[int, tuple[str, str]] = {}
+    seen: set[tuple[str, str]] = set()
     dropped: set[int] = set()
     claims: list[tuple[str, str, str, float]] = []
     for i, (run, src, policy) in enumerate(entries):
@@ -84,9 +85,10 @@ def _dedupe(conn: Any, entries: list[Entry]) -> list[Entry]:
         if key is None:  # no key (a missing field): no de-duplication
             continue
         pair = (run.function_id, key)
-        if pair in pending.values():
+        if pair in seen:
             dropped.add(i)
             continue
+        seen.add(pair)
         pending[i] = pair
         claims.append((run.function_id, key, src.id, period))
     fresh = idempotency.claim(conn, claims)

@@ -117,6 +117,7 @@ class Daemon:
         )
         self.plain_ids = [f for f in self.function_ids if f not in set(self.flow.function_ids)]
         self.flow_due_at: float | None = None  # when a flow-controlled run falls due
+        self.flow_first = False
         self.upkeep = Upkeep(self.db, self.registry, self.log)
         self.session: Session | None = None
         self.leader_until = 0.0  # monotonic time until which this daemon's term surely holds
@@ -235,8 +236,13 @@ class Daemon:
     def _dispatch(self) -> None:
         if self._hold_claims(time.monotonic()):
             return
-        self._submit(self.flow.claim(self.pool.free_slots()), suspects=False)
+        # flow-controlled functions and the others take turns at going first
+        self.flow_first = not self.flow_first
+        if self.flow_first:
+            self._submit(self.flow.claim(self.pool.free_slots()), suspects=False)
         drained = self._claim_into_pool(suspects=False)
+        if not self.flow_first:
+            self._submit(self.flow.claim(self.pool.free_slots()), suspects=False)
         self.backlogged = not drained
         # Suspects are rare: look for them after a crash here, else once per poll interval,
         # not on every pass (the quarantine is nearly always free, so that would be one more

@@ -68,6 +68,7 @@ class FlowClaimer:
         self._lock = threading.Lock()
         self._not_before: dict[str, float] = {}  # monotonic time of a function's next look
         self._mine: dict[str, str] = {}  # run id → function id, of the runs claimed here
+        self._start = 0
 
     # -- when to look again (called from other threads too) ------------------------------
 
@@ -100,7 +101,11 @@ class FlowClaimer:
         step body when a worker died, with `suspects`)."""
         claimed: list[runs.ClaimedRun] = []
         now = time.monotonic()
-        for fid in self.function_ids:
+        # each pass starts with the next function, so one with a long backlog and no limit
+        # that holds it (a priority alone) cannot take every free thread pass after pass
+        self._start = (self._start + 1) % max(1, len(self.function_ids))
+        order = self.function_ids[self._start :] + self.function_ids[: self._start]
+        for fid in order:
             left = room - len(claimed)
             if left <= 0:
                 break

@@ -5,7 +5,9 @@ Events are locked with SKIP LOCKED and, in one transaction with them being marke
 
 1. a run is created for every function with a trigger on the event's name whose `if`
    expression holds (exactly once: the `(function_id, idempotency_key)` unique index backs
-   that up), with the function's `cancel_on` conditions;
+   that up), with the function's `cancel_on` conditions, and with what its flow control
+   needs to claim it (priority, concurrency and throttle keys); idempotency, rate limits,
+   singletons, debouncing and batching decide first whether and how (runtime/admission.py);
 2. the waits the event matches are found by index (db/waits.py), their expressions evaluated
    here, and each wait is resolved by the first event that matches it; one event may resolve
    many waits;
