@@ -3,8 +3,9 @@ of the same run, and the target.
 
     python bench/report.py
 
-Reads bench/results/throughput.json, pickup.json, pickup-idle.json and waits.json (written
-by bench/throughput.py, bench/pickup.py and bench/waits.py) and prints one table. Rates are
+Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json and flow.json
+(written by bench/throughput.py, bench/pickup.py, bench/waits.py and bench/flow.py) and prints
+one table. Rates are
 divided by the 1-client pgbench rate; latencies and per-step costs are expressed in pgbench
 1-client commit times (1 / its rate), so both read as "how many single-row commits is this
 worth".
@@ -30,6 +31,7 @@ def rows(
     pickup: dict[str, Any] | None,
     idle: dict[str, Any] | None,
     waits: dict[str, Any] | None = None,
+    flow: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str, str]]:
     base = float(tp["pgbench_1"])
     commit_ms = 1000.0 / base
@@ -120,6 +122,26 @@ def rows(
                 "report the time",
             )
         )
+    if flow:
+        ratios = flow["ratio_to_plain"]
+        for fid in ("limited", "keyed", "throttled"):
+            out.append(
+                (
+                    f"{fid} one-step runs/s (flow control)",
+                    f"{flow['runs_per_s'][fid]:,.1f} (x{ratios[fid]} of plain, same run)",
+                    rate(flow["runs_per_s"][fid]),
+                    "report the cost",
+                )
+            )
+        claim = flow["keyed_claim_ms"]
+        out.append(
+            (
+                f"one keyed claim, {claim['backlog']:,} due runs, p50 / max ms",
+                f"{claim['p50']} / {claim['max']}",
+                latency(claim["p50"]),
+                "report the time",
+            )
+        )
     return out
 
 
@@ -128,7 +150,13 @@ def main() -> int:
     if tp is None:
         print("no bench/results/throughput.json: run bench/throughput.py first", file=sys.stderr)
         return 1
-    table = rows(tp, _load("pickup.json"), _load("pickup-idle.json"), _load("waits.json"))
+    table = rows(
+        tp,
+        _load("pickup.json"),
+        _load("pickup-idle.json"),
+        _load("waits.json"),
+        _load("flow.json"),
+    )
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     header = ("figure", "measured", "ratio to baseline", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
