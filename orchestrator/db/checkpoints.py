@@ -76,7 +76,12 @@ saved AS (
 ),
 finished AS (
     UPDATE orchestrator.runs r
-    SET status = i.final, output = i.output::jsonb, error = i.error::jsonb,
+    SET status = i.final, output = i.output::jsonb,
+        -- a run stopped by a cancellation keeps the reason it was given (db/runs.py)
+        error = CASE WHEN i.final = 'cancelled' AND r.error ->> 'code' = 'cancelled'
+                     THEN jsonb_set(r.error, '{message}', to_jsonb(concat_ws('; ',
+                          r.error ->> 'message', i.error::jsonb ->> 'message')))
+                     ELSE i.error::jsonb END,
         finished_at = now(), updated_at = now(),
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM input i JOIN held h ON h.id = i.run_id

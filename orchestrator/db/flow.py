@@ -61,8 +61,9 @@ def _candidates_sql(fair: str | None, priority: bool) -> str:
     columns = "id::text, concurrency_keys, throttle_key, started_at IS NULL"
     if fair is None:
         return f"SELECT {columns} FROM orchestrator.runs WHERE {where} ORDER BY {order} LIMIT %(n)s"
-    # Round robin over keys: every key's first runs come before any key's next ones, so a key
-    # with a long queue cannot hold back the others.
+    # Due runs are ranked within their key, and a claim considers every key's first-ranked
+    # runs before any key's next ones: a key with a long queue holds at most its limit, and
+    # cannot push the other keys' runs out of the candidates the claim reads.
     return f"""
         SELECT {columns} FROM (
             SELECT id, concurrency_keys, throttle_key, started_at, priority, due_at,

@@ -106,8 +106,9 @@ _CREATE = """
     WITH made AS (
         INSERT INTO orchestrator.runs
             (id, function_id, event_id, events, idempotency_key, parent_run_id, priority,
-             concurrency_keys, throttle_key, singleton_key, status, error, finished_at)
+             due_at, concurrency_keys, throttle_key, singleton_key, status, error, finished_at)
         SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
+               now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
                CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
                    ck::jsonb)) END,
                tk, sk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
@@ -115,8 +116,8 @@ _CREATE = """
         FROM unnest(%(ids)s::text[], %(fids)s::text[], %(eids)s::text[], %(events)s::text[],
                     %(keys)s::text[], %(parents)s::text[], %(since)s::timestamptz[],
                     %(priorities)s::int[], %(ckeys)s::text[], %(tkeys)s::text[],
-                    %(skeys)s::text[], %(skips)s::text[])
-             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, x)
+                    %(skeys)s::text[], %(skips)s::text[]) WITH ORDINALITY
+             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, x, n)
         ON CONFLICT DO NOTHING
         RETURNING id, function_id, events, idempotency_key, status
     ),
@@ -587,9 +588,10 @@ _CANCEL = f"""
         SET cancel_requested_at = coalesce(r.cancel_requested_at, now()),
             status = CASE WHEN r.status = 'running' THEN r.status ELSE 'cancelled' END,
             finished_at = CASE WHEN r.status = 'running' THEN NULL ELSE now() END,
-            error = CASE WHEN r.status = 'running' THEN r.error ELSE jsonb_build_object(
-                'type', 'RunCancelledError', 'code', 'cancelled', 'message', %(reason)s::text)
-                END,
+            -- the first reason given is kept; a running run ends with it (db/checkpoints.py)
+            error = CASE WHEN r.error ->> 'code' = 'cancelled' THEN r.error ELSE
+                jsonb_build_object('type', 'RunCancelledError', 'code', 'cancelled',
+                                   'message', %(reason)s::text) END,
             updated_at = now()
         FROM picked p WHERE r.id = p.id
         RETURNING {_ENDED_COLUMNS}

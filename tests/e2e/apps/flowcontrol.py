@@ -2,7 +2,8 @@
 
 Each step body records itself in `public.effects` (tests/e2e/apps/common.py), so tests see
 executions independently of the engine's tables; `hold` sleeps in the step body so that
-runs overlap long enough to be sampled.
+runs overlap long enough to be sampled, and `gate` (optional) holds it until the test opens
+that gate (`INSERT INTO gates`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from orchestrator import (
     cron,
     event,
 )
-from tests.e2e.apps.common import record
+from tests.e2e.apps.common import record, wait_gate
 
 app = Orchestrator()
 
@@ -33,6 +34,9 @@ app = Orchestrator()
 def _work(ctx: Context, seconds: float) -> dict[str, Any]:
     def body() -> int:
         record(ctx.run_id, "work")
+        gate = ctx.event.data.get("gate")
+        if gate:
+            wait_gate(str(gate))
         time.sleep(seconds)
         return len(ctx.events)
 
@@ -87,6 +91,18 @@ def idempotent(ctx: Context) -> dict[str, Any]:
 )
 def singleton(ctx: Context) -> dict[str, Any]:
     return _work(ctx, float(ctx.event.data.get("hold", 1.0)))
+
+
+@app.function(
+    "singleton-cancel",
+    trigger=event("fc/singleton-cancel"),
+    singleton=Singleton(key="event.data.user", mode="cancel"),
+)
+def singleton_cancel(ctx: Context) -> dict[str, Any]:
+    # many short steps: a cancellation takes effect at the next step boundary
+    for i in range(int(ctx.event.data.get("ticks", 0))):
+        ctx.step.run(f"tick-{i}", lambda: time.sleep(0.1))
+    return _work(ctx, 0)
 
 
 @app.function(
