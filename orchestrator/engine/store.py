@@ -16,6 +16,7 @@ from orchestrator.db import events, runs, steps, waits
 from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, driver, set_local
+from orchestrator.db.session import notify_runs
 from orchestrator.engine.commit import GroupCommitter
 from orchestrator.errors import Cancelled, LeaseLost
 
@@ -104,6 +105,7 @@ class RunStore:
                 waits.lock_names(conn, [wait.event_name], shared=True)
                 if child is not None:
                     runs.create_many(conn, [child])
+                    notify_runs(conn)  # any daemon may claim it (a limited one: see flow.py)
                 seen = events.matching_since(
                     conn,
                     wait.event_name,

@@ -72,13 +72,13 @@ class FlowClaimer:
 
     # -- when to look again (called from other threads too) ------------------------------
 
-    def poke(self, function_id: str | None = None, *, at: float | None = None) -> None:
-        """Look at the function (every one by default) again now, or by monotonic time `at`."""
+    def poke(self, function_id: str | None = None) -> None:
+        """Look at the function (every one by default) again at the next pass."""
+        now = time.monotonic()
         with self._lock:
             for fid in [function_id] if function_id else self.function_ids:
-                when = time.monotonic() if at is None else at
-                if when < self._not_before.get(fid, 0.0):
-                    self._not_before[fid] = when
+                if now < self._not_before.get(fid, 0.0):
+                    self._not_before[fid] = now
 
     def finished(self, run_id: str) -> None:
         """A run claimed here ended or suspended: its function may take another now."""
