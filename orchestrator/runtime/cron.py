@@ -52,8 +52,9 @@ class CronScheduler:
                 trigger = self.crons[due.function_id]
                 run_id = None
                 for tick_at in trigger.ticks_due(due.next_fire_at, due.now):
-                    run_id = self._fire(conn, due.function_id, trigger, tick_at) or run_id
-                    fired += run_id is not None
+                    made = self._fire(conn, due.function_id, trigger, tick_at)
+                    if made is not None:
+                        run_id, fired = made, fired + 1
                 functions.mark_fired(
                     conn,
                     due.function_id,

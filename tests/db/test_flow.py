@@ -14,11 +14,12 @@ import psycopg
 import pytest
 import structlog
 
-from orchestrator import Concurrency, Orchestrator, RateLimit, Singleton, event
+from orchestrator import Concurrency, Orchestrator, RateLimit, Singleton, cron, event
 from orchestrator.db import buffers, flow, functions, idempotency, limiters, runs
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, driver, set_local
+from orchestrator.runtime.cron import CronScheduler
 from orchestrator.runtime.flow import FlowClaimer
 from orchestrator.runtime.ingest import Ingester
 from tests.db.helpers import execute
@@ -224,3 +225,45 @@ def test_admission__singleton_and_idempotency(db: Database, ingester: Ingester) 
             db,
             "INSERT INTO orchestrator.runs (function_id, singleton_key) VALUES ('single', 'a')",
         )
+
+
+def _cron_app(**options: Any) -> dict[str, Any]:
+    app = Orchestrator(database_url="postgresql://unused/x")
+    app.function("tick", trigger=cron("* * * * *", **options))(lambda ctx: None)
+    return app.functions
+
+
+def _missed_minutes(db: Database, registry: dict[str, Any], minutes: int) -> CronScheduler:
+    with db.transaction() as conn:
+        fdef = registry["tick"]
+        desc = fdef.describe()
+        functions.upsert(conn, "tick", triggers=desc.pop("triggers"), options=desc, version="1")
+    scheduler = CronScheduler(db, registry, LOG)
+    scheduler.register()
+    execute(
+        db,
+        "UPDATE orchestrator.schedules SET next_fire_at = date_trunc('minute', now()) "
+        "- make_interval(mins => :m)",
+        m=minutes,
+    )
+    return scheduler
+
+
+def test_cron__catch_up_all_fires_each_missed_tick(db: Database) -> None:
+    scheduler = _missed_minutes(db, _cron_app(catch_up="all"), 5)
+    assert scheduler.tick() == 6  # the 5 missed minutes and the current one
+    ticks = execute(db, "SELECT events->0->'data'->>'scheduled_at' FROM orchestrator.runs")
+    assert len({t[0] for t in ticks}) == 6
+    assert scheduler.tick() == 0  # nothing is due again until the next minute
+
+
+def test_cron__overlap_skip_starts_nothing_while_a_run_is_active(db: Database) -> None:
+    scheduler = _missed_minutes(db, _cron_app(catch_up="all", overlap="skip"), 3)
+    assert scheduler.tick() == 1  # the first missed tick; the others meet it still active
+    assert _statuses(db, "tick") == {"queued": 1}
+
+
+def test_cron__overlap_cancel_previous_replaces_the_active_run(db: Database) -> None:
+    scheduler = _missed_minutes(db, _cron_app(catch_up="all", overlap="cancel_previous"), 2)
+    assert scheduler.tick() == 3
+    assert _statuses(db, "tick") == {"cancelled": 2, "queued": 1}
