@@ -212,20 +212,15 @@ class FlowOptions:
     timeouts: Timeouts | None = None
 
     def describe(self) -> dict[str, Any]:
-        def d(obj: Any) -> Any:
-            return None if obj is None else dict(obj.__dict__)
-
-        return {
-            "concurrency": [d(c) for c in self.concurrency],
-            "throttle": d(self.throttle),
-            "rate_limit": d(self.rate_limit),
-            "debounce": d(self.debounce),
-            "priority": d(self.priority),
-            "batch_events": d(self.batch_events),
-            "idempotency": d(self.idempotency),
-            "singleton": d(self.singleton),
-            "timeouts": d(self.timeouts),
-        }
+        """The options that are set, as `orchestrator.functions.options` records them."""
+        described: dict[str, Any] = {}
+        if self.concurrency:
+            described["concurrency"] = [dict(c.__dict__) for c in self.concurrency]
+        for name in _KINDS:
+            value = getattr(self, name)
+            if value is not None:
+                described[name] = dict(value.__dict__)
+        return described
 
 
 _KINDS: dict[str, type] = {

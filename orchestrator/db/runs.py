@@ -106,8 +106,11 @@ _CREATE = """
     WITH made AS (
         INSERT INTO orchestrator.runs
             (id, function_id, event_id, events, idempotency_key, parent_run_id, priority,
-             due_at, concurrency_keys, throttle_key, singleton_key, status, error, finished_at)
+             created_at, due_at, concurrency_keys, throttle_key, singleton_key, status, error,
+             finished_at)
         SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
+               -- a microsecond apart, in the order given, so runs made together are FIFO
+               now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
                now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
                CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
                    ck::jsonb)) END,
