@@ -18,11 +18,13 @@ In the ingest's transaction, in this order:
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from orchestrator.db import buffers, flow, idempotency, limiters, runs
+from orchestrator.db.runs import NewRun
 from orchestrator.flow import FlowPolicy, key_of
 from orchestrator.runtime.gcra import Rate
 
@@ -42,6 +44,17 @@ class Admitted:
     runs: list[runs.NewRun] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # active runs a singleton cancels
     buffered: int = 0
+
+    def refused(self, created: list[str]) -> list[NewRun]:
+        """The singleton runs the database did not create (`runs_singleton` found an active
+        run this ingest could not see: one made meanwhile from another event name), to
+        record as skipped."""
+        made = set(created)
+        return [
+            dataclasses.replace(r, id=str(uuid.uuid4()), skipped=_SINGLETON_RACE)
+            for r in self.runs
+            if r.singleton_key is not None and r.skipped is None and r.id not in made
+        ]
 
 
 def admit(
@@ -160,7 +173,7 @@ def _singleton(conn: Any, entries: list[Entry]) -> Admitted:
         mode = policy.singleton[1] if policy.singleton else "skip"
         if mode == "cancel" and last[pair] == i:
             admitted.replaced.extend(active.get(pair, []))
-            admitted.runs.append(dataclasses.replace(run, singleton_key=keyed[i]))
+            admitted.runs.append(_singleton_run(run, keyed[i]))
         elif mode == "cancel":
             reason = "singleton: replaced by a later event in the same ingest"
             admitted.runs.append(_skip(entry, "SingletonSkipped", "singleton", reason)[0])
@@ -168,9 +181,23 @@ def _singleton(conn: Any, entries: list[Entry]) -> Admitted:
             reason = f"singleton: run {active[pair][0]} of key {keyed[i]!r} is still active"
             admitted.runs.append(_skip(entry, "SingletonSkipped", "singleton", reason)[0])
         else:
-            active[pair] = [f"{run.id or 'created by the same ingest'}"]
-            admitted.runs.append(dataclasses.replace(run, singleton_key=keyed[i]))
+            singleton_run = _singleton_run(run, keyed[i])
+            active[pair] = [str(singleton_run.id)]
+            admitted.runs.append(singleton_run)
     return admitted
+
+
+def _singleton_run(run: runs.NewRun, key: str) -> runs.NewRun:
+    """The run with its singleton key, and an id of its own (to tell whether the database
+    created it)."""
+    return dataclasses.replace(run, singleton_key=key, id=run.id or str(uuid.uuid4()))
+
+
+_SINGLETON_RACE = {
+    "type": "SingletonSkipped",
+    "code": "singleton",
+    "message": "singleton: another run of the key became active at the same moment",
+}
 
 
 def _skip(entry: Entry, kind: str, code: str, message: str) -> Entry:

@@ -122,6 +122,7 @@ class Ingester:
                 [ev.received_at for ev in accepted],
             )
             created, found = creating(), finding()  # one round trip for both
+            runs.create_many(conn, admitted.refused(created))
             resolutions, cancels = _decide(found, payloads)
             woken = waits.resolve(conn, resolutions)
             cancelled = replaced + runs.cancel(

@@ -267,3 +267,24 @@ def test_cron__overlap_cancel_previous_replaces_the_active_run(db: Database) -> 
     scheduler = _missed_minutes(db, _cron_app(catch_up="all", overlap="cancel_previous"), 2)
     assert scheduler.tick() == 3
     assert _statuses(db, "tick") == {"cancelled": 2, "queued": 1}
+
+
+def test_admission__singleton_made_meanwhile_elsewhere_is_recorded_skipped(
+    db: Database, ingester: Ingester
+) -> None:
+    _send(db, "s", [{"u": "a"}])
+    with psycopg.connect(libpq_url(db.url)) as other:  # a run of key "a", not yet committed
+        other.execute(
+            "INSERT INTO orchestrator.runs (function_id, singleton_key) VALUES ('single', 'a')"
+        )
+        ingest = threading.Thread(target=ingester.tick)
+        ingest.start()
+        ingest.join(0.5)
+        assert ingest.is_alive()  # its insert waits on the unique index
+        other.commit()
+        ingest.join(10)
+    assert _statuses(db, "single") == {"queued": 1, "skipped": 1}
+    message = execute(
+        db, "SELECT error->>'message' FROM orchestrator.runs WHERE status = 'skipped'"
+    )
+    assert "at the same moment" in message[0][0]
