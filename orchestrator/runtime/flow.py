@@ -31,7 +31,7 @@ from orchestrator.functions import FunctionDef
 from orchestrator.runtime.gcra import Rate
 
 FAIR_CANDIDATES = 1000  # due runs read per claim when runs take turns by key
-BUFFERED_ALL = 1_000_000
+THROTTLE_SLICE = 0.001  # seconds of a fast throttle's starts one claim may take at once
 
 
 @dataclass
@@ -222,8 +222,14 @@ def _fairness(policy: FlowPolicy) -> tuple[str | None, int]:
 
 
 def _rate(policy: FlowPolicy) -> Rate | None:
+    """The throttle's rate. A claim judges every run by one clock reading, so at most
+    `burst` of a key start per claim; above a thousand starts a second, a claim may take one
+    millisecond's worth at once (THROTTLE_SLICE), or the claims, not the throttle, would set
+    the pace."""
     t = policy.throttle
-    return None if t is None else Rate(t.limit, t.period, t.burst)
+    if t is None:
+        return None
+    return Rate(t.limit, t.period, max(t.burst, int(t.limit * THROTTLE_SLICE / t.period)))
 
 
 def _choose(  # noqa: PLR0917 (a pure function of the claim's inputs, named at its one call)

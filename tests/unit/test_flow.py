@@ -28,7 +28,7 @@ from orchestrator.db.flow import Candidate
 from orchestrator.errors import ExpressionError, RegistrationError
 from orchestrator.flow import FlowPolicy, key_of
 from orchestrator.functions import CATCH_UP_LIMIT
-from orchestrator.runtime.flow import _buffer_due, _buffer_takes, _choose
+from orchestrator.runtime.flow import _buffer_due, _buffer_takes, _choose, _rate
 from orchestrator.runtime.gcra import Rate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -199,3 +199,10 @@ def test_cron__overlap_and_catch_up_validated() -> None:
         cron("* * * * *", overlap="queue")
     with pytest.raises(RegistrationError, match="catch_up"):
         cron("* * * * *", catch_up="some")
+
+
+def test_throttle__a_fast_one_lets_a_claim_take_a_millisecond_of_starts() -> None:
+    slow = _rate(_policy(throttle=Throttle(10, 1.0)))
+    fast = _rate(_policy(throttle=Throttle(100_000, 1.0)))
+    assert slow is not None and slow.burst == 1
+    assert fast is not None and fast.burst == 100
