@@ -83,9 +83,10 @@ def claim_latency(url: str, backlog: int) -> list[float]:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO orchestrator.runs (function_id, events, concurrency_keys) "
-            "SELECT 'keyed', '[]', ARRAY[(i %% %s)::text] FROM generate_series(1, %s) AS i",
-            (KEYS * 10, backlog),
+            "INSERT INTO orchestrator.runs (function_id, events, concurrency_keys, flow_key) "
+            "SELECT 'keyed', '[]', ARRAY[(i %% %s)::text], (i %% %s)::text "
+            "FROM generate_series(1, %s) AS i",
+            (KEYS * 10, KEYS * 10, backlog),
         )
         conn.execute("ANALYZE orchestrator.runs")
     direct = Direct(url, application_name="bench-flow", settings=runs.CLAIM_SETTINGS)

@@ -282,6 +282,7 @@ class RunKeys:
     priority: int = 0
     concurrency_keys: list[str] | None = None
     throttle_key: str | None = None
+    flow_key: str | None = None  # the key the function's due runs take turns by
 
     def fields(self) -> dict[str, Any]:
         """As keyword arguments of a new run (`db.runs.NewRun`)."""
@@ -289,6 +290,7 @@ class RunKeys:
             "priority": self.priority,
             "concurrency_keys": self.concurrency_keys,
             "throttle_key": self.throttle_key,
+            "flow_key": self.flow_key,
         }
 
 
@@ -341,7 +343,12 @@ class FlowPolicy:
         throttle = None
         if self.throttle is not None:
             throttle = key_of(self.throttle.key, variables) or ""
-        return RunKeys(priority, keys, throttle)
+        fair = None
+        if self.keyed_concurrency is not None and keys is not None:
+            fair = keys[self.keyed_concurrency]
+        elif self.throttle is not None and self.throttle.key is not None:
+            fair = throttle
+        return RunKeys(priority, keys, throttle, fair)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> FlowPolicy:

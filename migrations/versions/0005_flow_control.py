@@ -1,10 +1,12 @@
 """Flow control: concurrency, throttle, rate limit, debounce, priority, batching, idempotency,
 singleton.
 
-- `runs`: `priority`, `concurrency_keys` (one key per concurrency constraint), `throttle_key`
-  and `singleton_key`, recorded when the run is created; status `skipped` (a run a rate limit
+- `runs`: `priority`, `concurrency_keys` (one key per concurrency constraint), `throttle_key`,
+  `singleton_key` and `flow_key` (the key its function's runs take turns by), recorded when
+  the run is created; status `skipped` (a run a rate limit
   or a singleton did not let start, with the reason in `error`).
-- `runs_function_due`: a limited function's due runs, for its claim; `runs_running`: the
+- `runs_function_due`: a limited function's due runs, for its claim; `runs_flow_key`: the
+  same by key, for a skip scan over the keys; `runs_running`: the
   runs executing now, by function, for counting them at claim time; `runs_singleton`: at most
   one active run per singleton key, enforced by the database.
 - `limiters`: the state of each throttle and rate limit (per key): the theoretical arrival
@@ -79,7 +81,8 @@ ALTER TABLE orchestrator.runs
     ADD COLUMN priority integer NOT NULL DEFAULT 0,
     ADD COLUMN concurrency_keys text[],
     ADD COLUMN throttle_key text,
-    ADD COLUMN singleton_key text;
+    ADD COLUMN singleton_key text,
+    ADD COLUMN flow_key text;
 ALTER TABLE orchestrator.runs DROP CONSTRAINT runs_status;
 ALTER TABLE orchestrator.runs ADD CONSTRAINT runs_status CHECK (status IN
     ('queued', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled', 'skipped'))
@@ -89,6 +92,8 @@ ALTER TABLE orchestrator.runs VALIDATE CONSTRAINT runs_status;
 CREATE INDEX runs_function_due ON orchestrator.runs (function_id, due_at, id)
     WHERE status IN ('queued', 'sleeping', 'waiting');
 CREATE INDEX runs_running ON orchestrator.runs (function_id) WHERE status = 'running';
+CREATE INDEX runs_flow_key ON orchestrator.runs (function_id, flow_key, due_at, id)
+    WHERE flow_key IS NOT NULL AND status IN ('queued', 'sleeping', 'waiting');
 CREATE UNIQUE INDEX runs_singleton ON orchestrator.runs (function_id, singleton_key)
     WHERE singleton_key IS NOT NULL AND cancel_requested_at IS NULL
       AND status IN ('queued', 'running', 'sleeping', 'waiting');
@@ -133,6 +138,7 @@ DROP TABLE orchestrator.idempotency_keys;
 DROP TABLE orchestrator.buffered_events;
 DROP TABLE orchestrator.limiters;
 DROP INDEX orchestrator.runs_singleton;
+DROP INDEX orchestrator.runs_flow_key;
 DROP INDEX orchestrator.runs_running;
 DROP INDEX orchestrator.runs_function_due;
 UPDATE orchestrator.runs SET status = 'cancelled' WHERE status = 'skipped';
@@ -140,6 +146,7 @@ ALTER TABLE orchestrator.runs DROP CONSTRAINT runs_status;
 ALTER TABLE orchestrator.runs ADD CONSTRAINT runs_status CHECK (status IN
     ('queued', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled'));
 ALTER TABLE orchestrator.runs
+    DROP COLUMN flow_key,
     DROP COLUMN singleton_key,
     DROP COLUMN throttle_key,
     DROP COLUMN concurrency_keys,

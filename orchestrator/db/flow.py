@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.runs import CLAIM_RETURNING, CLAIM_SET, ClaimedRun
@@ -52,27 +53,35 @@ def running(conn: Conn, function_id: str) -> tuple[datetime, list[tuple[list[str
     return rows[0][0], [(row[1], int(row[2])) for row in rows if row[2]]
 
 
-def _candidates_sql(fair: str | None, priority: bool) -> str:
+def _candidates_sql(fair: bool, priority: bool) -> str:
     where = (
         f"function_id = %(fid)s AND {_DUE} AND due_at <= now() "
         "AND cancel_requested_at IS NULL AND (crashes > 0) = %(suspects)s"
     )
     order = "priority DESC, due_at, id" if priority else "due_at, id"
-    columns = "id::text, concurrency_keys, throttle_key, started_at IS NULL"
-    if fair is None:
+    columns = "id::text, concurrency_keys, throttle_key, started_at IS NULL, priority, due_at"
+    if not fair:
         return f"SELECT {columns} FROM orchestrator.runs WHERE {where} ORDER BY {order} LIMIT %(n)s"
-    # Due runs are ranked within their key, and a claim considers every key's first-ranked
-    # runs before any key's next ones: a key with a long queue holds at most its limit, and
-    # cannot push the other keys' runs out of the candidates the claim reads.
+    # Every key's first runs: the keys with due-status runs by a skip scan of runs_flow_key
+    # (one index probe per key, however long a key's queue), then each key's first
+    # `per_key` due runs from the same index.
     return f"""
-        SELECT {columns} FROM (
-            SELECT id, concurrency_keys, throttle_key, started_at, priority, due_at,
-                   row_number() OVER (PARTITION BY {fair} ORDER BY {order}) AS rank
-            FROM orchestrator.runs WHERE {where}
-        ) due
-        WHERE rank <= %(per_key)s
-        ORDER BY rank, {order}
-        LIMIT %(n)s
+        WITH RECURSIVE keys(k) AS (
+            (SELECT flow_key FROM orchestrator.runs
+             WHERE function_id = %(fid)s AND flow_key IS NOT NULL AND {_DUE}
+             ORDER BY flow_key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT r.flow_key FROM orchestrator.runs r
+                    WHERE r.function_id = %(fid)s AND r.flow_key > keys.k AND r.{_DUE}
+                    ORDER BY r.flow_key LIMIT 1)
+            FROM keys WHERE keys.k IS NOT NULL
+        )
+        SELECT head.* FROM keys CROSS JOIN LATERAL (
+            SELECT {columns}, flow_key FROM orchestrator.runs
+            WHERE {where} AND flow_key = keys.k
+            ORDER BY {order} LIMIT %(per_key)s
+        ) head
+        WHERE keys.k IS NOT NULL
         """
 
 
@@ -81,22 +90,50 @@ def candidates(
     function_id: str,
     *,
     limit: int,
-    fair: str | None = None,
+    fair: bool = False,
     per_key: int = 1,
     priority: bool = False,
     suspects: bool = False,
 ) -> list[Candidate]:
     """Due runs of the function in claim order: by priority (if it has one), then by due
-    time. `fair` is "concurrency:N" (the Nth concurrency key, 1-based) or "throttle": runs
-    then take turns by that key, at most `per_key` of each."""
-    column = None
-    if fair == "throttle":
-        column = "coalesce(throttle_key, '')"
-    elif fair is not None:
-        column = f"coalesce(concurrency_keys[{int(fair.split(':')[1])}], '')"
+    time. With `fair`, runs take turns by their `flow_key`: they are ranked within their
+    key, and every key's first-ranked runs come before any key's next ones (at most
+    `per_key` of each key), so a key with a long queue cannot push the other keys' runs out
+    of the candidates."""
     params = {"fid": function_id, "suspects": suspects, "n": limit, "per_key": per_key}
-    rows = driver(conn).execute(_candidates_sql(column, priority), params).fetchall()
-    return [Candidate(*row) for row in rows]
+    rows = driver(conn).execute(_candidates_sql(fair, priority), params).fetchall()
+    if fair:
+        rows = _by_rank(rows, priority)[:limit]
+    return [Candidate(*row[:4]) for row in rows]
+
+
+def _by_rank(rows: list[Any], priority: bool) -> list[Any]:
+    """Rows of several keys, each key's together and in claim order → every key's first,
+    then every key's second, … (within a rank: priority, due time, id)."""
+    ranked = []
+    previous: Any = None
+    rank = 0
+    for row in rows:
+        key = row[6]  # the lateral join keeps each key's rows together
+        rank = rank + 1 if rank and key == previous else 1
+        previous = key
+        ranked.append((rank, -row[4] if priority else 0, row[5], row[0], row))
+    return [item[-1] for item in sorted(ranked, key=lambda item: item[:4])]
+
+
+def backfill_flow_keys(conn: Conn, function_id: str) -> int:
+    """Give the due runs of a function without a `flow_key` (made before the function had a
+    keyed limit, or by a daemon running older code) the empty key, so the fair claim sees
+    them."""
+    return (
+        driver(conn)
+        .execute(
+            f"UPDATE orchestrator.runs SET flow_key = '' WHERE function_id = %s "
+            f"AND flow_key IS NULL AND {_DUE}",
+            (function_id,),
+        )
+        .rowcount
+    )
 
 
 _CLAIM_IDS = f"""

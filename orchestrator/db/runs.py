@@ -42,6 +42,7 @@ class NewRun:
     concurrency_keys: list[str] | None = None
     throttle_key: str | None = None
     singleton_key: str | None = None
+    flow_key: str | None = None  # the key the function's runs take turns by (db/flow.py)
     skipped: dict[str, str] | None = None  # recorded as `skipped` with this error (flow control)
 
 
@@ -106,21 +107,21 @@ _CREATE = """
     WITH made AS (
         INSERT INTO orchestrator.runs
             (id, function_id, event_id, events, idempotency_key, parent_run_id, priority,
-             created_at, due_at, concurrency_keys, throttle_key, singleton_key, status, error,
-             finished_at)
+             created_at, due_at, concurrency_keys, throttle_key, singleton_key, flow_key,
+             status, error, finished_at)
         SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
                -- a microsecond apart, in the order given, so runs made together are FIFO
                now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
                now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
                CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
                    ck::jsonb)) END,
-               tk, sk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
+               tk, sk, fk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
                CASE WHEN x IS NULL THEN NULL ELSE now() END
         FROM unnest(%(ids)s::text[], %(fids)s::text[], %(eids)s::text[], %(events)s::text[],
                     %(keys)s::text[], %(parents)s::text[], %(since)s::timestamptz[],
                     %(priorities)s::int[], %(ckeys)s::text[], %(tkeys)s::text[],
-                    %(skeys)s::text[], %(skips)s::text[]) WITH ORDINALITY
-             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, x, n)
+                    %(skeys)s::text[], %(fkeys)s::text[], %(skips)s::text[]) WITH ORDINALITY
+             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, fk, x, n)
         ON CONFLICT DO NOTHING
         RETURNING id, function_id, events, idempotency_key, status
     ),
@@ -186,6 +187,7 @@ def create_many_sent(
         "ckeys": [_json_or_none(r.concurrency_keys) for r in new_runs],
         "tkeys": [r.throttle_key for r in new_runs],
         "skeys": [r.singleton_key for r in new_runs],
+        "fkeys": [r.flow_key for r in new_runs],
         "skips": [_json_or_none(r.skipped) for r in new_runs],
         "c_fids": [w.function_id for w in watches],
         "c_ns": [w.index for w in watches],

@@ -162,6 +162,7 @@ runs = Table(
     Column("concurrency_keys", ARRAY(Text)),
     Column("throttle_key", Text),
     Column("singleton_key", Text),
+    Column("flow_key", Text),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
     Index(
         "runs_due",
@@ -203,6 +204,14 @@ runs = Table(
         postgresql_where=text(_in("status", ACTIVE_DUE_STATUSES)),
     ),
     Index("runs_running", "function_id", postgresql_where=text("status = 'running'")),
+    Index(
+        "runs_flow_key",
+        "function_id",
+        "flow_key",
+        "due_at",
+        "id",
+        postgresql_where=text("flow_key IS NOT NULL AND " + _in("status", ACTIVE_DUE_STATUSES)),
+    ),
     Index(
         "runs_singleton",
         "function_id",

@@ -31,6 +31,7 @@ from orchestrator.functions import FunctionDef
 from orchestrator.runtime.gcra import Rate
 
 FAIR_CANDIDATES = 1000  # due runs read per claim when runs take turns by key
+BACKFILL_EVERY = 60.0  # seconds between looks for due runs without a flow_key
 THROTTLE_SLICE = 0.001  # seconds of a fast throttle's starts one claim may take at once
 
 
@@ -69,6 +70,7 @@ class FlowClaimer:
         self._not_before: dict[str, float] = {}  # monotonic time of a function's next look
         self._mine: dict[str, str] = {}  # run id → function id, of the runs claimed here
         self._start = 0
+        self._backfilled: dict[str, float] = {}  # fair function → next flow_key backfill
 
     # -- when to look again (called from other threads too) ------------------------------
 
@@ -142,8 +144,11 @@ class FlowClaimer:
             retry_in = (
                 self._form_runs(conn, fid, policy) if policy.buffers and not suspects else None
             )
-            now, executing = flow.running(conn, fid)
             fair, per_key = _fairness(policy)
+            if fair and not suspects and time.monotonic() >= self._backfilled.get(fid, 0.0):
+                flow.backfill_flow_keys(conn, fid)
+                self._backfilled[fid] = time.monotonic() + BACKFILL_EVERY
+            now, executing = flow.running(conn, fid)
             candidates = flow.candidates(
                 conn,
                 fid,
@@ -211,14 +216,15 @@ class FlowClaimer:
         )
 
 
-def _fairness(policy: FlowPolicy) -> tuple[str | None, int]:
-    """By which key due runs take turns, and how many of one key can be taken at once."""
+def _fairness(policy: FlowPolicy) -> tuple[bool, int]:
+    """Whether due runs take turns by key (`runs.flow_key`: the first keyed concurrency
+    constraint's key, else the throttle's), and how many of one key can be taken at once."""
     keyed = policy.keyed_concurrency
     if keyed is not None:
-        return f"concurrency:{keyed + 1}", policy.concurrency[keyed][0]
+        return True, policy.concurrency[keyed][0]
     if policy.throttle is not None and policy.throttle.key is not None:
-        return "throttle", policy.throttle.burst
-    return None, 1
+        return True, policy.throttle.burst
+    return False, 1
 
 
 def _rate(policy: FlowPolicy) -> Rate | None:

@@ -58,7 +58,7 @@ def claimers(db: Database) -> Iterator[list[FlowClaimer]]:
 def _queue(db: Database, fid: str, keys: list[str | None]) -> list[str]:
     with db.transaction() as conn:
         new = [
-            runs.NewRun(fid, [{"i": i}], concurrency_keys=None if k is None else [k])
+            runs.NewRun(fid, [{"i": i}], concurrency_keys=None if k is None else [k], flow_key=k)
             for i, k in enumerate(keys)
         ]
         return runs.create_many(conn, new)
@@ -109,13 +109,41 @@ def test_flow_claim__keys_take_turns(db: Database, claimers: list[FlowClaimer]) 
     assert len(claimed) == 4
 
 
+def test_flow_claim__runs_without_a_flow_key_are_not_left_behind(
+    db: Database, claimers: list[FlowClaimer]
+) -> None:
+    _queue(db, "keyed", ["a"])
+    execute(db, "INSERT INTO orchestrator.runs (function_id) VALUES ('keyed')")  # older code
+    assert len(claimers[0].claim(10)) == 2  # "a", and the empty key
+
+
+def test_flow_claim__keyed_candidates_skip_scan_the_keys(db: Database) -> None:
+    _queue(db, "keyed", [f"k{i % 20}" for i in range(400)])
+    execute(db, "ANALYZE orchestrator.runs")
+    with db.transaction() as conn:
+        set_local(conn, runs.CLAIM_SETTINGS)
+        params = {"fid": "keyed", "suspects": False, "n": 100, "per_key": 1}
+        plan = (
+            driver(conn)
+            .execute("EXPLAIN (ANALYZE, FORMAT JSON) " + flow._candidates_sql(True, False), params)
+            .fetchone()
+        )
+        got = flow.candidates(conn, "keyed", limit=100, fair=True, per_key=1)
+    assert "runs_flow_key" in json.dumps(plan)
+    assert "Seq Scan" not in json.dumps(plan)
+    assert len(got) == 20  # one per key
+    assert sorted(c.concurrency_keys[0] for c in got if c.concurrency_keys) == sorted(
+        f"k{i}" for i in range(20)
+    )
+
+
 def test_flow_claim__candidates_walk_the_function_due_index(db: Database) -> None:
     _queue(db, "limited", [None] * 50)
     execute(db, "ANALYZE orchestrator.runs")
     with db.transaction() as conn:
         raw = driver(conn)
         set_local(conn, runs.CLAIM_SETTINGS)  # as on the daemon's claim connection
-        sql = flow._candidates_sql(None, False)
+        sql = flow._candidates_sql(False, False)
         params = {"fid": "limited", "suspects": False, "n": 10, "per_key": 1}
         plan = "\n".join(r[0] for r in raw.execute("EXPLAIN " + sql, params).fetchall())
     assert "runs_function_due" in plan
