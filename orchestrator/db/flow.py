@@ -53,34 +53,44 @@ def running(conn: Conn, function_id: str) -> tuple[datetime, list[tuple[list[str
     return rows[0][0], [(row[1], int(row[2])) for row in rows if row[2]]
 
 
-def _candidates_sql(fair: bool, priority: bool) -> str:
-    where = (
-        f"function_id = %(fid)s AND {_DUE} AND due_at <= now() "
-        "AND cancel_requested_at IS NULL AND (crashes > 0) = %(suspects)s"
+_WHERE_DUE = (
+    f"function_id = %(fid)s AND {_DUE} AND due_at <= now() "
+    "AND cancel_requested_at IS NULL AND (crashes > 0) = %(suspects)s"
+)
+_COLUMNS = "id::text, concurrency_keys, throttle_key, started_at IS NULL, priority, due_at"
+
+
+def _order(priority: bool) -> str:
+    return "priority DESC, due_at, id" if priority else "due_at, id"
+
+
+def _candidates_sql(priority: bool) -> str:
+    return (
+        f"SELECT {_COLUMNS} FROM orchestrator.runs WHERE {_WHERE_DUE} "
+        f"ORDER BY {_order(priority)} LIMIT %(n)s"
     )
-    order = "priority DESC, due_at, id" if priority else "due_at, id"
-    columns = "id::text, concurrency_keys, throttle_key, started_at IS NULL, priority, due_at"
-    if not fair:
-        return f"SELECT {columns} FROM orchestrator.runs WHERE {where} ORDER BY {order} LIMIT %(n)s"
-    # Every key's first runs: the keys with due-status runs by a skip scan of runs_flow_key
-    # (one index probe per key, however long a key's queue), then each key's first
-    # `per_key` due runs from the same index.
+
+
+def _heads_sql(priority: bool, *, after: bool) -> str:
+    # The keys in order from the first after `after`, by a skip scan of runs_flow_key (one
+    # index probe per key, however long its queue), and each key's first due runs.
+    start = "AND flow_key > %(after)s" if after else "AND flow_key IS NOT NULL"
     return f"""
-        WITH RECURSIVE keys(k) AS (
-            (SELECT flow_key FROM orchestrator.runs
-             WHERE function_id = %(fid)s AND flow_key IS NOT NULL AND {_DUE}
+        WITH RECURSIVE keys(k, n) AS (
+            (SELECT flow_key, 1 FROM orchestrator.runs
+             WHERE function_id = %(fid)s {start} AND {_DUE}
              ORDER BY flow_key LIMIT 1)
             UNION ALL
             SELECT (SELECT r.flow_key FROM orchestrator.runs r
                     WHERE r.function_id = %(fid)s AND r.flow_key > keys.k AND r.{_DUE}
-                    ORDER BY r.flow_key LIMIT 1)
-            FROM keys WHERE keys.k IS NOT NULL
+                    ORDER BY r.flow_key LIMIT 1), keys.n + 1
+            FROM keys WHERE keys.k IS NOT NULL AND keys.n < %(keys)s
         )
-        SELECT head.* FROM keys CROSS JOIN LATERAL (
-            SELECT {columns}, flow_key FROM orchestrator.runs
-            WHERE {where} AND flow_key = keys.k
-            ORDER BY {order} LIMIT %(per_key)s
-        ) head
+        SELECT head.*, keys.k, keys.n FROM keys LEFT JOIN LATERAL (
+            SELECT {_COLUMNS} FROM orchestrator.runs
+            WHERE {_WHERE_DUE} AND flow_key = keys.k
+            ORDER BY {_order(priority)} LIMIT %(per_key)s
+        ) head ON true
         WHERE keys.k IS NOT NULL
         """
 
@@ -90,31 +100,59 @@ def candidates(
     function_id: str,
     *,
     limit: int,
-    fair: bool = False,
-    per_key: int = 1,
     priority: bool = False,
     suspects: bool = False,
 ) -> list[Candidate]:
     """Due runs of the function in claim order: by priority (if it has one), then by due
-    time. With `fair`, runs take turns by their `flow_key`: they are ranked within their
-    key, and every key's first-ranked runs come before any key's next ones (at most
-    `per_key` of each key), so a key with a long queue cannot push the other keys' runs out
-    of the candidates."""
-    params = {"fid": function_id, "suspects": suspects, "n": limit, "per_key": per_key}
-    rows = driver(conn).execute(_candidates_sql(fair, priority), params).fetchall()
-    if fair:
-        rows = _by_rank(rows, priority)[:limit]
+    time."""
+    params = {"fid": function_id, "suspects": suspects, "n": limit}
+    rows = driver(conn).execute(_candidates_sql(priority), params).fetchall()
     return [Candidate(*row[:4]) for row in rows]
 
 
+def fair_candidates(
+    conn: Conn,
+    function_id: str,
+    *,
+    after: str | None,
+    keys: int,
+    per_key: int,
+    priority: bool = False,
+    suspects: bool = False,
+) -> tuple[list[Candidate], str | None]:
+    """Due runs taking turns by key (`runs.flow_key`): the keys from the first after `after`
+    (from the first key if None), wrapping around, `keys` of them at most, and at most
+    `per_key` runs of each, ranked so that every key's first runs come before any key's
+    next ones. Returns them and the last key read, where the next call goes on from."""
+    params = {"fid": function_id, "suspects": suspects, "per_key": per_key, "keys": keys}
+    sql = _heads_sql(priority, after=after is not None)
+    rows = driver(conn).execute(sql, {**params, "after": after}).fetchall()
+    read = len({row[-1] for row in rows})  # keys read (each row carries its key's ordinal)
+    last = _last_key(rows) if read >= keys else None
+    if after is not None and read < keys:  # wrap around to the first keys
+        params["keys"] = keys - read
+        more = driver(conn).execute(_heads_sql(priority, after=False), params).fetchall()
+        seen = {row[-2] for row in rows}
+        wrapped = [row for row in more if row[-2] not in seen]
+        rows = wrapped + rows
+        last = _last_key(wrapped)
+    return [Candidate(*row[:4]) for row in _by_rank(rows, priority)], last
+
+
+def _last_key(rows: list[Any]) -> str | None:
+    return str(max(rows, key=lambda row: row[-1])[-2]) if rows else None
+
+
 def _by_rank(rows: list[Any], priority: bool) -> list[Any]:
-    """Rows of several keys, each key's together and in claim order → every key's first,
-    then every key's second, … (within a rank: priority, due time, id)."""
+    """Each key's rows together and in claim order → every key's first, then every key's
+    second, … (within a rank: priority, due time, id); keys without a due run left out."""
     ranked = []
     previous: Any = None
     rank = 0
     for row in rows:
-        key = row[6]  # the lateral join keeps each key's rows together
+        if row[0] is None:  # a key whose runs are not due
+            continue
+        key = row[-2]
         rank = rank + 1 if rank and key == previous else 1
         previous = key
         ranked.append((rank, -row[4] if priority else 0, row[5], row[0], row))

@@ -30,7 +30,7 @@ from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 from orchestrator.runtime.gcra import Rate
 
-FAIR_CANDIDATES = 1000  # due runs read per claim when runs take turns by key
+FAIR_KEYS = 256  # keys read per claim when runs take turns by key (then the next ones)
 BACKFILL_EVERY = 60.0  # seconds between looks for due runs without a flow_key
 THROTTLE_SLICE = 0.001  # seconds of a fast throttle's starts one claim may take at once
 
@@ -71,6 +71,7 @@ class FlowClaimer:
         self._mine: dict[str, str] = {}  # run id → function id, of the runs claimed here
         self._start = 0
         self._backfilled: dict[str, float] = {}  # fair function → next flow_key backfill
+        self._after: dict[str, str | None] = {}  # fair function → the last key its claim read
 
     # -- when to look again (called from other threads too) ------------------------------
 
@@ -149,15 +150,21 @@ class FlowClaimer:
                 flow.backfill_flow_keys(conn, fid)
                 self._backfilled[fid] = time.monotonic() + BACKFILL_EVERY
             now, executing = flow.running(conn, fid)
-            candidates = flow.candidates(
-                conn,
-                fid,
-                limit=FAIR_CANDIDATES if fair else room,
-                fair=fair,
-                per_key=per_key,
-                priority=policy.priority is not None,
-                suspects=suspects,
-            )
+            priority = policy.priority is not None
+            if fair:
+                candidates, self._after[fid] = flow.fair_candidates(
+                    conn,
+                    fid,
+                    after=self._after.get(fid),
+                    keys=FAIR_KEYS,
+                    per_key=per_key,
+                    priority=priority,
+                    suspects=suspects,
+                )
+            else:
+                candidates = flow.candidates(
+                    conn, fid, limit=room, priority=priority, suspects=suspects
+                )
             throttle = _rate(policy)
             fresh_keys = [c.throttle_key or "" for c in candidates if c.fresh]
             state = (

@@ -118,23 +118,35 @@ def test_flow_claim__runs_without_a_flow_key_are_not_left_behind(
 
 
 def test_flow_claim__keyed_candidates_skip_scan_the_keys(db: Database) -> None:
-    _queue(db, "keyed", [f"k{i % 20}" for i in range(400)])
+    _queue(db, "keyed", [f"k{i % 20:02}" for i in range(400)])
     execute(db, "ANALYZE orchestrator.runs")
     with db.transaction() as conn:
         set_local(conn, runs.CLAIM_SETTINGS)
-        params = {"fid": "keyed", "suspects": False, "n": 100, "per_key": 1}
+        params = {"fid": "keyed", "suspects": False, "per_key": 1, "keys": 256, "after": None}
         plan = (
             driver(conn)
-            .execute("EXPLAIN (ANALYZE, FORMAT JSON) " + flow._candidates_sql(True, False), params)
+            .execute("EXPLAIN (FORMAT JSON) " + flow._heads_sql(False, after=False), params)
             .fetchone()
         )
-        got = flow.candidates(conn, "keyed", limit=100, fair=True, per_key=1)
+        got, last = flow.fair_candidates(conn, "keyed", after=None, keys=256, per_key=1)
     assert "runs_flow_key" in json.dumps(plan)
     assert "Seq Scan" not in json.dumps(plan)
-    assert len(got) == 20  # one per key
-    assert sorted(c.concurrency_keys[0] for c in got if c.concurrency_keys) == sorted(
-        f"k{i}" for i in range(20)
-    )
+    assert sorted(c.concurrency_keys[0] for c in got if c.concurrency_keys) == [
+        f"k{i:02}" for i in range(20)
+    ]  # one run of each key
+    assert last is None  # every key was read: the next claim starts from the first again
+
+
+def test_flow_claim__keyed_candidates_go_round_the_keys(db: Database) -> None:
+    _queue(db, "keyed", [f"k{i:02}" for i in range(30)])
+    seen: list[str] = []
+    after = None
+    with db.transaction() as conn:
+        for _ in range(4):
+            got, after = flow.fair_candidates(conn, "keyed", after=after, keys=8, per_key=1)
+            assert len(got) == 8
+            seen += [c.concurrency_keys[0] for c in got if c.concurrency_keys]
+    assert set(seen) == {f"k{i:02}" for i in range(30)}  # 4 claims of 8 keys: all 30, wrapped
 
 
 def test_flow_claim__candidates_walk_the_function_due_index(db: Database) -> None:
@@ -143,8 +155,8 @@ def test_flow_claim__candidates_walk_the_function_due_index(db: Database) -> Non
     with db.transaction() as conn:
         raw = driver(conn)
         set_local(conn, runs.CLAIM_SETTINGS)  # as on the daemon's claim connection
-        sql = flow._candidates_sql(False, False)
-        params = {"fid": "limited", "suspects": False, "n": 10, "per_key": 1}
+        sql = flow._candidates_sql(False)
+        params = {"fid": "limited", "suspects": False, "n": 10}
         plan = "\n".join(r[0] for r in raw.execute("EXPLAIN " + sql, params).fetchall())
     assert "runs_function_due" in plan
 
