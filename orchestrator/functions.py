@@ -22,7 +22,7 @@ from croniter import croniter
 
 from orchestrator.errors import ExpressionError, RegistrationError
 from orchestrator.expressions import compile_expression
-from orchestrator.flow import FlowOptions, flow_options
+from orchestrator.flow import FlowOptions, FlowPolicy, flow_options
 
 if TYPE_CHECKING:
     from orchestrator.context import Context
@@ -257,6 +257,10 @@ class FunctionDef:
             "on_failure": self.on_failure_id,
             **self.flow.describe(),
         }
+
+    def policy(self) -> FlowPolicy:
+        """Its flow control, compiled (as the daemon reads it back from `functions.options`)."""
+        return FlowPolicy.from_options(self.describe())
 
     def source_hash(self) -> str:
         try:

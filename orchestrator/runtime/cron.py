@@ -17,7 +17,6 @@ from typing import Any
 from orchestrator.db import flow, functions, runs
 from orchestrator.db.database import Database
 from orchestrator.db.session import notify_runs
-from orchestrator.flow import FlowPolicy
 from orchestrator.functions import CRON_EVENT_NAME, CronTrigger, FunctionDef
 
 
@@ -25,9 +24,7 @@ class CronScheduler:
     def __init__(self, db: Database, registry: dict[str, FunctionDef], log: Any) -> None:
         self.db = db
         self.crons = {fid: f.cron_trigger for fid, f in registry.items() if f.cron_trigger}
-        self.policies = {
-            fid: FlowPolicy.from_options(registry[fid].describe()) for fid in self.crons
-        }
+        self.policies = {fid: registry[fid].policy() for fid in self.crons}
         self.log = log
 
     def register(self) -> None:

@@ -57,7 +57,7 @@ class FlowClaimer:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.log = log
-        self.policies = {fid: FlowPolicy.from_options(f.describe()) for fid, f in registry.items()}
+        self.policies = {fid: f.policy() for fid, f in registry.items()}
         self.function_ids = sorted(fid for fid, p in self.policies.items() if p.claims)
         self.watches = {
             fid: [

@@ -23,7 +23,6 @@ from orchestrator.db.database import Database
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute
 from orchestrator.engine.store import RunStore
-from orchestrator.flow import FlowPolicy
 from orchestrator.runtime.loader import load_app
 
 _PR_SET_PDEATHSIG = 1
@@ -80,7 +79,7 @@ class Worker:
         busy: Any = None,
     ) -> None:
         self.functions = functions
-        self.policies = {fid: FlowPolicy.from_options(f.describe()) for fid, f in functions.items()}
+        self.policies = {fid: f.policy() for fid, f in functions.items()}
         self.busy = busy
         self.store = store
         self.cfg = cfg

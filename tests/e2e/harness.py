@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,19 @@ def finished_run(url: str, event_id: str, timeout: float = 30.0) -> dict[str, An
     rows = eventually(check, timeout=timeout, what=f"run of event {event_id} finished")
     run_id, status, output, error = rows[0]
     return {"id": run_id, "status": status, "output": output, "error": error}
+
+
+def start_both(
+    daemon_factory: Callable[..., DaemonProcess], app: str, **config: Any
+) -> list[DaemonProcess]:
+    """Two daemons serving `app` against one database, started side by side."""
+    daemons = [daemon_factory(app, start=False, **config) for _ in range(2)]
+    for d in daemons:
+        d.start(wait=False)
+    for d in daemons:
+        d.wait_serving()
+    return daemons
+
+
+def count(url: str, query: str, params: Any = None) -> int:
+    return int(scalar(url, query, params))

@@ -12,7 +12,6 @@ import itertools
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from orchestrator import Orchestrator
 from tests.conftest import eventually
-from tests.e2e.harness import DaemonProcess, scalar, send, sql
+from tests.e2e.harness import DaemonProcess, count, scalar, send, sql, start_both
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -30,20 +29,6 @@ APP = "tests.e2e.apps.flowcontrol:app"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def start_both(daemon_factory: Callable[..., DaemonProcess], **config: Any) -> list[DaemonProcess]:
-    """Two daemons serving the flow-control app (started side by side)."""
-    daemons = [daemon_factory(APP, start=False, **config) for _ in range(2)]
-    for d in daemons:
-        d.start(wait=False)
-    for d in daemons:
-        d.wait_serving()
-    return daemons
-
-
-def count(url: str, query: str, params: Any = None) -> int:
-    return int(scalar(url, query, params))
 
 
 def insert_events(url: str, name: str, n: int, data_sql: str) -> None:
@@ -173,7 +158,7 @@ def send_concurrently(url: str, name: str, data: dict[str, Any], n: int, threads
 def test_concurrency__1000_runs__never_more_than_3_running_across_two_daemons(
     e2e_url, daemon_factory
 ):
-    daemons = start_both(daemon_factory)
+    daemons = start_both(daemon_factory, APP)
     total = 1000
     with Sampler(
         e2e_url,
@@ -203,7 +188,7 @@ def test_concurrency__1000_runs__never_more_than_3_running_across_two_daemons(
 
 @pytest.mark.timeout(120)
 def test_concurrency_key__one_per_key__busy_key_does_not_starve_the_others(e2e_url, daemon_factory):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     keys, per_key, busy_extra = 50, 6, 100
     hold = "0.02"
     with Sampler(
@@ -273,7 +258,7 @@ def test_concurrency_key__one_per_key__busy_key_does_not_starve_the_others(e2e_u
 def test_throttle__10_per_second__100_runs_spread_over_9s_never_more_than_10_in_1s(
     e2e_url, daemon_factory
 ):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     insert_events(e2e_url, "fc/throttled", 100, "jsonb_build_object('n', g)")
     wait_completed(e2e_url, "throttled", 100, timeout=90)
 
@@ -294,7 +279,7 @@ def test_throttle__10_per_second__100_runs_spread_over_9s_never_more_than_10_in_
 
 @pytest.mark.timeout(90)
 def test_rate_limit__5_per_minute__20_events__5_run_15_skipped(e2e_url, daemon_factory):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     # one statement per event, so that both daemons take part in ingesting them
     for n in range(20):
         send(e2e_url, "fc/rate-limited", {"n": n})
@@ -344,7 +329,7 @@ def test_rate_limit__5_per_minute__20_events__5_run_15_skipped(e2e_url, daemon_f
 def test_debounce__50_events_in_half_a_second__one_run_with_the_last_event_1s_later(
     e2e_url, daemon_factory
 ):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     sent = []
     for n in range(50):
         sent.append(send(e2e_url, "fc/debounced", {"n": n}))
@@ -380,7 +365,7 @@ def test_debounce__50_events_in_half_a_second__one_run_with_the_last_event_1s_la
 
 @pytest.mark.timeout(90)
 def test_batch__250_events__runs_of_100_100_and_50_after_the_timeout(e2e_url, daemon_factory):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     insert_events(e2e_url, "fc/batched", 250, "jsonb_build_object('n', g)")
     ids = {i for (i,) in sql(e2e_url, "SELECT id FROM orchestrator.events")}
     received = scalar(e2e_url, "SELECT max(received_at) FROM orchestrator.events")
@@ -413,7 +398,7 @@ def test_batch__250_events__runs_of_100_100_and_50_after_the_timeout(e2e_url, da
 
 @pytest.mark.timeout(90)
 def test_idempotency__100_concurrent_sends_of_one_order__exactly_one_run(e2e_url, daemon_factory):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     send_concurrently(e2e_url, "fc/idempotent", {"order_id": "order-1"}, 100)
     all_ingested(e2e_url)
     wait_completed(e2e_url, "idempotent", 1)
@@ -432,7 +417,7 @@ def test_idempotency__100_concurrent_sends_of_one_order__exactly_one_run(e2e_url
 def test_singleton_skip__100_concurrent_sends_while_active__one_run_99_skipped(
     e2e_url, daemon_factory
 ):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     send_concurrently(e2e_url, "fc/singleton", {"user": "u1", "hold": 3.0}, 100)
     all_ingested(e2e_url)
     # the premise: every event was ingested while the first run was still active
@@ -462,7 +447,7 @@ def test_singleton_skip__100_concurrent_sends_while_active__one_run_99_skipped(
 def test_singleton_cancel__new_event_cancels_the_active_run__new_run_completes(
     e2e_url, daemon_factory
 ):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     first_event = send(e2e_url, "fc/singleton-cancel", {"user": "u1", "ticks": 300})
     first = eventually(
         lambda: scalar(
@@ -517,7 +502,7 @@ def test_singleton_cancel__new_event_cancels_the_active_run__new_run_completes(
 
 @pytest.mark.timeout(120)
 def test_priority__pro_run_is_claimed_before_500_queued_low_priority_runs(e2e_url, daemon_factory):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
     holder_event = send(e2e_url, "fc/prioritized", {"plan": "free", "gate": "priority"})
     holder = eventually(
         lambda: scalar(
@@ -580,7 +565,7 @@ def test_priority__pro_run_is_claimed_before_500_queued_low_priority_runs(e2e_ur
 def test_cron_overlap_skip__every_second_with_2_5s_body__runs_never_overlap(
     e2e_url, daemon_factory
 ):
-    daemons = start_both(daemon_factory)
+    daemons = start_both(daemon_factory, APP)
     eventually(
         lambda: statuses(e2e_url, "slow-cron").get("completed", 0) >= 2,
         timeout=40,
@@ -618,7 +603,7 @@ def test_cron_overlap_skip__every_second_with_2_5s_body__runs_never_overlap(
 def test_timeouts__finish_cancels_a_long_run__start_cancels_runs_queued_behind_it(
     e2e_url, daemon_factory
 ):
-    daemons = start_both(daemon_factory)
+    daemons = start_both(daemon_factory, APP)
     long_event = send(e2e_url, "fc/timed", {"hold": 5})
     long_run = eventually(
         lambda: scalar(
@@ -679,7 +664,7 @@ def test_timeouts__finish_cancels_a_long_run__start_cancels_runs_queued_behind_i
 def test_run_queue__shows_concurrency_limited_throttled_debouncing_and_batching(
     e2e_url, daemon_factory
 ):
-    start_both(daemon_factory)
+    start_both(daemon_factory, APP)
 
     def reasons(function_id: str) -> list[tuple[Any, ...]]:
         return sql(

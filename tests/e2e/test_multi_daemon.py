@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from tests.conftest import eventually
-from tests.e2e.harness import DaemonProcess, scalar, sql
+from tests.e2e.harness import count, scalar, sql, start_both
+
+FLOWS = "tests.e2e.apps.flows:app"
 
 pytestmark = pytest.mark.e2e
 
@@ -17,25 +19,10 @@ CRON_APP = "tests.e2e.apps.crons:app"
 TICK = timedelta(seconds=2)
 
 
-def start_both(
-    daemon_factory, app: str = "tests.e2e.apps.flows:app", **config
-) -> list[DaemonProcess]:
-    daemons = [daemon_factory(app, start=False, **config) for _ in range(2)]
-    for d in daemons:
-        d.start(wait=False)
-    for d in daemons:
-        d.wait_serving()
-    return daemons
-
-
-def count(url: str, query: str, params: tuple[object, ...] | None = None) -> int:
-    return int(scalar(url, query, params))
-
-
 @pytest.mark.timeout(150)
 def test_two_daemons__1000_runs__all_complete_no_step_twice(e2e_url, daemon_factory):
     total = 1000
-    daemons = start_both(daemon_factory, concurrency=8)
+    daemons = start_both(daemon_factory, FLOWS, concurrency=8)
 
     started = time.monotonic()
     sql(
