@@ -35,6 +35,7 @@ RUN_STATUSES = (
     "cancelled",
     "skipped",
 )
+RUN_ORIGINS = ("replay", "fork")
 ACTIVE_DUE_STATUSES = ("queued", "sleeping", "waiting")
 ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting")
 LIMITER_KINDS = ("throttle", "rate_limit")
@@ -163,7 +164,11 @@ runs = Table(
     Column("throttle_key", Text),
     Column("singleton_key", Text),
     Column("flow_key", Text),
+    Column("origin", Text),
+    Column("origin_run_id", UUID(as_uuid=False)),
+    Column("resumes", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
+    CheckConstraint(_in("origin", RUN_ORIGINS), name="runs_origin"),
     Index(
         "runs_due",
         "due_at",
@@ -189,6 +194,9 @@ runs = Table(
     Index("runs_created", "created_at"),
     Index("runs_event", "event_id", postgresql_where=text("event_id IS NOT NULL")),
     Index("runs_parent", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL")),
+    Index(
+        "runs_origin_run", "origin_run_id", postgresql_where=text("origin_run_id IS NOT NULL")
+    ),
     Index(
         "runs_cancel_requested",
         "id",

@@ -16,7 +16,7 @@ RUN_OVERVIEW = [
     "recoveries", "priority", "parent_run_id", "daemon_id", "created_at", "started_at",
     "finished_at", "due_at", "queued_for", "duration", "error_code", "error_type",
     "error_message", "cancel_requested_at", "last_step", "last_step_kind", "last_step_status",
-    "steps",
+    "steps", "origin", "origin_run_id", "resumes",
 ]  # fmt: skip
 WAITING_RUNS = [
     "run_id", "function_id", "status", "step_id", "kind", "event_name", "match_path",
