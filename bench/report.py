@@ -3,9 +3,9 @@ of the same run, and the target.
 
     python bench/report.py
 
-Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json and flow.json
-(written by bench/throughput.py, bench/pickup.py, bench/waits.py and bench/flow.py) and prints
-one table. Rates are
+Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json, flow.json
+and retention.json (written by bench/throughput.py, bench/pickup.py, bench/waits.py,
+bench/flow.py and bench/retention.py) and prints one table. Rates are
 divided by the 1-client pgbench rate; latencies and per-step costs are expressed in pgbench
 1-client commit times (1 / its rate), so both read as "how many single-row commits is this
 worth".
@@ -32,6 +32,8 @@ def rows(
     idle: dict[str, Any] | None,
     waits: dict[str, Any] | None = None,
     flow: dict[str, Any] | None = None,
+    *,
+    retention: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str, str]]:
     base = float(tp["pgbench_1"])
     commit_ms = 1000.0 / base
@@ -142,7 +144,29 @@ def rows(
                 "report the time",
             )
         )
+    if retention:
+        out.extend(_retention_rows(retention, latency))
     return out
+
+
+def _retention_rows(r: dict[str, Any], latency: Any) -> list[tuple[str, str, str, str]]:
+    a, b, ratio, done = r["a_without_cleanup"], r["b_with_cleanup"], r["ratio_b_over_a"], r["pass"]
+    deleted = done["runs_completed"] + done["runs_failed"] + done["steps"] + done["events"]
+    return [
+        (
+            f"claim p50 / p99 ms while deleting {r['backlog']['runs']:,} old runs",
+            f"{b['p50_ms']} / {b['p99_ms']} (x{ratio['p50_ms']} / x{ratio['p99_ms']} of "
+            f"{a['p50_ms']} / {a['p99_ms']} without)",
+            latency(b["p99_ms"]),
+            "within 2 x of without",
+        ),
+        (
+            "retention pass: rows deleted, seconds",
+            f"{deleted:,} in {done['seconds']} s",
+            "",
+            "report the time",
+        ),
+    ]
 
 
 def main() -> int:
@@ -156,6 +180,7 @@ def main() -> int:
         _load("pickup-idle.json"),
         _load("waits.json"),
         _load("flow.json"),
+        retention=_load("retention.json"),
     )
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     header = ("figure", "measured", "ratio to baseline", "target")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator import codec
@@ -48,6 +48,7 @@ from orchestrator.functions import (
 
 if TYPE_CHECKING:
     from orchestrator.db.database import Database
+    from orchestrator.recovery import Recovery, Selection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -227,6 +228,71 @@ class Orchestrator:
         if status is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         return status
+
+    # -- recovery: replay, resume, fork (see orchestrator/recovery.py) --------------------
+
+    def replay(self, run_id: str) -> str:
+        """Start a new run of the same function from the same event(s) as `run_id`, with
+        fresh steps; returns the new run's id (its `origin_run_id` is `run_id`)."""
+        return self._recovery().replay(run_id)
+
+    def resume(self, run_id: str) -> str:
+        """Put a failed or cancelled run back in the queue: its completed steps are reused,
+        the step that failed it runs again with fresh retries. Returns the run's id; raises
+        `RunStateError` for a run in another state."""
+        return self._recovery().resume(run_id)
+
+    def fork(self, run_id: str, from_step: str, *, data: dict[str, Any] | None = None) -> str:
+        """Start a new run that reuses the steps `run_id` recorded before `from_step` and
+        executes from there, with `data` as its event data if given; returns its id."""
+        return self._recovery().fork(run_id, from_step, data)
+
+    def replay_runs(
+        self,
+        *,
+        function: str | None = None,
+        status: str | tuple[str, ...] = "failed",
+        since: datetime | timedelta | None = None,
+        until: datetime | timedelta | None = None,
+    ) -> list[str]:
+        """Replay every run of `function` with `status` that finished in [since, until) (a
+        timedelta counts back from now); returns the new runs' ids."""
+        return self._bulk("replay", _selection(function, status, since, until))
+
+    def resume_runs(
+        self,
+        *,
+        function: str | None = None,
+        status: str | tuple[str, ...] = "failed",
+        since: datetime | timedelta | None = None,
+        until: datetime | timedelta | None = None,
+    ) -> list[str]:
+        """Resume every run of `function` with `status` (failed or cancelled) that finished
+        in [since, until); returns the ids of the runs requeued."""
+        return self._bulk("resume", _selection(function, status, since, until))
+
+    def _bulk(self, verb: str, selection: Selection) -> list[str]:
+        recovery = self._recovery()
+        ids = recovery.select(selection)
+        act = recovery.replay_many if verb == "replay" else recovery.resume_many
+        return act(ids).done
+
+    def _recovery(self) -> Recovery:
+        from orchestrator.recovery import Recovery
+
+        return Recovery(self._database(), max_event_bytes=self.config.max_event_bytes)
+
+
+def _selection(
+    function: str | None,
+    status: str | tuple[str, ...],
+    since: datetime | timedelta | None,
+    until: datetime | timedelta | None,
+) -> Selection:
+    from orchestrator.recovery import Selection
+
+    statuses = (status,) if isinstance(status, str) else tuple(status)
+    return Selection(statuses, function, since, until)
 
 
 def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:

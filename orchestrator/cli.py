@@ -1,11 +1,16 @@
 """The `orchestrator` command line.
 
     orchestrator migrate
+    orchestrator roles [--apply] [--login] [--owner N] [--runtime N] [--readonly N]
     orchestrator run --app package.module:app
     orchestrator send NAME --data '{"k": 1}' [--id ID]
     orchestrator runs list [--status S] [--function F] [--limit N]
     orchestrator runs show RUN_ID
+    orchestrator runs cancel RUN_ID
+    orchestrator runs replay|resume RUN_ID   (or in bulk: --function F --status S --since 2h)
+    orchestrator runs fork RUN_ID --from-step STEP_ID [--data JSON]
     orchestrator functions
+    orchestrator gc [--completed S] [--failed S] [--events S] [--dry-run]
 
 Every command takes `--config PATH` and `--database-url URL`, prints readable tables in a
 terminal and JSON with `--json`, and exits non-zero with a one-line reason on errors.
@@ -15,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema (idempotent)")
+    roles = sub.add_parser(
+        "roles",
+        parents=[common],
+        help="print (or --apply) the SQL of the owner, runtime and read-only database roles",
+    )
+    roles.add_argument("--apply", action="store_true", help="run the SQL instead of printing it")
+    roles.add_argument("--login", action="store_true", help="give the roles LOGIN (no password)")
+    roles.add_argument("--owner", help="owner role (default: orchestrator_owner)")
+    roles.add_argument("--runtime", help="daemon role (default: orchestrator_runtime)")
+    roles.add_argument("--readonly", help="read-only role (default: orchestrator_readonly)")
 
     run = sub.add_parser("run", parents=[common], help="start the daemon")
     run.add_argument("--app", help="the app to serve, as package.module:attr")
@@ -60,13 +76,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("run_id", help="run id (or an unambiguous prefix)")
     cancel.add_argument("--reason", default="cancelled from the command line")
+    from orchestrator.cli_recovery import add_parsers
+
+    add_parsers(runs_sub, common)
 
     sub.add_parser("functions", parents=[common], help="list registered functions")
+
+    gc = sub.add_parser("gc", parents=[common], help="delete old runs, events and daemon rows now")
+    gc.add_argument("--completed", type=float, metavar="SECONDS", help="retain_completed")
+    gc.add_argument("--failed", type=float, metavar="SECONDS", help="retain_failed")
+    gc.add_argument("--events", type=float, metavar="SECONDS", help="retain_events")
+    gc.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from orchestrator import log
+    from orchestrator.redact import url_secrets
+
+    # before anything can fail: no message or log line may show the database password
+    log.hide(*url_secrets(getattr(args, "database_url", None) or ""))
+    log.hide(*url_secrets(os.environ.get("ORCHESTRATOR_DATABASE_URL", "")))
     try:
         args.json = getattr(args, "json", False)
         cfg = load_config(
@@ -76,14 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "app": getattr(args, "app", None),
                 "workers": getattr(args, "workers", None),
                 "concurrency": getattr(args, "concurrency", None),
+                "retain_completed": getattr(args, "completed", None),
+                "retain_failed": getattr(args, "failed", None),
+                "retain_events": getattr(args, "events", None),
             },
         )
-        from orchestrator import log
-
-        log.configure(cfg.log_format, cfg.log_level)
+        log.hide(*url_secrets(cfg.database_url))
+        log.configure(cfg.log_format, cfg.log_level, payloads=cfg.log_payloads)
         return _dispatch(args, cfg)
     except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {log.scrub_secrets(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -95,14 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, DatabaseError):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"error: database: {first}", file=sys.stderr)
+            print(f"error: database: {log.scrub_secrets(first)}", file=sys.stderr)
             return 1
         raise
 
 
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
-    if args.command == "run":
-        return _cmd_run(cfg)
+    if args.command in ("run", "roles"):  # they open (or need) no database of their own
+        return _cmd_run(cfg) if args.command == "run" else _cmd_roles(cfg, args)
     from orchestrator.db.connect import resolve_url
     from orchestrator.db.database import Database
 
@@ -121,16 +154,18 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from orchestrator.db.connect import check_schema
 
         check_schema(db.engine)
-        if args.command == "send":
-            return _cmd_send(db, cfg, args)
-        if args.command == "functions":
-            return _cmd_functions(db, args)
-        runs_commands = {
-            "list": _cmd_runs_list,
-            "show": _cmd_runs_show,
-            "cancel": _cmd_runs_cancel,
+        handlers: dict[str, Callable[[], int]] = {
+            "send": lambda: _cmd_send(db, cfg, args),
+            "functions": lambda: _cmd_functions(db, args),
+            "gc": lambda: _cmd_gc(db, cfg, args),
+            "list": lambda: _cmd_runs_list(db, args),
+            "show": lambda: _cmd_runs_show(db, args),
+            "cancel": lambda: _cmd_runs_cancel(db, args),
+            "replay": lambda: _cmd_recovery(db, cfg, args),
+            "resume": lambda: _cmd_recovery(db, cfg, args),
+            "fork": lambda: _cmd_recovery(db, cfg, args),
         }
-        return runs_commands[args.runs_command](db, args)
+        return handlers[args.runs_command if args.command == "runs" else args.command]()
     finally:
         db.dispose()
 
@@ -149,6 +184,40 @@ def _cmd_run(cfg: Config) -> int:
     url = resolve_url(cfg.database_url, cfg.embedded_data_dir)
     app.bind(url)
     return Daemon(app, cfg.app, url, cfg).run()
+
+
+def _cmd_roles(cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.db import roles
+    from orchestrator.db.connect import resolve_url
+    from orchestrator.db.database import Database
+
+    names = roles.Roles(
+        owner=args.owner or roles.DEFAULT_OWNER,
+        runtime=args.runtime or roles.DEFAULT_RUNTIME,
+        readonly=args.readonly or roles.DEFAULT_READONLY,
+    )
+    if not args.apply:
+        print(roles.script(names, login=args.login), end="")
+        return 0
+    url = resolve_url(cfg.database_url, cfg.embedded_data_dir)
+    db = Database(url, pool_size=1, application_name="orchestrator-cli")
+    try:
+        with db.transaction() as conn:
+            roles.apply(conn, names, login=args.login)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(names.__dict__ | {"login": args.login}))
+        return 0
+    print(
+        f"roles {names.owner} (owner), {names.runtime} (runtime) and {names.readonly} "
+        f"(read-only) are set up; the schema and its objects belong to {names.owner}"
+    )
+    if args.login:
+        print("they may log in: set their passwords in psql with \\password ROLE (none was set)")
+    else:
+        print("they cannot log in: grant them to login roles, or run again with --login")
+    return 0
 
 
 def _cmd_send(db: Any, cfg: Config, args: argparse.Namespace) -> int:
@@ -193,6 +262,44 @@ def _cmd_functions(db: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gc(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.runtime.retention import DAEMON_ROWS_KEPT, Cleaner, Policy
+
+    cleaner = Cleaner(db.url, Policy.from_config(cfg))
+    result = cleaner.backlog() if args.dry_run else cleaner.run_pass()
+    counts = result.counts()
+    ages = {
+        "completed": cfg.retain_completed,
+        "failed": cfg.retain_failed,
+        "events": cfg.retain_events,
+        "daemons": DAEMON_ROWS_KEPT,
+    }
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "retain": ages, **counts}))
+    else:
+        kept = ", ".join(f"{k} {_age(v)}" for k, v in ages.items())
+        print(f"{'would delete' if args.dry_run else 'deleted'} (keeping {kept}):")
+        _print_table(("ROWS", "COUNT"), [(k, f"{v:,}") for k, v in result.rows().items()])
+        batches = "" if args.dry_run else f" in {result.batches} batches"
+        print(f"took {result.seconds:.1f} s{batches}")
+    if result.error is not None:
+        from orchestrator import log
+
+        reason = log.scrub_secrets(result.error)
+        print(f"error: database: {reason} (the pass stopped there)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _age(seconds: float) -> str:
+    if not seconds:
+        return "forever"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:
     from orchestrator.db import runs
 
@@ -234,6 +341,12 @@ def _cmd_runs_cancel(db: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recovery(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator import cli_recovery
+
+    return cli_recovery.run(db, cfg, args)
+
+
 def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
     from orchestrator.db import runs, steps
     from orchestrator.errors import RunNotFoundError
@@ -261,6 +374,9 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
         "lease_owner",
         "parent_run_id",
         "cancel_requested_at",
+        "origin",
+        "origin_run_id",
+        "resumes",
     ):
         print(f"{key:<12} {_cell(getattr(run, key))}")
     if run.output is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
+from orchestrator.redact import url_password
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_CONFIG_FILE = "orchestrator.toml"
@@ -22,7 +23,7 @@ DEFAULT_CONFIG_FILE = "orchestrator.toml"
 
 @dataclass(frozen=True)
 class Config:
-    database_url: str = ""
+    database_url: str = dataclasses.field(default="", repr=False)  # may hold a password
     embedded_data_dir: str = ".orchestrator/pgdata"
     app: str = ""
     auto_migrate: bool = True
@@ -39,9 +40,16 @@ class Config:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_event_bytes: int = 1024 * 1024
     ingest_batch_size: int = 500
+    retain_completed: float = 7 * 86400.0
+    retain_failed: float = 30 * 86400.0
+    retain_events: float = 7 * 86400.0
+    retention_interval: float = 60.0
+    retention_batch_size: int = 50
     log_format: str = "auto"
     log_level: str = "info"
+    log_payloads: bool = False
     version: str = ""
+    http_address: str = ""
 
 
 _RULES: dict[str, tuple[float | None, str]] = {
@@ -58,7 +66,17 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "max_step_output_bytes": (1, "a positive number of bytes"),
     "max_event_bytes": (1, "a positive number of bytes"),
     "ingest_batch_size": (1, "at least 1"),
+    "retain_completed": (0.0, "0 (keep forever) or at least 60 seconds"),
+    "retain_failed": (0.0, "0 (keep forever) or at least 60 seconds"),
+    "retain_events": (0.0, "0 (keep forever) or at least 3600 seconds"),
+    "retention_interval": (0.1, "a positive number of seconds (e.g. 60)"),
+    "retention_batch_size": (1, "at least 1 (e.g. 50)"),
 }
+# Retention ages: 0 keeps forever, and a smaller age than this is refused. A finished run's
+# row is what makes a second attempt at creating it a no-op (its idempotency key); an event
+# must outlive the look-back of the waits that may still need it (a wait sees the events
+# received since its previous step began) and is the window of de-duplication by event id.
+_FLOORS = {"retain_completed": 60.0, "retain_failed": 60.0, "retain_events": 3600.0}
 _CHOICES = {
     "log_format": ("auto", "json", "console"),
     "log_level": ("debug", "info", "warning", "error"),
@@ -87,9 +105,13 @@ def _coerce(key: str, raw: Any, source: str) -> Any:
         minimum, hint = _RULES.get(key, (None, ""))
         if minimum is not None and value < minimum:
             raise ConfigError(f"{where}: {value!r} is too small; use {hint}")
+        if 0 < value < _FLOORS.get(key, 0):
+            raise ConfigError(f"{where}: {value!r} is too small; use {hint}")
         return value
     if not isinstance(raw, str):
         raise ConfigError(f"{where}: expected a string, got {raw!r}")
+    if key == "http_address" and raw:
+        parse_http_address(raw, where)
     choices = _CHOICES.get(key)
     if choices and raw.lower() not in choices:
         raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(choices)}")
@@ -107,7 +129,34 @@ def _read_file(path: Path) -> dict[str, Any]:
     section = data.get("orchestrator", data)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [orchestrator] must be a table")
+    _refuse_exposed_password(path, data)
     return section
+
+
+def _password_keys(table: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys (dotted, at any depth) whose value is a URL with a password in it."""
+    found: list[str] = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            found += _password_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and url_password(value):
+            found.append(prefix + key)
+    return found
+
+
+def _refuse_exposed_password(path: Path, data: dict[str, Any]) -> None:
+    """A file that holds a database password must not be readable by every user."""
+    holders = _password_keys(data)
+    if not holders or os.name != "posix":
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o004:
+        raise ConfigError(
+            f"config file {path} holds a database password ({holders[0]}) and is readable "
+            f"by every user (mode {mode:04o}); run `chmod o-r {path}` (0600 or 0640 are fine), "
+            "or take the password out of the file: set ORCHESTRATOR_DATABASE_URL, or use "
+            "~/.pgpass (or PGPASSFILE)"
+        )
 
 
 def load_config(
@@ -142,3 +191,19 @@ def load_config(
             f"({cfg.heartbeat_interval}): the leader renews its term on every heartbeat"
         )
     return cfg
+
+
+def parse_http_address(value: str, where: str = "http_address") -> tuple[str, int]:
+    """(host, port) of a listen address: "host:port", "[ipv6]:port", or ":port" for every
+    interface. Port 0 picks a free port."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address needs brackets
+    if not sep or not port.isdigit() or int(port) > 65535 or any(c in host for c in "[]/ "):
+        raise ConfigError(
+            f'{where}: {value!r} is not host:port; use e.g. "127.0.0.1:9464", '
+            '"0.0.0.0:9464" (every interface), "[::1]:9464", or "" for no listener'
+        )
+    return host, int(port)

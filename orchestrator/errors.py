@@ -26,6 +26,13 @@ class ConfigError(OrchestratorError):
     code = "config_error"
 
 
+class InvalidRoleNameError(ConfigError):
+    """A database role name given to `orchestrator roles` is not a plain lowercase identifier,
+    is reserved, or is used for two roles."""
+
+    code = "invalid_role_name"
+
+
 class AppLoadError(OrchestratorError):
     """`--app module:attr` could not be imported or is not an `Orchestrator`."""
 
@@ -75,6 +82,18 @@ class RunNotFoundError(OrchestratorError):
     code = "run_not_found"
 
 
+class RunStateError(OrchestratorError):
+    """The run is not in a state the operation applies to (resuming a completed run, say)."""
+
+    code = "invalid_run_state"
+
+
+class StepNotFoundError(OrchestratorError):
+    """A fork names a step the run did not record."""
+
+    code = "step_not_found"
+
+
 class UnknownFunctionError(OrchestratorError):
     """A run names a function no daemon ever registered (recorded in `runs.error`)."""
 
@@ -82,9 +101,14 @@ class UnknownFunctionError(OrchestratorError):
 
 
 class NonDeterminismError(OrchestratorError):
-    """A replay met recorded steps that the current code cannot reconcile."""
+    """A replay met recorded steps that the current code cannot reconcile (`step_id` names
+    the step where it noticed)."""
 
     code = "non_determinism"
+
+    def __init__(self, message: str, *, step_id: str | None = None) -> None:
+        super().__init__(message)
+        self.step_id = step_id
 
 
 class RecoveryCapError(OrchestratorError):

@@ -21,7 +21,9 @@ def sqlalchemy_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(
-            f"database_url {url!r} is not a URL; use postgresql://user@host:5432/dbname"
+            # not echoed: text that is no URL cannot be redacted, and may hold a password
+            "database_url is not a URL (it has no scheme://); use "
+            "postgresql://user@host:5432/dbname"
         )
     if scheme in _LIBPQ_SCHEMES:
         return f"postgresql+psycopg://{rest}"
@@ -90,6 +92,8 @@ def make_engine(url: str, *, pool_size: int = 5, application_name: str = "orches
         # found by the statement itself, invalidated, and the caller's retry gets a new one
         pool_pre_ping=False,
         pool_recycle=1800,
+        # errors quote the statement, never its parameters (event data, step outputs)
+        hide_parameters=True,
         connect_args={"application_name": application_name, "connect_timeout": 10},
     )
 

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 from orchestrator.db.connect import make_engine
+from orchestrator.redact import redact_url
 
 T = TypeVar("T")
 
@@ -63,6 +64,9 @@ class Database:
         self.engine: Engine = make_engine(
             url, pool_size=pool_size, application_name=application_name
         )
+
+    def __repr__(self) -> str:
+        return f"Database({redact_url(self.url)!r}, application_name={self.application_name!r})"
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -21,6 +21,7 @@ import sqlalchemy
 
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import retry_transient
+from orchestrator.redact import redact_url
 
 T = TypeVar("T")
 
@@ -33,6 +34,9 @@ class Direct:
         self.application_name = application_name
         self.settings = settings or {}
         self._conn: psycopg.Connection[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Direct({redact_url(self.url)!r}, application_name={self.application_name!r})"
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:

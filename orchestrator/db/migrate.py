@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy import exc as sa_exc
+
+from orchestrator.errors import DatabaseNotReadyError
 
 
 def migrations_dir() -> Path:
@@ -29,9 +33,45 @@ def head_revision() -> str:
     return head
 
 
+def current_revision(engine: Engine) -> str | None:
+    """The revision the schema is at; None when it was never migrated."""
+    with engine.connect() as conn:
+        if not conn.execute(text("SELECT to_regclass('orchestrator.alembic_version')")).scalar():
+            return None
+        current = conn.execute(text("SELECT version_num FROM orchestrator.alembic_version"))
+        return current.scalar()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`; idempotent, and safe when two processes run it at once."""
+    """Bring the schema to `revision`; idempotent, and safe when two processes run it at once.
+
+    A schema already at this code's head is left alone, without DDL or locks, so a role that
+    may only use the tables (the runtime role of `orchestrator roles`) can call this at
+    start-up. A role that may not change the schema when it has to be changed gets a
+    `DatabaseNotReadyError` saying what to do."""
+    if revision == "head" and current_revision(engine) == head_revision():
+        return
     cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except sa_exc.DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        current = current_revision(engine)
+        if revision == "head" and current == head_revision():
+            return  # another process migrated it meanwhile
+        raise _not_permitted(engine, current, exc.orig) from None
+
+
+def _not_permitted(engine: Engine, current: str | None, error: BaseException) -> Exception:
+    with engine.connect() as conn:
+        role = conn.execute(text("SELECT current_user")).scalar()
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DatabaseNotReadyError(
+        f"database schema is at {current or 'nothing'}, this code needs {head_revision()}, "
+        f"and role {role!r} may not change it ({reason}); run `orchestrator migrate` as the "
+        "role that owns the schema (see `orchestrator roles`), and set auto_migrate = false "
+        "for daemons that connect as a role without DDL rights"
+    )

@@ -21,11 +21,11 @@ _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 _ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
 # what db/finish.py reads of the runs a statement ended (`r` is the updated table's alias)
 _ENDED_COLUMNS = "r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id"
-_RUN_COLUMNS = (
+RUN_COLUMNS = (
     "id::text AS id, function_id, status, event_id, events, idempotency_key, "
     "parent_run_id::text AS parent_run_id, output, error, attempts, recoveries, due_at, "
     "lease_owner::text AS lease_owner, lease_expires_at, created_at, started_at, updated_at, "
-    "finished_at, cancel_requested_at"
+    "finished_at, cancel_requested_at, origin, origin_run_id::text AS origin_run_id, resumes"
 )
 
 
@@ -69,6 +69,7 @@ class ClaimedRun:
     claimed_at: datetime
     created_at: datetime
     parent_run_id: str | None
+    origin: str | None = None  # 'fork': it starts with steps copied from another run
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class RunRow:
     updated_at: datetime
     finished_at: datetime | None
     cancel_requested_at: datetime | None
+    origin: str | None
+    origin_run_id: str | None
+    resumes: int
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,19 @@ class RequeuedRun:
     status: str
 
 
+def cancel_match_value(events: str, path: str) -> str:
+    """SQL for the value a `cancel_on` wait expects: the `path` field (`data.…`) of the
+    triggering event, the first of the `events` column."""
+    return (
+        f"CASE WHEN {path} IS NULL THEN 'null'::jsonb "
+        f"ELSE coalesce(({events} -> 0 -> 'data') #> (string_to_array({path}, '.'))[2:], "
+        "'null'::jsonb) END"
+    )
+
+
 # New runs, and the cancellation conditions of their functions (`cancel_on`) as waits whose
 # expected value is read from the run's triggering event.
-_CREATE = """
+_CREATE = f"""
     WITH made AS (
         INSERT INTO orchestrator.runs
             (id, function_id, event_id, events, idempotency_key, parent_run_id, priority,
@@ -130,9 +144,7 @@ _CREATE = """
             (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
              expires_at)
         SELECT m.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
-               CASE WHEN c.path IS NULL THEN 'null'::jsonb
-                    ELSE coalesce((m.events -> 0 -> 'data')
-                                  #> (string_to_array(c.path, '.'))[2:], 'null'::jsonb) END,
+               {cancel_match_value("m.events", "c.path")},
                c.expr, coalesce(t.s, now()),
                coalesce(t.s, now()) + make_interval(secs => c.timeout)
         FROM made m
@@ -189,6 +201,15 @@ def create_many_sent(
         "skeys": [r.singleton_key for r in new_runs],
         "fkeys": [r.flow_key for r in new_runs],
         "skips": [_json_or_none(r.skipped) for r in new_runs],
+        **watch_params(watches),
+    }
+    cursor = driver(conn).execute(_CREATE if watches else _CREATE_PLAIN, params, prepare=True)
+    return lambda: [str(row[0]) for row in cursor.fetchall()]
+
+
+def watch_params(watches: list[CancelWatch]) -> dict[str, list[Any]]:
+    """The `c_*` arrays statements join `cancel_on` conditions from."""
+    return {
         "c_fids": [w.function_id for w in watches],
         "c_ns": [w.index for w in watches],
         "c_events": [w.event_name for w in watches],
@@ -196,8 +217,6 @@ def create_many_sent(
         "c_exprs": [w.expression for w in watches],
         "c_timeouts": [w.timeout for w in watches],
     }
-    cursor = driver(conn).execute(_CREATE if watches else _CREATE_PLAIN, params, prepare=True)
-    return lambda: [str(row[0]) for row in cursor.fetchall()]
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -215,7 +234,7 @@ CLAIM_SET = """
 """
 CLAIM_RETURNING = """
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
-                  r.recoveries, now(), r.created_at, r.parent_run_id::text
+                  r.recoveries, now(), r.created_at, r.parent_run_id::text, r.origin
 """
 
 
@@ -499,7 +518,7 @@ def get(conn: Connection, run_id: str) -> RunRow | None:
         return None
     rows = conn.execute(
         text(
-            f"SELECT {_RUN_COLUMNS} FROM orchestrator.runs "
+            f"SELECT {RUN_COLUMNS} FROM orchestrator.runs "
             "WHERE id BETWEEN CAST(:p_low AS uuid) AND CAST(:p_high AS uuid) ORDER BY id LIMIT 2"
         ),
         {"p_low": bounds[0], "p_high": bounds[1]},
@@ -518,7 +537,7 @@ def list_runs(
         RunRow(*row)
         for row in conn.execute(
             text(
-                f"SELECT {_RUN_COLUMNS} FROM orchestrator.runs "
+                f"SELECT {RUN_COLUMNS} FROM orchestrator.runs "
                 "WHERE (CAST(:p_status AS text) IS NULL OR status = :p_status) "
                 "AND (CAST(:p_fid AS text) IS NULL OR function_id = :p_fid) "
                 "ORDER BY created_at DESC, id DESC LIMIT :p_limit"

@@ -194,9 +194,7 @@ runs = Table(
     Index("runs_created", "created_at"),
     Index("runs_event", "event_id", postgresql_where=text("event_id IS NOT NULL")),
     Index("runs_parent", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL")),
-    Index(
-        "runs_origin_run", "origin_run_id", postgresql_where=text("origin_run_id IS NOT NULL")
-    ),
+    Index("runs_origin_run", "origin_run_id", postgresql_where=text("origin_run_id IS NOT NULL")),
     Index(
         "runs_cancel_requested",
         "id",

@@ -53,7 +53,7 @@ class WaitFor:
 def wait_for_event(execution: Execution, step_id: str, spec: WaitFor) -> dict[str, Any] | None:
     """The first matching event (as functions receive it), or None on timeout."""
     sid, position = execution.next_id(step_id)
-    row = execution.recorded(sid, "wait")
+    row = execution.recorded(sid, "wait", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
         result: dict[str, Any] | None = row.output
@@ -93,7 +93,7 @@ def invoke(
 ) -> Any:
     """Start `function_id` as a child run with `data` and return its output."""
     sid, position = execution.next_id(step_id)
-    row = execution.recorded(sid, "invoke")
+    row = execution.recorded(sid, "invoke", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
         return _invoke_result(sid, row.output)
@@ -136,7 +136,7 @@ def send_event(execution: Execution, step_id: str, batch: list[dict[str, Any]]) 
     from orchestrator.app import validate_event
 
     sid, position = execution.next_id(step_id)
-    row = execution.recorded(sid, "send_event")
+    row = execution.recorded(sid, "send_event", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
         ids: list[str] = row.output

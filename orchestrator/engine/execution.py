@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
+from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.retry import error_dict, retry_delay
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import (
@@ -30,6 +31,7 @@ from orchestrator.errors import (
 )
 from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
+from orchestrator.log import payload
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,10 @@ class Execution:
         on_body: Callable[[str | None], None] | None = None,
         cancelled: Collection[str] = (),
         policies: Mapping[str, FlowPolicy] | None = None,
+        observer: StepObserver = NOBODY,
     ) -> None:
         self.lease = lease
+        self.observer = observer  # counts step bodies and retries for the metrics
         self.policies = policies or {}  # flow control of the functions it may invoke
         self.cancelled = cancelled  # runs whose cancellation the daemon passed on
         self.on_body = on_body or _ignore
@@ -78,6 +82,7 @@ class Execution:
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
         self._position = 0
+        self._positions: dict[int, StepRow] | None = None  # the memo by position
 
     # -- step identity -------------------------------------------------------------------
 
@@ -101,18 +106,42 @@ class Execution:
         began = row.updated_at - timedelta(milliseconds=row.duration_ms or 0)
         self.since = max(self.since, began)
 
-    def recorded(self, step_id: str, kind: str) -> StepRow | None:
+    def recorded(self, step_id: str, kind: str, position: int) -> StepRow | None:
+        """The recorded row of this step, if any. The code must reach a recorded step as
+        the same kind of step at the same position, and must not call a new step where the
+        run recorded another: anything else is a non-determinism error naming the step."""
         if self.fatal is not None:
             raise self.fatal
         row = self.memo.get(step_id)
+        problem = None
         if row is not None and row.kind != kind:
-            self.fatal = NonDeterminismError(
+            problem = (
                 f"step '{step_id}' was recorded as a {row.kind} step but the code now calls it "
-                f"as a {kind} step; the function changed while this run was in flight. Restore "
-                "the old step order, or use a new step id for new behaviour"
+                f"as a {kind} step"
+            )
+        elif row is not None and row.position != position:
+            problem = (
+                f"step '{step_id}' was recorded as step {row.position + 1} of the run but the "
+                f"code now reaches it as step {position + 1}"
+            )
+        elif row is None and (other := self._by_position().get(position)) is not None:
+            problem = (
+                f"the code now calls step '{step_id}' as step {position + 1} of the run, where "
+                f"the run recorded step '{other.step_id}'"
+            )
+        if problem is not None:
+            self.fatal = NonDeterminismError(
+                f"{problem}; the function changed while this run was in flight. Restore the "
+                "old step order (then resume the run), or give new behaviour new step ids",
+                step_id=step_id,
             )
             raise self.fatal
         return row
+
+    def _by_position(self) -> dict[int, StepRow]:
+        if self._positions is None:
+            self._positions = {row.position: row for row in self.memo.values()}
+        return self._positions
 
     def db_now(self) -> datetime:
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
@@ -132,7 +161,7 @@ class Execution:
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         sid, position = self.next_id(step_id)
-        row = self.recorded(sid, "run")
+        row = self.recorded(sid, "run", position)
         if row is not None and row.status == "completed":
             self.replayed(row)
             return row.output
@@ -164,17 +193,26 @@ class Execution:
                 duration_ms=ms(started),
             ),
         )
-        log.debug("step completed", duration_ms=ms(started), output_bytes=len(text))
+        log.debug(
+            "step completed",
+            duration_ms=ms(started),
+            output_bytes=len(text),
+            **payload(output=text),
+        )
         return decoded
 
     def body(
         self, sid: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[str, Any]:
         """Call a step body; returns its result as stored (JSON text) and as decoded."""
-        value = fn(*args, **kwargs)
-        return codec.roundtrip(
-            value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
-        )
+        started = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+            return codec.roundtrip(
+                value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
+            )
+        finally:
+            self.observer.step_ran(self.fdef.id, time.perf_counter() - started)
 
     def failure(
         self, sid: str, position: int, attempt: int, exc: Exception, *, started: float
@@ -203,16 +241,27 @@ class Execution:
         error_type = type(exc).__name__
         if delay is None:
             self.store.checkpoint(self.lease, record)
-            log.warning("step failed", error_type=error_type, retries=self.fdef.retries)
+            log.warning(
+                "step failed",
+                error_type=error_type,
+                retries=self.fdef.retries,
+                **payload(error_message=str(exc)),
+            )
             raise StepError(sid, json.loads(record.error_json or "{}")) from exc
         self.retry_later(delay, (record,))
-        log.info("step will retry", error_type=error_type, delay=round(delay, 3))
+        log.info(
+            "step will retry",
+            error_type=error_type,
+            delay=round(delay, 3),
+            **payload(error_message=str(exc)),
+        )
         raise Suspend(f"retry of step '{sid}'")
 
     def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
         """Suspend the run for `delay` seconds with these failed attempts recorded."""
         due = self.store.suspend(self.lease, status="queued", delay=delay, records=records)
         self.suspended_until = due
+        self.observer.steps_retrying(self.fdef.id, len(records))
 
     # -- step.sleep ----------------------------------------------------------------------
 
@@ -220,7 +269,7 @@ class Execution:
         self, step_id: str, *, seconds: float | None = None, until: datetime | None = None
     ) -> None:
         sid, position = self.next_id(step_id)
-        row = self.recorded(sid, "sleep")
+        row = self.recorded(sid, "sleep", position)
         if row is not None and row.status == "completed":
             self.replayed(row)
             return

@@ -12,11 +12,13 @@ from typing import Any
 from orchestrator import codec
 from orchestrator.context import Context, Event, Step
 from orchestrator.engine.execution import Execution, Limits
+from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.retry import error_dict
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import Cancelled, LeaseLost, StepError, Suspend
 from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
+from orchestrator.log import payload
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Task:
     claimed_at: datetime
     created_at: datetime
     parent_run_id: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ def execute(
     on_body: Callable[[str | None], None] | None = None,
     cancelled: Collection[str] = (),
     policies: Mapping[str, FlowPolicy] | None = None,
+    observer: StepObserver = NOBODY,
 ) -> Outcome:
     lease = Lease(
         task.run_id, task.lease_token, ties=task.parent_run_id is not None or bool(fdef.cancel_on)
@@ -60,7 +64,8 @@ def execute(
         lease=lease,
         fdef=fdef,
         store=store,
-        memo=store.load(task.run_id) if task.attempts > 1 else {},
+        # a first execution has no recorded steps, unless it is a fork's (copied ones)
+        memo=store.load(task.run_id) if task.attempts > 1 or task.origin == "fork" else {},
         claimed_at=task.claimed_at,
         created_at=task.created_at,
         trigger=task.events[0] if task.events else {},
@@ -70,6 +75,7 @@ def execute(
         on_body=on_body,
         cancelled=cancelled,
         policies=policies,
+        observer=observer,
     )
     ctx = Context(
         run_id=task.run_id,
@@ -108,14 +114,14 @@ def _drive(
         store.finish(lease, status="cancelled", output_json=None, error_json=json.dumps(error))
         log.info("run cancelled at a step boundary")
         return Outcome(lease.run_id, "cancelled")
-    except StepError as exc:
-        return _fail(store, lease, execution, exc.error, log)
+    except StepError as exc:  # the step's error, naming the step (resume retries it)
+        return _fail(store, lease, execution, exc.error | {"step": exc.step_id}, log)
     except Exception as exc:
         return _fail(store, lease, execution, error_dict(exc), log)
     if execution.fatal is not None:  # user code swallowed a non-determinism error
         return _fail(store, lease, execution, {}, log)
     store.finish(lease, status="completed", output_json=text, error_json=None)
-    log.info("run completed")
+    log.info("run completed", output_bytes=len(text), **payload(output=text))
     return Outcome(lease.run_id, "completed")
 
 
@@ -125,5 +131,10 @@ def _fail(
     if execution.fatal is not None:  # it wins over whatever the code did after it
         error = error_dict(execution.fatal)
     store.finish(lease, status="failed", output_json=None, error_json=json.dumps(error))
-    log.warning("run failed", error_type=error.get("type"), error_code=error.get("code"))
+    log.warning(
+        "run failed",
+        error_type=error.get("type"),
+        error_code=error.get("code"),
+        **payload(error_message=error.get("message")),
+    )
     return Outcome(lease.run_id, "failed")

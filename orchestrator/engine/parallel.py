@@ -68,7 +68,7 @@ def parallel(execution: Execution, step_id: str, items: Sequence[Any]) -> list[A
     pending: list[tuple[int, str, int]] = []
     for i, branch in enumerate(branches):
         bid = f"{sid}[{branch.key}]"
-        row = execution.recorded(bid, "run")
+        row = execution.recorded(bid, "run", first + i)
         if row is not None and row.status == "completed":
             execution.replayed(row)
             results[i] = _Result(value=row.output)

@@ -37,12 +37,16 @@ def retry_delay(exc: BaseException, backoff: Backoff, attempt: int, retries: int
 def error_dict(exc: BaseException) -> dict[str, Any]:
     """The JSON shape of an error in `runs.error` and `steps.error`."""
     tb = "".join(traceback.format_exception(exc))
-    return {
+    error = {
         "type": type(exc).__name__,
         "message": _storable(str(exc)),
         "code": getattr(exc, "code", None),
         "traceback": _storable(tb[-_MAX_TRACEBACK:]),
     }
+    step = getattr(exc, "step_id", None)
+    if isinstance(step, str):  # the step it is about (a non-determinism error's)
+        error["step"] = step
+    return error
 
 
 def _storable(text: str) -> str:

@@ -29,11 +29,15 @@ from orchestrator.db.database import Database, DatabaseError
 from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session, notify_runs
 from orchestrator.engine.executor import Task
+from orchestrator.redact import redact_url
 from orchestrator.runtime.cron import CronScheduler
 from orchestrator.runtime.flow import FlowClaimer
 from orchestrator.runtime.ingest import Ingester
+from orchestrator.runtime.metrics import TallyDelta
 from orchestrator.runtime.pool import Handback, WorkerPool
 from orchestrator.runtime.rescuer import Rescuer
+from orchestrator.runtime.retention import Policy, Retention
+from orchestrator.runtime.telemetry import Telemetry
 from orchestrator.runtime.upkeep import Upkeep
 
 CLAIM_HOLD = 0.002  # seconds a claim may wait for more free threads under a backlog
@@ -90,7 +94,19 @@ class Daemon:
             on_done=self._on_done,
             on_crash=self._on_crash,
             log=self.log,
+            on_stats=self._on_stats,
         )
+        # metrics, /healthz and /readyz, systemd notifications (runtime/telemetry.py)
+        self.telemetry = Telemetry(
+            config,
+            function_ids=self.function_ids,
+            app_version=self.version,
+            db=self.db,
+            leader=lambda: self.is_leader,
+            executing=self.pool.inflight,
+            log=self.log,
+        )
+        self.metrics = self.telemetry.metrics
         self.ingester = Ingester(
             self.db,
             self.direct,
@@ -119,6 +135,14 @@ class Daemon:
         self.flow_due_at: float | None = None  # when a flow-controlled run falls due
         self.flow_first = False
         self.upkeep = Upkeep(self.db, self.registry, self.log)
+        # deletes old rows on a thread of its own while this daemon leads (runtime/retention.py)
+        self.retention = Retention(
+            url,
+            Policy.from_config(config),
+            interval=config.retention_interval,
+            is_leader=lambda: self.is_leader and not self.stop_requested.is_set(),
+            log=self.log,
+        )
         self.session: Session | None = None
         self.leader_until = 0.0  # monotonic time until which this daemon's term surely holds
         self.intervals = [
@@ -167,6 +191,7 @@ class Daemon:
         )
 
     def run(self) -> int:
+        self.telemetry.listen()
         self.prepare()
         assert self.session is not None
         self.session.start()
@@ -181,8 +206,14 @@ class Daemon:
             workers=self.cfg.workers,
             concurrency=self.cfg.concurrency,
             version=self.version,
+            database=redact_url(self.url),
         )
-        self.rescuer.rescue_dead_daemons()
+        self.metrics.rescued("dead_daemon", self.rescuer.rescue_dead_daemons())
+        self.retention.start()
+        self.telemetry.serving(
+            f"serving {len(self.registry)} functions with {self.cfg.workers} workers "
+            f"x {self.cfg.concurrency} threads"
+        )
         self._loop()
         return self._shutdown()
 
@@ -200,11 +231,13 @@ class Daemon:
     def _loop(self) -> None:
         backoff = 0.1
         while not self.stop_requested.is_set():
+            self.telemetry.tick()
             try:
                 self._pass()
                 backoff = 0.1
             except DatabaseError as exc:
                 self.log.warning("database error; retrying", error=_first_line(exc))
+                self.telemetry.database_error(_first_line(exc))
                 self.stop_requested.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -294,6 +327,7 @@ class Daemon:
             return {c.id for c in claimed}
 
         taken = self.ingester.tick(then=claim)
+        self.metrics.events_ingested(taken)
         self._submit(claimed, suspects=False)
         if taken:  # it may have made runs of flow-controlled functions
             self.flow.poke()
@@ -332,11 +366,15 @@ class Daemon:
                 c.claimed_at,
                 c.created_at,
                 c.parent_run_id,
+                c.origin,
             )
             for c in claimed
         ]
         if tasks:
             self.pool.submit(tasks, quarantine=suspects)
+        for c in claimed:
+            if c.attempts == 1:  # its first claim: the run starts
+                self.metrics.run_started(c.function_id)
 
     def _timeout(self) -> float:
         timeout = self.cfg.poll_interval
@@ -347,6 +385,9 @@ class Daemon:
         flow_in = self.flow.next_in()
         if flow_in is not None:
             timeout = min(timeout, flow_in + 0.001)
+        pet_in = self.telemetry.wait_limit()  # systemd's watchdog wants a pass by then
+        if pet_in is not None:
+            timeout = min(timeout, pet_in + 0.001)
         return max(timeout, 0.001)
 
     # -- callbacks from the pool (supervisor thread) --------------------------------------
@@ -358,6 +399,9 @@ class Daemon:
             if self.next_due_in is None or due_in < self.next_due_in:
                 self.next_due_in = due_in
         self.wake.set()
+
+    def _on_stats(self, counts: TallyDelta) -> None:
+        self.metrics.merge(counts)
 
     def _on_crash(self, worker: int, handback: Handback) -> None:
         """A worker process died or gave up: requeue its runs at once."""
@@ -371,6 +415,7 @@ class Daemon:
                 error=_first_line(exc),
             )
             return
+        self.metrics.rescued("abandoned" if handback.abandoned else "worker_crash", requeued)
         if handback.crashed:
             self.suspects_hint.set()
         for run in requeued:
@@ -411,6 +456,7 @@ class Daemon:
         # a term measured from before the statement ran, with a margin: a daemon that was
         # paused past its term sees it expired by its own monotonic clock and stops leading
         self.leader_until = started + ttl * 0.8 if leading else 0.0
+        self.telemetry.heartbeat_ok()  # the database is reachable: /readyz
         if previous == "dead":
             self.log.error(
                 "this daemon was declared dead (stalled or cut off); its runs were "
@@ -428,9 +474,13 @@ class Daemon:
             self.log.warning("leases lost; their runs will be fenced", runs=len(lost))
 
     def _rescue(self) -> None:
-        rescued = self.rescuer.rescue_expired()
+        expired = self.rescuer.rescue_expired()
+        self.metrics.rescued("expired_lease", expired)
+        rescued = len(expired)
         if self.is_leader:
-            rescued += self.rescuer.rescue_dead_daemons() + self.cron.tick()
+            dead = self.rescuer.rescue_dead_daemons()
+            self.metrics.rescued("dead_daemon", dead)
+            rescued += len(dead) + self.cron.tick()
             self.upkeep.tick()
         if rescued:
             self.flow.poke()
@@ -445,6 +495,7 @@ class Daemon:
             return runs.cancel_requested(conn), runs.cancelling(conn, owner=self.id)
 
         changed, running = self.db.run(apply)
+        self.metrics.runs_ended(changed)  # the idle ones end here; the others at a boundary
         if running:
             self.pool.cancel(running)
         for run in changed:
@@ -460,6 +511,8 @@ class Daemon:
     def _shutdown(self) -> int:
         grace = self.cfg.shutdown_grace
         self.log.info("shutting down", in_flight=self.pool.inflight(), grace=grace)
+        self.telemetry.stopping(f"stopping: draining {self.pool.inflight()} runs")
+        self.retention.stop()
         self.pool.drain()
         deadline = time.monotonic() + grace
         self.stop_requested.set()  # heartbeats now report 'stopping'
@@ -468,6 +521,7 @@ class Daemon:
         self._safe(lambda: heartbeat.tick(time.monotonic()))
         while self.pool.inflight() and time.monotonic() < deadline and self.signals < 2:
             time.sleep(0.02)
+            self.telemetry.tick()  # draining is progress: /healthz and the watchdog
             self._safe(lambda: heartbeat.tick(time.monotonic()))
             self._safe(lambda: renew.tick(time.monotonic()))
         if self.signals >= 2:
@@ -482,6 +536,7 @@ class Daemon:
             self.session.stop()
         self.direct.close()
         self.db.dispose()
+        self.telemetry.close()
         self.log.info("daemon stopped")
         return 0
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.config import Config
 from orchestrator.engine.executor import Task
+from orchestrator.runtime.metrics import TallyDelta
 from orchestrator.runtime.worker import SLOT, WorkerSpec, worker_main
 
 # Workers fork from a fork server that has already imported the engine and the app: a
@@ -55,6 +56,7 @@ class WorkerPool:
         on_done: Callable[[str, str, datetime | None], None],
         on_crash: Callable[[int, Handback], None],
         log: Any,
+        on_stats: Callable[[TallyDelta], None] | None = None,
     ) -> None:
         self.app_path = app_path
         self.url = url
@@ -62,6 +64,7 @@ class WorkerPool:
         self.quarantine_index = config.workers  # one more process, for suspect runs
         self.on_done = on_done
         self.on_crash = on_crash
+        self.on_stats = on_stats  # what workers counted (metrics), riding on their messages
         self.log = log
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
@@ -227,14 +230,22 @@ class WorkerPool:
         if message[0] == "ready":
             worker.ready = True
             return
-        _, run_id, status, due = message
+        if message[0] == "stats":
+            self._stats(message[1])
+            return
+        _, run_id, status, due, stats = message
+        self._stats(stats)  # before the run is seen done, so a scrape after it counts it
         with self._lock:
             token = worker.inflight.pop(run_id, None)
         if status == "abandoned" and token is not None:
             # the worker gave up (an engine or database error it could not get past): an
             # interruption, but no crash to blame on the run
-            self.on_crash(worker.index, Handback(interrupted=[(run_id, token)]))
+            self.on_crash(worker.index, Handback(interrupted=[(run_id, token)], abandoned=True))
         self.on_done(run_id, status, datetime.fromisoformat(due) if due else None)
+
+    def _stats(self, delta: TallyDelta | None) -> None:
+        if delta is not None and self.on_stats is not None:
+            self.on_stats(delta)
 
     def _reap(self, worker: _Worker) -> None:
         with self._lock:
@@ -279,6 +290,7 @@ class Handback:
     crashed: list[tuple[str, str]] = field(default_factory=list)  # a recovery and a crash
     interrupted: list[tuple[str, str]] = field(default_factory=list)  # a recovery
     released: list[tuple[str, str]] = field(default_factory=list)  # nothing counted
+    abandoned: bool = False  # the worker gave up on the run; it did not die
 
 
 def _blame(leases: list[tuple[str, str]], in_bodies: set[str]) -> Handback:

@@ -29,7 +29,8 @@ class Rescuer:
         self.dead_after = dead_after
         self.log = log
 
-    def rescue_expired(self) -> int:
+    def rescue_expired(self) -> list[runs.RequeuedRun]:
+        """Requeue (or fail, at the recovery cap) runs whose lease expired; returns them."""
         with self.db.transaction() as conn:
             expired = runs.rescue_expired(conn, max_recoveries=self.max_recoveries)
             if expired:
@@ -41,10 +42,11 @@ class Rescuer:
                 function_id=run.function_id,
                 status=run.status,
             )
-        return len(expired)
+        return expired
 
-    def rescue_dead_daemons(self) -> int:
-        total = 0
+    def rescue_dead_daemons(self) -> list[runs.RequeuedRun]:
+        """Declare dead the daemons that are gone, and requeue their runs; returns them."""
+        rescued: list[runs.RequeuedRun] = []
         with self.db.transaction() as conn:
             candidates = [
                 d
@@ -61,7 +63,7 @@ class Rescuer:
                 )
                 if requeued:
                     notify_runs(conn)
-            total += len(requeued)
+            rescued += requeued
             self.log.warning(
                 "daemon is gone; its runs were requeued",
                 dead_daemon=daemon.id,
@@ -69,7 +71,7 @@ class Rescuer:
                 pid=daemon.pid,
                 runs=len(requeued),
             )
-        return total
+        return rescued
 
     def park_unknown_functions(self) -> int:
         with self.db.transaction() as conn:

@@ -1,9 +1,11 @@
 """A worker process: `concurrency` threads executing the runs its daemon hands it.
 
 Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("drain",) and ("stop",) and
-answers ("ready",) once, then ("done", run_id, status, due_at) per run. It is forked from the
-daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the daemon; it
-ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
+answers ("ready",) once, then ("done", run_id, status, due_at, counts) per run. `counts` is
+what its metrics tally counted since the last message (None when metrics are off or nothing
+was); ("stats", counts) carries them alone when they have waited long during a long run. It is
+forked from the daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the
+daemon; it ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import log as logging
@@ -22,8 +24,11 @@ from orchestrator.config import Config
 from orchestrator.db.database import Database
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute
+from orchestrator.engine.observer import NOBODY
 from orchestrator.engine.store import RunStore
+from orchestrator.redact import url_secrets
 from orchestrator.runtime.loader import load_app
+from orchestrator.runtime.metrics import StepTally
 
 _PR_SET_PDEATHSIG = 1
 SLOT = 36  # bytes per thread in the shared `busy` array (a run id); see pool.py
@@ -41,8 +46,8 @@ def _die_with_parent() -> None:
 class WorkerSpec:
     index: int
     app_path: str
-    url: str
-    config: dict[str, Any]
+    url: str = field(repr=False)  # both may hold a password
+    config: dict[str, Any] = field(repr=False)
 
 
 def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
@@ -53,7 +58,8 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cfg = Config(**spec.config)
-    logging.configure(cfg.log_format, cfg.log_level)
+    logging.hide(*url_secrets(spec.url))
+    logging.configure(cfg.log_format, cfg.log_level, payloads=cfg.log_payloads)
     log = logging.get("worker", worker=spec.index, pid=os.getpid())
     app = load_app(spec.app_path)
     app.bind(spec.url)
@@ -90,6 +96,8 @@ class Worker:
         self.cancelled: set[str] = set()  # runs here whose cancellation was requested
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.send_lock = threading.Lock()
+        # step and run counts for the daemon's metrics, only if it serves them
+        self.tally = StepTally(on_stale=self._send_stats) if cfg.http_address else None
 
     def serve(self) -> None:
         threads = [
@@ -126,7 +134,16 @@ class Worker:
             outcome = self._execute(task, mark)
             self.cancelled.discard(task.run_id)
             due = outcome.due_at.isoformat() if outcome.due_at else None
-            self._send(("done", outcome.run_id, outcome.status, due))
+            counts = None
+            if self.tally is not None:
+                self.tally.run_finished(task.function_id, outcome.status)
+                counts = self.tally.take()
+            self._send(("done", outcome.run_id, outcome.status, due, counts))
+
+    def _send_stats(self) -> None:
+        counts = self.tally.take() if self.tally is not None else None
+        if counts is not None:
+            self._send(("stats", counts))
 
     def _marker(self, slot: int) -> Callable[[str | None], None]:
         """Writes which run this thread is executing a step body of into shared memory, so
@@ -156,6 +173,7 @@ class Worker:
                 on_body=mark,
                 cancelled=self.cancelled,
                 policies=self.policies,
+                observer=self.tally or NOBODY,
             )
         except Exception:
             self.log.exception("execution abandoned", run_id=task.run_id)

@@ -64,3 +64,62 @@ def test_example_config_is_valid() -> None:
     if not example.exists():
         pytest.fail("config.example.toml is missing")
     assert isinstance(load_config(example, env={}), Config)
+
+
+def _config_file(tmp_path: Path, text: str, mode: int) -> Path:
+    path = tmp_path / "orchestrator.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+PASSWORD_URL = 'database_url = "postgresql://app:s3cret@db:5432/app"\n'
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o666])
+def test_file_with_a_password__readable_by_others__refused(tmp_path: Path, mode: int) -> None:
+    path = _config_file(tmp_path, PASSWORD_URL, mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert f"config file {path} holds a database password (database_url)" in message
+    assert f"mode {mode:04o}" in message
+    assert f"run `chmod o-r {path}`" in message
+    assert "ORCHESTRATOR_DATABASE_URL" in message and "~/.pgpass" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400])
+def test_file_with_a_password__private__accepted(tmp_path: Path, mode: int) -> None:
+    path = _config_file(tmp_path, PASSWORD_URL, mode)
+    assert load_config(path, env={}).database_url == "postgresql://app:s3cret@db:5432/app"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[orchestrator]\ndatabase_url = "postgresql://app@db/app?password=s3cret"\n',
+        'app = "m:app"\n[orchestrator]\napp = "m:app"\n[other]\nurl = "postgres://a:b@h/d"\n',
+    ],
+)
+def test_file_with_a_password_anywhere__readable_by_others__refused(
+    tmp_path: Path, text: str
+) -> None:
+    path = _config_file(tmp_path, text, 0o644)
+    with pytest.raises(ConfigError, match="holds a database password"):
+        load_config(path, env={})
+
+
+def test_file_without_a_password__any_mode_is_fine(tmp_path: Path) -> None:
+    path = _config_file(tmp_path, 'database_url = "postgresql://app@db:5432/app"\n', 0o644)
+    assert load_config(path, env={}).database_url == "postgresql://app@db:5432/app"
+
+
+def test_config_repr__never_shows_the_database_url() -> None:
+    cfg = Config(database_url="postgresql://app:s3cret@db/app")
+    assert "s3cret" not in repr(cfg)
+
+
+def test_log_payloads__off_by_default_and_set_from_the_environment() -> None:
+    assert Config().log_payloads is False
+    assert load_config(env={"ORCHESTRATOR_LOG_PAYLOADS": "true"}).log_payloads is True

@@ -1,0 +1,176 @@
+"""`orchestrator runs replay|resume|fork`: the command-line side of orchestrator/recovery.py.
+
+    orchestrator runs replay RUN_ID
+    orchestrator runs resume RUN_ID
+    orchestrator runs fork RUN_ID --from-step STEP_ID [--data JSON]
+    orchestrator runs resume --function F [--status failed] --since 2h [--until 30m] [--yes]
+    orchestrator runs replay --function F --status failed --since 2h [--yes]
+
+The bulk forms print how many runs match and ask before acting (`--yes` for scripts; without
+a terminal to ask on, they refuse), then show a progress bar on a terminal. They exit 1 when
+some matching run was refused, listing which and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.errors import InvalidEventError, OrchestratorError
+from orchestrator.recovery import Outcome, Recovery, Selection
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def add_parsers(runs_sub: Any, common: argparse.ArgumentParser) -> None:
+    for name, verb in (("replay", "replay"), ("resume", "resume")):
+        what = (
+            "start a new run from the same event(s), with fresh steps"
+            if name == "replay"
+            else "requeue a failed or cancelled run, reusing its completed steps"
+        )
+        cmd = runs_sub.add_parser(name, parents=[common], help=what)
+        cmd.add_argument("run_id", nargs="?", help="run id (or an unambiguous prefix)")
+        cmd.add_argument("--function", help=f"{verb} the runs of this function (bulk)")
+        cmd.add_argument(
+            "--status",
+            default="failed",
+            help="bulk: runs with this status (comma-separated; default failed)",
+        )
+        cmd.add_argument("--since", help="bulk: finished at most this long ago (2h, 30m, 1d)")
+        cmd.add_argument("--until", help="bulk: finished at least this long ago, or a time")
+        cmd.add_argument("--yes", action="store_true", help="bulk: do not ask for confirmation")
+    fork = runs_sub.add_parser(
+        "fork", parents=[common], help="start a new run reusing the steps before one step"
+    )
+    fork.add_argument("run_id", help="run id (or an unambiguous prefix)")
+    fork.add_argument("--from-step", required=True, help="the step to execute again from")
+    fork.add_argument("--data", help="new event data, a JSON object (default: the original)")
+
+
+def run(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    recovery = Recovery(db, max_event_bytes=cfg.max_event_bytes)
+    if args.runs_command == "fork":
+        return _fork(recovery, args)
+    bulk = any(getattr(args, k) for k in ("function", "since", "until"))
+    if args.run_id and bulk:
+        raise OrchestratorError("give a run id or --function/--since/--until, not both")
+    if not args.run_id and not bulk:
+        raise OrchestratorError("give a run id, or select runs with --function/--since/--until")
+    if args.run_id:
+        act = recovery.replay if args.runs_command == "replay" else recovery.resume
+        result = act(args.run_id)
+        _say(args, {"id": result}, f"{result}: {_DONE[args.runs_command]}")
+        return 0
+    return _bulk(recovery, args)
+
+
+_DONE = {"replay": "started", "resume": "resumed", "fork": "started"}
+
+
+def _fork(recovery: Recovery, args: argparse.Namespace) -> int:
+    data = None
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            raise InvalidEventError(f"--data is not valid JSON: {exc}") from None
+    new_id = recovery.fork(args.run_id, args.from_step, data)
+    _say(args, {"id": new_id}, f"{new_id}: started from step {args.from_step!r}")
+    return 0
+
+
+def _bulk(recovery: Recovery, args: argparse.Namespace) -> int:
+    selection = Selection(
+        statuses=tuple(s.strip() for s in args.status.split(",") if s.strip()),
+        function_id=args.function,
+        since=parse_moment(args.since, "--since"),
+        until=parse_moment(args.until, "--until"),
+    )
+    ids = recovery.select(selection)
+    verb = args.runs_command
+    described = _describe(selection)
+    if not ids:
+        _say(args, {"matched": 0, "done": [], "refused": {}}, f"no runs match ({described})")
+        return 0
+    if not args.json:
+        print(f"{len(ids)} run(s) match ({described}) and will be {_DONE[verb]}.")
+    if not args.yes and not _confirm(f"{verb} {len(ids)} run(s)?"):
+        print("nothing done", file=sys.stderr)
+        return 1
+    act = recovery.replay_many if verb == "replay" else recovery.resume_many
+    outcome = act(ids, progress=_Bar(verb) if sys.stderr.isatty() else None)
+    return _report(args, verb, len(ids), outcome)
+
+
+def _report(args: argparse.Namespace, verb: str, matched: int, outcome: Outcome) -> int:
+    if args.json:
+        print(json.dumps({"matched": matched, "done": outcome.done, "refused": outcome.refused}))
+    else:
+        print(f"{len(outcome.done)} of {matched} run(s) {_DONE[verb]}")
+        for run_id, why in sorted(outcome.refused.items()):
+            print(f"  {run_id}: not {_DONE[verb]}: {why}")
+    return 1 if outcome.refused else 0
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise OrchestratorError("no terminal to confirm on; pass --yes to act without asking")
+    answer = input(f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _describe(selection: Selection) -> str:
+    parts = [f"status {'/'.join(selection.statuses)}"]
+    if selection.function_id:
+        parts.insert(0, f"function {selection.function_id}")
+    for word, value in (("since", selection.since), ("until", selection.until)):
+        if isinstance(value, timedelta):
+            parts.append(f"finished {word} {value} ago")
+        elif value is not None:
+            parts.append(f"finished {word} {value.isoformat()}")
+    return ", ".join(parts)
+
+
+def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+def parse_moment(text: str | None, flag: str) -> datetime | timedelta | None:
+    """`2h`, `30m`, `1d12h`, `90s`, `1w` (a time ago) or an ISO 8601 time with a zone."""
+    if text is None:
+        return None
+    value = text.strip()
+    if _DURATION.fullmatch(value) or re.fullmatch(rf"(?:{_DURATION.pattern})+", value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(value))
+        return timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise OrchestratorError(
+            f"{flag} {text!r} is neither a duration (2h, 30m, 1d12h) nor an ISO time"
+        ) from None
+    if moment.tzinfo is None:
+        raise OrchestratorError(f"{flag} {text!r} needs a time zone (e.g. +00:00 or Z)")
+    return moment
+
+
+class _Bar:
+    """A progress bar on stderr, redrawn in place."""
+
+    WIDTH = 30
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH * done // max(total, 1)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        end = "\n" if done >= total else ""
+        print(f"\r{self.verb} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
