@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestrator.config import Config
+from orchestrator.db.replays import FINISHED, RESUMABLE
 from orchestrator.errors import InvalidEventError, OrchestratorError
 from orchestrator.recovery import Outcome, Recovery, Selection
 
@@ -93,8 +94,13 @@ def _bulk(recovery: Recovery, args: argparse.Namespace) -> int:
         since=parse_moment(args.since, "--since"),
         until=parse_moment(args.until, "--until"),
     )
-    ids = recovery.select(selection)
     verb = args.runs_command
+    allowed = RESUMABLE if verb == "resume" else FINISHED
+    if not selection.statuses or not set(selection.statuses) <= set(allowed):
+        raise OrchestratorError(
+            f"--status {args.status!r}: {verb} takes runs that are {', '.join(allowed)}"
+        )
+    ids = recovery.select(selection)
     described = _describe(selection)
     if not ids:
         _say(args, {"matched": 0, "done": [], "refused": {}}, f"no runs match ({described})")

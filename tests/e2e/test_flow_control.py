@@ -158,7 +158,9 @@ def send_concurrently(url: str, name: str, data: dict[str, Any], n: int, threads
 def test_concurrency__1000_runs__never_more_than_3_running_across_two_daemons(
     e2e_url, daemon_factory
 ):
-    daemons = start_both(daemon_factory, APP)
+    # two threads each: together 4, over the limit of 3, so only the shared limit keeps it
+    # at 3, and neither daemon can take all 3 slots by itself
+    daemons = start_both(daemon_factory, APP, workers=1, concurrency=2)
     total = 1000
     with Sampler(
         e2e_url,

@@ -148,6 +148,8 @@ def test_fork_and_replay__reuse_the_steps_before_the_fork_or_none(e2e_url, daemo
     assert missing.returncode == 1 and "recorded no step 'nope'" in missing.stderr
     completed = cli(e2e_url, "runs", "resume", original, check=False)
     assert completed.returncode == 1 and "only failed or cancelled runs" in completed.stderr
+    wrong = cli(e2e_url, "runs", "resume", "--status", "completed", "--since", "1h", check=False)
+    assert wrong.returncode == 1 and "resume takes runs that are failed, cancelled" in wrong.stderr
 
 
 def test_resume__changed_step_order__non_determinism_error_names_the_step(e2e_url, daemon_factory):
