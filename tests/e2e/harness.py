@@ -163,18 +163,24 @@ def scalar(db_url: str, query: str, params: Any = None) -> Any:
     return rows[0][0] if rows else None
 
 
-def cli(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=db_url)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    result = subprocess.run(
+def run_cli(
+    args: tuple[str, ...], env: dict[str, str], cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """`orchestrator ARGS` as a user runs it, with this checkout importable."""
+    env = dict(env, PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def cli(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = run_cli(args, dict(os.environ, ORCHESTRATOR_DATABASE_URL=db_url))
     if check and result.returncode != 0:
         raise AssertionError(f"orchestrator {' '.join(args)} failed: {result.stderr}")
     return result

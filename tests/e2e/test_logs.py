@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from orchestrator.db.connect import libpq_url
 from tests.conftest import ROOT, eventually
-from tests.e2e.harness import DaemonProcess, finished_run, run_of, scalar, send
+from tests.e2e.harness import DaemonProcess, finished_run, run_cli, run_of, scalar, send
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -85,19 +84,10 @@ def orchestrator(
     *args: str, url: str | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["ORCHESTRATOR_LOG_FORMAT"] = "json"
     if url is not None:
         env["ORCHESTRATOR_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(args, env, cwd)
 
 
 COMMANDS = [
