@@ -125,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         from orchestrator.db.database import DatabaseError
+        from orchestrator.errors import first_line
 
         if isinstance(exc, DatabaseError):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"error: database: {log.scrub_secrets(first)}", file=sys.stderr)
+            print(f"error: database: {log.scrub_secrets(first_line(exc))}", file=sys.stderr)
             return 1
         raise
 

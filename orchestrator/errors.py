@@ -14,6 +14,13 @@ from datetime import timedelta
 from typing import Any
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line (a database error's detail follows on the next lines), or its
+    type when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class OrchestratorError(Exception):
     """Base of every error the engine raises; `code` is stable and machine-readable."""
 

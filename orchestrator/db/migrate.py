@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 
-from orchestrator.errors import DatabaseNotReadyError
+from orchestrator.errors import DatabaseNotReadyError, first_line
 
 
 def migrations_dir() -> Path:
@@ -68,7 +68,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def _not_permitted(engine: Engine, current: str | None, error: BaseException) -> Exception:
     with engine.connect() as conn:
         role = conn.execute(text("SELECT current_user")).scalar()
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error)
     return DatabaseNotReadyError(
         f"database schema is at {current or 'nothing'}, this code needs {head_revision()}, "
         f"and role {role!r} may not change it ({reason}); run `orchestrator migrate` as the "

@@ -15,6 +15,7 @@ from typing import Any
 
 from orchestrator.db import backlog
 from orchestrator.db.database import Database, DatabaseError
+from orchestrator.errors import first_line
 
 PROBE_EVERY = 5.0  # seconds
 DEPTH_CAP = 10_000
@@ -65,7 +66,7 @@ class BacklogProbe:
                 found = backlog.due_backlog(conn, self.function_ids, cap=self.cap)
         except DatabaseError as exc:
             if not self._failing:  # once per outage: the scheduler logs its own errors
-                self.log.warning("could not measure the due queue", error=_first_line(exc))
+                self.log.warning("could not measure the due queue", error=first_line(exc))
             self._failing = True
             return False
         except Exception:
@@ -74,8 +75,3 @@ class BacklogProbe:
         self._failing = False
         self.report(found, time.time())
         return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -29,6 +29,7 @@ from orchestrator.db.database import Database, DatabaseError
 from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session, notify_runs
 from orchestrator.engine.executor import Task
+from orchestrator.errors import first_line
 from orchestrator.redact import redact_url
 from orchestrator.runtime.cron import CronScheduler
 from orchestrator.runtime.flow import FlowClaimer
@@ -236,8 +237,8 @@ class Daemon:
                 self._pass()
                 backoff = 0.1
             except DatabaseError as exc:
-                self.log.warning("database error; retrying", error=_first_line(exc))
-                self.telemetry.database_error(_first_line(exc))
+                self.log.warning("database error; retrying", error=first_line(exc))
+                self.telemetry.database_error(first_line(exc))
                 self.stop_requested.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -412,7 +413,7 @@ class Daemon:
             self.log.error(
                 "could not requeue runs of a dead worker; their leases will expire",
                 worker=worker,
-                error=_first_line(exc),
+                error=first_line(exc),
             )
             return
         self.metrics.rescued("abandoned" if handback.abandoned else "worker_crash", requeued)
@@ -435,7 +436,7 @@ class Daemon:
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:
-        self.log.warning("session connection lost; reconnecting", error=_first_line(exc))
+        self.log.warning("session connection lost; reconnecting", error=first_line(exc))
 
     # -- interval duties -----------------------------------------------------------------
 
@@ -481,7 +482,7 @@ class Daemon:
             dead = self.rescuer.rescue_dead_daemons()
             self.metrics.rescued("dead_daemon", dead)
             rescued += len(dead) + self.cron.tick()
-            self.upkeep.tick()
+            self.metrics.runs_ended(self.upkeep.tick())  # a running one ends at a boundary
         if rescued:
             self.flow.poke()
             self.wake.set()
@@ -548,7 +549,7 @@ class Daemon:
         try:
             fn()
         except DatabaseError as exc:
-            self.log.warning("database error during shutdown", error=_first_line(exc))
+            self.log.warning("database error during shutdown", error=first_line(exc))
 
 
 def _requeue_and_notify(conn: Any, handback: Handback, cap: int) -> list[Any]:
@@ -560,8 +561,3 @@ def _requeue_and_notify(conn: Any, handback: Handback, cap: int) -> list[Any]:
     if requeued:
         notify_runs(conn)
     return requeued
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

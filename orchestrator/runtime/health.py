@@ -15,8 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from orchestrator.log import scrub_secrets
-
 # Above the 10 s connect timeout: a pass blocked on a connection attempt during a network
 # partition is slow, not stuck.
 MIN_TICK_WITHIN = 15.0
@@ -62,9 +60,8 @@ class Health:
             self._db_error = None
 
     def database_error(self, message: str) -> None:
-        scrubbed = scrub_secrets(message)  # a driver's message may quote the URL it was given
         with self._lock:
-            self._db_error = scrubbed
+            self._db_error = message
 
     def serving(self) -> None:
         self.phase = "serving"

@@ -40,6 +40,7 @@ from orchestrator.config import Config
 from orchestrator.db import retention
 from orchestrator.db.database import DatabaseError
 from orchestrator.db.direct import Direct
+from orchestrator.errors import first_line
 
 DAEMON_ROWS_KEPT = 86400.0  # a stopped or dead daemon's row stays a day, for post-mortems
 PAUSE_FACTOR = 3.0
@@ -266,7 +267,7 @@ class Cleaner:
                     continue
                 self._warn("retention pass stopped by a database error", exc)
                 result.interrupted = True
-                result.error = _first_line(exc)
+                result.error = first_line(exc)
                 return None
             elapsed = time.monotonic() - began
             result.batches += 1
@@ -277,7 +278,7 @@ class Cleaner:
 
     def _warn(self, message: str, exc: BaseException) -> None:
         if self.log is not None:
-            self.log.warning(message, batch_size=self.batch_size, error=_first_line(exc))
+            self.log.warning(message, batch_size=self.batch_size, error=first_line(exc))
 
 
 class Retention:
@@ -334,8 +335,3 @@ class Retention:
 
 def _call(statement: Callable[[Any, int], T], limit: int, conn: Any) -> T:
     return statement(conn, limit)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.config import Config, parse_http_address
 from orchestrator.db.database import Database
+from orchestrator.log import scrub_secrets
 from orchestrator.runtime.backlog import BacklogProbe
 from orchestrator.runtime.endpoints import Endpoints
 from orchestrator.runtime.health import Health
@@ -84,6 +85,7 @@ class Telemetry:
         self.notifier.status(self.status)
 
     def database_error(self, message: str) -> None:
+        message = scrub_secrets(message)  # a driver's message may quote the URL it was given
         self.health.database_error(message)
         self.notifier.status(f"database error, retrying: {message}")
 

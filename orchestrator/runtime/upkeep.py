@@ -25,9 +25,9 @@ class Upkeep:
         self.log = log
         self.purged_at = time.monotonic()
 
-    def tick(self) -> int:
-        """Cancel the runs past their timeouts; returns how many."""
-        cancelled = 0
+    def tick(self) -> list[runs.RequeuedRun]:
+        """Cancel the runs past their timeouts; returns those it ended or asked to stop."""
+        cancelled: list[runs.RequeuedRun] = []
         if self.timeouts:
             cancelled = self.db.run(self._cancel_late)
         if time.monotonic() - self.purged_at >= PURGE_EVERY:
@@ -35,8 +35,8 @@ class Upkeep:
             self.db.run(lambda conn: idempotency.purge(conn) + limiters.purge(conn))
         return cancelled
 
-    def _cancel_late(self, conn: Any) -> int:
-        cancelled = 0
+    def _cancel_late(self, conn: Any) -> list[runs.RequeuedRun]:
+        cancelled: list[runs.RequeuedRun] = []
         for fid, t in sorted(self.timeouts.items()):
             late = flow.past_timeouts(conn, fid, start=_s(t.start), finish=_s(t.finish))
             for which, seconds in (("start", t.start), ("finish", t.finish)):
@@ -48,7 +48,7 @@ class Upkeep:
                     f"run did not {which} within {_s(seconds):g} s of {since} (timeouts.{which})"
                 )
                 changed = runs.cancel(conn, ids, reason=reason)
-                cancelled += len(changed)
+                cancelled += changed
                 for run in changed:
                     self.log.info("run timed out", run_id=run.id, function_id=fid, timeout=which)
         return cancelled

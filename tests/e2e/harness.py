@@ -158,6 +158,12 @@ def run_of(db_url: str, event_id: str) -> str:
     )
 
 
+def effects(url: str, run_id: str) -> dict[str, int]:
+    """How many times each step body of the run executed (tests.e2e.apps.common.record)."""
+    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
+    return dict(rows)
+
+
 def scalar(db_url: str, query: str, params: Any = None) -> Any:
     rows = sql(db_url, query, params)
     return rows[0][0] if rows else None

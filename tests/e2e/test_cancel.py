@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from tests.conftest import eventually
-from tests.e2e.harness import cli, scalar, sql
+from tests.e2e.harness import cli, effects, scalar, sql
 
 pytestmark = pytest.mark.e2e
 
@@ -81,11 +81,6 @@ def wait_status(url: str, run_id: str, expected: str, timeout: float = 20.0) -> 
         timeout=timeout,
         what=f"run {run_id} {expected}",
     )
-
-
-def effects(url: str, run_id: str) -> dict[str, int]:
-    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
-    return dict(rows)
 
 
 def sleeping_orders(url: str, *order_ids: int) -> list[str]:

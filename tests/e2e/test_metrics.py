@@ -212,7 +212,14 @@ def test_metrics__due_queue_depth_and_lag_come_from_the_background_probe(e2e_url
         interval=0.2,
         what="the queue drained",
     )
-    assert count(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed'") == 5
+    # the queue is empty once the last run is claimed; it completes a moment later
+    eventually(
+        lambda: (
+            count(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed'") == 5
+        ),
+        timeout=20,
+        what="the five runs completed",
+    )
 
 
 def test_metrics__a_taken_port_stops_the_daemon_with_a_clear_error(e2e_url, daemon_factory):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
-from tests.e2e.harness import cli, count, sql
+from tests.e2e.harness import cli, count, effects, run_of, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -51,11 +51,6 @@ def runs_of(url: str, event_ids: list[str]) -> list[str]:
         (event_ids,),
     )
     return [r[0] for r in rows]
-
-
-def effects(url: str, run_id: str) -> dict[str, int]:
-    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
-    return dict(rows)
 
 
 def run_row(url: str, run_id: str) -> dict[str, Any]:
@@ -110,8 +105,7 @@ def test_resume__bulk_after_a_fix__completes_all_without_repeating_steps(e2e_url
 def test_fork_and_replay__reuse_the_steps_before_the_fork_or_none(e2e_url, daemon_factory):
     daemon_factory(V2, workers=1)
     [event_id] = start_runs(e2e_url, 1)
-    eventually(lambda: runs_of(e2e_url, [event_id]), timeout=30, what="the run")
-    [original] = runs_of(e2e_url, [event_id])
+    original = run_of(e2e_url, event_id)
     wait_status(e2e_url, [original], "completed")
     recorded = step_outputs(e2e_url, original)
 
@@ -155,8 +149,7 @@ def test_fork_and_replay__reuse_the_steps_before_the_fork_or_none(e2e_url, daemo
 def test_resume__changed_step_order__non_determinism_error_names_the_step(e2e_url, daemon_factory):
     v1 = daemon_factory(V1, workers=1)
     [event_id] = start_runs(e2e_url, 1)
-    eventually(lambda: runs_of(e2e_url, [event_id]), timeout=30, what="the run")
-    [run_id] = runs_of(e2e_url, [event_id])
+    run_id = run_of(e2e_url, event_id)
     wait_status(e2e_url, [run_id], "failed")
     v1.stop()
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import finished_run, scalar, send, sql
+from tests.e2e.harness import effects, finished_run, scalar, send, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -21,11 +21,6 @@ def steps(url: str, run_id: str) -> dict[str, dict[str, Any]]:
         (run_id,),
     )
     return {r[0]: {"status": r[1], "attempt": r[2], "output": r[3], "error": r[4]} for r in rows}
-
-
-def effects(url: str, run_id: str) -> dict[str, int]:
-    rows = sql(url, "SELECT step, count(*) FROM effects WHERE run_id = %s GROUP BY step", (run_id,))
-    return dict(rows)
 
 
 def test_retry__fails_twice_then_succeeds__attempt_3(e2e_url, daemon_factory):

@@ -7,6 +7,8 @@ import pytest
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

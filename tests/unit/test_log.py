@@ -12,6 +12,8 @@ import structlog
 
 from orchestrator import log
 
+pytestmark = pytest.mark.timeout(30)
+
 SQLALCHEMY_ERROR = (
     '(psycopg.errors.CheckViolation) new row for relation "events" violates check '
     'constraint "events_data_is_object"\n'

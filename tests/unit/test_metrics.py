@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from orchestrator import __version__
 from orchestrator.runtime.health import Health
 from orchestrator.runtime.metrics import STEP_BUCKETS, DaemonMetrics, StepTally, TallyDelta
 from orchestrator.runtime.prometheus import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
@@ -229,7 +230,7 @@ def _daemon_metrics(leader: bool = True) -> DaemonMetrics:
 def test_daemon_metrics__every_series_exists_at_zero_for_each_function() -> None:
     text = _daemon_metrics().render()
     for line in [
-        'orchestrator_build_info{version="0.1.0",app_version="abc"} 1',
+        f'orchestrator_build_info{{version="{__version__}",app_version="abc"}} 1',
         "orchestrator_daemon_up 1",
         "orchestrator_daemon_leader 1",
         "orchestrator_runs_executing 3",

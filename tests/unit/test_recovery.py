@@ -16,6 +16,8 @@ from orchestrator.engine.store import Lease
 from orchestrator.errors import NonDeterminismError, OrchestratorError
 from orchestrator.functions import make_function
 
+pytestmark = pytest.mark.timeout(30)
+
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 

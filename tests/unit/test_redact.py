@@ -6,6 +6,8 @@ import pytest
 
 from orchestrator.redact import redact_url, scrub, url_password, url_secrets
 
+pytestmark = pytest.mark.timeout(30)
+
 
 @pytest.mark.parametrize(
     ("url", "shown", "password"),

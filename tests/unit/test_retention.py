@@ -10,6 +10,8 @@ from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
 from orchestrator.runtime.retention import Policy
 
+pytestmark = pytest.mark.timeout(30)
+
 
 @pytest.fixture(autouse=True)
 def _no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,8 @@ import pytest
 from orchestrator.db import roles
 from orchestrator.errors import ConfigError, InvalidRoleNameError
 
+pytestmark = pytest.mark.timeout(30)
+
 HOSTILE = [
     'x"; DROP TABLE orchestrator.runs; --',
     "x'; DROP ROLE postgres; --",
