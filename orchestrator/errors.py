@@ -107,6 +107,13 @@ class UnknownFunctionError(OrchestratorError):
     code = "unknown_function"
 
 
+class FunctionInUseError(OrchestratorError):
+    """A function cannot be removed from the registry: a live daemon serves it, or it has
+    unfinished runs (`orchestrator functions remove`)."""
+
+    code = "function_in_use"
+
+
 class NonDeterminismError(OrchestratorError):
     """A replay met recorded steps that the current code cannot reconcile (`step_id` names
     the step where it noticed)."""
@@ -116,6 +123,20 @@ class NonDeterminismError(OrchestratorError):
     def __init__(self, message: str, *, step_id: str | None = None) -> None:
         super().__init__(message)
         self.step_id = step_id
+
+
+class NestedStepError(OrchestratorError):
+    """A step (`ctx.step.run`, `sleep`, `wait_for_event`, `invoke`, `send_event`, `parallel`)
+    was called inside the body of another step. A step body runs once and is then replayed
+    from its recorded result, so a step inside it would vanish on replay; the run fails at
+    once instead. Call the helper directly, or make it a step of its own."""
+
+    code = "nested_step"
+    non_retriable = True
+
+    def __init__(self, message: str, *, step_id: str) -> None:
+        super().__init__(message)
+        self.step_id = step_id  # the step in whose body it was called
 
 
 class RecoveryCapError(OrchestratorError):
@@ -177,6 +198,11 @@ class ControlSignal(BaseException):
 
 class Suspend(ControlSignal):
     """The run stops executing here and will be resumed later (sleep, retry back-off, drain)."""
+
+
+class Abort(ControlSignal):
+    """The run fails at once with its execution's fatal error (the code is wrong, not the
+    step: a nested step), whatever user code between here and the engine catches."""
 
 
 class Cancelled(ControlSignal):

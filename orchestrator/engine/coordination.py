@@ -52,7 +52,7 @@ class WaitFor:
 
 def wait_for_event(execution: Execution, step_id: str, spec: WaitFor) -> dict[str, Any] | None:
     """The first matching event (as functions receive it), or None on timeout."""
-    sid, position = execution.next_id(step_id)
+    sid, position = execution.next_id(step_id, kind="wait_for_event")
     row = execution.recorded(sid, "wait", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
@@ -92,7 +92,7 @@ def invoke(
     execution: Execution, step_id: str, function_id: str, data: Any, timeout: float | None
 ) -> Any:
     """Start `function_id` as a child run with `data` and return its output."""
-    sid, position = execution.next_id(step_id)
+    sid, position = execution.next_id(step_id, kind="invoke")
     row = execution.recorded(sid, "invoke", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
@@ -135,7 +135,7 @@ def send_event(execution: Execution, step_id: str, batch: list[dict[str, Any]]) 
     """Send events once, whatever replays follow; returns their ids."""
     from orchestrator.app import validate_event
 
-    sid, position = execution.next_id(step_id)
+    sid, position = execution.next_id(step_id, kind="send_event")
     row = execution.recorded(sid, "send_event", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)

@@ -9,6 +9,7 @@ in engine/coordination.py and engine/parallel.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -19,11 +20,15 @@ from typing import Any
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
+from orchestrator.engine.failures import error_dict, first_line, message
 from orchestrator.engine.observer import NOBODY, StepObserver
-from orchestrator.engine.retry import error_dict, retry_delay
+from orchestrator.engine.retry import retry_delay
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import (
+    Abort,
     Cancelled,
+    ControlSignal,
+    NestedStepError,
     NonDeterminismError,
     PayloadError,
     StepError,
@@ -78,7 +83,9 @@ class Execution:
         self.limits = limits
         self.draining = draining
         self.log = log
-        self.fatal: NonDeterminismError | None = None
+        self.fatal: NonDeterminismError | NestedStepError | None = None
+        self._bodies: dict[int, str] = {}  # the step bodies running now, by call
+        self._calls = itertools.count()
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
         self._position = 0
@@ -86,9 +93,11 @@ class Execution:
 
     # -- step identity -------------------------------------------------------------------
 
-    def next_id(self, step_id: str, *, positions: int = 1) -> tuple[str, int]:
+    def next_id(self, step_id: str, *, kind: str, positions: int = 1) -> tuple[str, int]:
         """The unique id for this call of `step_id` (`id`, `id#1`, …) and its position
-        (the first of `positions` consecutive ones, for a parallel group)."""
+        (the first of `positions` consecutive ones, for a parallel group). `kind` is the
+        `ctx.step` method called, for the error when it is called inside a step body."""
+        self._outside_bodies(step_id, kind)
         if not codec.storable_text(step_id, 200) or "#" in step_id:
             raise ValueError(
                 f"step id {step_id!r} is invalid; use a non-empty string of at most 200 "
@@ -100,6 +109,23 @@ class Execution:
         position = self._position
         self._position += positions
         return unique, position
+
+    def _outside_bodies(self, step_id: str, kind: str) -> None:
+        """Refuse a step called while a step body runs (from the body, or a thread it
+        started): it would run on the first execution and vanish on replay, when the outer
+        step is memoized, shifting every later step."""
+        running = sorted(self._bodies.values())
+        if not running:
+            return
+        outer = running[0]
+        self.fatal = NestedStepError(
+            f"ctx.step.{kind}('{step_id}') was called inside the body of step '{outer}'; "
+            "steps cannot be nested, because a step body runs once and is then replayed "
+            f"from its recorded result. Call the helper directly inside '{outer}' (it is "
+            f"part of that step), or make '{step_id}' a step of its own in the function",
+            step_id=outer,
+        )
+        raise self.fatal
 
     def replayed(self, row: StepRow) -> None:
         """A recorded step was replayed: the next wait looks back to when it began."""
@@ -160,7 +186,7 @@ class Execution:
     def run_step(
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        sid, position = self.next_id(step_id)
+        sid, position = self.next_id(step_id, kind="run")
         row = self.recorded(sid, "run", position)
         if row is not None and row.status == "completed":
             self.replayed(row)
@@ -178,7 +204,9 @@ class Execution:
                 text, decoded = self.body(sid, fn, args, kwargs)
             finally:
                 self.on_body(None)
-        except Exception as exc:
+        except (ControlSignal, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # SystemExit from a library is the step's failure too
             return self._step_failed(sid, position, attempt, exc, started=started, log=log)
         self.since = max(self.since, began)
         self.store.checkpoint(
@@ -204,18 +232,28 @@ class Execution:
     def body(
         self, sid: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[str, Any]:
-        """Call a step body; returns its result as stored (JSON text) and as decoded."""
+        """Call a step body; returns its result as stored (JSON text) and as decoded. A step
+        called inside the body fails the run (`Abort`), whatever the body did with the error."""
         started = time.perf_counter()
+        call = next(self._calls)
+        self._bodies[call] = sid
         try:
             value = fn(*args, **kwargs)
-            return codec.roundtrip(
-                value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
-            )
+        except BaseException:
+            if self.fatal is not None:
+                raise Abort(str(self.fatal)) from None
+            raise
         finally:
+            del self._bodies[call]
             self.observer.step_ran(self.fdef.id, time.perf_counter() - started)
+        if self.fatal is not None:
+            raise Abort(str(self.fatal))
+        return codec.roundtrip(
+            value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
+        )
 
     def failure(
-        self, sid: str, position: int, attempt: int, exc: Exception, *, started: float
+        self, sid: str, position: int, attempt: int, exc: BaseException, *, started: float
     ) -> tuple[StepRecord, float | None]:
         """The record of a failed attempt, and the delay before the next (None: no more)."""
         error = error_dict(exc)
@@ -235,26 +273,25 @@ class Execution:
         return record, delay
 
     def _step_failed(
-        self, sid: str, position: int, attempt: int, exc: Exception, *, started: float, log: Any
+        self,
+        sid: str,
+        position: int,
+        attempt: int,
+        exc: BaseException,
+        *,
+        started: float,
+        log: Any,
     ) -> Any:
         record, delay = self.failure(sid, position, attempt, exc, started=started)
-        error_type = type(exc).__name__
+        error = json.loads(record.error_json or "{}")
+        said = {"error_type": error["type"], "error": first_line(exc)}
+        said |= payload(error_message=message(exc))
         if delay is None:
             self.store.checkpoint(self.lease, record)
-            log.warning(
-                "step failed",
-                error_type=error_type,
-                retries=self.fdef.retries,
-                **payload(error_message=str(exc)),
-            )
-            raise StepError(sid, json.loads(record.error_json or "{}")) from exc
+            log.warning("step failed", retries=self.fdef.retries, **said)
+            raise StepError(sid, error) from exc
         self.retry_later(delay, (record,))
-        log.info(
-            "step will retry",
-            error_type=error_type,
-            delay=round(delay, 3),
-            **payload(error_message=str(exc)),
-        )
+        log.warning("step will retry", delay=round(delay, 3), **said)
         raise Suspend(f"retry of step '{sid}'")
 
     def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
@@ -268,7 +305,7 @@ class Execution:
     def sleep(
         self, step_id: str, *, seconds: float | None = None, until: datetime | None = None
     ) -> None:
-        sid, position = self.next_id(step_id)
+        sid, position = self.next_id(step_id, kind="sleep")
         row = self.recorded(sid, "sleep", position)
         if row is not None and row.status == "completed":
             self.replayed(row)

@@ -12,10 +12,10 @@ from typing import Any
 from orchestrator import codec
 from orchestrator.context import Context, Event, Step
 from orchestrator.engine.execution import Execution, Limits
+from orchestrator.engine.failures import error_dict, summary
 from orchestrator.engine.observer import NOBODY, StepObserver
-from orchestrator.engine.retry import error_dict
 from orchestrator.engine.store import Lease, RunStore
-from orchestrator.errors import Cancelled, LeaseLost, StepError, Suspend
+from orchestrator.errors import Abort, Cancelled, LeaseLost, StepError, Suspend
 from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 from orchestrator.log import payload
@@ -114,15 +114,23 @@ def _drive(
         store.finish(lease, status="cancelled", output_json=None, error_json=json.dumps(error))
         log.info("run cancelled at a step boundary")
         return Outcome(lease.run_id, "cancelled")
-    except StepError as exc:  # the step's error, naming the step (resume retries it)
-        return _fail(store, lease, execution, exc.error | {"step": exc.step_id}, log)
-    except Exception as exc:
-        return _fail(store, lease, execution, error_dict(exc), log)
+    except (LeaseLost, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # whatever user code raised, SystemExit included
+        return _fail(store, lease, execution, _error_of(exc), log)
     if execution.fatal is not None:  # user code swallowed a non-determinism error
         return _fail(store, lease, execution, {}, log)
     store.finish(lease, status="completed", output_json=text, error_json=None)
     log.info("run completed", output_bytes=len(text), **payload(output=text))
     return Outcome(lease.run_id, "completed")
+
+
+def _error_of(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, Abort):  # the execution's fatal error says why (see _fail)
+        return {}
+    if isinstance(exc, StepError):  # the step's error, naming the step (resume retries it)
+        return exc.error | {"step": exc.step_id}
+    return error_dict(exc)
 
 
 def _fail(
@@ -131,10 +139,12 @@ def _fail(
     if execution.fatal is not None:  # it wins over whatever the code did after it
         error = error_dict(execution.fatal)
     store.finish(lease, status="failed", output_json=None, error_json=json.dumps(error))
+    text = str(error.get("message") or "")
     log.warning(
         "run failed",
         error_type=error.get("type"),
         error_code=error.get("code"),
-        **payload(error_message=error.get("message")),
+        error=summary(text, str(error.get("type") or "")),
+        **payload(error_message=text),
     )
     return Outcome(lease.run_id, "failed")

@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution, ms
-from orchestrator.errors import StepError, Suspend
+from orchestrator.errors import ControlSignal, StepError, Suspend
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/")
 
@@ -63,7 +63,7 @@ def branches_of(step_id: str, items: Sequence[Any]) -> list[Branch]:
 
 def parallel(execution: Execution, step_id: str, items: Sequence[Any]) -> list[Any]:
     branches = branches_of(step_id, items)
-    sid, first = execution.next_id(step_id, positions=len(branches))
+    sid, first = execution.next_id(step_id, kind="parallel", positions=len(branches))
     results: dict[int, _Result] = {}
     pending: list[tuple[int, str, int]] = []
     for i, branch in enumerate(branches):
@@ -98,7 +98,9 @@ def _run_pending(
         try:
             try:
                 text, out.value = execution.body(bid, branch.fn, branch.args, {})
-            except Exception as exc:
+            except (ControlSignal, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # the branch's failure, recorded below
                 out.record, out.delay = execution.failure(
                     bid, first + i, attempt, exc, started=started
                 )

@@ -1,15 +1,11 @@
-"""The retry policy: exponential back-off with jitter, and how errors are recorded."""
+"""The retry policy: exponential back-off with jitter (how errors are recorded: failures.py)."""
 
 from __future__ import annotations
 
 import random
-import traceback
-from typing import Any
 
 from orchestrator.errors import NonRetriableError, RetryAfterError
 from orchestrator.functions import Backoff
-
-_MAX_TRACEBACK = 8000
 
 
 def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = None) -> float:
@@ -25,7 +21,7 @@ def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = No
 
 def retry_delay(exc: BaseException, backoff: Backoff, attempt: int, retries: int) -> float | None:
     """Seconds until the next attempt, or None when the step fails for good."""
-    if isinstance(exc, NonRetriableError) or getattr(exc, "non_retriable", False):
+    if isinstance(exc, NonRetriableError) or _flagged_non_retriable(exc):
         return None
     if attempt > retries:
         return None
@@ -34,22 +30,9 @@ def retry_delay(exc: BaseException, backoff: Backoff, attempt: int, retries: int
     return backoff_delay(backoff, attempt)
 
 
-def error_dict(exc: BaseException) -> dict[str, Any]:
-    """The JSON shape of an error in `runs.error` and `steps.error`."""
-    tb = "".join(traceback.format_exception(exc))
-    error = {
-        "type": type(exc).__name__,
-        "message": _storable(str(exc)),
-        "code": getattr(exc, "code", None),
-        "traceback": _storable(tb[-_MAX_TRACEBACK:]),
-    }
-    step = getattr(exc, "step_id", None)
-    if isinstance(step, str):  # the step it is about (a non-determinism error's)
-        error["step"] = step
-    return error
-
-
-def _storable(text: str) -> str:
-    """jsonb refuses NUL and lone surrogates; an error message carrying them (parsing binary
-    data, say) must still be recorded, so show them escaped instead of failing the write."""
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+def _flagged_non_retriable(exc: BaseException) -> bool:
+    """An exception may say `non_retriable = True`; a property that raises says nothing."""
+    try:
+        return bool(getattr(exc, "non_retriable", False))
+    except Exception:
+        return False

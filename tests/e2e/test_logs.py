@@ -53,7 +53,12 @@ def test_daemon_logs__carry_no_payloads(e2e_url, daemon_factory, level, payloads
     assert completed, "the completed runs were logged with their sizes"
     failed = [e for e in lines if e["event"] == "run failed"]
     assert failed == [failed[0]] and failed[0]["error_type"] == "NonRetriableError"
+    assert failed[0]["level"] == "warning"
+    assert failed[0]["error"] == "the card was declined"  # the first line, not the token
     assert "error_message" not in failed[0]
+    step = next(e for e in lines if e["event"] == "step failed")
+    assert (step["level"], step["error_type"]) == ("warning", "NonRetriableError")
+    assert step["error"] == "the card was declined"
 
 
 def test_daemon_logs__payloads_with_log_payloads_at_debug(e2e_url, daemon_factory):
@@ -69,7 +74,7 @@ def test_daemon_logs__payloads_with_log_payloads_at_debug(e2e_url, daemon_factor
     runs = [e for e in lines if e["event"] == "run completed" and e["function_id"] == "checkout"]
     assert secret in runs[0]["output"]
     failed = next(e for e in lines if e["event"] == "run failed")
-    assert failed["error_message"] == f"card {secret} was declined"
+    assert failed["error_message"] == f"the card was declined\ncard: {secret}"
 
 
 # -- passwords -----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ its event data, step outputs, return value and error messages.
 - `receipt`: the invoked child.
 - `audit` (event `shop/audited`, sent by `checkout`): throttled, debounced and idempotent, so
   its runs go through `limiters`, `buffered_events` and `idempotency_keys`.
-- `declined` (event `shop/declined`): a step whose error message quotes the token.
+- `declined` (event `shop/declined`): a step whose error message quotes the token on its
+  second line (logs show an error's first line only).
 - `heartbeat`: a cron function firing every second (`schedules`).
 
 Step bodies touch no tables of their own, so the app runs under a role that has only the
@@ -65,7 +66,7 @@ def declined(ctx: Context) -> None:
     card = ctx.event.data["card"]
 
     def charge() -> None:
-        raise NonRetriableError(f"card {card} was declined")
+        raise NonRetriableError(f"the card was declined\ncard: {card}")
 
     ctx.step.run("charge", charge)
 
