@@ -9,7 +9,7 @@
     orchestrator runs cancel RUN_ID
     orchestrator runs replay|resume RUN_ID   (or in bulk: --function F --status S --since 2h)
     orchestrator runs fork RUN_ID --from-step STEP_ID [--data JSON]
-    orchestrator functions
+    orchestrator functions [remove NAME [--cancel-runs] [--yes]]
     orchestrator gc [--completed S] [--failed S] [--events S] [--dry-run]
 
 Every command takes `--config PATH` and `--database-url URL`, prints readable tables in a
@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(runs_sub, common)
 
-    sub.add_parser("functions", parents=[common], help="list registered functions")
+    from orchestrator.cli_functions import add_parser as add_functions
+
+    add_functions(sub, common)
 
     gc = sub.add_parser("gc", parents=[common], help="delete old runs, events and daemon rows now")
     gc.add_argument("--completed", type=float, metavar="SECONDS", help="retain_completed")
@@ -241,25 +243,9 @@ def _cmd_send(db: Any, cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_functions(db: Any, args: argparse.Namespace) -> int:
-    from orchestrator.db import functions
+    from orchestrator import cli_functions
 
-    with db.transaction() as conn:
-        rows = functions.list_all(conn)
-    if args.json:
-        print(json.dumps([_plain(r.__dict__) for r in rows], indent=2))
-        return 0
-    table = [
-        (
-            r.id,
-            ", ".join(_trigger_text(t) for t in r.triggers),
-            r.options.get("retries", ""),
-            r.version,
-            _time(r.updated_at),
-        )
-        for r in rows
-    ]
-    _print_table(("ID", "TRIGGERS", "RETRIES", "VERSION", "UPDATED"), table)
-    return 0
+    return cli_functions.run(db, args)
 
 
 def _cmd_gc(db: Any, cfg: Config, args: argparse.Namespace) -> int:
@@ -401,14 +387,6 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
     ]
     _print_table(("STEP", "KIND", "STATUS", "ATTEMPT", "OUTPUT/ERROR", "MS", "WAKE", "AT"), table)
     return 0
-
-
-def _trigger_text(trigger: dict[str, Any]) -> str:
-    if trigger.get("type") == "cron":
-        tz = f" {trigger['tz']}" if trigger.get("tz") else ""
-        return f"cron({trigger.get('expr')}{tz})"
-    cond = f", if_={trigger['if']!r}" if trigger.get("if") else ""
-    return f"event({trigger.get('name')}{cond})"
 
 
 def _plain(obj: dict[str, Any]) -> dict[str, Any]:

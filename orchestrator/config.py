@@ -50,6 +50,7 @@ class Config:
     log_payloads: bool = False
     version: str = ""
     http_address: str = ""
+    unserved_warning_after: float = 60.0
 
 
 _RULES: dict[str, tuple[float | None, str]] = {
@@ -71,6 +72,7 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "retain_events": (0.0, "0 (keep forever) or at least 3600 seconds"),
     "retention_interval": (0.1, "a positive number of seconds (e.g. 60)"),
     "retention_batch_size": (1, "at least 1 (e.g. 50)"),
+    "unserved_warning_after": (0.1, "a positive number of seconds (e.g. 60)"),
 }
 # Retention ages: 0 keeps forever, and a smaller age than this is refused. A finished run's
 # row is what makes a second attempt at creating it a no-op (its idempotency key); an event

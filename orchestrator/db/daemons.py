@@ -1,7 +1,14 @@
-"""Statements on `orchestrator.daemons`: registration, heartbeats, liveness."""
+"""Statements on `orchestrator.daemons`: registration, heartbeats, liveness.
+
+A daemon records the ids of the functions it serves when it registers (`daemons.functions`);
+heartbeats never touch them. When it stops or is declared dead, its functions'
+`last_served_at` is brought forward, so that when a function was last served is known after
+the daemon's row is gone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,13 +52,15 @@ def register(
     version: str,
     workers: int,
     concurrency: int,
+    functions: Sequence[str] = (),
 ) -> int:
-    """Insert this daemon's row; returns its liveness lock key."""
+    """Insert this daemon's row with the ids of the functions it serves; returns its
+    liveness lock key."""
     key: int = conn.execute(
         text(
             "INSERT INTO orchestrator.daemons (id, hostname, pid, app, version, workers, "
-            "concurrency) VALUES (CAST(:p_id AS uuid), :p_host, :p_pid, :p_app, :p_version, "
-            ":p_workers, :p_conc) RETURNING lock_key"
+            "concurrency, functions) VALUES (CAST(:p_id AS uuid), :p_host, :p_pid, :p_app, "
+            ":p_version, :p_workers, :p_conc, CAST(:p_functions AS text[])) RETURNING lock_key"
         ),
         {
             "p_id": daemon_id,
@@ -61,6 +70,7 @@ def register(
             "p_version": version,
             "p_workers": workers,
             "p_conc": concurrency,
+            "p_functions": sorted(functions),
         },
     ).scalar_one()
     return key
@@ -79,21 +89,32 @@ def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str)
     return previous
 
 
+# Brings forward `last_served_at` of the functions of the daemon(s) CTE `gone` returned.
+_LAST_SERVED = (
+    " UPDATE orchestrator.functions f SET last_served_at = "
+    "greatest(f.last_served_at, gone.served_until) FROM gone WHERE f.id = ANY(gone.functions)"
+)
+
+
 def mark_stopped(conn: Connection, daemon_id: str) -> None:
+    """The daemon stopped: its functions were served until now."""
     conn.execute(
         text(
-            "UPDATE orchestrator.daemons SET status = 'stopped', stopped_at = now(), "
-            "is_leader = false WHERE id = CAST(:p_id AS uuid)"
+            "WITH gone AS (UPDATE orchestrator.daemons SET status = 'stopped', "
+            "stopped_at = now(), is_leader = false WHERE id = CAST(:p_id AS uuid) "
+            "RETURNING functions, now() AS served_until)" + _LAST_SERVED
         ),
         {"p_id": daemon_id},
     )
 
 
 def mark_dead(conn: Connection, daemon_id: str) -> None:
+    """The daemon is gone: its functions were served until its last heartbeat."""
     conn.execute(
         text(
-            "UPDATE orchestrator.daemons SET status = 'dead', stopped_at = now(), "
-            "is_leader = false WHERE id = CAST(:p_id AS uuid) AND status <> 'stopped'"
+            "WITH gone AS (UPDATE orchestrator.daemons SET status = 'dead', stopped_at = now(), "
+            "is_leader = false WHERE id = CAST(:p_id AS uuid) AND status <> 'stopped' "
+            "RETURNING functions, heartbeat_at AS served_until)" + _LAST_SERVED
         ),
         {"p_id": daemon_id},
     )

@@ -1,4 +1,12 @@
-"""Statements on `orchestrator.functions` and `orchestrator.schedules`."""
+"""Statements on `orchestrator.functions` and `orchestrator.schedules`, and on who serves the
+functions.
+
+A function is served while a running daemon lists it in `daemons.functions` (a daemon that
+lists nothing known, registered before that column existed, counts as serving every
+function). Runs of a function nobody serves wait forever: `unserved_backlog` finds them for
+the leader's warning and metric, `serving` says who serves what for `orchestrator
+functions`, and `hold`/`remove` retire a function from the registry.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,10 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from orchestrator.db.runs import CancelWatch
+from orchestrator.db.schema import ACTIVE_STATUSES
+
+# Running daemons that serve the function `{f}.id` (NULL functions: any).
+_SERVES = "d.status = 'running' AND (d.functions IS NULL OR {f}.id = ANY(d.functions))"
 
 
 @dataclass(frozen=True)
@@ -149,3 +161,159 @@ def mark_fired(
         ),
         {"p_fid": function_id, "p_fired": fired_at, "p_next": next_fire_at, "p_run": run_id},
     )
+
+
+@dataclass(frozen=True)
+class ServingDaemon:
+    daemon_id: str
+    hostname: str
+    pid: int
+    app: str
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Who serves a function now, and when one last did."""
+
+    function_id: str
+    daemons: list[ServingDaemon]
+    last_served_at: datetime | None  # the latest heartbeat of a live one, else the record
+
+
+def serving(conn: Connection) -> dict[str, Serving]:
+    """Every registered function's serving daemons and when it was last served."""
+    rows = conn.execute(
+        text(
+            "SELECT f.id, coalesce(s.daemons, '[]'::jsonb), "
+            "greatest(f.last_served_at, s.last_heartbeat, g.last_heartbeat) "
+            "FROM orchestrator.functions f "
+            "LEFT JOIN LATERAL (SELECT jsonb_agg(jsonb_build_object('daemon_id', d.id, "
+            "'hostname', d.hostname, 'pid', d.pid, 'app', d.app, 'heartbeat_at', "
+            "d.heartbeat_at) ORDER BY d.started_at, d.id) AS daemons, "
+            "max(d.heartbeat_at) AS last_heartbeat "
+            f"FROM orchestrator.daemons d WHERE {_SERVES.format(f='f')}) s ON true "
+            # a daemon stopping (draining) serves no more, but did a moment ago
+            "LEFT JOIN LATERAL (SELECT max(d.heartbeat_at) AS last_heartbeat "
+            "FROM orchestrator.daemons d WHERE d.status = 'stopping' "
+            "AND f.id = ANY(d.functions)) g ON true ORDER BY f.id"
+        )
+    )
+    return {fid: Serving(fid, _daemons(found), last) for fid, found, last in rows}
+
+
+def _daemons(found: list[dict[str, Any]]) -> list[ServingDaemon]:
+    return [
+        ServingDaemon(
+            str(d["daemon_id"]),
+            d["hostname"],
+            int(d["pid"]),
+            d["app"],
+            datetime.fromisoformat(d["heartbeat_at"]),
+        )
+        for d in found
+    ]
+
+
+@dataclass(frozen=True)
+class UnservedBacklog:
+    function_id: str
+    runs: int  # due runs, counted up to the cap
+    since: datetime  # when the oldest of them fell due
+    waited_seconds: float  # how long ago that was, by the database clock
+
+
+_UNSERVED = f"""
+    SELECT f.id, due.n, due.since, extract(epoch FROM now() - due.since)::float8
+    FROM orchestrator.functions f
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, min(c.due_at) AS since FROM (
+            SELECT r.due_at FROM orchestrator.runs r
+            WHERE r.function_id = f.id AND r.status IN ('queued', 'sleeping', 'waiting')
+              AND r.due_at <= now() AND r.cancel_requested_at IS NULL
+            ORDER BY r.due_at LIMIT :p_cap
+        ) c
+    ) due
+    WHERE due.n > 0
+      AND NOT EXISTS (SELECT FROM orchestrator.daemons d WHERE {_SERVES.format(f="f")})
+    ORDER BY f.id
+"""
+
+
+def unserved_backlog(conn: Connection, *, cap: int) -> list[UnservedBacklog]:
+    """The registered functions no running daemon serves that have due runs (not being
+    cancelled): how many (up to `cap`) and since when. Costs an index probe of
+    `runs_function_due` per unserved function, and nothing per served one."""
+    rows = conn.execute(text(_UNSERVED), {"p_cap": cap})
+    return [UnservedBacklog(fid, int(n), since, max(0.0, wait)) for fid, n, since, wait in rows]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What keeps a function from being removed from the registry."""
+
+    function_id: str
+    daemons: list[ServingDaemon]  # running daemons that serve it (it would register again)
+    active: dict[str, int]  # its unfinished runs by status
+    buffered: int  # events gathered for a debounced or batched run not made yet
+
+
+def hold(conn: Connection, function_id: str, *, lock: bool = False) -> Hold | None:
+    """What holds the function in the registry; None if it is not registered. `lock` takes
+    its row lock, so a daemon registering it again waits for this transaction."""
+    lock_clause = " FOR UPDATE" if lock else ""
+    found = conn.execute(
+        text(f"SELECT id FROM orchestrator.functions WHERE id = :p_id{lock_clause}"),
+        {"p_id": function_id},
+    ).scalar()
+    if found is None:
+        return None
+    by_status = conn.execute(
+        text(
+            "SELECT status, count(*) FROM orchestrator.runs WHERE function_id = :p_id "
+            "AND status = ANY(CAST(:p_active AS text[])) GROUP BY status ORDER BY status"
+        ),
+        {"p_id": function_id, "p_active": list(ACTIVE_STATUSES)},
+    )
+    buffered = conn.execute(
+        text("SELECT count(*) FROM orchestrator.buffered_events WHERE function_id = :p_id"),
+        {"p_id": function_id},
+    ).scalar_one()
+    live = serving_daemons(conn, function_id)
+    return Hold(function_id, live, {s: int(n) for s, n in by_status}, int(buffered))
+
+
+def serving_daemons(conn: Connection, function_id: str) -> list[ServingDaemon]:
+    rows = conn.execute(
+        text(
+            "SELECT d.id::text, d.hostname, d.pid, d.app, d.heartbeat_at FROM "
+            "orchestrator.daemons d, (SELECT CAST(:p_id AS text) AS id) f "
+            f"WHERE {_SERVES.format(f='f')} ORDER BY d.started_at, d.id"
+        ),
+        {"p_id": function_id},
+    )
+    return [ServingDaemon(*row) for row in rows]
+
+
+def active_run_ids(conn: Connection, function_id: str) -> list[str]:
+    rows = conn.execute(
+        text(
+            "SELECT id::text FROM orchestrator.runs WHERE function_id = :p_id "
+            "AND status = ANY(CAST(:p_active AS text[])) ORDER BY created_at, id"
+        ),
+        {"p_id": function_id, "p_active": list(ACTIVE_STATUSES)},
+    )
+    return [row[0] for row in rows]
+
+
+def remove(conn: Connection, function_id: str) -> int:
+    """Delete the function from the registry (its schedule goes with it) and the events
+    buffered for it; returns how many buffered events were dropped. The daemons are told
+    at commit, so that their ingest stops starting it at once."""
+    dropped = conn.execute(
+        text("DELETE FROM orchestrator.buffered_events WHERE function_id = :p_id"),
+        {"p_id": function_id},
+    ).rowcount
+    conn.execute(text("DELETE FROM orchestrator.functions WHERE id = :p_id"), {"p_id": function_id})
+    conn.execute(text("SELECT pg_notify('orchestrator_functions', '')"))
+    return int(dropped)

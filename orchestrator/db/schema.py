@@ -86,6 +86,7 @@ functions = Table(
     Column("version", Text, nullable=False, server_default=text("''")),
     _ts("created_at", nullable=False, default_now=True),
     _ts("updated_at", nullable=False, default_now=True),
+    _ts("last_served_at"),
 )
 
 schedules = Table(
@@ -122,6 +123,7 @@ daemons = Table(
     _ts("started_at", nullable=False, default_now=True),
     _ts("heartbeat_at", nullable=False, default_now=True),
     _ts("stopped_at"),
+    Column("functions", ARRAY(Text)),
     CheckConstraint(_in("status", ("running", "stopping", "stopped", "dead")), "daemons_status"),
     Index("daemons_lock_key", "lock_key", unique=True),
 )

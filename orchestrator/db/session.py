@@ -17,7 +17,7 @@ from orchestrator.db.connect import libpq_url
 from orchestrator.db.daemons import DAEMON_LOCK_CLASS
 from orchestrator.db.direct import Conn, driver
 
-CHANNELS = ("orchestrator_events", "orchestrator_runs")
+CHANNELS = ("orchestrator_events", "orchestrator_runs", "orchestrator_functions")
 _KEEPALIVE = {
     "keepalives": 1,
     "keepalives_idle": 5,

@@ -39,6 +39,7 @@ from orchestrator.runtime.pool import Handback, WorkerPool
 from orchestrator.runtime.rescuer import Rescuer
 from orchestrator.runtime.retention import Policy, Retention
 from orchestrator.runtime.telemetry import Telemetry
+from orchestrator.runtime.unserved import UnservedWatch
 from orchestrator.runtime.upkeep import Upkeep
 
 CLAIM_HOLD = 0.002  # seconds a claim may wait for more free threads under a backlog
@@ -136,6 +137,13 @@ class Daemon:
         self.flow_due_at: float | None = None  # when a flow-controlled run falls due
         self.flow_first = False
         self.upkeep = Upkeep(self.db, self.registry, self.log)
+        # leader: warns about runs that wait for a function no live daemon serves
+        self.unserved = UnservedWatch(
+            self.db,
+            warn_after=config.unserved_warning_after,
+            report=self.metrics.set_unserved,
+            log=self.log,
+        )
         # deletes old rows on a thread of its own while this daemon leads (runtime/retention.py)
         self.retention = Retention(
             url,
@@ -181,6 +189,7 @@ class Daemon:
                 version=self.version,
                 workers=self.cfg.workers,
                 concurrency=self.cfg.concurrency,
+                functions=self.function_ids,
             )
         self.cron.register()
         self.session = Session(
@@ -432,6 +441,8 @@ class Daemon:
     def _on_notify(self, channel: str) -> None:
         if channel == "orchestrator_events":
             self.events_hint.set()
+        elif channel == "orchestrator_functions":  # one was removed: stop starting it
+            self.ingester.invalidate()
         self.flow.poke()
         self.wake.set()
 
@@ -483,6 +494,7 @@ class Daemon:
             self.metrics.rescued("dead_daemon", dead)
             rescued += len(dead) + self.cron.tick()
             self.metrics.runs_ended(self.upkeep.tick())  # a running one ends at a boundary
+            self.unserved.tick()
         if rescued:
             self.flow.poke()
             self.wake.set()

@@ -14,8 +14,9 @@ Every count is the daemon's own bookkeeping, never a scan of the tables:
 - rescues: what the rescuer and the worker-crash handler return;
 - events ingested: what each ingest transaction took.
 
-The due queue's depth and lag are the one thing read from the database, in the background
-(runtime/backlog.py), never by a scrape.
+The due queue's depth and lag are read from the database in the background
+(runtime/backlog.py), and the due runs no daemon serves by the leader's periodic check
+(runtime/unserved.py); never by a scrape.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class Backlog(Protocol):
 
     @property
     def lag_seconds(self) -> float: ...
+
+
+class Unserved(Protocol):
+    """One function's due runs that no daemon serves (db.functions.UnservedBacklog)."""
+
+    @property
+    def function_id(self) -> str: ...
+
+    @property
+    def runs(self) -> int: ...
 
 
 @dataclass
@@ -233,6 +244,14 @@ class DaemonMetrics:
             "(Unix time; 0 before the first).",
         )
         self.probed.set(0.0)
+        self._unserved: dict[tuple[str, ...], float] = {}
+        r.gauge(
+            "orchestrator_unserved_runs",
+            "Due runs of functions that no running daemon serves, by function, counted up to "
+            "the cap (10000). Measured by the leader only; the other daemons show no series.",
+            ("function",),
+            read=lambda: self._unserved if leader() else {},
+        )
         for fid in function_ids:
             self.started.touch(fid)
             self.retries.touch(fid)
@@ -274,6 +293,10 @@ class DaemonMetrics:
         self.due.replace({(b.function_id,): b.depth for b in backlog})
         self.lag.replace({(b.function_id,): b.lag_seconds for b in backlog})
         self.probed.set(at_unix)
+
+    def set_unserved(self, unserved: Sequence[Unserved]) -> None:
+        """The leader's latest count (functions served again drop out)."""
+        self._unserved = {(u.function_id,): float(u.runs) for u in unserved}
 
     def render(self) -> str:
         return self.registry.render()

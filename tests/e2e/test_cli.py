@@ -179,7 +179,7 @@ def test_cli_functions__lists_the_registered_functions(e2e_url, daemon_factory):
     daemon_factory(APP, workers=1)
 
     header, rows = table(cli(e2e_url, "functions").stdout)
-    assert header == ["ID", "TRIGGERS", "RETRIES", "VERSION", "UPDATED"]
+    assert header == ["ID", "TRIGGERS", "RETRIES", "VERSION", "UPDATED", "SERVED BY", "LAST SERVED"]
     assert [row[:3] for row in rows] == [
         ["always-fails", "event(retry/always)", "2"],
         ["flaky", "event(retry/flaky)", "3"],
