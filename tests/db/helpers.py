@@ -8,6 +8,7 @@ from sqlalchemy import text
 from orchestrator.db import runs
 from orchestrator.db.database import Database
 from orchestrator.db.direct import driver
+from tests.conftest import eventually
 
 
 def queue_runs(db: Database, n: int, function_id: str = "f", **kwargs: Any) -> list[str]:
@@ -52,3 +53,19 @@ def claim_plan(db: Database, *, suspects: bool = False, analyze: bool = False) -
             raw.execute("SELECT set_config(%s, %s, true)", (name, value))
         explain = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
         return "\n".join(str(row[0]) for row in raw.execute(explain + stmt, params))
+
+
+def blocked_by(db: Database, holder_pid: int) -> list[int]:
+    """The backends waiting for a lock that the backend `holder_pid` holds."""
+    rows = execute(
+        db,
+        "SELECT pid FROM pg_stat_activity WHERE CAST(:holder AS int) = ANY(pg_blocking_pids(pid))",
+        holder=holder_pid,
+    )
+    return [int(row[0]) for row in rows]
+
+
+def wait_until_blocked(db: Database, holder_pid: int, what: str) -> list[int]:
+    """Poll until some backend waits for a lock of `holder_pid`; returns the waiting pids.
+    Releasing the lock only after this makes a test of waiting prove that it waited."""
+    return eventually(lambda: blocked_by(db, holder_pid), timeout=20, what=what)

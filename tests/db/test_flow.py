@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy.exc
 import structlog
 
-from orchestrator import Concurrency, Orchestrator, RateLimit, Singleton, cron, event
+from orchestrator import Batch, Concurrency, Orchestrator, RateLimit, Singleton, cron, event
 from orchestrator.db import buffers, flow, functions, idempotency, limiters, runs
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
@@ -22,7 +23,7 @@ from orchestrator.db.direct import Direct, driver, set_local
 from orchestrator.runtime.cron import CronScheduler
 from orchestrator.runtime.flow import FlowClaimer
 from orchestrator.runtime.ingest import Ingester
-from tests.db.helpers import execute
+from tests.db.helpers import execute, wait_until_blocked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,6 +39,7 @@ def _app() -> Orchestrator:
     app.function("rated", trigger=event("r"), rate_limit=RateLimit(5, timedelta(minutes=1)))(noop)
     app.function("single", trigger=event("s"), singleton=Singleton(key="event.data.u"))(noop)
     app.function("once", trigger=event("o"), idempotency="event.data.order")(noop)
+    app.function("batched", trigger=event("b"), batch_events=Batch(100, timedelta(hours=1)))(noop)
     return app
 
 
@@ -183,8 +185,9 @@ def test_idempotency__a_key_is_new_once_until_it_expires(db: Database) -> None:
             target=lambda: result.append(idempotency.claim(second, [("once", "7", "e2", 3600)]))
         )
         waiter.start()
-        waiter.join(0.3)
-        assert waiter.is_alive()  # waits for the first transaction to decide
+        # it waits for the first transaction to decide
+        [waiting] = wait_until_blocked(db, first.info.backend_pid, "the second claim waiting")
+        assert waiting == second.info.backend_pid and result == []
         first.commit()
         waiter.join(5)
         assert result == [set()]
@@ -260,11 +263,41 @@ def test_admission__singleton_and_idempotency(db: Database, ingester: Ingester) 
     assert _statuses(db, "single") == {"queued": 2, "skipped": 2}
     assert _statuses(db, "once") == {"queued": 2}
     # the database refuses a second active run of a key, whatever the ingest believed
-    with pytest.raises(Exception, match="runs_singleton"):
+    with pytest.raises(sqlalchemy.exc.IntegrityError, match="runs_singleton") as refused:
         execute(
             db,
             "INSERT INTO orchestrator.runs (function_id, singleton_key) VALUES ('single', 'a')",
         )
+    assert isinstance(refused.value.orig, psycopg.errors.UniqueViolation)
+
+
+def _batches(db: Database) -> list[list[int]]:
+    rows = execute(
+        db,
+        "SELECT ARRAY(SELECT (e->'data'->>'n')::int FROM jsonb_array_elements(events) AS e) "
+        "FROM orchestrator.runs WHERE function_id = 'batched' ORDER BY created_at",
+    )
+    return [list(row[0]) for row in rows]
+
+
+def test_batch__full_batches_are_made_at_once__the_rest_waits_for_the_timeout(
+    db: Database, ingester: Ingester, claimers: list[FlowClaimer]
+) -> None:
+    _send(db, "b", [{"n": n} for n in range(250)])
+    while ingester.tick():
+        pass
+    claimer = claimers[0]
+    assert len(claimer.claim(10)) == 2  # the first claim after the ingest: no waiting
+    assert _batches(db) == [list(range(100)), list(range(100, 200))]
+    claimer.poke()
+    assert claimer.claim(10) == []  # the other 50 wait for the batch timeout (an hour)
+    buffered = "SELECT count(*) FROM orchestrator.buffered_events"
+    assert execute(db, buffered)[0][0] == 50
+    execute(db, "UPDATE orchestrator.buffered_events SET received_at = received_at - interval '1h'")
+    claimer.poke()
+    assert len(claimer.claim(10)) == 1
+    assert _batches(db)[2:] == [list(range(200, 250))]
+    assert execute(db, buffered)[0][0] == 0
 
 
 def _cron_app(**options: Any) -> dict[str, Any]:
@@ -319,10 +352,12 @@ def test_admission__singleton_made_meanwhile_elsewhere_is_recorded_skipped(
         )
         ingest = threading.Thread(target=ingester.tick)
         ingest.start()
-        ingest.join(0.5)
-        assert ingest.is_alive()  # its insert waits on the unique index
+        # its insert waits on the unique index for the other transaction to decide
+        wait_until_blocked(db, other.info.backend_pid, "the ingest waiting on runs_singleton")
+        assert ingest.is_alive()
         other.commit()
         ingest.join(10)
+        assert not ingest.is_alive()
     assert _statuses(db, "single") == {"queued": 1, "skipped": 1}
     message = execute(
         db, "SELECT error->>'message' FROM orchestrator.runs WHERE status = 'skipped'"

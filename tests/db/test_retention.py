@@ -4,7 +4,6 @@ then a whole paced pass (runtime/retention.py), and the daemon's retention threa
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -214,13 +213,12 @@ def test_delete_runs__skips_a_run_locked_by_another_transaction(db: Database, db
     add_run(db, "completed", created=31)  # free: deleted
     with psycopg.connect(db_url) as other:
         other.execute("SELECT 1 FROM orchestrator.runs WHERE id = %s FOR UPDATE", (locked,))
-        started = time.monotonic()
         with db.transaction() as conn:
+            # a wait for the locked row would end in LockNotAvailable: skipped, not waited for
             conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
             batch = retention.delete_runs(
                 conn, completed_age=WEEK, failed_age=MONTH, after=None, limit=10, now=NOW
             )
-        assert time.monotonic() - started < 2.5  # skipped, not waited for
         assert batch.runs == 1 and batch.scanned == 2
         assert run_ids(db) == {locked}
         other.rollback()
@@ -321,10 +319,9 @@ def test_delete_events__skips_an_event_locked_by_another_transaction(
     with psycopg.connect(db_url) as other:
         other.execute("SELECT 1 FROM orchestrator.events WHERE id = 'locked' FOR UPDATE")
         with db.transaction() as conn:
+            # a wait for the locked row would end in LockNotAvailable: skipped, not waited for
             conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-            started = time.monotonic()
             batch = retention.delete_events(conn, age=WEEK, after=None, limit=10, now=NOW)
-            assert time.monotonic() - started < 2.5
         assert batch.deleted == 1
         other.rollback()
     assert event_ids(db) == {"locked"}

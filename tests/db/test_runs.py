@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
+import psycopg
 import pytest
+from sqlalchemy import text
 
 from orchestrator.db import runs, steps
 from orchestrator.db.checkpoints import GroupWrite, write_group
 from orchestrator.db.database import Database
-from tests.db.helpers import claim, claim_plan, execute, queue_runs
+from tests.db.helpers import claim, claim_plan, execute, queue_runs, wait_until_blocked
 
 pytestmark = pytest.mark.timeout(60)
 OWNER = str(uuid.uuid4())
@@ -188,7 +191,10 @@ def test_rescue_owner__requeues_only_that_daemons_runs(db: Database) -> None:
     with db.transaction() as conn:
         requeued = runs.rescue_owner(conn, owner=other, max_recoveries=5)
     assert [r.id for r in requeued] == [theirs.id]
-    assert mine.id != theirs.id
+    statuses = dict(
+        execute(db, "SELECT id::text, (status, lease_owner::text) FROM orchestrator.runs")
+    )
+    assert statuses == {mine.id: ("running", OWNER), theirs.id: ("queued", None)}
 
 
 def test_suspend__releases_lease_and_sets_due_time(db: Database) -> None:
@@ -207,15 +213,21 @@ def test_suspend__releases_lease_and_sets_due_time(db: Database) -> None:
         assert runs.suspend(conn, run.id, run.lease_token, status="sleeping") is None
 
 
-def test_seconds_until_next_due(db: Database) -> None:
+def test_seconds_until_next_due__of_the_earliest_due_run(db: Database) -> None:
     with db.transaction() as conn:
         assert runs.seconds_until_next_due(conn, ["f"]) is None
-    [rid] = queue_runs(db, 1)
-    execute(db, "UPDATE orchestrator.runs SET due_at = now() + interval '10 seconds'")
-    with db.transaction() as conn:
-        due_in = runs.seconds_until_next_due(conn, ["f"])
-    assert due_in is not None and 9 < due_in <= 10
-    assert rid
+    later, _ = queue_runs(db, 2)
+    queue_runs(db, 1, function_id="g")
+    with db.transaction() as conn:  # one transaction: now() is the same in every statement
+        conn.execute(
+            text(
+                "UPDATE orchestrator.runs SET due_at = now() + make_interval(secs => CASE "
+                "WHEN function_id = 'g' THEN 3 WHEN id = CAST(:later AS uuid) THEN 20 ELSE 10 END)"
+            ),
+            {"later": later},
+        )
+        assert runs.seconds_until_next_due(conn, ["f"]) == 10.0
+        assert runs.seconds_until_next_due(conn, ["f", "g"]) == 3.0
 
 
 def test_get__by_id_and_unambiguous_prefix(db: Database) -> None:
@@ -253,10 +265,12 @@ def test_rescue__repeatedly_interrupted_run_backs_off(db: Database) -> None:
     execute(db, "UPDATE orchestrator.runs SET recoveries = 3")
     claim(db, OWNER, lease=0.001)
     execute(db, "SELECT pg_sleep(0.01)")
-    with db.transaction() as conn:
+    with db.transaction() as conn:  # read in the rescue's transaction: the same now()
         runs.rescue_expired(conn, max_recoveries=10)
-    delay = execute(db, "SELECT extract(epoch FROM due_at - now()) FROM orchestrator.runs")[0][0]
-    assert 3.9 < float(delay) <= 4.0  # the 4th interruption waits 2**(4-2) seconds
+        delay = conn.execute(
+            text("SELECT extract(epoch FROM due_at - now()) FROM orchestrator.runs")
+        ).scalar_one()
+    assert float(delay) == 4.0  # the 4th interruption waits 2**(4-2) seconds
 
 
 def test_requeue_interrupted__counts_a_recovery_but_no_crash(db: Database) -> None:
@@ -272,21 +286,22 @@ def test_requeue_interrupted__counts_a_recovery_but_no_crash(db: Database) -> No
 def test_release__waits_for_a_briefly_locked_row_instead_of_skipping_it(
     db: Database, db_url: str
 ) -> None:
-    import threading
-
-    import psycopg
-
     queue_runs(db, 1)
     [run] = claim(db, OWNER)
-    holder = psycopg.connect(db_url)
-    holder.execute("SELECT 1 FROM orchestrator.runs FOR SHARE")  # as a lease renewal would
-    timer = threading.Timer(0.3, holder.commit)
-    timer.start()
-    try:
+    released: list[runs.RequeuedRun] = []
+
+    def release() -> None:
         with db.transaction() as conn:
-            released = runs.release(conn, [(run.id, run.lease_token)])
-    finally:
-        timer.join()
-        holder.close()
+            released.extend(runs.release(conn, [(run.id, run.lease_token)]))
+
+    releaser = threading.Thread(target=release, daemon=True)
+    with psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM orchestrator.runs FOR SHARE")  # as a lease renewal would
+        releaser.start()
+        wait_until_blocked(db, holder.info.backend_pid, "the release waiting for the row lock")
+        assert released == []
+        holder.commit()
+        releaser.join(10)
+    assert not releaser.is_alive()
     assert [r.id for r in released] == [run.id]
     assert execute(db, "SELECT status FROM orchestrator.runs")[0][0] == "queued"

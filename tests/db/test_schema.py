@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,6 +14,7 @@ from orchestrator.db import migrate
 from orchestrator.db.connect import check_schema
 from orchestrator.db.database import Database
 from orchestrator.db.schema import SCHEMA, metadata
+from orchestrator.errors import DatabaseNotReadyError
 from tests.conftest import admin, with_database
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,13 +41,20 @@ def test_migrate__idempotent(db: Database) -> None:
     check_schema(db.engine)
 
 
-def test_migrate__two_at_once_on_an_empty_database(server_url: str) -> None:
-    name = "orchestrator_test_concurrent_migrate"
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    """A new, empty database with a name of its own (so nothing left over from an earlier
+    run can be connected to it); dropped afterwards, with any connection still open."""
+    name = f"orchestrator_test_empty_{uuid.uuid4().hex[:12]}"
+    with admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(server_url, name)
     with admin(server_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(server_url, name)
-    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=url)
+
+
+def test_migrate__two_at_once_on_an_empty_database(empty_database: str) -> None:
+    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=empty_database)
     # separate processes, as on two hosts deploying at once (Alembic's context is per process)
     procs = [
         subprocess.Popen(
@@ -57,28 +67,18 @@ def test_migrate__two_at_once_on_an_empty_database(server_url: str) -> None:
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=90)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    db = Database(empty_database, pool_size=1)
     try:
-        assert [p.returncode for p in procs] == [0, 0, 0], outputs
-        db = Database(url, pool_size=1)
         check_schema(db.engine)
-        db.dispose()
     finally:
-        with admin(server_url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db.dispose()
 
 
-def test_check_schema__unmigrated_database_names_the_fix(server_url: str) -> None:
-    from orchestrator.errors import DatabaseNotReadyError
-
-    name = "orchestrator_test_unmigrated"
-    with admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db = Database(with_database(server_url, name), pool_size=1)
+def test_check_schema__unmigrated_database_names_the_fix(empty_database: str) -> None:
+    db = Database(empty_database, pool_size=1)
     try:
         with pytest.raises(DatabaseNotReadyError, match="orchestrator migrate"):
             check_schema(db.engine)
     finally:
         db.dispose()
-        with admin(server_url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

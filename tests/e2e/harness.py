@@ -105,14 +105,27 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.logs().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return out
+        """Every line of the daemon's output: its JSON log lines, and anything else it wrote
+        (a traceback, a warning printed to stderr) as {"event": line, "level": "unparsed"},
+        so that a check for bad lines cannot miss one by its shape."""
+        return [_parsed(line) for line in self.logs().splitlines() if line.strip()]
+
+    def problems(self) -> list[dict[str, Any]]:
+        """The lines a healthy daemon does not write: errors, and lines that are not JSON."""
+        return [e for e in self.log_events() if e.get("level") in PROBLEM_LEVELS]
+
+
+PROBLEM_LEVELS = ("error", "critical", "exception", "unparsed")
+
+
+def _parsed(line: str) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        entry = None
+    if isinstance(entry, dict):
+        return entry
+    return {"event": line, "level": "unparsed"}
 
 
 def _cmdline(pid: int) -> str:
