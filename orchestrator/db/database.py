@@ -86,5 +86,11 @@ class Database:
 
         return retry_transient(attempt, retry_for=retry_for)
 
+    def connect_now(self) -> None:
+        """Open a pooled connection now rather than on the first statement (a worker at
+        start-up): connecting, and SQLAlchemy's first-connect set-up, take milliseconds."""
+        with self.engine.connect():
+            pass
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from orchestrator.db.checkpoints import GroupWrite, write_group
+from orchestrator.db.checkpoints import GroupWrite, prepare, write_group
 from orchestrator.db.database import DatabaseError, is_transient
 from orchestrator.db.direct import Direct
 
@@ -49,15 +49,26 @@ class GroupCommitter:
         transient errors for `retry_for` seconds)."""
         pending = _Pending(write)
         with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="committer", daemon=True)
-                self._thread.start()
+            self._start()
             self._pending.append(pending)
             self._cond.notify()
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
         return pending.ok, pending.cancel
+
+    def warm(self) -> None:
+        """Connect, plan the group statement and start the committer thread now (a worker at
+        start-up), so that its first checkpoint pays for none of them: a slow first commit
+        widens the window in which a crash re-runs a step body that had finished."""
+        self.direct.run(prepare, retry_for=self.retry_for)
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="committer", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         while True:

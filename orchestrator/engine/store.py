@@ -39,6 +39,11 @@ class RunStore:
         direct = Direct(db.url, application_name=f"{db.application_name}-commit")
         self.committer = GroupCommitter(direct, retry_for=retry_for)
 
+    def warm(self) -> None:
+        """Open the connections and plan the hot statements now, before the first run."""
+        self.db.connect_now()
+        self.committer.warm()
+
     def load(self, run_id: str) -> dict[str, steps.StepRow]:
         rows = self.db.run(lambda conn: steps.load(conn, run_id), retry_for=self.retry_for)
         return {row.step_id: row for row in rows}

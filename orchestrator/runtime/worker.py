@@ -21,11 +21,12 @@ from typing import Any
 
 from orchestrator import log as logging
 from orchestrator.config import Config
-from orchestrator.db.database import Database
+from orchestrator.db.database import Database, DatabaseError
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute
 from orchestrator.engine.observer import NOBODY
 from orchestrator.engine.store import RunStore
+from orchestrator.errors import first_line
 from orchestrator.redact import url_secrets
 from orchestrator.runtime.loader import load_app
 from orchestrator.runtime.metrics import StepTally
@@ -70,7 +71,12 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
         pool_size=min(cfg.concurrency, 4),
         application_name=f"orchestrator-worker-{spec.index}",
     )
-    Worker(app.functions, RunStore(db), cfg, conn=conn, log=log, busy=busy).serve()
+    store = RunStore(db)
+    try:
+        store.warm()  # before "ready": the first runs find their connections open
+    except DatabaseError as exc:  # the first write connects again, and retries
+        log.warning("could not connect at start-up", error=first_line(exc))
+    Worker(app.functions, store, cfg, conn=conn, log=log, busy=busy).serve()
 
 
 class Worker:
