@@ -9,6 +9,7 @@ with SQL. A further attempt is made due with an UPDATE and claimed again.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import structlog
 
 from orchestrator import Context, Orchestrator, StepError
 from orchestrator import log as logging
@@ -347,3 +349,39 @@ def test_nested_step_then_sleep__never_reported_as_a_code_change(harness: Harnes
     error = harness.run(run_id)["error"]
     assert error["code"] != "non_determinism", error["message"]
     assert (outcome.status, error["code"]) == ("failed", "nested_step")
+
+
+# -- what the log says about a failing step ---------------------------------------------------
+
+
+@pytest.fixture
+def json_logs() -> Any:
+    logging.configure("json", "info")
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("json_logs")
+def test_retry__logged_at_warning_with_the_type_and_first_line(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @harness.app.function("flaky", retries=2, backoff=FAST)
+    def flaky(ctx: Context) -> None:
+        def body() -> None:
+            raise ConnectionError("upstream refused the connection\nrequest id r-42, token t-9")
+
+        ctx.step.run("call", body)
+
+    harness.start("flaky")
+    capsys.readouterr()
+    assert harness.step("flaky").status == "suspended"
+
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    (retry,) = [line for line in lines if line["event"] == "step will retry"]
+    assert (retry["level"], retry["error_type"], retry["step"]) == (
+        "warning",
+        "ConnectionError",
+        "call",
+    )
+    assert retry["error"] == "upstream refused the connection"
+    assert "t-9" not in json.dumps(lines)  # the rest of the message is a payload
