@@ -16,6 +16,7 @@ from orchestrator.cli_functions import Removed, retire
 from orchestrator.config import load_config
 from orchestrator.db import buffers, daemons, functions
 from orchestrator.db.database import Database
+from orchestrator.db.direct import driver
 from orchestrator.errors import ConfigError, FunctionInUseError, UnknownFunctionError
 from orchestrator.runtime.health import Health
 from orchestrator.runtime.metrics import DaemonMetrics
@@ -189,6 +190,27 @@ def test_unserved_backlog__due_runs_of_functions_no_running_daemon_serves(db: Da
     assert [(b.function_id, b.runs, b.since) for b in found] == [("gone", 2, due_at)]
     assert 120 <= found[0].waited_seconds < 600
     assert [(b.function_id, b.runs) for b in capped] == [("gone", 1)]
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in _nodes(child))]
+
+
+def test_unserved_backlog__reads_no_runs_of_served_functions(db: Database) -> None:
+    """The leader runs it every few seconds: a served function's backlog, however deep, must
+    cost nothing (its runs are not even looked at)."""
+    for fid in ("a", "b", "c"):
+        _function(db, fid)
+        queue_runs(db, 3, function_id=fid)
+    _daemon(db, ["a", "b"])
+    execute(db, "ANALYZE orchestrator.functions, orchestrator.daemons, orchestrator.runs")
+    with db.transaction() as conn:
+        raw = driver(conn)
+        query = functions._UNSERVED.replace(":p_cap", "%(p_cap)s")
+        [[plan]] = raw.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, {"p_cap": 10}).fetchall()
+    scans = [n for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "runs"]
+    assert scans and all(n["Actual Loops"] == 1 for n in scans)  # for "c" only
+    assert sum(n["Actual Rows"] for n in scans) == 3
 
 
 class RecordingLog:
