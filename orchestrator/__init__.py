@@ -1,30 +1,84 @@
-"""orchestrator: durable execution for Python with Postgres as the only moving part."""
+"""orchestrator: durable execution for Python with Postgres as the only moving part.
 
-from orchestrator.app import Orchestrator
-from orchestrator.context import Context, Event, Step
-from orchestrator.errors import (
-    ExpressionError,
-    NonDeterminismError,
-    NonRetriableError,
-    OrchestratorError,
-    RetryAfterError,
-    RunNotFoundError,
-    RunStateError,
-    StepError,
-    StepNotFoundError,
-)
-from orchestrator.flow import (
-    Batch,
-    Concurrency,
-    Debounce,
-    Idempotency,
-    Priority,
-    RateLimit,
-    Singleton,
-    Throttle,
-    Timeouts,
-)
-from orchestrator.functions import Backoff, CancelOn, cancel_on, cron, event
+The public names are imported on first use (module `__getattr__`), so that `import
+orchestrator.cli` does not load the engine, SQLAlchemy and the expression compiler just to
+print `orchestrator --help`. `from orchestrator import Orchestrator` works as always.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.app import Orchestrator
+    from orchestrator.context import Context, Event, Step
+    from orchestrator.errors import (
+        ExpressionError,
+        NonDeterminismError,
+        NonRetriableError,
+        OrchestratorError,
+        RetryAfterError,
+        RunNotFoundError,
+        RunStateError,
+        StepError,
+        StepNotFoundError,
+    )
+    from orchestrator.flow import (
+        Batch,
+        Concurrency,
+        Debounce,
+        Idempotency,
+        Priority,
+        RateLimit,
+        Singleton,
+        Throttle,
+        Timeouts,
+    )
+    from orchestrator.functions import Backoff, CancelOn, cancel_on, cron, event
+
+_HOMES = {
+    "orchestrator.app": ("Orchestrator",),
+    "orchestrator.context": ("Context", "Event", "Step"),
+    "orchestrator.errors": (
+        "ExpressionError",
+        "NonDeterminismError",
+        "NonRetriableError",
+        "OrchestratorError",
+        "RetryAfterError",
+        "RunNotFoundError",
+        "RunStateError",
+        "StepError",
+        "StepNotFoundError",
+    ),
+    "orchestrator.flow": (
+        "Batch",
+        "Concurrency",
+        "Debounce",
+        "Idempotency",
+        "Priority",
+        "RateLimit",
+        "Singleton",
+        "Throttle",
+        "Timeouts",
+    ),
+    "orchestrator.functions": ("Backoff", "CancelOn", "cancel_on", "cron", "event"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME_OF))
+
 
 __all__ = [
     "Backoff",

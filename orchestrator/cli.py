@@ -3,7 +3,8 @@
     orchestrator migrate
     orchestrator roles [--apply] [--login] [--owner N] [--runtime N] [--readonly N]
     orchestrator run --app package.module:app
-    orchestrator send NAME --data '{"k": 1}' [--id ID]
+    orchestrator send NAME [--data '{"k": 1}' | --data @file.json | --data -] [--id ID]
+    orchestrator send --jsonl FILE|-        (one {"name": ..., "data": ..., "id": ...} a line)
     orchestrator runs list [--status S] [--function F] [--limit N]
     orchestrator runs show RUN_ID
     orchestrator runs cancel RUN_ID
@@ -13,7 +14,13 @@
     orchestrator gc [--completed S] [--failed S] [--events S] [--dry-run]
 
 Every command takes `--config PATH` and `--database-url URL`, prints readable tables in a
-terminal and JSON with `--json`, and exits non-zero with a one-line reason on errors.
+terminal and JSON with `--json`, and exits non-zero with a one-line reason on errors (with
+`--json`, `{"error": {"code": ..., "message": ...}}` on stdout). Without a database URL, the
+embedded Postgres is found in `.orchestrator/pgdata` here or in a parent directory
+(orchestrator/datadir.py); only `migrate` and `run` create one.
+
+Start-up stays fast: this module imports only the config, and each command imports what it
+uses, so `--help` and a mistyped option answer without loading the engine or a driver.
 """
 
 from __future__ import annotations
@@ -24,24 +31,63 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from orchestrator.config import Config, load_config
-from orchestrator.errors import OrchestratorError
+from orchestrator.config import Config, env_warnings, load_config
+from orchestrator.errors import OrchestratorError, UsageError
+
+# orchestrator/db/schema.py RUN_STATUSES (not imported: it would load SQLAlchemy at start-up)
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "sleeping",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+    "skipped",
+)
+USAGE_EXIT = 2  # as argparse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises `UsageError` instead of printing and exiting, so `--json` can report it too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, prog=self.prog, usage=self.format_usage())
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     # SUPPRESS: an option given before the subcommand is not reset by the subparser's default
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--config", help="TOML config file (default: ./orchestrator.toml)")
-    common.add_argument("--database-url", help="Postgres URL (default: embedded Postgres)")
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument(
+        "--config", help="TOML config file (default: the nearest orchestrator.toml upward)"
+    )
+    common.add_argument(
+        "--database-url", help="Postgres URL (default: the project's embedded Postgres)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="orchestrator", description="Durable execution on Postgres.", parents=[common]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema (idempotent)")
+    sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the schema (idempotent); creates the embedded database if none",
+    )
     roles = sub.add_parser(
         "roles",
         parents=[common],
@@ -55,27 +101,37 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="start the daemon")
     run.add_argument("--app", help="the app to serve, as package.module:attr")
-    run.add_argument("--workers", type=int, help="worker processes")
-    run.add_argument("--concurrency", type=int, help="threads per worker process")
+    run.add_argument("--workers", type=positive_int, help="worker processes")
+    run.add_argument("--concurrency", type=positive_int, help="threads per worker process")
 
-    send = sub.add_parser("send", parents=[common], help="send an event")
-    send.add_argument("name")
-    send.add_argument("--data", default="{}", help="event data as a JSON object")
-    send.add_argument("--id", help="event id, for de-duplication")
+    from orchestrator.cli_send import add_parser as add_send
 
-    runs = sub.add_parser("runs", parents=[common], help="inspect runs")
+    add_send(sub, common)
+
+    runs = sub.add_parser("runs", parents=[common], help="inspect and operate on runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="SUBCOMMAND")
-    listing = runs_sub.add_parser("list", parents=[common], help="list recent runs")
-    listing.add_argument("--status", help="only runs with this status")
+    listing = runs_sub.add_parser("list", parents=[common], help="list recent runs, newest first")
+    listing.add_argument(
+        "--status",
+        choices=RUN_STATUSES,
+        metavar="STATUS",
+        help=f"only runs with this status: {', '.join(RUN_STATUSES)}",
+    )
     listing.add_argument("--function", help="only runs of this function id")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--limit", type=positive_int, default=50, help="at most this many runs (default 50)"
+    )
     show = runs_sub.add_parser("show", parents=[common], help="one run and its steps")
     show.add_argument("run_id", help="run id (or an unambiguous prefix)")
     cancel = runs_sub.add_parser(
         "cancel", parents=[common], help="cancel a run and its unfinished invoked runs"
     )
     cancel.add_argument("run_id", help="run id (or an unambiguous prefix)")
-    cancel.add_argument("--reason", default="cancelled from the command line")
+    cancel.add_argument(
+        "--reason",
+        default="cancelled from the command line",
+        help="recorded as the run's cancellation reason",
+    )
     from orchestrator.cli_recovery import add_parsers
 
     add_parsers(runs_sub, common)
@@ -93,15 +149,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv  # known before parsing, so that usage errors are JSON too
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(exc, as_json)
+    for warning in env_warnings(os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     from orchestrator import log
     from orchestrator.redact import url_secrets
 
     # before anything can fail: no message or log line may show the database password
     log.hide(*url_secrets(getattr(args, "database_url", None) or ""))
     log.hide(*url_secrets(os.environ.get("ORCHESTRATOR_DATABASE_URL", "")))
+    args.json = getattr(args, "json", False)
     try:
-        args.json = getattr(args, "json", False)
         cfg = load_config(
             getattr(args, "config", None),
             overrides={
@@ -118,8 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.configure(cfg.log_format, cfg.log_level, payloads=cfg.log_payloads)
         return _dispatch(args, cfg)
     except OrchestratorError as exc:
-        print(f"error: {log.scrub_secrets(str(exc))}", file=sys.stderr)
-        return 1
+        return _fail(exc, args.json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `orchestrator runs list | head`
@@ -127,32 +193,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         from orchestrator.db.database import DatabaseError
-        from orchestrator.errors import first_line
 
         if isinstance(exc, DatabaseError):
-            print(f"error: database: {log.scrub_secrets(first_line(exc))}", file=sys.stderr)
-            return 1
+            return _fail(exc, args.json, code="database_error", prefix="database: ")
         raise
+
+
+def _fail(exc: Exception, as_json: bool, *, code: str = "", prefix: str = "") -> int:
+    """Report an error: one line on stderr, or `{"error": {...}}` on stdout with --json."""
+    from orchestrator.errors import first_line
+
+    message = prefix + first_line(exc) if prefix else str(exc)
+    if "orchestrator.log" in sys.modules:  # loaded (and told the secrets) once args parsed
+        message = sys.modules["orchestrator.log"].scrub_secrets(message)
+    code = code or getattr(exc, "code", "error")
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    elif isinstance(exc, UsageError):  # as argparse prints it
+        print(f"{exc.usage}{exc.prog}: error: {message}", file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return USAGE_EXIT if isinstance(exc, UsageError) else 1
+
+
+def database_url(cfg: Config, *, create: bool) -> str:
+    """The configured URL, else the embedded Postgres of this project, said on stderr."""
+    if cfg.database_url:
+        return cfg.database_url
+    from pathlib import Path
+
+    from orchestrator import datadir
+    from orchestrator.config import project_home
+    from orchestrator.db.connect import embedded_url
+
+    found = datadir.locate(
+        cfg.embedded_data_dir,
+        Path.cwd(),
+        create=create,
+        home=project_home(None, os.environ),
+    )
+    print(found.describe(), file=sys.stderr)
+    return embedded_url(str(found.path))
 
 
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command in ("run", "roles"):  # they open (or need) no database of their own
         return _cmd_run(cfg) if args.command == "run" else _cmd_roles(cfg, args)
-    from orchestrator.db.connect import resolve_url
     from orchestrator.db.database import Database
 
     db = Database(
-        resolve_url(cfg.database_url, cfg.embedded_data_dir),
+        database_url(cfg, create=args.command == "migrate"),
         pool_size=1,
         application_name="orchestrator-cli",
     )
     try:
         if args.command == "migrate":
-            from orchestrator.db import migrate
-
-            migrate.upgrade(db.engine)
-            print("schema is at", migrate.head_revision())
-            return 0
+            return _cmd_migrate(db, args)
         from orchestrator.db.connect import check_schema
 
         check_schema(db.engine)
@@ -172,8 +268,24 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         db.dispose()
 
 
+def _cmd_migrate(db: Any, args: argparse.Namespace) -> int:
+    from orchestrator.db import migrate
+
+    before = migrate.current_revision(db.engine)
+    migrate.upgrade(db.engine)
+    after = migrate.head_revision()
+    if args.json:
+        print(json.dumps({"from": before, "to": after, "changed": before != after}))
+    elif before == after:
+        print(f"schema already at {after}; nothing to do")
+    elif before is None:
+        print(f"schema created at {after}")
+    else:
+        print(f"schema upgraded from {before} to {after}")
+    return 0
+
+
 def _cmd_run(cfg: Config) -> int:
-    from orchestrator.db.connect import resolve_url
     from orchestrator.errors import ConfigError
     from orchestrator.runtime.daemon import Daemon
     from orchestrator.runtime.loader import load_app
@@ -183,14 +295,13 @@ def _cmd_run(cfg: Config) -> int:
     app = load_app(cfg.app)
     if not app.functions:
         raise ConfigError(f"app {cfg.app!r} registers no functions")
-    url = resolve_url(cfg.database_url, cfg.embedded_data_dir)
+    url = database_url(cfg, create=True)
     app.bind(url)
     return Daemon(app, cfg.app, url, cfg).run()
 
 
 def _cmd_roles(cfg: Config, args: argparse.Namespace) -> int:
     from orchestrator.db import roles
-    from orchestrator.db.connect import resolve_url
     from orchestrator.db.database import Database
 
     names = roles.Roles(
@@ -201,8 +312,7 @@ def _cmd_roles(cfg: Config, args: argparse.Namespace) -> int:
     if not args.apply:
         print(roles.script(names, login=args.login), end="")
         return 0
-    url = resolve_url(cfg.database_url, cfg.embedded_data_dir)
-    db = Database(url, pool_size=1, application_name="orchestrator-cli")
+    db = Database(database_url(cfg, create=False), pool_size=1, application_name="orchestrator-cli")
     try:
         with db.transaction() as conn:
             roles.apply(conn, names, login=args.login)
@@ -223,23 +333,9 @@ def _cmd_roles(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_send(db: Any, cfg: Config, args: argparse.Namespace) -> int:
-    from orchestrator.app import validate_event
-    from orchestrator.db import events
-    from orchestrator.errors import InvalidEventError
+    from orchestrator import cli_send
 
-    try:
-        data = json.loads(args.data)
-    except json.JSONDecodeError as exc:
-        raise InvalidEventError(f"--data is not valid JSON: {exc}") from None
-    text = validate_event(args.name, data, args.id, cfg.max_event_bytes)
-    event_id, created = db.run(
-        lambda conn: events.insert(conn, args.name, text, event_id=args.id, ts=None)
-    )
-    if args.json:
-        print(json.dumps({"id": event_id, "created": created}))
-    else:
-        print(event_id if created else f"{event_id} (duplicate id: nothing new was created)")
-    return 0
+    return cli_send.run(db, cfg, args)
 
 
 def _cmd_functions(db: Any, args: argparse.Namespace) -> int:
@@ -303,13 +399,11 @@ def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_cancel(db: Any, args: argparse.Namespace) -> int:
+    from orchestrator.cli_lookup import find_run
     from orchestrator.db import runs
-    from orchestrator.errors import RunNotFoundError
 
     with db.transaction() as conn:
-        run = runs.get(conn, args.run_id)
-        if run is None:
-            raise RunNotFoundError(f"no run matches {args.run_id!r} (or the prefix is ambiguous)")
+        run = find_run(conn, args.run_id)
         changed = runs.cancel(conn, [run.id], reason=args.reason)
     status = next((c.status for c in changed if c.id == run.id), run.status)
     children = sum(c.id != run.id for c in changed)
@@ -334,13 +428,11 @@ def _cmd_recovery(db: Any, cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
-    from orchestrator.db import runs, steps
-    from orchestrator.errors import RunNotFoundError
+    from orchestrator.cli_lookup import find_run
+    from orchestrator.db import steps
 
     with db.transaction() as conn:
-        run = runs.get(conn, args.run_id)
-        if run is None:
-            raise RunNotFoundError(f"no run matches {args.run_id!r} (or the prefix is ambiguous)")
+        run = find_run(conn, args.run_id)
         step_rows = steps.load(conn, run.id)
     if args.json:
         out = _plain(run.__dict__) | {"steps": [_plain(s.__dict__) for s in step_rows]}

@@ -18,12 +18,13 @@ import json
 import re
 import sys
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import Config
-from orchestrator.db.replays import FINISHED, RESUMABLE
-from orchestrator.errors import InvalidEventError, OrchestratorError
-from orchestrator.recovery import Outcome, Recovery, Selection
+from orchestrator.errors import OrchestratorError
+
+if TYPE_CHECKING:  # imported when a command runs, so that `--help` stays fast
+    from orchestrator.recovery import Outcome, Recovery, Selection
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -52,11 +53,21 @@ def add_parsers(runs_sub: Any, common: argparse.ArgumentParser) -> None:
     )
     fork.add_argument("run_id", help="run id (or an unambiguous prefix)")
     fork.add_argument("--from-step", required=True, help="the step to execute again from")
-    fork.add_argument("--data", help="new event data, a JSON object (default: the original)")
+    fork.add_argument(
+        "--data",
+        help="new event data: a JSON object, @FILE to read it from a file, or - for stdin "
+        "(default: the original event's data)",
+    )
 
 
 def run(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.recovery import Recovery
+
     recovery = Recovery(db, max_event_bytes=cfg.max_event_bytes)
+    if args.run_id:  # a prefix that names no run, or several, is explained (and listed)
+        from orchestrator.cli_lookup import find_run
+
+        args.run_id = db.run(lambda conn: find_run(conn, args.run_id)).id
     if args.runs_command == "fork":
         return _fork(recovery, args)
     bulk = any(getattr(args, k) for k in ("function", "since", "until"))
@@ -76,18 +87,18 @@ _DONE = {"replay": "started", "resume": "resumed", "fork": "started"}
 
 
 def _fork(recovery: Recovery, args: argparse.Namespace) -> int:
-    data = None
-    if args.data is not None:
-        try:
-            data = json.loads(args.data)
-        except json.JSONDecodeError as exc:
-            raise InvalidEventError(f"--data is not valid JSON: {exc}") from None
+    from orchestrator.cli_send import read_data
+
+    data = None if args.data is None else read_data(args.data)
     new_id = recovery.fork(args.run_id, args.from_step, data)
     _say(args, {"id": new_id}, f"{new_id}: started from step {args.from_step!r}")
     return 0
 
 
 def _bulk(recovery: Recovery, args: argparse.Namespace) -> int:
+    from orchestrator.db.replays import FINISHED, RESUMABLE
+    from orchestrator.recovery import Selection
+
     selection = Selection(
         statuses=tuple(s.strip() for s in args.status.split(",") if s.strip()),
         function_id=args.function,

@@ -1,7 +1,9 @@
 """Configuration: defaults < TOML file < ORCHESTRATOR_* environment < CLI flags.
 
 Every key is documented in `config.example.toml`. Values are validated when loaded; an error
-names the key, what was wrong and how to fix it.
+names the key, what was wrong and how to fix it. The file is `--config PATH`, else
+`ORCHESTRATOR_CONFIG`, else the nearest `orchestrator.toml` in the working directory or one
+of its parents (so commands work from anywhere in the project, as git does).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from orchestrator.redact import url_password
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_CONFIG_FILE = "orchestrator.toml"
+# ORCHESTRATOR_* variables that are not configuration keys, so not typos either
+OTHER_ENV_VARS = frozenset(
+    {"ORCHESTRATOR_CONFIG", "ORCHESTRATOR_TEST_DATABASE_URL", "ORCHESTRATOR_BENCH_DATABASE_URL"}
+)
 
 
 @dataclass(frozen=True)
@@ -170,9 +176,7 @@ def load_config(
     """Build a `Config` from the file, the environment and explicit overrides (CLI flags)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    file_path = path or env.get(ENV_PREFIX + "CONFIG")
-    if not file_path and Path(DEFAULT_CONFIG_FILE).is_file():
-        file_path = DEFAULT_CONFIG_FILE
+    file_path = path or env.get(ENV_PREFIX + "CONFIG") or find_config_file(Path.cwd())
     if file_path:
         for key, raw in _read_file(Path(file_path)).items():
             if key not in _FIELDS:
@@ -193,6 +197,47 @@ def load_config(
             f"({cfg.heartbeat_interval}): the leader renews its term on every heartbeat"
         )
     return cfg
+
+
+def find_config_file(start: Path) -> Path | None:
+    """The nearest `orchestrator.toml` in `start` or one of its parents (as git finds `.git`),
+    so that commands run from a subdirectory of the project read the project's config."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / DEFAULT_CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def project_home(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    """The directory of the config file found by searching upward (None when a file was
+    named with --config or ORCHESTRATOR_CONFIG, or none was found): the project's root."""
+    if path or env.get(ENV_PREFIX + "CONFIG"):
+        return None
+    found = find_config_file(Path.cwd())
+    return found.parent if found else None
+
+
+def env_warnings(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ORCHESTRATOR_* variable that is no configuration key (a typo is
+    otherwise ignored without a word), with the nearest key when one is close."""
+    import difflib
+
+    known = {ENV_PREFIX + key.upper() for key in _FIELDS} | OTHER_ENV_VARS
+    out = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        key = name.removeprefix(ENV_PREFIX).lower()  # compared without the shared prefix
+        close = difflib.get_close_matches(key, _FIELDS, n=1)
+        hint = (
+            f"did you mean {ENV_PREFIX}{close[0].upper()}?"
+            if close
+            else "see config.example.toml for the keys"
+        )
+        out.append(f"{name} is not a configuration variable and is ignored; {hint}")
+    return out
 
 
 def parse_http_address(value: str, where: str = "http_address") -> tuple[str, int]:

@@ -40,6 +40,18 @@ class InvalidRoleNameError(ConfigError):
     code = "invalid_role_name"
 
 
+class UsageError(OrchestratorError):
+    """The command line is malformed: an unknown option, a missing or invalid argument
+    (`orchestrator` exits with status 2, as argparse does)."""
+
+    code = "usage_error"
+
+    def __init__(self, message: str, *, prog: str = "orchestrator", usage: str = "") -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.usage = usage
+
+
 class AppLoadError(OrchestratorError):
     """`--app module:attr` could not be imported or is not an `Orchestrator`."""
 

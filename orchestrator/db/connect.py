@@ -8,9 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
+from orchestrator import datadir
 from orchestrator.errors import ConfigError, DatabaseNotReadyError
 
 _LIBPQ_SCHEMES = ("postgresql", "postgres")
@@ -79,7 +80,11 @@ def _alive(pid: int) -> bool:
 
 
 def resolve_url(database_url: str, embedded_data_dir: str) -> str:
-    return database_url or embedded_url(embedded_data_dir)
+    """The configured URL, else the embedded server in the nearest data directory (see
+    orchestrator/datadir.py), else a new one in the working directory."""
+    if database_url:
+        return database_url
+    return embedded_url(str(datadir.locate(embedded_data_dir, Path.cwd(), create=True).path))
 
 
 def make_engine(url: str, *, pool_size: int = 5, application_name: str = "orchestrator") -> Engine:
@@ -100,15 +105,9 @@ def make_engine(url: str, *, pool_size: int = 5, application_name: str = "orches
 
 def check_schema(engine: Engine) -> None:
     """Raise `DatabaseNotReadyError` unless the schema is migrated to this code's head."""
-    from orchestrator.db.migrate import head_revision
+    from orchestrator.db.migrate import current_revision, head_revision
 
-    with engine.connect() as conn:
-        exists = conn.execute(text("SELECT to_regclass('orchestrator.alembic_version')")).scalar()
-        current = (
-            conn.execute(text("SELECT version_num FROM orchestrator.alembic_version")).scalar()
-            if exists
-            else None
-        )
+    current = current_revision(engine)
     head = head_revision()
     if current != head:
         raise DatabaseNotReadyError(

@@ -91,15 +91,17 @@ _INSERT_MANY = """
     """
 
 
-def insert_many(conn: Conn, events: list[tuple[str, str, str]]) -> None:
-    """Insert (id, name, data JSON) events; ids already present are duplicates, skipped."""
-    if events:
-        params = {
-            "ids": [e[0] for e in events],
-            "names": [e[1] for e in events],
-            "datas": [e[2] for e in events],
-        }
-        driver(conn).execute(_INSERT_MANY, params)
+def insert_many(conn: Conn, events: list[tuple[str, str, str]]) -> int:
+    """Insert (id, name, data JSON) events; ids already present are duplicates, skipped.
+    Returns how many were inserted."""
+    if not events:
+        return 0
+    params = {
+        "ids": [e[0] for e in events],
+        "names": [e[1] for e in events],
+        "datas": [e[2] for e in events],
+    }
+    return driver(conn).execute(_INSERT_MANY, params).rowcount
 
 
 _MATCHING_SINCE = """

@@ -526,6 +526,23 @@ def get(conn: Connection, run_id: str) -> RunRow | None:
     return RunRow(*rows[0]) if len(rows) == 1 else None
 
 
+def ids_with_prefix(conn: Connection, prefix: str, limit: int) -> list[str]:
+    """The ids (at most `limit`, in order) of the runs whose id starts with the hex `prefix`;
+    says why `get` found nothing: no such run, or a prefix shared by several."""
+    bounds = _uuid_bounds(prefix)
+    if bounds is None:
+        return []
+    return list(
+        conn.execute(
+            text(
+                "SELECT id::text FROM orchestrator.runs WHERE id BETWEEN CAST(:p_low AS uuid) "
+                "AND CAST(:p_high AS uuid) ORDER BY id LIMIT :p_limit"
+            ),
+            {"p_low": bounds[0], "p_high": bounds[1], "p_limit": limit},
+        ).scalars()
+    )
+
+
 def list_runs(
     conn: Connection,
     *,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config, env_warnings, find_config_file, load_config, project_home
 from orchestrator.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
@@ -125,3 +125,47 @@ def test_config_repr__never_shows_the_database_url() -> None:
 def test_log_payloads__off_by_default_and_set_from_the_environment() -> None:
     assert Config().log_payloads is False
     assert load_config(env={"ORCHESTRATOR_LOG_PAYLOADS": "true"}).log_payloads is True
+
+
+def test_env_typo__warned_with_the_nearest_key() -> None:
+    env = {
+        "ORCHESTRATOR_WOKERS": "3",
+        "ORCHESTRATOR_WORKERS": "2",
+        "ORCHESTRATOR_NOTHING_LIKE_IT": "1",
+        "ORCHESTRATOR_TEST_DATABASE_URL": "postgresql://x/y",
+        "ORCHESTRATOR_CONFIG": "o.toml",
+        "PATH": "/bin",
+    }
+
+    assert env_warnings(env) == [
+        "ORCHESTRATOR_NOTHING_LIKE_IT is not a configuration variable and is ignored; "
+        "see config.example.toml for the keys",
+        "ORCHESTRATOR_WOKERS is not a configuration variable and is ignored; "
+        "did you mean ORCHESTRATOR_WORKERS?",
+    ]
+    assert load_config(env={"ORCHESTRATOR_WOKERS": "3"}).workers == Config().workers
+
+
+def test_config_file__found_in_a_parent_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "orchestrator.toml").write_text("workers = 5\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (tmp_path / "a" / "orchestrator.toml").mkdir()  # a directory of that name is no config
+    monkeypatch.chdir(deep)
+
+    assert find_config_file(deep) == tmp_path / "orchestrator.toml"
+    assert load_config(env={}).workers == 5
+    assert project_home(None, {}) == tmp_path
+    assert project_home("other.toml", {}) is None  # a file named explicitly: no project root
+    assert project_home(None, {"ORCHESTRATOR_CONFIG": "other.toml"}) is None
+
+
+def test_config_file__the_nearest_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "orchestrator.toml").write_text("workers = 5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "orchestrator.toml").write_text("workers = 6\n")
+    monkeypatch.chdir(tmp_path / "sub")
+
+    assert load_config(env={}).workers == 6

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.datadir import DataDir, NoDatabaseError, find, locate
+from orchestrator.errors import DatabaseNotReadyError
+
+pytestmark = pytest.mark.timeout(30)
+
+DEFAULT = ".orchestrator/pgdata"
+
+
+def initialized(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "PG_VERSION").write_text("16\n")
+    return path
+
+
+def test_find__the_nearest_initialized_directory_upward(tmp_path: Path) -> None:
+    far = initialized(tmp_path / DEFAULT)
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (tmp_path / "a" / DEFAULT).mkdir(parents=True)  # no PG_VERSION: no database there
+
+    assert find(DEFAULT, deep) == far
+    near = initialized(tmp_path / "a" / "b" / DEFAULT)
+    assert find(DEFAULT, deep) == near
+    assert find(DEFAULT, tmp_path / "a") == far
+
+
+def test_find__absolute_path__only_there(tmp_path: Path) -> None:
+    initialized(tmp_path / "here" / DEFAULT)
+    absolute = tmp_path / "elsewhere" / "pg"
+
+    assert find(str(absolute), tmp_path / "here") is None
+    initialized(absolute)
+    assert find(str(absolute), tmp_path / "here") == absolute
+
+
+def test_locate__creates_only_when_asked__in_home_or_start(tmp_path: Path) -> None:
+    start = tmp_path / "proj" / "sub"
+    start.mkdir(parents=True)
+
+    assert locate(DEFAULT, start, create=True) == DataDir(start / DEFAULT, new=True)
+    assert locate(DEFAULT, start, create=True, home=tmp_path / "proj") == DataDir(
+        tmp_path / "proj" / DEFAULT, new=True
+    )
+    with pytest.raises(NoDatabaseError, match=rf"\({DEFAULT}\) in {start} or its parents"):
+        locate(DEFAULT, start, create=False)
+    assert issubclass(NoDatabaseError, DatabaseNotReadyError)
+    assert NoDatabaseError.code == "no_database"
+    assert not (start / ".orchestrator").exists()  # locating creates nothing itself
+
+
+def test_locate__found__not_new(tmp_path: Path) -> None:
+    data = initialized(tmp_path / DEFAULT)
+
+    assert locate(DEFAULT, tmp_path / "x", create=True) == DataDir(data, new=False)
+    assert locate(DEFAULT, tmp_path, create=False).describe() == (
+        f"using the embedded database in {data}"
+    )
