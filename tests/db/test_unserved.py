@@ -4,6 +4,7 @@ retired function from the registry."""
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,12 +13,18 @@ from typing import Any
 import psycopg
 import pytest
 
+from orchestrator import cli_functions
 from orchestrator.cli_functions import Removed, retire
 from orchestrator.config import load_config
 from orchestrator.db import buffers, daemons, functions
 from orchestrator.db.database import Database
 from orchestrator.db.direct import driver
-from orchestrator.errors import ConfigError, FunctionInUseError, UnknownFunctionError
+from orchestrator.errors import (
+    ConfigError,
+    FunctionInUseError,
+    OrchestratorError,
+    UnknownFunctionError,
+)
 from orchestrator.runtime.health import Health
 from orchestrator.runtime.metrics import DaemonMetrics
 from orchestrator.runtime.unserved import WARN_EVERY, UnservedWatch
@@ -352,3 +359,16 @@ def test_remove__with_cancel_runs_cancels_them_and_retires_the_function(
     assert execute(
         db, "SELECT status FROM orchestrator.runs WHERE id = CAST(:i AS uuid)", i=kept
     ) == [("queued",)]
+
+
+def test_remove__without_a_terminal_to_confirm_on_it_refuses_unless_yes(db: Database) -> None:
+    _function(db, "f")
+    args = argparse.Namespace(
+        functions_command="remove", name="f", cancel_runs=False, yes=False, json=True
+    )
+    with pytest.raises(OrchestratorError, match="pass --yes"):
+        cli_functions.run(db, args)  # pytest's stdin is no terminal
+    assert _registered(db) == ["f"]
+
+    assert cli_functions.run(db, argparse.Namespace(**{**vars(args), "yes": True})) == 0
+    assert _registered(db) == []
