@@ -38,6 +38,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "functions",
         parents=[common],
         help="list registered functions and the daemons serving them; remove retired ones",
+        description="Without a subcommand: list the registered functions, the live daemons "
+        "serving each and when one last did; functions no live daemon serves show UNSERVED.",
     )
     actions = functions.add_subparsers(dest="functions_command", metavar="SUBCOMMAND")
     remove = actions.add_parser(
@@ -107,7 +109,8 @@ def _served_json(serving: Serving, waiting: int) -> dict[str, Any]:
 def _served_text(serving: Serving, waiting: int, cap: int) -> str:
     if not serving.daemons:
         more = "+" if waiting >= cap else ""
-        return f"UNSERVED ({waiting:,}{more} runs waiting)" if waiting else "UNSERVED"
+        runs = "run" if waiting == 1 else "runs"
+        return f"UNSERVED ({waiting:,}{more} {runs} waiting)" if waiting else "UNSERVED"
     names = [f"{d.hostname}:{d.pid}" for d in serving.daemons]
     return ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
 

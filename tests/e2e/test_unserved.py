@@ -60,7 +60,7 @@ def test_unserved_function__shown_warned_about_and_removed(e2e_url, daemon_facto
     assert "orchestrator functions remove retired" in str(warning["fix"])
 
     listing = _listing(e2e_url)
-    assert listing["retired"][5] == "UNSERVED (1 runs waiting)"
+    assert listing["retired"][5] == "UNSERVED (1 run waiting)"
     assert listing["current"][5:] == [f"{socket.gethostname()}:{daemon.pid}", "now"]
     as_json = {f["id"]: f for f in json.loads(cli(e2e_url, "functions", "--json").stdout)}
     assert (as_json["retired"]["served"], as_json["retired"]["unserved_runs"]) == (False, 1)
