@@ -1,6 +1,6 @@
 """The `orchestrator` schema as SQLAlchemy Core metadata.
 
-This is the public SQL contract (documented in the README). Alembic migrations create it; a
+This is the public SQL contract (documented in docs/sql.md). Alembic migrations create it; a
 test compares this metadata with the migrated database so the two never drift.
 """
 

@@ -143,7 +143,7 @@ class StepTally:
 
 
 class DaemonMetrics:
-    """The `orchestrator_*` series of one daemon (see the README's "Metrics and health")."""
+    """The `orchestrator_*` series of one daemon (see docs/metrics.md)."""
 
     def __init__(
         self,
