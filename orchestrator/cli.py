@@ -153,8 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = "--json" in argv  # known before parsing, so that usage errors are JSON too
     try:
         args = _parser().parse_args(argv)
-    except UsageError as exc:
-        return _fail(exc, as_json)
+    except UsageError as exc:  # it may quote an argument: mask any URL's password in them
+        from orchestrator.redact import scrub, url_secrets
+
+        secrets = [secret for arg in argv for secret in url_secrets(arg)]
+        return _fail(exc, as_json, scrub(str(exc), secrets))
     for warning in env_warnings(os.environ):
         print(f"warning: {warning}", file=sys.stderr)
     return _main(args)
@@ -185,7 +188,7 @@ def _main(args: argparse.Namespace) -> int:
         log.configure(cfg.log_format, cfg.log_level, payloads=cfg.log_payloads)
         return _dispatch(args, cfg)
     except OrchestratorError as exc:
-        return _fail(exc, args.json)
+        return _fail(exc, args.json, log.scrub_secrets(str(exc)))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `orchestrator runs list | head`
@@ -193,19 +196,17 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     except Exception as exc:
         from orchestrator.db.database import DatabaseError
+        from orchestrator.errors import first_line
 
         if isinstance(exc, DatabaseError):
-            return _fail(exc, args.json, code="database_error", prefix="database: ")
+            message = f"database: {log.scrub_secrets(first_line(exc))}"
+            return _fail(exc, args.json, message, code="database_error")
         raise
 
 
-def _fail(exc: Exception, as_json: bool, *, code: str = "", prefix: str = "") -> int:
-    """Report an error: one line on stderr, or `{"error": {...}}` on stdout with --json."""
-    from orchestrator.errors import first_line
-
-    message = prefix + first_line(exc) if prefix else str(exc)
-    if "orchestrator.log" in sys.modules:  # loaded (and told the secrets) once args parsed
-        message = sys.modules["orchestrator.log"].scrub_secrets(message)
+def _fail(exc: Exception, as_json: bool, message: str, *, code: str = "") -> int:
+    """Report an error (its `message` scrubbed of passwords): on stderr, or with --json as
+    `{"error": {"code": ..., "message": ...}}` on stdout."""
     code = code or getattr(exc, "code", "error")
     if as_json:
         print(json.dumps({"error": {"code": code, "message": message}}))
@@ -216,7 +217,7 @@ def _fail(exc: Exception, as_json: bool, *, code: str = "", prefix: str = "") ->
     return USAGE_EXIT if isinstance(exc, UsageError) else 1
 
 
-def database_url(cfg: Config, *, create: bool) -> str:
+def database_url(cfg: Config, args: argparse.Namespace, *, create: bool) -> str:
     """The configured URL, else the embedded Postgres of this project, said on stderr."""
     if cfg.database_url:
         return cfg.database_url
@@ -230,7 +231,7 @@ def database_url(cfg: Config, *, create: bool) -> str:
         cfg.embedded_data_dir,
         Path.cwd(),
         create=create,
-        home=project_home(None, os.environ),
+        home=project_home(getattr(args, "config", None), os.environ),
     )
     print(found.describe(), file=sys.stderr)
     return embedded_url(str(found.path))
@@ -238,11 +239,11 @@ def database_url(cfg: Config, *, create: bool) -> str:
 
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command in ("run", "roles"):  # they open (or need) no database of their own
-        return _cmd_run(cfg) if args.command == "run" else _cmd_roles(cfg, args)
+        return _cmd_run(cfg, args) if args.command == "run" else _cmd_roles(cfg, args)
     from orchestrator.db.database import Database
 
     db = Database(
-        database_url(cfg, create=args.command == "migrate"),
+        database_url(cfg, args, create=args.command == "migrate"),
         pool_size=1,
         application_name="orchestrator-cli",
     )
@@ -285,7 +286,7 @@ def _cmd_migrate(db: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(cfg: Config) -> int:
+def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from orchestrator.errors import ConfigError
     from orchestrator.runtime.daemon import Daemon
     from orchestrator.runtime.loader import load_app
@@ -295,7 +296,7 @@ def _cmd_run(cfg: Config) -> int:
     app = load_app(cfg.app)
     if not app.functions:
         raise ConfigError(f"app {cfg.app!r} registers no functions")
-    url = database_url(cfg, create=True)
+    url = database_url(cfg, args, create=True)
     app.bind(url)
     return Daemon(app, cfg.app, url, cfg).run()
 
@@ -312,7 +313,9 @@ def _cmd_roles(cfg: Config, args: argparse.Namespace) -> int:
     if not args.apply:
         print(roles.script(names, login=args.login), end="")
         return 0
-    db = Database(database_url(cfg, create=False), pool_size=1, application_name="orchestrator-cli")
+    db = Database(
+        database_url(cfg, args, create=False), pool_size=1, application_name="orchestrator-cli"
+    )
     try:
         with db.transaction() as conn:
             roles.apply(conn, names, login=args.login)

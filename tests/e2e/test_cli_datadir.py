@@ -72,7 +72,7 @@ def test_absolute_data_dir_missing__named_in_the_error(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_migrate_creates_it_here__commands_in_subdirectories_find_it(tmp_path):
+def test_migrate_creates_it_here__commands_in_subdirectories_find_it(tmp_path, db_url):
     project = tmp_path / "project"
     deep = project / "src" / "pkg"
     deep.mkdir(parents=True)
@@ -97,6 +97,10 @@ def test_migrate_creates_it_here__commands_in_subdirectories_find_it(tmp_path):
     assert listed.stderr.splitlines() == [f"using the embedded database in {data}"]
     assert not (deep / ".orchestrator").exists()
     assert not (project / "src" / ".orchestrator").exists()
+
+    configured = orchestrator(deep, "runs", "list", "--json", ORCHESTRATOR_DATABASE_URL=db_url)
+    assert (configured.returncode, configured.stderr) == (0, "")  # a configured URL wins
+    assert json.loads(configured.stdout) == []
 
 
 @pytest.mark.timeout(240)

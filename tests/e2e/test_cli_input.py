@@ -166,6 +166,11 @@ def test_json_errors__usage_and_engine_errors_are_json_on_stdout(e2e_url):
     missing = error_json(cli(e2e_url, "--json", "runs", "show", check=False))
     assert missing["code"] == "usage_error"
     assert missing["message"] == "the following arguments are required: run_id"
+    typo = cli(e2e_url, "runs", "list", "--databse-url", "postgresql://u:s3cret@h/db", check=False)
+    assert typo.returncode == 2
+    assert typo.stderr.endswith(
+        "error: unrecognized arguments: --databse-url postgresql://u:***@h/db\n"
+    )
     bad_data = error_json(cli(e2e_url, "send", "x", "--data", "{oops", "--json", check=False))
     assert bad_data["code"] == "invalid_event"
     assert bad_data["message"].startswith("--data is not valid JSON: ")
