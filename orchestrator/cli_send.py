@@ -218,11 +218,12 @@ def _partial(source: str, lines: list[Line], sent: Sent, exc: BaseException) -> 
     from orchestrator.errors import first_line
 
     first_unsent = lines[sent.events].number
-    rest = "-" if source == "-" else source
+    rest = f"`tail -n +{first_unsent} {source} | orchestrator send --jsonl -`"
+    if source == "-":
+        rest = f"the input from line {first_unsent} on"
     return PartialSendError(
         f"lines 1-{sent.last_line} were sent ({sent.events} events, {sent.created} new), "
-        f"lines {first_unsent} and after were not: {first_line(exc)}; send the rest with "
-        f"`tail -n +{first_unsent} {rest} | orchestrator send --jsonl -`"
+        f"lines {first_unsent} and after were not: {first_line(exc)}; send the rest with {rest}"
     )
 
 
