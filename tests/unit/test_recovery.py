@@ -42,7 +42,7 @@ def _execution(*recorded: StepRow) -> Execution:
 
 
 def _reach(execution: Execution, step_id: str, kind: str = "run") -> StepRow | None:
-    sid, position = execution.next_id(step_id)
+    sid, position = execution.next_id(step_id, kind=kind)
     return execution.recorded(sid, kind, position)
 
 
