@@ -355,20 +355,34 @@ def _requeue_sql(
     lock = "FOR UPDATE SKIP LOCKED" if sweep else "FOR UPDATE"
     bump = "r.recoveries + 1" if count_recovery else "r.recoveries"
     capped = f"({bump}) > :p_cap" if count_recovery else "false"
-    # An interrupted run goes back to its place in line (due since it was created), so work
-    # already under way finishes before newer work starts. A run interrupted again backs off
-    # (1 s, 2 s, 4 s, … up to 30 s) so that a crash-looping run cannot take down one worker
-    # process after another.
+    # An interrupted run goes back to the head of the line (see `line` below), so work
+    # already under way finishes before other work starts, and another daemon takes it over at
+    # its next free thread however long the backlog. A run whose worker process died under it
+    # again backs off (1 s, 2 s, 4 s, … up to 30 s) so that a crash-looping run cannot take
+    # down one worker process after another. A sweep never backs off: the run's daemon died
+    # or stalled, not its worker, and the sweep already waited out `dead_daemon_after` or the
+    # lease; a delay would put the run behind every run due meanwhile.
+    head = "least(now(), r.created_at - line.shift)"
     due = (
-        f"CASE WHEN ({bump}) <= 1 THEN least(now(), r.created_at) "
+        f"CASE WHEN ({bump}) <= 1 THEN {head} "
         f"ELSE now() + make_interval(secs => least(30, power(2, ({bump}) - 2))) END"
-        if count_recovery
-        else "least(now(), r.created_at)"
+        if count_recovery and not sweep
+        else head
     )
     return f"""
     WITH picked AS MATERIALIZED (
-        SELECT id FROM orchestrator.runs WHERE status = 'running' AND ({where})
+        SELECT id, created_at FROM orchestrator.runs WHERE status = 'running' AND ({where})
         ORDER BY id LIMIT :p_limit {lock}
+    ),
+    line AS (
+        -- How far back to move the picked runs' due times from their created_at so that the
+        -- last made of them is due just before the first run in line. Their created_at alone
+        -- is not enough: a run made later can be due earlier (runs are due from their
+        -- transaction's start, and a concurrent ingest may commit after this run was
+        -- claimed). All move by the same amount, so they keep their order.
+        SELECT greatest(interval '0', (SELECT max(created_at) FROM picked) - min(due_at)
+                        + interval '1 microsecond') AS shift
+        FROM orchestrator.runs WHERE {_DUE}
     ),
     changed AS (
     UPDATE orchestrator.runs AS r
@@ -383,7 +397,7 @@ def _requeue_sql(
         due_at = {due},
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
         updated_at = now()
-    FROM picked
+    FROM picked, line
     WHERE r.id = picked.id
     RETURNING {_ENDED_COLUMNS}
     )

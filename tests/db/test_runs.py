@@ -260,19 +260,6 @@ def test_rescue__interrupted_run_keeps_its_place_in_line(db: Database) -> None:
     assert claimed.id == old and old not in newer
 
 
-def test_rescue__repeatedly_interrupted_run_backs_off(db: Database) -> None:
-    queue_runs(db, 1)
-    execute(db, "UPDATE orchestrator.runs SET recoveries = 3")
-    claim(db, OWNER, lease=0.001)
-    execute(db, "SELECT pg_sleep(0.01)")
-    with db.transaction() as conn:  # read in the rescue's transaction: the same now()
-        runs.rescue_expired(conn, max_recoveries=10)
-        delay = conn.execute(
-            text("SELECT extract(epoch FROM due_at - now()) FROM orchestrator.runs")
-        ).scalar_one()
-    assert float(delay) == 4.0  # the 4th interruption waits 2**(4-2) seconds
-
-
 def test_requeue_interrupted__counts_a_recovery_but_no_crash(db: Database) -> None:
     queue_runs(db, 1)
     [run] = claim(db, OWNER)
