@@ -113,26 +113,34 @@ def worker_kills(env: ChaosEnv, *, runs: int = 2000, every: float = 2.0) -> Resu
 
 
 def daemon_kills(env: ChaosEnv, *, kills: int = 5, runs: int = 400) -> Result:
-    """kill -9 one daemon (with its workers) repeatedly while a second one keeps serving; the
-    survivor must take over the dead daemon's runs within lease + rescue interval + 2 s."""
+    """kill -9 one daemon (with its workers) repeatedly while a second one keeps serving and a
+    backlog waits: each run the dead daemon held must be taken over (claimed by another daemon)
+    within lease + rescue interval + 2 s of the kill, however long the backlog."""
     result = Result("2 kill -9 a whole daemon", Report())
     victim = env.start_daemon()
     env.start_daemon()
     started = time.monotonic()
     _flows(env, runs, steps=3, work_ms=300)
     bound = env.config["lease_duration"] + env.config["rescue_interval"] + 2
+    requeued: list[float] = []
     for _ in range(kills):
-        held = _wait_holding(env, victim, timeout=30)
-        if not held:
+        victim_id = _wait_holding(env, victim, timeout=30)
+        if not victim_id:
             break
         killed_at = time.monotonic()
         victim.kill9()
+        # what it held when it died: nothing but a rescue changes these rows now
+        held = _held_by(env, victim_id)
         result.faults += 1
-        result.recovery += _takeover_times(env, held, killed_at, timeout=bound + 10)
+        takeover = _takeover_times(env, held, killed_at, timeout=bound + 10)
+        result.recovery += takeover.claimed
+        requeued += takeover.requeued
+        result.failures += takeover.late
         env.restart_daemon(victim)
     env.wait_terminal(runs, timeout=300)
     _finish(result, env, started)
     result.figures["bound s"] = bound
+    result.figures["requeued max s"] = round(max(requeued, default=0), 2)
     result.require(result.faults == kills, f"only {result.faults} of {kills} kills held work")
     result.require(
         bool(result.recovery) and max(result.recovery) <= bound,
@@ -150,27 +158,42 @@ def _daemon_id(env: ChaosEnv, daemon: Any) -> str | None:
     return str(value) if value else None
 
 
-def _wait_holding(env: ChaosEnv, daemon: Any, timeout: float) -> list[str]:
+def _held_by(env: ChaosEnv, daemon_id: str) -> list[str]:
+    return [
+        r[0]
+        for r in env.sql(
+            "SELECT id::text FROM orchestrator.runs WHERE status = 'running' "
+            "AND lease_owner = CAST(%s AS uuid)",
+            (daemon_id,),
+        )
+    ]
+
+
+def _wait_holding(env: ChaosEnv, daemon: Any, timeout: float) -> str | None:
+    """Wait until the daemon holds runs; returns its id (None if it held none in time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         daemon_id = _daemon_id(env, daemon)
-        if daemon_id:
-            held = [
-                r[0]
-                for r in env.sql(
-                    "SELECT id::text FROM orchestrator.runs WHERE status = 'running' "
-                    "AND lease_owner = CAST(%s AS uuid)",
-                    (daemon_id,),
-                )
-            ]
-            if held:
-                return held
+        if daemon_id and _held_by(env, daemon_id):
+            return daemon_id
         time.sleep(0.05)
-    return []
+    return None
 
 
-def _takeover_times(env: ChaosEnv, run_ids: list[str], since: float, timeout: float) -> list[float]:
-    """Seconds from `since` until each run was claimed by another daemon (or finished)."""
+@dataclass
+class Takeover:
+    """Seconds from the fault until each run was requeued, and until it was claimed by another
+    daemon (or finished); `late` explains each run not claimed by the deadline."""
+
+    requeued: list[float] = field(default_factory=list)
+    claimed: list[float] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+
+
+def _takeover_times(env: ChaosEnv, run_ids: list[str], since: float, timeout: float) -> Takeover:
+    """Poll the runs that a stopped or dead daemon held, from `since` (the fault) until each
+    is claimed by another daemon or finished, for `timeout` seconds at most. A run's takeover
+    is that claim: its rescue (the requeue) and its wait in line both count."""
     owners = dict(
         env.sql(
             "SELECT id::text, lease_owner::text FROM orchestrator.runs "
@@ -178,25 +201,47 @@ def _takeover_times(env: ChaosEnv, run_ids: list[str], since: float, timeout: fl
             (run_ids,),
         )
     )
-    pending = set(run_ids)
-    times: list[float] = []
+    out = Takeover()
+    pending, unrescued = set(run_ids), set(run_ids)
     deadline = since + timeout
     while pending and time.monotonic() < deadline:
         rows = env.sql(
-            "SELECT id::text, status, lease_owner::text, attempts FROM orchestrator.runs "
+            "SELECT id::text, status, lease_owner::text FROM orchestrator.runs "
             "WHERE id = ANY(CAST(%s AS uuid[]))",
             (list(pending),),
         )
         now = time.monotonic()
-        for run_id, status, owner, _ in rows:
+        for run_id, status, owner in rows:
+            if run_id in unrescued and owner != owners.get(run_id):
+                unrescued.discard(run_id)
+                out.requeued.append(now - since)
             if status in ("completed", "failed") or (
                 status == "running" and owner != owners.get(run_id)
             ):
                 pending.discard(run_id)
-                times.append(now - since)
+                out.claimed.append(now - since)
         time.sleep(0.02)
-    times += [timeout] * len(pending)
-    return times
+    out.claimed += [timeout] * len(pending)
+    if pending:
+        examples = "; ".join(f"run {r}: {_state(env, r)}" for r in sorted(pending)[:2])
+        out.late.append(f"{len(pending)} runs not taken over within {timeout}s ({examples})")
+    return out
+
+
+def _state(env: ChaosEnv, run_id: str) -> str:
+    """Where a run stands, to explain a late takeover."""
+    status, owner, recoveries, due_in, ahead = env.sql(
+        "SELECT r.status, r.lease_owner::text, r.recoveries, "
+        "round(extract(epoch FROM r.due_at - now())::numeric, 2), "
+        "(SELECT count(*) FROM orchestrator.runs o WHERE o.status IN ('queued', 'sleeping', "
+        "'waiting') AND o.due_at <= now() AND (o.due_at, o.id) < (r.due_at, r.id)) "
+        "FROM orchestrator.runs r WHERE r.id = CAST(%s AS uuid)",
+        (run_id,),
+    )[0]
+    return (
+        f"{status} (lease owner {owner}), {recoveries} recoveries, due in {due_in} s, "
+        f"{ahead} due runs ahead of it"
+    )
 
 
 # -- 3 ------------------------------------------------------------------------------------
@@ -231,7 +276,11 @@ def _reconnect_time(env: ChaosEnv, timeout: float) -> float:
     while marker is None:
         try:
             marker = env.scalar("SELECT now()")
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
+            if time.monotonic() - back > timeout:
+                raise AssertionError(
+                    f"the restarted server refused connections for {timeout}s: {exc}"
+                ) from exc
             time.sleep(0.05)
     pids = [d.pid for d in env.alive()]
     while time.monotonic() - back < timeout:
@@ -292,14 +341,16 @@ def sigstop(env: ChaosEnv, *, runs: int = 200) -> Result:
     env.start_daemon()
     started = time.monotonic()
     _flows(env, runs, steps=3, work_ms=400)
-    held = _wait_holding(env, paused, timeout=30)
+    paused_id = _wait_holding(env, paused, timeout=30)
     stopped_at = time.monotonic()
     os.killpg(paused.pid, signal.SIGSTOP)
+    held = _held_by(env, paused_id) if paused_id else []
     result.faults = 1
     try:
-        result.recovery = _takeover_times(
+        takeover = _takeover_times(
             env, held, stopped_at, timeout=2 * env.config["lease_duration"] + 5
         )
+        result.recovery = takeover.claimed
         time.sleep(max(0.0, stopped_at + 2 * env.config["lease_duration"] - time.monotonic()))
     finally:
         os.killpg(paused.pid, signal.SIGCONT)
@@ -358,14 +409,18 @@ def timers(env: ChaosEnv, *, timers: int = 5000, daemons: int = 4, lead: float =
 # -- 7 ------------------------------------------------------------------------------------
 
 
-def poison(env: ChaosEnv, *, runs: int = 1500, repeats: int = 3, min_ratio: float = 0.9) -> Result:
+def poison(
+    env: ChaosEnv, *, runs: int = 1500, repeats: int = 3, min_ratio: float | None = None
+) -> Result:
     """A step that kills its own process every time: the run fails after the recovery cap
-    with a clear reason, and healthy runs keep >= 90 % of their throughput meanwhile.
+    with a clear reason, and healthy runs keep their throughput meanwhile.
 
     Throughput is healthy completions per second over the poison's whole life (from its event
     to its failure) under a standing backlog, against a control running at the same time: the
     same daemon and load on a second database, without the poison. Side by side, the drift of
-    a shared machine affects both alike; the median ratio of `repeats` rounds is judged.
+    a shared machine affects both alike; the median ratio of `repeats` rounds is reported, and
+    judged against `min_ratio` when one is given (`make soak` does; a test does not judge a
+    benchmark figure).
     """
     result = Result("7 poison step kills its process", Report())
     started = time.monotonic()
@@ -381,10 +436,11 @@ def poison(env: ChaosEnv, *, runs: int = 1500, repeats: int = 3, min_ratio: floa
     ratio = sorted(ratios)[len(ratios) // 2]
     result.figures["throughput ratios"] = [round(r, 3) for r in ratios]
     result.figures["throughput ratio (median)"] = round(ratio, 3)
-    result.require(
-        ratio >= min_ratio,
-        f"healthy throughput fell to {ratio:.0%} of the control's (< {min_ratio:.0%})",
-    )
+    if min_ratio is not None:
+        result.require(
+            ratio >= min_ratio,
+            f"healthy throughput fell to {ratio:.0%} of the control's (< {min_ratio:.0%})",
+        )
     return result
 
 

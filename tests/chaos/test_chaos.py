@@ -20,9 +20,8 @@ CI_SIZES: dict[str, dict[str, Any]] = {
     "terminate_backends": {"runs": 300},
     "sigstop": {"runs": 60},
     "timers": {"timers": 400, "daemons": 4, "lead": 8},
-    # one ~16 s round on a shared 2-core machine is noisy (+-8 % between identical controls):
-    # CI guards against a gross regression; `make soak` judges the median of three at 90 %
-    "poison": {"runs": 1000, "repeats": 1, "min_ratio": 0.75},
+    # throughput against a control is a benchmark figure: `make soak` judges it, CI does not
+    "poison": {"runs": 1000, "repeats": 1},
     "hostile_input": {"huge_mib": 64},
     "sigterm_in_flight": {"in_flight": 40, "grace": 5},
     "migrate_under_load": {"runs": 300, "migrations": 3},
