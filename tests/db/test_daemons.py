@@ -6,6 +6,7 @@ import pytest
 
 from orchestrator.db import daemons, runs
 from orchestrator.db.database import Database
+from tests.conftest import eventually
 from tests.db.helpers import execute, queue_runs
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,8 +66,13 @@ def test_is_lock_free__false_while_a_session_holds_it(db: Database, db_url: str)
         holder.execute("SELECT pg_advisory_lock(%s, %s)", (daemons.DAEMON_LOCK_CLASS, key))
         with db.transaction() as conn:
             assert not daemons.is_lock_free(conn, key)
-    with db.transaction() as conn:
-        assert daemons.is_lock_free(conn, key)
+
+    def freed() -> bool:
+        with db.transaction() as conn:
+            return daemons.is_lock_free(conn, key)
+
+    # the server releases the lock when the holder's backend exits, just after the disconnect
+    eventually(freed, timeout=10, what="the lock freed once its holder disconnected")
 
 
 def test_fail_unknown_functions__only_runs_of_unregistered_functions(db: Database) -> None:
