@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from orchestrator.context import Context, Event, Step
     from orchestrator.errors import (
         ExpressionError,
+        FunctionInUseError,
+        NestedStepError,
         NonDeterminismError,
         NonRetriableError,
         OrchestratorError,
@@ -42,6 +44,8 @@ _HOMES = {
     "orchestrator.context": ("Context", "Event", "Step"),
     "orchestrator.errors": (
         "ExpressionError",
+        "FunctionInUseError",
+        "NestedStepError",
         "NonDeterminismError",
         "NonRetriableError",
         "OrchestratorError",
@@ -89,7 +93,9 @@ __all__ = [
     "Debounce",
     "Event",
     "ExpressionError",
+    "FunctionInUseError",
     "Idempotency",
+    "NestedStepError",
     "NonDeterminismError",
     "NonRetriableError",
     "Orchestrator",

@@ -155,10 +155,16 @@ class Orchestrator:
 
     def database_url(self) -> str:
         """The URL this app talks to: explicit, configured, or the embedded server's."""
+        import os
+
+        from orchestrator.config import project_home
         from orchestrator.db.connect import resolve_url
 
         cfg = self.config
-        return resolve_url(self._explicit_url or cfg.database_url, cfg.embedded_data_dir)
+        url = self._explicit_url or cfg.database_url
+        if url:
+            return url
+        return resolve_url("", cfg.embedded_data_dir, home=project_home(None, os.environ))
 
     def _database(self) -> Database:
         with self._lock:

@@ -139,7 +139,11 @@ def _report(args: argparse.Namespace, verb: str, matched: int, outcome: Outcome)
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise OrchestratorError("no terminal to confirm on; pass --yes to act without asking")
-    answer = input(f"{question} [y/N] ")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        print(file=sys.stderr)
+        return False
     return answer.strip().lower() in ("y", "yes")
 
 

@@ -176,7 +176,7 @@ def load_config(
     """Build a `Config` from the file, the environment and explicit overrides (CLI flags)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    file_path = path or env.get(ENV_PREFIX + "CONFIG") or find_config_file(Path.cwd())
+    file_path = path or env.get(ENV_PREFIX + "CONFIG") or find_config_file(_cwd())
     if file_path:
         for key, raw in _read_file(Path(file_path)).items():
             if key not in _FIELDS:
@@ -202,7 +202,10 @@ def load_config(
 def find_config_file(start: Path) -> Path | None:
     """The nearest `orchestrator.toml` in `start` or one of its parents (as git finds `.git`),
     so that commands run from a subdirectory of the project read the project's config."""
-    start = start.resolve()
+    try:
+        start = start.resolve(strict=True)
+    except OSError:  # the working directory was deleted: there is nothing to find upward
+        return None
     for folder in (start, *start.parents):
         candidate = folder / DEFAULT_CONFIG_FILE
         if candidate.is_file():
@@ -215,8 +218,20 @@ def project_home(path: str | Path | None, env: Mapping[str, str]) -> Path | None
     named with --config or ORCHESTRATOR_CONFIG, or none was found): the project's root."""
     if path or env.get(ENV_PREFIX + "CONFIG"):
         return None
-    found = find_config_file(Path.cwd())
+    found = find_config_file(_cwd())
     return found.parent if found else None
+
+
+def _cwd() -> Path:
+    """The working directory; a deleted one raises a ConfigError that says so, not a
+    traceback."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise ConfigError(
+            "the working directory no longer exists; cd to the project directory and run the "
+            "command again"
+        ) from None
 
 
 def env_warnings(env: Mapping[str, str]) -> list[str]:

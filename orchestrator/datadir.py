@@ -3,7 +3,9 @@
 With no database URL configured, every command uses the embedded server in
 `embedded_data_dir` (default `.orchestrator/pgdata`). A relative path is looked for in the
 working directory and then in each of its parents, so `orchestrator runs list` works from any
-subdirectory of the project; an absolute path is used as it is.
+subdirectory of the project; an absolute path is used as it is. The search stops at the
+project's root when there is one (the directory of the `orchestrator.toml` found upward), so a
+project never picks up the database of another project above it.
 
 Creating a data directory starts a new, empty database (tens of megabytes, several seconds).
 Only `orchestrator migrate` and `orchestrator run` may do it, and they say where; any other
@@ -43,27 +45,32 @@ def is_initialized(path: Path) -> bool:
     return (path / "PG_VERSION").is_file()
 
 
-def candidates(configured: str, start: Path) -> list[Path]:
-    """The places a data directory is looked for, nearest first."""
+def candidates(configured: str, start: Path, home: Path | None = None) -> list[Path]:
+    """The places a data directory is looked for, nearest first: `start` and its parents, up
+    to `home` (the project's root) when `start` is inside it."""
     path = Path(configured).expanduser()
     if path.is_absolute():
         return [path]
     start = start.resolve()
-    return [folder / path for folder in (start, *start.parents)]
+    folders = [start, *start.parents]
+    if home is not None and home.resolve() in folders:
+        folders = folders[: folders.index(home.resolve()) + 1]
+    return [folder / path for folder in folders]
 
 
-def find(configured: str, start: Path) -> Path | None:
+def find(configured: str, start: Path, home: Path | None = None) -> Path | None:
     """The nearest initialized data directory, or None."""
-    return next((p for p in candidates(configured, start) if is_initialized(p)), None)
+    return next((p for p in candidates(configured, start, home) if is_initialized(p)), None)
 
 
 def locate(configured: str, start: Path, *, create: bool, home: Path | None = None) -> DataDir:
-    """The data directory to use: the nearest one found, else (with `create`) a new one in
-    `home` (default `start`, the working directory); else `NoDatabaseError`."""
-    found = find(configured, start)
+    """The data directory to use: the nearest one found (no higher than `home`, the project's
+    root, when there is one), else (with `create`) a new one in `home` (default `start`, the
+    working directory); else `NoDatabaseError`."""
+    found = find(configured, start, home)
     if found is not None:
         return DataDir(found, new=False)
-    places = candidates(configured, start)
+    places = candidates(configured, start, home)
     if create:
         path = places[0] if len(places) == 1 else (home or start).resolve() / configured
         return DataDir(path, new=True)

@@ -17,7 +17,10 @@ from typing import Any
 def first_line(exc: BaseException) -> str:
     """An error's first line (a database error's detail follows on the next lines), or its
     type when it has no message."""
-    text = str(exc).strip()
+    try:
+        text = str(exc).strip()
+    except Exception:  # a user's exception may be hostile: see engine/failures.py
+        text = ""
     return text.splitlines()[0] if text else type(exc).__name__
 
 

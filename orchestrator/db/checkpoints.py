@@ -108,6 +108,7 @@ def prepare(conn: Conn) -> None:
     nobody = str(uuid.UUID(int=0))
     step = StepRecord("-", 0, "run", "completed", 1, output_json="null", duration_ms=0)
     write_group(conn, [GroupWrite(nobody, nobody, step=step)])
+    write_group(conn, [GroupWrite(nobody, nobody, final_status="completed", output_json="null")])
     write_group(conn, [GroupWrite(nobody, nobody, final_status="failed", effects=True)])
 
 

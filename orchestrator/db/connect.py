@@ -79,12 +79,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def resolve_url(database_url: str, embedded_data_dir: str) -> str:
+def resolve_url(database_url: str, embedded_data_dir: str, *, home: Path | None = None) -> str:
     """The configured URL, else the embedded server in the nearest data directory (see
-    orchestrator/datadir.py), else a new one in the working directory."""
+    orchestrator/datadir.py). Library use never creates one (`NoDatabaseError` names where it
+    looked): a script run from another directory must not start an empty database of its
+    own that the daemon never sees; `orchestrator migrate` or `run` creates it."""
     if database_url:
         return database_url
-    return embedded_url(str(datadir.locate(embedded_data_dir, Path.cwd(), create=True).path))
+    found = datadir.locate(embedded_data_dir, Path.cwd(), create=False, home=home)
+    return embedded_url(str(found.path))
 
 
 def make_engine(url: str, *, pool_size: int = 5, application_name: str = "orchestrator") -> Engine:

@@ -89,10 +89,14 @@ def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str)
     return previous
 
 
-# Brings forward `last_served_at` of the functions of the daemon(s) CTE `gone` returned.
+# Brings forward `last_served_at` of the functions of the daemon(s) CTE `gone` returned,
+# locking their rows in id order first, as a starting daemon's registration does: two
+# daemons, one signing off and one starting, cannot deadlock over them.
 _LAST_SERVED = (
-    " UPDATE orchestrator.functions f SET last_served_at = "
-    "greatest(f.last_served_at, gone.served_until) FROM gone WHERE f.id = ANY(gone.functions)"
+    ", locked AS MATERIALIZED (SELECT f.id, gone.served_until FROM orchestrator.functions f "
+    "JOIN gone ON f.id = ANY(gone.functions) ORDER BY f.id FOR NO KEY UPDATE OF f) "
+    "UPDATE orchestrator.functions f SET last_served_at = "
+    "greatest(f.last_served_at, locked.served_until) FROM locked WHERE f.id = locked.id"
 )
 
 

@@ -227,10 +227,18 @@ class UnservedBacklog:
 # functions the daemons serve, and would otherwise count the due runs of every function.
 _UNSERVED = f"""
     WITH unserved AS MATERIALIZED (
-        SELECT f.id FROM orchestrator.functions f
+        SELECT f.id, greatest(f.last_served_at, (
+            -- a daemon draining after SIGTERM served it until its last heartbeat
+            SELECT max(d.heartbeat_at) FROM orchestrator.daemons d
+            WHERE d.status = 'stopping' AND (d.functions IS NULL OR f.id = ANY(d.functions))
+        )) AS served_until
+        FROM orchestrator.functions f
         WHERE NOT EXISTS (SELECT FROM orchestrator.daemons d WHERE {_SERVES.format(f="f")})
     )
-    SELECT u.id, due.n, due.since, extract(epoch FROM now() - due.since)::float8
+    -- waited: since the runs were due, or since the function was last served if later (a
+    -- backlog older than a restart has not waited for want of a daemon all that time)
+    SELECT u.id, due.n, due.since,
+           extract(epoch FROM now() - greatest(due.since, u.served_until))::float8
     FROM unserved u
     CROSS JOIN LATERAL (
         SELECT count(*) AS n, min(c.due_at) AS since FROM (

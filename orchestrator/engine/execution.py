@@ -9,7 +9,6 @@ in engine/coordination.py and engine/parallel.py.
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -84,8 +83,7 @@ class Execution:
         self.draining = draining
         self.log = log
         self.fatal: NonDeterminismError | NestedStepError | None = None
-        self._bodies: dict[int, str] = {}  # the step bodies running now, by call
-        self._calls = itertools.count()
+        self._bodies: dict[int, str] = {}  # the step bodies running now, by thread
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
         self._position = 0
@@ -114,10 +112,10 @@ class Execution:
         """Refuse a step called while a step body runs (from the body, or a thread it
         started): it would run on the first execution and vanish on replay, when the outer
         step is memoized, shifting every later step."""
-        running = sorted(self._bodies.values())
-        if not running:
+        if not self._bodies:
             return
-        outer = running[0]
+        # the caller's own body; a thread a body started is blamed on some running body
+        outer = self._bodies.get(threading.get_ident()) or min(self._bodies.values(), default="?")
         self.fatal = NestedStepError(
             f"ctx.step.{kind}('{step_id}') was called inside the body of step '{outer}'; "
             "steps cannot be nested, because a step body runs once and is then replayed "
@@ -235,7 +233,7 @@ class Execution:
         """Call a step body; returns its result as stored (JSON text) and as decoded. A step
         called inside the body fails the run (`Abort`), whatever the body did with the error."""
         started = time.perf_counter()
-        call = next(self._calls)
+        call = threading.get_ident()  # one body per thread: a nested one is refused
         self._bodies[call] = sid
         try:
             value = fn(*args, **kwargs)

@@ -128,9 +128,18 @@ def _drive(
 def _error_of(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, Abort):  # the execution's fatal error says why (see _fail)
         return {}
-    if isinstance(exc, StepError):  # the step's error, naming the step (resume retries it)
-        return exc.error | {"step": exc.step_id}
-    return error_dict(exc)
+    if isinstance(exc, StepError) and _is_record(exc.error) and isinstance(exc.step_id, str):
+        return exc.error | {"step": exc.step_id}  # the step's error, naming the step
+    return error_dict(exc)  # any exception (a StepError user code built with odd contents)
+
+
+def _is_record(error: Any) -> bool:
+    """A dict that can be stored as it is (a StepError user code raised may hold anything)."""
+    try:
+        json.dumps(error, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return isinstance(error, dict)
 
 
 def _fail(

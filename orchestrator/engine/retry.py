@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from orchestrator.errors import NonRetriableError, RetryAfterError
@@ -25,9 +26,18 @@ def retry_delay(exc: BaseException, backoff: Backoff, attempt: int, retries: int
         return None
     if attempt > retries:
         return None
-    if isinstance(exc, RetryAfterError):
-        return exc.delay
-    return backoff_delay(backoff, attempt)
+    asked = _asked_delay(exc) if isinstance(exc, RetryAfterError) else None
+    return asked if asked is not None else backoff_delay(backoff, attempt)
+
+
+def _asked_delay(exc: RetryAfterError) -> float | None:
+    """The delay a RetryAfterError asks for; None (the back-off) when a subclass lost it or
+    made it something other than a finite number of seconds >= 0."""
+    try:
+        delay = float(exc.delay)
+    except Exception:
+        return None
+    return delay if math.isfinite(delay) and delay >= 0 else None
 
 
 def _flagged_non_retriable(exc: BaseException) -> bool:

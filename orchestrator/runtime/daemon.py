@@ -170,27 +170,7 @@ class Daemon:
             migrate.upgrade(self.db.engine)
         else:
             check_schema(self.db.engine)
-        with self.db.transaction() as conn:
-            for fid, fdef in self.registry.items():
-                desc = fdef.describe()
-                functions.upsert(
-                    conn,
-                    fid,
-                    triggers=desc.pop("triggers"),
-                    options=desc,
-                    version=fdef.source_hash(),
-                )
-            lock_key = daemons.register(
-                conn,
-                self.id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                app=self.app_path,
-                version=self.version,
-                workers=self.cfg.workers,
-                concurrency=self.cfg.concurrency,
-                functions=self.function_ids,
-            )
+        lock_key = self.db.run(self._register)  # a deadlock is transient: it is retried
         self.cron.register()
         self.session = Session(
             self.url,
@@ -198,6 +178,26 @@ class Daemon:
             on_wake=self._on_notify,
             on_error=self._on_session_error,
             application_name="orchestrator-session",
+        )
+
+    def _register(self, conn: Any) -> int:
+        """Record the functions, in id order (the order every statement locks their rows
+        in), and this daemon; returns its liveness lock key."""
+        for fid, fdef in sorted(self.registry.items()):
+            desc = fdef.describe()
+            functions.upsert(
+                conn, fid, triggers=desc.pop("triggers"), options=desc, version=fdef.source_hash()
+            )
+        return daemons.register(
+            conn,
+            self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            app=self.app_path,
+            version=self.version,
+            workers=self.cfg.workers,
+            concurrency=self.cfg.concurrency,
+            functions=self.function_ids,
         )
 
     def run(self) -> int:

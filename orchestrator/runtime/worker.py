@@ -181,7 +181,7 @@ class Worker:
                 policies=self.policies,
                 observer=self.tally or NOBODY,
             )
-        except Exception:
+        except BaseException:  # KeyboardInterrupt raised by user code too: give the run back
             self.log.exception("execution abandoned", run_id=task.run_id)
             return Outcome(task.run_id, "abandoned")
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import structlog.testing
 
-from orchestrator import Context, Orchestrator, StepError
+from orchestrator import Context, Orchestrator, RetryAfterError, StepError
 from orchestrator import log as logging
 from orchestrator.db import runs, steps
 from orchestrator.db.database import Database
@@ -374,3 +375,53 @@ def test_retry__logged_at_warning_with_the_type_and_first_line(harness: Harness)
     )
     assert retry["error"] == "upstream refused the connection"
     assert "t-9" not in json.dumps(lines, default=str)  # the rest of the message is a payload
+
+
+class LostDelay(RetryAfterError):
+    def __init__(self) -> None:  # forgets super().__init__: no `delay`
+        Exception.__init__(self, "rate limited")
+
+
+def test_retry_after_without_a_delay__retried_with_the_back_off(harness: Harness) -> None:
+    @harness.app.function("limited", retries=1, backoff=FAST)
+    def limited(ctx: Context) -> None:
+        ctx.step.run("call", lambda: (_ for _ in ()).throw(LostDelay()))
+
+    run_id = harness.start("limited")
+
+    assert harness.step("limited").status == "suspended"
+    row = harness.steps(run_id)["call"]
+    assert (row.status, row.error["type"]) == ("retrying", "LostDelay")
+
+
+def test_step_error_raised_with_non_json_contents__recorded(harness: Harness) -> None:
+    @harness.app.function("odd-saga", retries=0)
+    def odd_saga(ctx: Context) -> None:
+        raise StepError("charge", {"type": "Declined", "at": datetime.now(UTC)})
+
+    run_id = harness.start("odd-saga")
+
+    assert harness.step("odd-saga").status == "failed"
+    assert harness.run(run_id)["error"]["type"] == "StepError"
+
+
+def test_nested_step_in_a_parallel_branch__names_that_branch(harness: Harness) -> None:
+    slow_started = threading.Event()
+
+    def slow() -> int:
+        slow_started.set()
+        time.sleep(0.3)  # keeps branch 0 running while branch 1 makes its mistake
+        return 1
+
+    @harness.app.function("fan-out", retries=0)
+    def fan_out(ctx: Context) -> list[Any]:
+        def nests() -> int:
+            slow_started.wait(10)
+            return ctx.step.run("inner", lambda: 2)
+
+        return ctx.step.parallel("fan", [slow, nests])
+
+    run_id = harness.start("fan-out")
+
+    assert harness.step("fan-out").status == "failed"
+    assert harness.run(run_id)["error"]["step"] == "fan[1]"

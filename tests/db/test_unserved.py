@@ -5,6 +5,7 @@ retired function from the registry."""
 from __future__ import annotations
 
 import argparse
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from orchestrator import cli_functions
 from orchestrator.cli_functions import Removed, retire
@@ -28,7 +30,7 @@ from orchestrator.errors import (
 from orchestrator.runtime.health import Health
 from orchestrator.runtime.metrics import DaemonMetrics
 from orchestrator.runtime.unserved import WARN_EVERY, UnservedWatch
-from tests.db.helpers import execute, queue_runs
+from tests.db.helpers import execute, queue_runs, wait_until_blocked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -372,3 +374,57 @@ def test_remove__without_a_terminal_to_confirm_on_it_refuses_unless_yes(db: Data
 
     assert cli_functions.run(db, argparse.Namespace(**{**vars(args), "yes": True})) == 0
     assert _registered(db) == []
+
+
+def test_unserved_backlog__waited_since_the_function_was_last_served(db: Database) -> None:
+    """A backlog an hour old whose daemon just stopped (a deploy) has not waited an hour for
+    want of a daemon: the wait counts from when the function was last served."""
+    _function(db, "busy")
+    daemon_id = _daemon(db, ["busy"])
+    (run_id,) = queue_runs(db, 1, function_id="busy")
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET due_at = now() - interval '1 hour' "
+        "WHERE id = CAST(:i AS uuid)",
+        i=run_id,
+    )
+    with db.transaction() as conn:
+        daemons.mark_stopped(conn, daemon_id)
+
+    with db.transaction() as conn:
+        (found,) = functions.unserved_backlog(conn, cap=100)
+
+    assert found.runs == 1
+    assert found.waited_seconds < 60  # not 3600
+
+
+def test_mark_stopped_and_a_starting_daemon__do_not_deadlock(db: Database) -> None:
+    """A daemon signing off locks its functions' rows to record when they were last served;
+    a daemon starting upserts them in id order. The sign-off locks them in id order too, so
+    the two wait for each other instead of deadlocking (whatever order the rows lie in)."""
+    for fid in ("b", "a"):  # "b" first in the table, so a scan meets it first
+        _function(db, fid)
+    leaving = _daemon(db, ["a", "b"])
+    errors: list[BaseException] = []
+
+    def sign_off() -> None:
+        try:
+            with db.transaction() as conn:
+                daemons.mark_stopped(conn, leaving)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with db.transaction() as starting:
+        pid = starting.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        functions.upsert(starting, "a", triggers=[], options={}, version="v2")
+        other = threading.Thread(target=sign_off)
+        other.start()
+        wait_until_blocked(db, pid, "the sign-off waiting for the starting daemon's lock")
+        functions.upsert(starting, "b", triggers=[], options={}, version="v2")
+    other.join(30)
+
+    assert errors == []
+    [(status,)] = execute(
+        db, "SELECT status FROM orchestrator.daemons WHERE id = CAST(:i AS uuid)", i=leaving
+    )
+    assert status == "stopped"

@@ -61,3 +61,30 @@ def test_locate__found__not_new(tmp_path: Path) -> None:
     assert locate(DEFAULT, tmp_path, create=False).describe() == (
         f"using the embedded database in {data}"
     )
+
+
+def test_find__stops_at_the_project_root(tmp_path: Path) -> None:
+    """A project with its own root (its orchestrator.toml) never picks up the database of
+    another project above it, such as one made by running the tutorial in the home folder."""
+    initialized(tmp_path / DEFAULT)  # someone else's, above the project
+    project = tmp_path / "projB"
+    deep = project / "src"
+    deep.mkdir(parents=True)
+
+    assert find(DEFAULT, deep, home=project) is None
+    assert locate(DEFAULT, deep, create=True, home=project) == DataDir(project / DEFAULT, new=True)
+    with pytest.raises(NoDatabaseError):
+        locate(DEFAULT, deep, create=False, home=project)
+    assert find(DEFAULT, deep) == tmp_path / DEFAULT  # without a root: as git finds .git
+
+
+def test_resolve_url__library_use_never_creates_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.db.connect import resolve_url
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NoDatabaseError, match="orchestrator migrate"):
+        resolve_url("", DEFAULT)
+    assert not (tmp_path / ".orchestrator").exists()
+    assert resolve_url("postgresql://h/db", DEFAULT) == "postgresql://h/db"
