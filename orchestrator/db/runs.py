@@ -7,7 +7,7 @@ and changes nothing if the token is no longer current (the run was rescued or re
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -329,18 +329,29 @@ def seconds_until_next_due(
     return None if value is None else float(value)
 
 
-def renew_leases(conn: Connection, *, owner: str, lease_seconds: float) -> set[str]:
-    """Extend every lease `owner` holds; returns the ids it still holds."""
+def renew_leases(
+    conn: Connection, *, owner: str, run_ids: Collection[str], lease_seconds: float
+) -> set[str]:
+    """Extend the leases `owner` holds on these runs (the ones it is executing); returns the
+    ids it still holds.
+
+    Only the runs named: a run leased to `owner` in the database that it is not executing (a
+    claim that committed but whose answer was lost with the connection) must not be kept
+    alive by its renewals; its lease expires and a rescue requeues it.
+    """
+    if not run_ids:
+        return set()
     rows = conn.execute(
         text(
             # rows locked in id order, like every other multi-row lock here (no deadlocks)
             "UPDATE orchestrator.runs SET lease_expires_at = now() + "
             "make_interval(secs => :p_lease) WHERE id IN (SELECT id FROM orchestrator.runs "
-            "WHERE status = 'running' AND lease_owner = CAST(:p_owner AS uuid) ORDER BY id "
-            "FOR UPDATE) AND status = 'running' AND lease_owner = CAST(:p_owner AS uuid) "
+            "WHERE id = ANY(CAST(:p_ids AS uuid[])) AND status = 'running' "
+            "AND lease_owner = CAST(:p_owner AS uuid) ORDER BY id FOR UPDATE) "
+            "AND status = 'running' AND lease_owner = CAST(:p_owner AS uuid) "
             "RETURNING id::text"
         ),
-        {"p_owner": owner, "p_lease": lease_seconds},
+        {"p_owner": owner, "p_ids": sorted(run_ids), "p_lease": lease_seconds},
     )
     return {row[0] for row in rows}
 

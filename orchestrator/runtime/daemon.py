@@ -476,9 +476,13 @@ class Daemon:
             )
 
     def _renew_leases(self) -> None:
+        # only the runs the pool executes: one this daemon never heard of (its claim committed
+        # but the answer was lost with the connection) is left to expire and be rescued
         before = self.pool.held_leases()
         with self.db.transaction() as conn:
-            held = runs.renew_leases(conn, owner=self.id, lease_seconds=self.cfg.lease_duration)
+            held = runs.renew_leases(
+                conn, owner=self.id, run_ids=before, lease_seconds=self.cfg.lease_duration
+            )
         # held by the pool both before and after the renewal, yet not renewed: a run that
         # finished or was handed over meanwhile is not lost
         lost = (before & self.pool.held_leases()) - held

@@ -1,5 +1,6 @@
-"""Where rescued runs go back in line: ahead of every run that has not started, so that another
-daemon takes them over at its next free thread, however long the backlog."""
+"""Rescues and lease renewals. Rescued runs go back to the head of the line, ahead of every run
+that has not started, so that another daemon takes them over at its next free thread, however
+long the backlog; a daemon renews only the leases of the runs it executes."""
 
 from __future__ import annotations
 
@@ -123,3 +124,25 @@ def test_rescue__finds_the_head_of_the_line_by_the_due_index(db: Database) -> No
         )
     # the first entry of the due index, not a scan of every run in line
     assert "Scan using runs_due on runs" in plan, plan
+
+
+def test_renew_leases__extends_only_the_runs_named(db: Database) -> None:
+    queue_runs(db, 2)
+    executing, unknown = (c.id for c in claim(db, OWNER, limit=2, lease=0.5))
+    with db.transaction() as conn:
+        held = runs.renew_leases(conn, owner=OWNER, run_ids={executing}, lease_seconds=60)
+    assert held == {executing}
+    execute(db, "SELECT pg_sleep(0.6)")
+    assert [r.id for r in _rescue_expired_now(db)] == [unknown]
+
+
+def test_renew_leases__nothing_named_renews_nothing(db: Database) -> None:
+    queue_runs(db, 1)
+    claim(db, OWNER)
+    with db.transaction() as conn:
+        assert runs.renew_leases(conn, owner=OWNER, run_ids=set(), lease_seconds=60) == set()
+
+
+def _rescue_expired_now(db: Database) -> list[runs.RequeuedRun]:
+    with db.transaction() as conn:
+        return runs.rescue_expired(conn, max_recoveries=10)
