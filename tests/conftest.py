@@ -1,11 +1,11 @@
 """Shared fixtures: a real Postgres (ORCHESTRATOR_TEST_DATABASE_URL or the embedded server),
-a migrated template database, and a fresh database cloned from it for each test."""
+a migrated template database, and a fresh database cloned from it for each test (cloned ahead
+of need, tests/clones.py)."""
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from orchestrator.db import migrate
 from orchestrator.db.connect import embedded_url, libpq_url
 from orchestrator.db.database import Database
+from tests import clones
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -67,14 +68,29 @@ def template_name(server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def clone_template(server_url: str, template_name: str) -> str:
+    """A new database cloned from the template, made now; returns its name."""
+    with admin(server_url) as conn:
+        return clones.clone(conn, template_name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with admin(server_url) as conn:
+        clones.drop(conn, name)
+
+
+@pytest.fixture(scope="session")
+def clone_pool(server_url: str, template_name: str) -> Iterator[clones.Clones]:
+    pool = clones.Clones(server_url, template_name)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def db_url(server_url: str, template_name: str) -> Iterator[str]:
-    name = f"orchestrator_test_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}" STRATEGY FILE_COPY')
+def db_url(server_url: str, clone_pool: clones.Clones) -> Iterator[str]:
+    name = clone_pool.take()
     yield with_database(server_url, name)
-    with admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    clone_pool.give_back(name)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.apps.common import ensure_schema
-from tests.e2e.harness import DaemonProcess, close_connections
+from tests.e2e.harness import DaemonProcess, close_connections, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -31,5 +31,4 @@ def daemon_factory(e2e_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemo
         return d.start() if start else d
 
     yield make
-    for d in started:
-        d.stop()
+    stop_all(started)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,7 @@ class DaemonProcess:
         return self.proc.wait(60)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_all([self])
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -126,6 +120,21 @@ def _parsed(line: str) -> dict[str, Any]:
     if isinstance(entry, dict):
         return entry
     return {"event": line, "level": "unparsed"}
+
+
+def stop_all(daemons: list[DaemonProcess], timeout: float = 15.0) -> None:
+    """SIGTERM every daemon still running, then wait for them together (their shutdowns
+    overlap); one still running after `timeout` is killed with its process group."""
+    running = [d.proc for d in daemons if d.proc is not None and d.proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def _cmdline(pid: int) -> str:

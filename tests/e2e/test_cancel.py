@@ -4,6 +4,10 @@ for failed runs only, never for cancelled ones.
 
 Step-body executions are counted in `public.effects` (written by the body on its own
 connection), so "never ran" is observed independently of the engine's own tables.
+
+One daemon serves the tests of this module (tests/e2e/shared.py): each test looks only at its
+own runs (every test places orders with ids of its own), except the restart test, which
+starts and stops daemons of its own.
 """
 
 from __future__ import annotations
@@ -17,17 +21,29 @@ import pytest
 from orchestrator import Orchestrator
 from tests.conftest import eventually
 from tests.e2e.harness import cli, effects, scalar, sql
+from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
+module_daemons, served = shared_daemons(APP, workers=1)
 
 
 @pytest.fixture
-def client(e2e_url: str) -> Iterator[Orchestrator]:
-    orch = Orchestrator(e2e_url)
+def client(served: Served) -> Iterator[Orchestrator]:
+    orch = Orchestrator(served.url)
     yield orch
     orch.close()
+
+
+def waits_of(url: str, run_ids: list[str]) -> list[tuple[str, str]]:
+    return sorted(
+        sql(
+            url,
+            "SELECT run_id::text, kind FROM orchestrator.waits WHERE run_id = ANY(%s::uuid[])",
+            (run_ids,),
+        )
+    )
 
 
 def send(url: str, name: str, data: dict[str, Any]) -> str:
@@ -102,12 +118,12 @@ def assert_cancelled(r: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_cancel__cancel_on_event__cancels_the_matching_sleeping_run_only(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_cancel__cancel_on_event__cancels_the_matching_sleeping_run_only(served: Served):
+    e2e_url = served.url
     one, two, three = sleeping_orders(e2e_url, 1, 2, 3)
+    ours = [one, two, three]
     # every run watches for its own cancellation: one 'cancel' wait each
-    watched = sql(e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits")
-    assert sorted(watched) == sorted([(one, "cancel"), (two, "cancel"), (three, "cancel")])
+    assert waits_of(e2e_url, ours) == sorted([(one, "cancel"), (two, "cancel"), (three, "cancel")])
 
     cancel_event = send(e2e_url, "order/cancelled", {"order_id": 2})
     assert_cancelled(wait_status(e2e_url, two, "cancelled"))
@@ -124,17 +140,23 @@ def test_cancel__cancel_on_event__cancels_the_matching_sleeping_run_only(e2e_url
     # are untouched
     assert status(e2e_url, one) == "sleeping"
     assert status(e2e_url, three) == "sleeping"
-    assert scalar(e2e_url, "SELECT count(*) FROM effects WHERE step = 'after-hold'") == 0
-    left = sql(e2e_url, "SELECT run_id::text, kind FROM orchestrator.waits")
-    assert sorted(left) == sorted([(one, "cancel"), (three, "cancel")])
-    # the event started nothing itself and cancelled exactly one run
-    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 3
-    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE status = 'cancelled'") == 1
+    assert [effects(e2e_url, run_id) for run_id in ours] == [{}, {}, {}]
+    assert waits_of(e2e_url, ours) == sorted([(one, "cancel"), (three, "cancel")])
+    # the event started nothing itself and cancelled exactly one run (no other test's orders
+    # have order id 2)
+    runs_of_event = "SELECT count(*) FROM orchestrator.runs WHERE event_id = %s"
+    assert scalar(e2e_url, runs_of_event, (cancel_event,)) == 0
+    cancelled = sql(
+        e2e_url,
+        "SELECT id::text FROM orchestrator.runs WHERE status = 'cancelled' "
+        "AND events->0->'data'->'order_id' = '2'",
+    )
+    assert cancelled == [(two,)]
 
 
 @pytest.mark.timeout(60)
-def test_cancel__app_cancel_of_sleeping_run__cancelled_at_once(e2e_url, daemon_factory, client):
-    daemon_factory(APP, workers=1)
+def test_cancel__app_cancel_of_sleeping_run__cancelled_at_once(served: Served, client):
+    e2e_url = served.url
     (run_id,) = sleeping_orders(e2e_url, 7)
 
     assert client.cancel(run_id) == "cancelled"
@@ -150,8 +172,8 @@ def test_cancel__app_cancel_of_sleeping_run__cancelled_at_once(e2e_url, daemon_f
 
 
 @pytest.mark.timeout(60)
-def test_cancel__cli__cancels_and_reports__completed_run_unchanged(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_cancel__cli__cancels_and_reports__completed_run_unchanged(served: Served):
+    e2e_url = served.url
     done_event = send(e2e_url, "shop/a", {})
     (run_id,) = sleeping_orders(e2e_url, 8)
 
@@ -170,8 +192,8 @@ def test_cancel__cli__cancels_and_reports__completed_run_unchanged(e2e_url, daem
 
 
 @pytest.mark.timeout(60)
-def test_cancel__sql_update_of_cancel_requested_at__cancels_sleeping_run(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_cancel__sql_update_of_cancel_requested_at__cancels_sleeping_run(served: Served):
+    e2e_url = served.url
     run_id, other = sleeping_orders(e2e_url, 9, 10)
 
     sql(
@@ -186,8 +208,8 @@ def test_cancel__sql_update_of_cancel_requested_at__cancels_sleeping_run(e2e_url
 
 
 @pytest.mark.timeout(60)
-def test_cancel__running_run__stops_at_next_step_boundary(e2e_url, daemon_factory, client):
-    daemon_factory(APP, workers=1)
+def test_cancel__running_run__stops_at_next_step_boundary(served: Served, client):
+    e2e_url = served.url
     run_id = run_of(e2e_url, send(e2e_url, "long/start", {}), "long-steps")
     eventually(lambda: effects(e2e_url, run_id).get("one") == 1, what="step one's body started")
 
@@ -209,10 +231,8 @@ def test_cancel__running_run__stops_at_next_step_boundary(e2e_url, daemon_factor
 
 
 @pytest.mark.timeout(90)
-def test_cancel__on_failure__once_per_failed_run__never_for_cancelled(
-    e2e_url, daemon_factory, client
-):
-    daemon_factory(APP, workers=1)
+def test_cancel__on_failure__once_per_failed_run__never_for_cancelled(served: Served, client):
+    e2e_url = served.url
     sent = [send(e2e_url, "fragile/start", {}) for _ in range(3)]
     sleeper_event = send(e2e_url, "fragile/start", {"sleep": True})
     failed = [run_of(e2e_url, event_id, "fragile") for event_id in sent]
@@ -266,10 +286,14 @@ def test_cancel__on_failure__once_per_failed_run__never_for_cancelled(
 
 
 @pytest.mark.timeout(90)
-def test_cancel__daemon_restart__cancelled_run_stays_cancelled(e2e_url, daemon_factory, client):
+def test_cancel__daemon_restart__cancelled_run_stays_cancelled(e2e_url, daemon_factory):
     daemon = daemon_factory(APP, workers=1)
     (run_id,) = sleeping_orders(e2e_url, 11)
-    assert client.cancel(run_id) == "cancelled"
+    client = Orchestrator(e2e_url)
+    try:
+        assert client.cancel(run_id) == "cancelled"
+    finally:
+        client.close()
     before = row(e2e_url, run_id)
     assert daemon.terminate() == 0
 

@@ -4,6 +4,10 @@ The app is tests/e2e/apps/flowcontrol.py (one function per option). Limits are o
 outside the engine: a sampler thread reads the running runs every 10 ms on its own
 connection, start and end times come from `orchestrator.runs`, and step-body executions from
 `public.effects` (written by the body itself).
+
+Most tests share one pair of daemons (tests/e2e/shared.py): each uses a function no other of
+them uses and looks only at its runs, events and buffers. The tests that need other settings,
+another app, or functions of another test start daemons of their own, first.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from psycopg.types.json import Jsonb
 
 from orchestrator import Orchestrator
 from tests.conftest import eventually
+from tests.e2e.apps.slowcron import BODY_SECONDS
 from tests.e2e.harness import DaemonProcess, count, scalar, send, sql, start_both
+from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 APP = "tests.e2e.apps.flowcontrol:app"
+module_daemons, served = shared_daemons(APP, n=2)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -70,8 +77,7 @@ def wait_completed(url: str, function_id: str, n: int, timeout: float = 60.0) ->
 
 
 def effects_of(url: str, function_id: str) -> list[tuple[str, int, datetime]]:
-    """The step bodies recorded by runs of `function_id`, as (run id, pid, at); the app's
-    cron function runs in the background of every test, so effects are always filtered."""
+    """The step bodies recorded by runs of `function_id`, as (run id, pid, at)."""
     rows = sql(
         url,
         "SELECT e.run_id, e.pid, e.at FROM effects e "
@@ -79,6 +85,14 @@ def effects_of(url: str, function_id: str) -> list[tuple[str, int, datetime]]:
         (function_id,),
     )
     return [(run_id, pid, at) for run_id, pid, at in rows]
+
+
+def buffered(url: str, function_id: str) -> int:
+    return count(
+        url,
+        "SELECT count(*) FROM orchestrator.buffered_events WHERE function_id = %s",
+        (function_id,),
+    )
 
 
 def open_gate(url: str, name: str) -> None:
@@ -151,7 +165,7 @@ def send_concurrently(url: str, name: str, data: dict[str, Any], n: int, threads
     assert count(url, "SELECT count(*) FROM orchestrator.events WHERE name = %s", (name,)) == n
 
 
-# -- concurrency --------------------------------------------------------------------------
+# -- daemons of their own (before the shared pair starts) ---------------------------------
 
 
 @pytest.mark.timeout(150)
@@ -188,9 +202,108 @@ def test_concurrency__1000_runs__never_more_than_3_running_across_two_daemons(
     assert set(executed_by) == {0, 1}, f"runs by daemon: {executed_by}"
 
 
-@pytest.mark.timeout(120)
-def test_concurrency_key__one_per_key__busy_key_does_not_starve_the_others(e2e_url, daemon_factory):
+@pytest.mark.timeout(90)
+def test_cron_overlap_skip__every_second_with_1_5s_body__runs_never_overlap(
+    e2e_url, daemon_factory
+):
+    daemons = start_both(daemon_factory, "tests.e2e.apps.slowcron:app")
+    eventually(
+        lambda: statuses(e2e_url, "slow-cron").get("completed", 0) >= 2,
+        timeout=40,
+        interval=0.2,
+        what="two slow-cron runs completed",
+    )
+    runs = sql(
+        e2e_url,
+        "SELECT id::text, status, started_at, finished_at FROM orchestrator.runs "
+        "WHERE function_id = 'slow-cron' AND started_at IS NOT NULL ORDER BY started_at",
+    )
+    assert {status for _, status, _, _ in runs} <= {"completed", "running"}, runs
+    for (_, _, _, prev_end), (_, _, start, _) in itertools.pairwise(runs):
+        assert prev_end is not None and start >= prev_end, f"overlapping runs: {runs}"
+    # nothing else was created for the skipped ticks (no run queued behind the active one)
+    assert set(statuses(e2e_url, "slow-cron")) <= {"completed", "running"}
+    # each body ran once, inside its own run's interval
+    recorded = effects_of(e2e_url, "slow-cron")
+    effects = {run_id: at for run_id, _, at in recorded}
+    assert len(recorded) == len(effects), "a cron body ran twice"
+    for run_id, _, start, end in runs:
+        assert start <= effects[run_id] and (end is None or effects[run_id] <= end)
+    bodies = sorted(effects.values())
+    assert all(b - a >= timedelta(seconds=BODY_SECONDS) for a, b in itertools.pairwise(bodies))
+    skipped = sum(
+        1
+        for d in daemons
+        for e in d.log_events()
+        if str(e.get("event")).startswith("cron tick skipped")
+    )
+    assert skipped >= 1, "the every-second schedule never met an active run"
+
+
+@pytest.mark.timeout(90)
+def test_run_queue__shows_concurrency_limited_throttled_debouncing_and_batching(
+    e2e_url, daemon_factory
+):
     start_both(daemon_factory, APP)
+
+    def reasons(function_id: str) -> list[tuple[Any, ...]]:
+        return sql(
+            e2e_url,
+            "SELECT reason, status, key, events FROM orchestrator.run_queue WHERE function_id = %s",
+            (function_id,),
+        )
+
+    # concurrency: 3 runs hold the limit until the gate opens; 2 more wait
+    insert_events(e2e_url, "fc/limited", 3, "jsonb_build_object('gate', 'limited')")
+    eventually(lambda: statuses(e2e_url, "limited") == {"running": 3}, what="3 runs holding")
+    insert_events(e2e_url, "fc/limited", 2, "jsonb_build_object('n', g)")
+    eventually(
+        lambda: reasons("limited") == [("concurrency_limited", "queued", None, 1)] * 2,
+        what="two runs of 'limited' shown concurrency_limited",
+    )
+
+    # throttle: 10 per second, so most of 40 runs wait for their slot
+    insert_events(e2e_url, "fc/throttled", 40, "jsonb_build_object('n', g)")
+    eventually(
+        lambda: "throttled" in {r[0] for r in reasons("throttled")},
+        what="a run of 'throttled' shown throttled",
+    )
+
+    # debounce: gathering for 1 s after the last event
+    send(e2e_url, "fc/debounced", {"n": 1})
+    assert eventually(lambda: reasons("debounced"), what="the debounce shown") == [
+        ("debouncing", "buffered", "", 1)
+    ]
+
+    # batch: 10 events wait for more, or for the 2 s timeout
+    insert_events(e2e_url, "fc/batched", 10, "jsonb_build_object('n', g)")
+    assert eventually(lambda: reasons("batched"), what="the batch shown") == [
+        ("batching", "buffered", "", 10)
+    ]
+
+    open_gate(e2e_url, "limited")
+    wait_completed(e2e_url, "limited", 5)
+    wait_completed(e2e_url, "batched", 1)
+    wait_completed(e2e_url, "throttled", 40, timeout=30)
+    eventually(
+        lambda: (
+            count(
+                e2e_url,
+                "SELECT count(*) FROM orchestrator.run_queue WHERE function_id = ANY(%s)",
+                (["limited", "throttled", "debounced", "batched"],),
+            )
+            == 0
+        ),
+        what="the queue empty",
+    )
+
+
+# -- concurrency keys ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_concurrency_key__one_per_key__busy_key_does_not_starve_the_others(served: Served):
+    e2e_url = served.url
     keys, per_key, busy_extra = 50, 6, 100
     hold = "0.02"
     with Sampler(
@@ -257,14 +370,13 @@ def test_concurrency_key__one_per_key__busy_key_does_not_starve_the_others(e2e_u
 
 
 @pytest.mark.timeout(120)
-def test_throttle__10_per_second__100_runs_spread_over_9s_never_more_than_10_in_1s(
-    e2e_url, daemon_factory
-):
-    start_both(daemon_factory, APP)
-    insert_events(e2e_url, "fc/throttled", 100, "jsonb_build_object('n', g)")
-    wait_completed(e2e_url, "throttled", 100, timeout=90)
+def test_throttle__10_per_second__40_runs_spread_over_3s_never_more_than_10_in_1s(served: Served):
+    e2e_url = served.url
+    n = 40
+    insert_events(e2e_url, "fc/throttled", n, "jsonb_build_object('n', g)")
+    wait_completed(e2e_url, "throttled", n, timeout=90)
 
-    assert statuses(e2e_url, "throttled") == {"completed": 100}
+    assert statuses(e2e_url, "throttled") == {"completed": n}
     starts = sorted(
         s
         for (s,) in sql(
@@ -272,16 +384,17 @@ def test_throttle__10_per_second__100_runs_spread_over_9s_never_more_than_10_in_
         )
     )
     spread = (starts[-1] - starts[0]).total_seconds()
-    assert spread >= 9.0, f"100 runs at 10/s started within {spread:.2f}s"
+    # spread evenly, one every 0.1 s: 3.9 s from first to last (bound: less a second)
+    assert spread >= (n - 10) / 10, f"{n} runs at 10/s started within {spread:.2f}s"
     second = timedelta(seconds=1)
     busiest = max(sum(1 for u in starts[i:] if u < t + second) for i, t in enumerate(starts))
     assert busiest <= 10, f"{busiest} runs started within one second"
-    assert len({run_id for run_id, _, _ in effects_of(e2e_url, "throttled")}) == 100
+    assert len({run_id for run_id, _, _ in effects_of(e2e_url, "throttled")}) == n
 
 
 @pytest.mark.timeout(90)
-def test_rate_limit__5_per_minute__20_events__5_run_15_skipped(e2e_url, daemon_factory):
-    start_both(daemon_factory, APP)
+def test_rate_limit__5_per_minute__20_events__5_run_15_skipped(served: Served):
+    e2e_url = served.url
     # one statement per event, so that both daemons take part in ingesting them
     for n in range(20):
         send(e2e_url, "fc/rate-limited", {"n": n})
@@ -328,10 +441,8 @@ def test_rate_limit__5_per_minute__20_events__5_run_15_skipped(e2e_url, daemon_f
 
 
 @pytest.mark.timeout(90)
-def test_debounce__50_events_in_half_a_second__one_run_with_the_last_event_1s_later(
-    e2e_url, daemon_factory
-):
-    start_both(daemon_factory, APP)
+def test_debounce__50_events_in_half_a_second__one_run_with_the_last_event_1s_later(served: Served):
+    e2e_url = served.url
     sent = []
     for n in range(50):
         sent.append(send(e2e_url, "fc/debounced", {"n": n}))
@@ -347,10 +458,7 @@ def test_debounce__50_events_in_half_a_second__one_run_with_the_last_event_1s_la
         what="the debounced run completed",
     )
     all_ingested(e2e_url)
-    eventually(
-        lambda: count(e2e_url, "SELECT count(*) FROM orchestrator.buffered_events") == 0,
-        what="nothing left buffered",
-    )
+    eventually(lambda: buffered(e2e_url, "debounced") == 0, what="nothing left buffered")
     assert statuses(e2e_url, "debounced") == {"completed": 1}
     run_id, event_id, events, output, started_at = run[0]
     assert event_id == last_id
@@ -366,15 +474,20 @@ def test_debounce__50_events_in_half_a_second__one_run_with_the_last_event_1s_la
 
 
 @pytest.mark.timeout(90)
-def test_batch__250_events__runs_of_100_100_and_50_after_the_timeout(e2e_url, daemon_factory):
-    start_both(daemon_factory, APP)
+def test_batch__250_events__runs_of_100_100_and_50_after_the_timeout(served: Served):
+    e2e_url = served.url
+    mark = served.event_mark()
     insert_events(e2e_url, "fc/batched", 250, "jsonb_build_object('n', g)")
-    ids = {i for (i,) in sql(e2e_url, "SELECT id FROM orchestrator.events")}
-    received = scalar(e2e_url, "SELECT max(received_at) FROM orchestrator.events")
+    ids, received = sql(
+        e2e_url,
+        "SELECT array_agg(id), max(received_at) FROM orchestrator.events WHERE seq > %s",
+        (mark,),
+    )[0]
+    ids = set(ids)
 
     wait_completed(e2e_url, "batched", 3, timeout=30)
     assert statuses(e2e_url, "batched") == {"completed": 3}
-    assert count(e2e_url, "SELECT count(*) FROM orchestrator.buffered_events") == 0
+    assert buffered(e2e_url, "batched") == 0
     rows = sql(
         e2e_url,
         "SELECT jsonb_array_length(events), (output->>'events')::int, started_at, "
@@ -397,15 +510,19 @@ def test_batch__250_events__runs_of_100_100_and_50_after_the_timeout(e2e_url, da
 
 
 @pytest.mark.timeout(90)
-def test_idempotency__100_concurrent_sends_of_one_order__exactly_one_run(e2e_url, daemon_factory):
-    start_both(daemon_factory, APP)
+def test_idempotency__100_concurrent_sends_of_one_order__exactly_one_run(served: Served):
+    e2e_url = served.url
     send_concurrently(e2e_url, "fc/idempotent", {"order_id": "order-1"}, 100)
     all_ingested(e2e_url)
     wait_completed(e2e_url, "idempotent", 1)
 
     assert statuses(e2e_url, "idempotent") == {"completed": 1}
     assert len(effects_of(e2e_url, "idempotent")) == 1
-    keys = sql(e2e_url, "SELECT function_id, key FROM orchestrator.idempotency_keys")
+    keys = sql(
+        e2e_url,
+        "SELECT function_id, key FROM orchestrator.idempotency_keys WHERE function_id = %s",
+        ("idempotent",),
+    )
     assert keys == [("idempotent", "order-1")]
     # another order is not held back by the first
     send(e2e_url, "fc/idempotent", {"order_id": "order-2"})
@@ -414,14 +531,15 @@ def test_idempotency__100_concurrent_sends_of_one_order__exactly_one_run(e2e_url
 
 
 @pytest.mark.timeout(90)
-def test_singleton_skip__100_concurrent_sends_while_active__one_run_99_skipped(
-    e2e_url, daemon_factory
-):
-    start_both(daemon_factory, APP)
+def test_singleton_skip__100_concurrent_sends_while_active__one_run_99_skipped(served: Served):
+    e2e_url = served.url
+    mark = served.event_mark()
     send_concurrently(e2e_url, "fc/singleton", {"user": "u1", "hold": 3.0}, 100)
     all_ingested(e2e_url)
     # the premise: every event was ingested while the first run was still active
-    last_ingest = scalar(e2e_url, "SELECT max(ingested_at) FROM orchestrator.events")
+    last_ingest = scalar(
+        e2e_url, "SELECT max(ingested_at) FROM orchestrator.events WHERE seq > %s", (mark,)
+    )
     wait_completed(e2e_url, "singleton", 1, timeout=30)
     (finished,) = sql(
         e2e_url,
@@ -444,10 +562,8 @@ def test_singleton_skip__100_concurrent_sends_while_active__one_run_99_skipped(
 
 
 @pytest.mark.timeout(90)
-def test_singleton_cancel__new_event_cancels_the_active_run__new_run_completes(
-    e2e_url, daemon_factory
-):
-    start_both(daemon_factory, APP)
+def test_singleton_cancel__new_event_cancels_the_active_run__new_run_completes(served: Served):
+    e2e_url = served.url
     first_event = send(e2e_url, "fc/singleton-cancel", {"user": "u1", "ticks": 300})
     first = eventually(
         lambda: scalar(
@@ -497,113 +613,13 @@ def test_singleton_cancel__new_event_cancels_the_active_run__new_run_completes(
     assert "replaced" in cancelled[2]["message"], cancelled[2]
 
 
-# -- priority -----------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(120)
-def test_priority__pro_run_is_claimed_before_500_queued_low_priority_runs(e2e_url, daemon_factory):
-    start_both(daemon_factory, APP)
-    holder_event = send(e2e_url, "fc/prioritized", {"plan": "free", "gate": "priority"})
-    holder = eventually(
-        lambda: scalar(
-            e2e_url,
-            "SELECT id::text FROM orchestrator.runs WHERE event_id = %s AND status = 'running'",
-            (holder_event,),
-        ),
-        what="the first run holding the only slot",
-    )
-    insert_events(e2e_url, "fc/prioritized", 500, "jsonb_build_object('plan', 'free', 'n', g)")
-    eventually(
-        lambda: statuses(e2e_url, "prioritized") == {"running": 1, "queued": 500},
-        what="500 low-priority runs queued",
-    )
-    # the pro event, and (in the same statement, so at the same instant) the runs queued
-    pro_event, queued = sql(
-        e2e_url,
-        "WITH ev AS (INSERT INTO orchestrator.events (name, data) "
-        "            VALUES ('fc/prioritized', %s) RETURNING id) "
-        "SELECT (SELECT id FROM ev), ARRAY(SELECT id::text FROM orchestrator.runs "
-        "        WHERE function_id = 'prioritized' AND status = 'queued')",
-        (Jsonb({"plan": "pro"}),),
-    )[0]
-    assert len(queued) == 500
-    pro = eventually(
-        lambda: scalar(
-            e2e_url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (pro_event,)
-        ),
-        what="the pro run created",
-    )
-    assert scalar(e2e_url, "SELECT priority FROM orchestrator.runs WHERE id = %s", (pro,)) == 100
-    assert statuses(e2e_url, "prioritized") == {"running": 1, "queued": 501}
-
-    open_gate(e2e_url, "priority")
-    pro_started = eventually(
-        lambda: scalar(
-            e2e_url,
-            "SELECT started_at FROM orchestrator.runs WHERE id = %s AND status = 'completed'",
-            (pro,),
-        ),
-        what="the pro run completed",
-    )
-    holder_finished = scalar(
-        e2e_url, "SELECT finished_at FROM orchestrator.runs WHERE id = %s", (holder,)
-    )
-    assert pro_started >= holder_finished
-    before_pro = sql(
-        e2e_url,
-        "SELECT id::text, started_at FROM orchestrator.runs "
-        "WHERE id = ANY(%s::uuid[]) AND started_at <= %s",
-        (queued, pro_started),
-    )
-    assert before_pro == [], "low-priority runs started before the pro run"
-
-
-# -- cron and timeouts --------------------------------------------------------------------
+# -- timeouts -----------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(90)
-def test_cron_overlap_skip__every_second_with_2_5s_body__runs_never_overlap(
-    e2e_url, daemon_factory
-):
-    daemons = start_both(daemon_factory, APP)
-    eventually(
-        lambda: statuses(e2e_url, "slow-cron").get("completed", 0) >= 2,
-        timeout=40,
-        interval=0.2,
-        what="two slow-cron runs completed",
-    )
-    runs = sql(
-        e2e_url,
-        "SELECT id::text, status, started_at, finished_at FROM orchestrator.runs "
-        "WHERE function_id = 'slow-cron' AND started_at IS NOT NULL ORDER BY started_at",
-    )
-    assert {status for _, status, _, _ in runs} <= {"completed", "running"}, runs
-    for (_, _, _, prev_end), (_, _, start, _) in itertools.pairwise(runs):
-        assert prev_end is not None and start >= prev_end, f"overlapping runs: {runs}"
-    # nothing else was created for the skipped ticks (no run queued behind the active one)
-    assert set(statuses(e2e_url, "slow-cron")) <= {"completed", "running"}
-    # each body ran once, inside its own run's interval
-    recorded = effects_of(e2e_url, "slow-cron")
-    effects = {run_id: at for run_id, _, at in recorded}
-    assert len(recorded) == len(effects), "a cron body ran twice"
-    for run_id, _, start, end in runs:
-        assert start <= effects[run_id] and (end is None or effects[run_id] <= end)
-    bodies = sorted(effects.values())
-    assert all(b - a >= timedelta(seconds=2.5) for a, b in itertools.pairwise(bodies))
-    skipped = sum(
-        1
-        for d in daemons
-        for e in d.log_events()
-        if str(e.get("event")).startswith("cron tick skipped")
-    )
-    assert skipped >= 1, "the every-second schedule never met an active run"
-
-
-@pytest.mark.timeout(90)
-def test_timeouts__finish_cancels_a_long_run__start_cancels_runs_queued_behind_it(
-    e2e_url, daemon_factory
-):
-    daemons = start_both(daemon_factory, APP)
+def test_timeouts__finish_cancels_a_long_run__start_cancels_runs_queued_behind_it(served: Served):
+    e2e_url = served.url
+    daemons = served.daemons
     long_event = send(e2e_url, "fc/timed", {"hold": 5})
     long_run = eventually(
         lambda: scalar(
@@ -657,62 +673,68 @@ def test_timeouts__finish_cancels_a_long_run__start_cancels_runs_queued_behind_i
     assert "timeouts.finish" in error["message"], error
 
 
-# -- visibility ---------------------------------------------------------------------------
+# -- priority -----------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(90)
-def test_run_queue__shows_concurrency_limited_throttled_debouncing_and_batching(
-    e2e_url, daemon_factory
-):
-    start_both(daemon_factory, APP)
-
-    def reasons(function_id: str) -> list[tuple[Any, ...]]:
-        return sql(
+@pytest.mark.timeout(120)
+def test_priority__pro_run_is_claimed_before_500_queued_low_priority_runs(served: Served):
+    e2e_url = served.url
+    holder_event = send(e2e_url, "fc/prioritized", {"plan": "free", "gate": "priority"})
+    holder = eventually(
+        lambda: scalar(
             e2e_url,
-            "SELECT reason, status, key, events FROM orchestrator.run_queue WHERE function_id = %s",
-            (function_id,),
-        )
-
-    # concurrency: 3 runs hold the limit until the gate opens; 2 more wait
-    insert_events(e2e_url, "fc/limited", 3, "jsonb_build_object('gate', 'limited')")
-    eventually(lambda: statuses(e2e_url, "limited") == {"running": 3}, what="3 runs holding")
-    insert_events(e2e_url, "fc/limited", 2, "jsonb_build_object('n', g)")
-    eventually(
-        lambda: reasons("limited") == [("concurrency_limited", "queued", None, 1)] * 2,
-        what="two runs of 'limited' shown concurrency_limited",
-    )
-
-    # throttle: 10 per second, so most of 40 runs wait for their slot
-    insert_events(e2e_url, "fc/throttled", 40, "jsonb_build_object('n', g)")
-    eventually(
-        lambda: "throttled" in {r[0] for r in reasons("throttled")},
-        what="a run of 'throttled' shown throttled",
-    )
-
-    # debounce: gathering for 1 s after the last event
-    send(e2e_url, "fc/debounced", {"n": 1})
-    assert eventually(lambda: reasons("debounced"), what="the debounce shown") == [
-        ("debouncing", "buffered", "", 1)
-    ]
-
-    # batch: 10 events wait for more, or for the 2 s timeout
-    insert_events(e2e_url, "fc/batched", 10, "jsonb_build_object('n', g)")
-    assert eventually(lambda: reasons("batched"), what="the batch shown") == [
-        ("batching", "buffered", "", 10)
-    ]
-
-    open_gate(e2e_url, "limited")
-    wait_completed(e2e_url, "limited", 5)
-    wait_completed(e2e_url, "batched", 1)
-    wait_completed(e2e_url, "throttled", 40, timeout=30)
-    eventually(
-        lambda: (
-            count(
-                e2e_url,
-                "SELECT count(*) FROM orchestrator.run_queue WHERE function_id = ANY(%s)",
-                (["limited", "throttled", "debounced", "batched"],),
-            )
-            == 0
+            "SELECT id::text FROM orchestrator.runs WHERE event_id = %s AND status = 'running'",
+            (holder_event,),
         ),
-        what="the queue empty",
+        what="the first run holding the only slot",
+    )
+    insert_events(e2e_url, "fc/prioritized", 500, "jsonb_build_object('plan', 'free', 'n', g)")
+    eventually(
+        lambda: statuses(e2e_url, "prioritized") == {"running": 1, "queued": 500},
+        what="500 low-priority runs queued",
+    )
+    # the pro event, and (in the same statement, so at the same instant) the runs queued
+    pro_event, queued = sql(
+        e2e_url,
+        "WITH ev AS (INSERT INTO orchestrator.events (name, data) "
+        "            VALUES ('fc/prioritized', %s) RETURNING id) "
+        "SELECT (SELECT id FROM ev), ARRAY(SELECT id::text FROM orchestrator.runs "
+        "        WHERE function_id = 'prioritized' AND status = 'queued')",
+        (Jsonb({"plan": "pro"}),),
+    )[0]
+    assert len(queued) == 500
+    pro = eventually(
+        lambda: scalar(
+            e2e_url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (pro_event,)
+        ),
+        what="the pro run created",
+    )
+    assert scalar(e2e_url, "SELECT priority FROM orchestrator.runs WHERE id = %s", (pro,)) == 100
+    assert statuses(e2e_url, "prioritized") == {"running": 1, "queued": 501}
+
+    open_gate(e2e_url, "priority")
+    pro_started = eventually(
+        lambda: scalar(
+            e2e_url,
+            "SELECT started_at FROM orchestrator.runs WHERE id = %s AND status = 'completed'",
+            (pro,),
+        ),
+        what="the pro run completed",
+    )
+    holder_finished = scalar(
+        e2e_url, "SELECT finished_at FROM orchestrator.runs WHERE id = %s", (holder,)
+    )
+    assert pro_started >= holder_finished
+    before_pro = sql(
+        e2e_url,
+        "SELECT id::text, started_at FROM orchestrator.runs "
+        "WHERE id = ANY(%s::uuid[]) AND started_at <= %s",
+        (queued, pro_started),
+    )
+    assert before_pro == [], "low-priority runs started before the pro run"
+    # the shared daemons need not work through the low-priority backlog for the next test
+    sql(
+        e2e_url,
+        "UPDATE orchestrator.runs SET cancel_requested_at = now() "
+        "WHERE function_id = 'prioritized' AND status = 'queued'",
     )

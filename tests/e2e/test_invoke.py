@@ -4,6 +4,9 @@
 `orchestrator/function.invoked`) and waits for the `orchestrator/function.finished` event its
 end records. `ctx.step.send_event` sends events whose ids derive from the run and the step,
 so a replay after a crash sends nothing twice.
+
+One daemon serves the tests of this module (tests/e2e/shared.py), each looking at its own runs;
+the crash test starts and kills daemons of its own.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import pytest
 
 from tests.conftest import eventually
 from tests.e2e.harness import cli, finished_run, run_of, scalar, send, sql
+from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
+module_daemons, served = shared_daemons(APP)
 
 
 def run_row(url: str, run_id: str) -> dict[str, Any]:
@@ -51,9 +56,9 @@ def effect_counts(url: str, run_id: str) -> dict[str, int]:
 
 @pytest.mark.timeout(60)
 def test_invoke__child_output_returned__failing_child_raises_catchable_step_error(
-    e2e_url, daemon_factory
+    served: Served,
 ):
-    daemon_factory(APP)
+    e2e_url = served.url
     event_id = send(e2e_url, "math/parent", {"x": 21})
 
     parent = finished_run(e2e_url, event_id)
@@ -80,7 +85,8 @@ def test_invoke__child_output_returned__failing_child_raises_catchable_step_erro
         sql(
             e2e_url,
             "SELECT id, data FROM orchestrator.events "
-            "WHERE name = 'orchestrator/function.finished'",
+            "WHERE name = 'orchestrator/function.finished' AND data->>'parent_run_id' = %s",
+            (parent["id"],),
         )
     )
     assert set(finished) == {f"finished:{kid['id']}" for kid in kids.values()}
@@ -93,8 +99,8 @@ def test_invoke__child_output_returned__failing_child_raises_catchable_step_erro
 
 
 @pytest.mark.timeout(60)
-def test_invoke__cancel_parent_via_cli__unfinished_child_cancelled(e2e_url, daemon_factory):
-    daemon_factory(APP)
+def test_invoke__cancel_parent_via_cli__unfinished_child_cancelled(served: Served):
+    e2e_url = served.url
     parent_id = run_of(e2e_url, send(e2e_url, "math/slow-parent"))
     eventually(
         lambda: run_row(e2e_url, parent_id)["status"] == "waiting", what="parent waiting on child"

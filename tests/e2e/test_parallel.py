@@ -8,16 +8,15 @@ Branch-body executions are counted in `public.effects` (written by the body itse
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.conftest import admin, eventually, with_database
+from tests.conftest import clone_template, drop_database, eventually, with_database
 from tests.e2e.apps.common import ensure_schema
-from tests.e2e.harness import DaemonProcess, run_of, send, sql
+from tests.e2e.harness import DaemonProcess, run_of, send, sql, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -96,9 +95,7 @@ def killed_mid_parallel(
     fan/start with branch b held at its gate; once a and c are checkpointed the daemon is
     killed -9, a new one re-runs b (its effect count reaches 2), then b's gate is opened and
     the run completes (or not: the tests check)."""
-    name = f"orchestrator_test_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}" STRATEGY FILE_COPY')
+    name = clone_template(server_url, template_name)
     url = with_database(server_url, name)
     ensure_schema(url)
     logs = tmp_path_factory.mktemp("killed-mid-parallel")
@@ -128,11 +125,8 @@ def killed_mid_parallel(
         wait_ended(url, run_id)
         yield KilledRun(url, run_id, before[0], before[1], after_restart)
     finally:
-        for daemon in daemons:
-            if daemon.proc is not None:
-                daemon.stop()
-        with admin(server_url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        stop_all(daemons)
+        drop_database(server_url, name)
 
 
 @pytest.mark.timeout(60)

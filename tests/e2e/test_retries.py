@@ -1,4 +1,6 @@
-"""Retries end to end: back-off, NonRetriableError, StepError compensation, RetryAfterError."""
+"""Retries end to end: back-off, NonRetriableError, StepError compensation, RetryAfterError.
+
+One daemon serves the tests of this module (tests/e2e/shared.py); each looks at its own run."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import effects, finished_run, scalar, send, sql
+from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 APP = "tests.e2e.apps.retries:app"
+module_daemons, served = shared_daemons(APP, workers=1)
 
 
 def steps(url: str, run_id: str) -> dict[str, dict[str, Any]]:
@@ -23,8 +27,8 @@ def steps(url: str, run_id: str) -> dict[str, dict[str, Any]]:
     return {r[0]: {"status": r[1], "attempt": r[2], "output": r[3], "error": r[4]} for r in rows}
 
 
-def test_retry__fails_twice_then_succeeds__attempt_3(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_retry__fails_twice_then_succeeds__attempt_3(served: Served):
+    e2e_url = served.url
     run = finished_run(e2e_url, send(e2e_url, "retry/flaky", {"succeed_on": 3}))
 
     assert run["status"] == "completed", run["error"]
@@ -35,8 +39,8 @@ def test_retry__fails_twice_then_succeeds__attempt_3(e2e_url, daemon_factory):
     assert effects(e2e_url, run["id"]) == {"flaky-step": 3}
 
 
-def test_retry__non_retriable_error__fails_at_once(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_retry__non_retriable_error__fails_at_once(served: Served):
+    e2e_url = served.url
     run = finished_run(e2e_url, send(e2e_url, "retry/non-retriable"))
 
     assert run["status"] == "failed"
@@ -48,8 +52,8 @@ def test_retry__non_retriable_error__fails_at_once(e2e_url, daemon_factory):
     assert effects(e2e_url, run["id"]) == {"refuse": 1}
 
 
-def test_retry__retries_exhausted__run_fails_with_the_step_error(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_retry__retries_exhausted__run_fails_with_the_step_error(served: Served):
+    e2e_url = served.url
     run = finished_run(e2e_url, send(e2e_url, "retry/always"))
 
     assert run["status"] == "failed"
@@ -60,8 +64,8 @@ def test_retry__retries_exhausted__run_fails_with_the_step_error(e2e_url, daemon
     assert effects(e2e_url, run["id"]) == {"broken": 3}
 
 
-def test_retry__step_error_caught__compensation_step_runs(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_retry__step_error_caught__compensation_step_runs(served: Served):
+    e2e_url = served.url
     run = finished_run(e2e_url, send(e2e_url, "retry/saga"))
 
     assert run["status"] == "completed", run["error"]
@@ -78,9 +82,9 @@ def test_retry__step_error_caught__compensation_step_runs(e2e_url, daemon_factor
     assert effects(e2e_url, run["id"]) == {"charge": 2, "refund": 1}
 
 
-def test_retry__retry_after_error__waits_at_least_the_delay(e2e_url, daemon_factory):
+def test_retry__retry_after_error__waits_at_least_the_delay(served: Served):
+    e2e_url = served.url
     # the function's back-off is capped at 1 s, so a gap of 2 s can only come from the delay
-    daemon_factory(APP, workers=1)
     run = finished_run(e2e_url, send(e2e_url, "retry/after", {"delay": 2}))
 
     assert run["status"] == "completed", run["error"]

@@ -1,5 +1,8 @@
 """Event triggers against a live daemon: `if_` conditions, functions with several triggers,
-and one event fanning out to every function it triggers, exactly once each."""
+and one event fanning out to every function it triggers, exactly once each.
+
+One daemon serves the tests of this module (tests/e2e/shared.py): each test looks only at the
+runs of its own events."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import pytest
 
 from tests.conftest import eventually
 from tests.e2e.harness import scalar, sql
+from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
+module_daemons, served = shared_daemons(APP, workers=1)
 
 
 def send(url: str, name: str, data: dict[str, Any]) -> str:
@@ -23,6 +28,16 @@ def send(url: str, name: str, data: dict[str, Any]) -> str:
             url,
             "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s::jsonb) RETURNING id",
             (name, json.dumps(data)),
+        )
+    )
+
+
+def runs_of_events(url: str, event_ids: list[str]) -> int:
+    return int(
+        scalar(
+            url,
+            "SELECT count(*) FROM orchestrator.runs WHERE event_id = ANY(%s)",
+            (event_ids,),
         )
     )
 
@@ -50,8 +65,8 @@ def completed(url: str, event_id: str, functions: list[str]) -> list[tuple[str, 
 
 
 @pytest.mark.timeout(60)
-def test_triggers__if_condition__filters_events(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_triggers__if_condition__filters_events(served: Served):
+    e2e_url = served.url
     big = send(e2e_url, "shop/order", {"amount": 500})
     small = send(e2e_url, "shop/order", {"amount": 5})
 
@@ -61,15 +76,12 @@ def test_triggers__if_condition__filters_events(e2e_url, daemon_factory):
     ]
     # its any-order run is the marker that the small order was ingested
     assert completed(e2e_url, small, ["any-order"]) == [("any-order", "completed", "any")]
-    assert (
-        scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE function_id = 'big-orders'")
-        == 1
-    )
+    assert runs_of_events(e2e_url, [big, small]) == 3
 
 
 @pytest.mark.timeout(60)
-def test_triggers__two_triggers_match_one_event__function_runs_once(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_triggers__two_triggers_match_one_event__function_runs_once(served: Served):
+    e2e_url = served.url
     # any-order has two triggers on shop/order (one with `if_="true"`): both match each event
     sent = [send(e2e_url, "shop/order", {"amount": amount}) for amount in (1, 200, 3)]
 
@@ -79,24 +91,25 @@ def test_triggers__two_triggers_match_one_event__function_runs_once(e2e_url, dae
     assert sql(
         e2e_url,
         "SELECT event_id, count(*) FROM orchestrator.runs WHERE function_id = 'any-order' "
-        'GROUP BY event_id ORDER BY event_id COLLATE "C"',
+        'AND event_id = ANY(%s) GROUP BY event_id ORDER BY event_id COLLATE "C"',
+        (sent,),
     ) == sorted((event_id, 1) for event_id in sent)
 
 
 @pytest.mark.timeout(60)
-def test_triggers__several_triggers__function_runs_for_each(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_triggers__several_triggers__function_runs_for_each(served: Served):
+    e2e_url = served.url
     a = send(e2e_url, "shop/a", {})
     b = send(e2e_url, "shop/b", {})
 
     assert completed(e2e_url, a, ["either"]) == [("either", "completed", "shop/a")]
     assert completed(e2e_url, b, ["either"]) == [("either", "completed", "shop/b")]
-    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 2
+    assert runs_of_events(e2e_url, [a, b]) == 2
 
 
 @pytest.mark.timeout(60)
-def test_triggers__one_event_fans_out__once_each_even_if_sent_twice(e2e_url, daemon_factory):
-    daemon_factory(APP, workers=1)
+def test_triggers__one_event_fans_out__once_each_even_if_sent_twice(served: Served):
+    e2e_url = served.url
     first = "INSERT INTO orchestrator.events (id, name, data) VALUES (%s, 'shop/order', %s::jsonb)"
     insert = f"{first} ON CONFLICT (id) DO NOTHING RETURNING id"
     payload = json.dumps({"amount": 500})
@@ -115,4 +128,4 @@ def test_triggers__one_event_fans_out__once_each_even_if_sent_twice(e2e_url, dae
     assert sql(e2e_url, "SELECT data FROM orchestrator.events WHERE id = 'order-42'") == [
         ({"amount": 500},)
     ]
-    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.runs") == 3
+    assert runs_of_events(e2e_url, ["order-42", later]) == 3

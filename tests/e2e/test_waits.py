@@ -152,10 +152,13 @@ def wait_ingested(pg: Pg, *event_ids: str) -> None:
         eventually(lambda e=event_id: ingested(pg, e), what=f"event {event_id} ingested")
 
 
-@pytest.mark.timeout(300)
-def test_wait__ten_thousand_waiting_runs__one_event_resolves_exactly_its_run(pg, daemon_factory):
-    n, lucky = 10_000, 4242
-    daemon_factory(APP, concurrency=32, workers=2)
+@pytest.mark.timeout(120)
+def test_wait__hundreds_of_waiting_runs__one_event_resolves_exactly_its_run(pg, daemon_factory):
+    # the mechanism, with a daemon; that one event's lookup does not grow with the number of
+    # waits is tests/db/test_waits.py (10,000 waits: the match index, EXPLAIN), and the
+    # figures for 10,000 waiting runs are bench/waits.py's
+    n, lucky = 300, 142
+    daemon_factory(APP, concurrency=8, workers=2)
     pg.rows(
         "INSERT INTO orchestrator.events (name, data) "
         "SELECT 'order/created', jsonb_build_object('order_id', i, 'timeout', 3600) "
@@ -165,8 +168,8 @@ def test_wait__ten_thousand_waiting_runs__one_event_resolves_exactly_its_run(pg,
     until(
         lambda: (statuses(pg, "await-payment"), wait_rows(pg)),
         lambda v: v == ({"waiting": n}, {"event": n}),
-        timeout=150,
-        interval=0.5,
+        timeout=90,
+        interval=0.2,
         what=f"{n} runs waiting, with {n} waits stored",
     )
     waiting_steps = pg.one(
@@ -190,13 +193,8 @@ def test_wait__ten_thousand_waiting_runs__one_event_resolves_exactly_its_run(pg,
     assert ingested(pg, paid_id)
     assert statuses(pg, "await-payment") == {"completed": 1, "waiting": n - 1}
     assert wait_rows(pg) == {"event": n - 1}
-    single = pg.one(
-        "SELECT extract(epoch FROM r.finished_at - e.received_at)::float "
-        "FROM orchestrator.runs r, orchestrator.events e WHERE r.id = %s AND e.id = %s",
-        (lucky_run, paid_id),
-    )
 
-    # the other 9,999 payments in one statement
+    # the other payments in one statement
     pg.rows(
         "INSERT INTO orchestrator.events (name, data) "
         "SELECT 'payment/received', jsonb_build_object('order_id', i) "
@@ -206,8 +204,8 @@ def test_wait__ten_thousand_waiting_runs__one_event_resolves_exactly_its_run(pg,
     until(
         lambda: (statuses(pg, "await-payment"), wait_rows(pg)),
         lambda v: v == ({"completed": n}, {}),
-        timeout=120,
-        interval=0.5,
+        timeout=90,
+        interval=0.2,
         what=f"all {n} runs completed and no wait left",
     )
     own = pg.one(
@@ -220,19 +218,6 @@ def test_wait__ten_thousand_waiting_runs__one_event_resolves_exactly_its_run(pg,
     )
     assert own == n, f"only {own} of {n} runs were resolved by their own order's payment"
     assert pg.one("SELECT count(*) FROM orchestrator.runs") == n
-
-    bulk = pg.one(
-        "SELECT extract(epoch FROM "
-        "  (SELECT max(finished_at) FROM orchestrator.runs WHERE id <> %s) - "
-        "  (SELECT min(received_at) FROM orchestrator.events "
-        "   WHERE name = 'payment/received' AND id <> %s))::float",
-        (lucky_run, paid_id),
-    )
-    print(
-        f"\none payment among {n} waits: event received -> run finished in {single * 1000:.0f} ms"
-        f"\n{n - 1} payments in one INSERT: first received -> last run finished in {bulk:.2f} s"
-        f" ({(n - 1) / bulk:.0f} resolutions/s)"
-    )
 
 
 @pytest.mark.timeout(120)

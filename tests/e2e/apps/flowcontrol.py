@@ -23,7 +23,6 @@ from orchestrator import (
     Singleton,
     Throttle,
     Timeouts,
-    cron,
     event,
 )
 from tests.e2e.apps.common import record, wait_gate
@@ -125,8 +124,3 @@ def timed(ctx: Context) -> dict[str, Any]:
     hold = float(ctx.event.data.get("hold", 0.0))
     ctx.step.run("first", lambda: time.sleep(hold))
     return _work(ctx, 0)
-
-
-@app.function("slow-cron", trigger=cron("* * * * * *", overlap="skip"))
-def slow_cron(ctx: Context) -> dict[str, Any]:
-    return _work(ctx, 2.5)
