@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from orchestrator.db import events
@@ -23,10 +24,13 @@ def test_insert__generates_an_id_when_none_given(db: Database) -> None:
     assert created and len(event_id) == 36
 
 
-@pytest.mark.parametrize("data", ["[1, 2]", '"text"', "null", "42"])
+@pytest.mark.parametrize("data", ["[1, 2]", '"text"', "null", "42", "true"])
 def test_sql_insert__non_object_data_is_rejected(db: Database, data: str) -> None:
-    with pytest.raises(IntegrityError, match="events_data_is_object"):
+    with pytest.raises(IntegrityError) as refused:
         execute(db, f"INSERT INTO orchestrator.events (name, data) VALUES ('a', '{data}')")
+    assert isinstance(refused.value.orig, psycopg.errors.CheckViolation)
+    assert refused.value.orig.diag.constraint_name == "events_data_is_object"
+    assert execute(db, "SELECT count(*) FROM orchestrator.events") == [(0,)]  # nothing written
 
 
 def test_sql_insert__empty_name_is_rejected(db: Database) -> None:

@@ -5,9 +5,9 @@ outside the engine: a sampler thread reads the running runs every 10 ms on its o
 connection, start and end times come from `orchestrator.runs`, and step-body executions from
 `public.effects` (written by the body itself).
 
-Most tests share one pair of daemons (tests/e2e/shared.py): each uses a function no other of
-them uses and looks only at its runs, events and buffers. The tests that need other settings,
-another app, or functions of another test start daemons of their own, first.
+Most tests share one pair of daemons (tests/e2e/shared.py): each uses functions no other of
+them uses and looks only at their runs, events and buffers. The two tests that need other
+settings or another app start daemons of their own, first.
 """
 
 from __future__ import annotations
@@ -238,64 +238,6 @@ def test_cron_overlap_skip__every_second_with_1_5s_body__runs_never_overlap(
         if str(e.get("event")).startswith("cron tick skipped")
     )
     assert skipped >= 1, "the every-second schedule never met an active run"
-
-
-@pytest.mark.timeout(90)
-def test_run_queue__shows_concurrency_limited_throttled_debouncing_and_batching(
-    e2e_url, daemon_factory
-):
-    start_both(daemon_factory, APP)
-
-    def reasons(function_id: str) -> list[tuple[Any, ...]]:
-        return sql(
-            e2e_url,
-            "SELECT reason, status, key, events FROM orchestrator.run_queue WHERE function_id = %s",
-            (function_id,),
-        )
-
-    # concurrency: 3 runs hold the limit until the gate opens; 2 more wait
-    insert_events(e2e_url, "fc/limited", 3, "jsonb_build_object('gate', 'limited')")
-    eventually(lambda: statuses(e2e_url, "limited") == {"running": 3}, what="3 runs holding")
-    insert_events(e2e_url, "fc/limited", 2, "jsonb_build_object('n', g)")
-    eventually(
-        lambda: reasons("limited") == [("concurrency_limited", "queued", None, 1)] * 2,
-        what="two runs of 'limited' shown concurrency_limited",
-    )
-
-    # throttle: 10 per second, so most of 40 runs wait for their slot
-    insert_events(e2e_url, "fc/throttled", 40, "jsonb_build_object('n', g)")
-    eventually(
-        lambda: "throttled" in {r[0] for r in reasons("throttled")},
-        what="a run of 'throttled' shown throttled",
-    )
-
-    # debounce: gathering for 1 s after the last event
-    send(e2e_url, "fc/debounced", {"n": 1})
-    assert eventually(lambda: reasons("debounced"), what="the debounce shown") == [
-        ("debouncing", "buffered", "", 1)
-    ]
-
-    # batch: 10 events wait for more, or for the 2 s timeout
-    insert_events(e2e_url, "fc/batched", 10, "jsonb_build_object('n', g)")
-    assert eventually(lambda: reasons("batched"), what="the batch shown") == [
-        ("batching", "buffered", "", 10)
-    ]
-
-    open_gate(e2e_url, "limited")
-    wait_completed(e2e_url, "limited", 5)
-    wait_completed(e2e_url, "batched", 1)
-    wait_completed(e2e_url, "throttled", 40, timeout=30)
-    eventually(
-        lambda: (
-            count(
-                e2e_url,
-                "SELECT count(*) FROM orchestrator.run_queue WHERE function_id = ANY(%s)",
-                (["limited", "throttled", "debounced", "batched"],),
-            )
-            == 0
-        ),
-        what="the queue empty",
-    )
 
 
 # -- concurrency keys ---------------------------------------------------------------------
@@ -671,6 +613,65 @@ def test_timeouts__finish_cancels_a_long_run__start_cancels_runs_queued_behind_i
     assert (long_run, "finish") in timed_out, timed_out
     # the long run says why it was cancelled
     assert "timeouts.finish" in error["message"], error
+
+
+# -- visibility ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_run_queue__shows_concurrency_limited_throttled_debouncing_and_batching(served: Served):
+    e2e_url = served.url
+
+    def reasons(function_id: str) -> list[tuple[Any, ...]]:
+        return sql(
+            e2e_url,
+            "SELECT reason, status, key, events FROM orchestrator.run_queue WHERE function_id = %s",
+            (function_id,),
+        )
+
+    # concurrency: 3 runs hold the limit until the gate opens; 2 more wait
+    insert_events(e2e_url, "fc/queue-limited", 3, "jsonb_build_object('gate', 'queue-limited')")
+    eventually(lambda: statuses(e2e_url, "queue-limited") == {"running": 3}, what="3 runs holding")
+    insert_events(e2e_url, "fc/queue-limited", 2, "jsonb_build_object('n', g)")
+    eventually(
+        lambda: reasons("queue-limited") == [("concurrency_limited", "queued", None, 1)] * 2,
+        what="two runs of 'queue-limited' shown concurrency_limited",
+    )
+
+    # throttle: 10 per second, so most of 40 runs wait for their slot
+    insert_events(e2e_url, "fc/queue-throttled", 40, "jsonb_build_object('n', g)")
+    eventually(
+        lambda: "throttled" in {r[0] for r in reasons("queue-throttled")},
+        what="a run of 'throttled' shown throttled",
+    )
+
+    # debounce: gathering for 1 s after the last event
+    send(e2e_url, "fc/queue-debounced", {"n": 1})
+    assert eventually(lambda: reasons("queue-debounced"), what="the debounce shown") == [
+        ("debouncing", "buffered", "", 1)
+    ]
+
+    # batch: 10 events wait for more, or for the 2 s timeout
+    insert_events(e2e_url, "fc/queue-batched", 10, "jsonb_build_object('n', g)")
+    assert eventually(lambda: reasons("queue-batched"), what="the batch shown") == [
+        ("batching", "buffered", "", 10)
+    ]
+
+    open_gate(e2e_url, "queue-limited")
+    wait_completed(e2e_url, "queue-limited", 5)
+    wait_completed(e2e_url, "queue-batched", 1)
+    wait_completed(e2e_url, "queue-throttled", 40, timeout=30)
+    eventually(
+        lambda: (
+            count(
+                e2e_url,
+                "SELECT count(*) FROM orchestrator.run_queue WHERE function_id = ANY(%s)",
+                (["queue-limited", "queue-throttled", "queue-debounced", "queue-batched"],),
+            )
+            == 0
+        ),
+        what="the queue empty",
+    )
 
 
 # -- priority -----------------------------------------------------------------------------

@@ -8,6 +8,10 @@ The functions under test are in tests/e2e/apps/coordination.py: "await-payment" 
 Every query of a test goes through one connection (`pg`), opened before the daemon starts:
 the Postgres these tests run on may be shared, and polling must not need a new connection
 each time.
+
+Most tests share one daemon (tests/e2e/shared.py), each looking only at its own runs (the
+hundreds test tags its events with a batch); the tests that stop or kill their daemon start
+their own.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.conftest import eventually
+from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.coordination:app"
 T = TypeVar("T")
+module_daemons, served = shared_daemons(APP, concurrency=8)
+BATCH = "hundreds"
 
 
 class Pg:
@@ -53,7 +60,15 @@ class Pg:
 
 @pytest.fixture
 def pg(e2e_url: str) -> Iterator[Pg]:
+    """On a database of the test's own."""
     with psycopg.connect(e2e_url, autocommit=True) as conn:
+        yield Pg(conn)
+
+
+@pytest.fixture
+def shared_pg(served: Served) -> Iterator[Pg]:
+    """On the database of the module's shared daemon."""
+    with psycopg.connect(served.url, autocommit=True) as conn:
         yield Pg(conn)
 
 
@@ -89,17 +104,28 @@ def until(
     return eventually(check, timeout=timeout, interval=interval, what=what).value
 
 
-def statuses(pg: Pg, function_id: str) -> dict[str, int]:
+# the runs of a function (every run without one), of events tagged with a batch if one is given
+OF_BATCH = (
+    "(%(fid)s::text IS NULL OR r.function_id = %(fid)s) "
+    "AND (%(batch)s::text IS NULL OR r.events -> 0 -> 'data' ->> 'batch' = %(batch)s)"
+)
+
+
+def statuses(pg: Pg, function_id: str, batch: str | None = None) -> dict[str, int]:
     rows = pg.rows(
-        "SELECT status, count(*) FROM orchestrator.runs WHERE function_id = %s GROUP BY status",
-        (function_id,),
+        f"SELECT status, count(*) FROM orchestrator.runs r WHERE {OF_BATCH} GROUP BY status",
+        {"fid": function_id, "batch": batch},
     )
     return {status: int(n) for status, n in rows}
 
 
-def wait_rows(pg: Pg) -> dict[str, int]:
-    """Rows of `orchestrator.waits` by kind."""
-    rows = pg.rows("SELECT kind, count(*) FROM orchestrator.waits GROUP BY kind")
+def wait_rows(pg: Pg, function_id: str | None = None, batch: str | None = None) -> dict[str, int]:
+    """Rows of `orchestrator.waits` (of the function's runs), by kind."""
+    rows = pg.rows(
+        "SELECT w.kind, count(*) FROM orchestrator.waits w "
+        f"JOIN orchestrator.runs r ON r.id = w.run_id WHERE {OF_BATCH} GROUP BY w.kind",
+        {"fid": function_id, "batch": batch},
+    )
     return {kind: int(n) for kind, n in rows}
 
 
@@ -153,37 +179,41 @@ def wait_ingested(pg: Pg, *event_ids: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_wait__hundreds_of_waiting_runs__one_event_resolves_exactly_its_run(pg, daemon_factory):
+def test_wait__hundreds_of_waiting_runs__one_event_resolves_exactly_its_run(shared_pg):
+    pg = shared_pg
     # the mechanism, with a daemon; that one event's lookup does not grow with the number of
     # waits is tests/db/test_waits.py (10,000 waits: the match index, EXPLAIN), and the
     # figures for 10,000 waiting runs are bench/waits.py's
-    n, lucky = 300, 142
-    daemon_factory(APP, concurrency=8, workers=2)
+    n, lucky = 300, 142  # the only numeric order ids on the shared database
     pg.rows(
         "INSERT INTO orchestrator.events (name, data) "
-        "SELECT 'order/created', jsonb_build_object('order_id', i, 'timeout', 3600) "
+        "SELECT 'order/created', "
+        "       jsonb_build_object('order_id', i, 'timeout', 3600, 'batch', %s::text) "
         "FROM generate_series(0, %s) AS i",
-        (n - 1,),
+        (BATCH, n - 1),
     )
     until(
-        lambda: (statuses(pg, "await-payment"), wait_rows(pg)),
+        lambda: (statuses(pg, "await-payment", BATCH), wait_rows(pg, "await-payment", BATCH)),
         lambda v: v == ({"waiting": n}, {"event": n}),
         timeout=90,
         interval=0.2,
         what=f"{n} runs waiting, with {n} waits stored",
     )
     waiting_steps = pg.one(
-        "SELECT count(*) FROM orchestrator.steps "
-        "WHERE step_id = 'paid' AND kind = 'wait' AND status = 'waiting'"
+        "SELECT count(*) FROM orchestrator.steps s JOIN orchestrator.runs r ON r.id = s.run_id "
+        "WHERE s.step_id = 'paid' AND s.kind = 'wait' AND s.status = 'waiting' "
+        "AND r.events -> 0 -> 'data' ->> 'batch' = %s",
+        (BATCH,),
     )
     assert waiting_steps == n
 
     # one payment: exactly its own run wakes
     paid_id = pg.send("payment/received", {"order_id": lucky})
     lucky_run = pg.one(
-        "SELECT id::text FROM orchestrator.runs "
-        "WHERE function_id = 'await-payment' AND events -> 0 -> 'data' -> 'order_id' = %s::jsonb",
-        (str(lucky),),
+        "SELECT id::text FROM orchestrator.runs WHERE function_id = 'await-payment' "
+        "AND events -> 0 -> 'data' -> 'order_id' = %s::jsonb "
+        "AND events -> 0 -> 'data' ->> 'batch' = %s",
+        (str(lucky), BATCH),
     )
     row = finished(pg, lucky_run)
     assert row["status"] == "completed"
@@ -191,8 +221,8 @@ def test_wait__hundreds_of_waiting_runs__one_event_resolves_exactly_its_run(pg, 
     # the ingest resolves every wait an event matches in the transaction that marks it
     # ingested, and the run completed after that: nothing else can still be woken by it
     assert ingested(pg, paid_id)
-    assert statuses(pg, "await-payment") == {"completed": 1, "waiting": n - 1}
-    assert wait_rows(pg) == {"event": n - 1}
+    assert statuses(pg, "await-payment", BATCH) == {"completed": 1, "waiting": n - 1}
+    assert wait_rows(pg, "await-payment", BATCH) == {"event": n - 1}
 
     # the other payments in one statement
     pg.rows(
@@ -202,7 +232,7 @@ def test_wait__hundreds_of_waiting_runs__one_event_resolves_exactly_its_run(pg, 
         (n - 1, lucky),
     )
     until(
-        lambda: (statuses(pg, "await-payment"), wait_rows(pg)),
+        lambda: (statuses(pg, "await-payment", BATCH), wait_rows(pg, "await-payment", BATCH)),
         lambda v: v == ({"completed": n}, {}),
         timeout=90,
         interval=0.2,
@@ -211,19 +241,25 @@ def test_wait__hundreds_of_waiting_runs__one_event_resolves_exactly_its_run(pg, 
     own = pg.one(
         "SELECT count(*) FROM orchestrator.runs r "
         "JOIN orchestrator.events p ON p.id = r.output ->> 'event_id' "
-        "WHERE r.function_id = 'await-payment' "
+        "WHERE r.function_id = 'await-payment' AND r.events -> 0 -> 'data' ->> 'batch' = %s "
         "AND r.events -> 0 -> 'data' -> 'order_id' = r.output -> 'paid' -> 'order_id' "
         "AND p.name = 'payment/received' "
-        "AND p.data -> 'order_id' = r.output -> 'paid' -> 'order_id'"
+        "AND p.data -> 'order_id' = r.output -> 'paid' -> 'order_id'",
+        (BATCH,),
     )
     assert own == n, f"only {own} of {n} runs were resolved by their own order's payment"
-    assert pg.one("SELECT count(*) FROM orchestrator.runs") == n
+    assert statuses(pg, "await-payment", BATCH) == {"completed": n}
+    started_by_payments = pg.one(
+        "SELECT count(*) FROM orchestrator.runs r JOIN orchestrator.events e "
+        "ON e.id = r.event_id WHERE e.name = 'payment/received'"
+    )
+    assert started_by_payments == 0
 
 
 @pytest.mark.timeout(120)
-def test_wait__race__reply_sent_before_wait_stored_resolves_all(pg, daemon_factory):
+def test_wait__race__reply_sent_before_wait_stored_resolves_all(shared_pg):
+    pg = shared_pg
     n = 100
-    daemon_factory(APP, concurrency=8)
     # even keys: the reply is committed before the wait is stored; odd: sent concurrently
     pg.rows(
         "INSERT INTO orchestrator.events (name, data) "
@@ -263,7 +299,7 @@ def test_wait__race__reply_sent_before_wait_stored_resolves_all(pg, daemon_facto
     assert len(requests) == n
     assert {count for _, count in requests} == {1}, requests
     assert pg.one("SELECT count(*) FROM effects WHERE step = 'request'") == n
-    assert wait_rows(pg) == {}
+    assert wait_rows(pg, "race") == {}
     # how each was resolved: in one claim (the wait's look-back found the reply) or after a
     # suspension (the ingest found the stored wait); timing decides for the concurrent ones
     paths = pg.rows(
@@ -275,8 +311,8 @@ def test_wait__race__reply_sent_before_wait_stored_resolves_all(pg, daemon_facto
 
 
 @pytest.mark.timeout(60)
-def test_wait__timeout_returns_none(pg, daemon_factory):
-    daemon_factory(APP)
+def test_wait__timeout_returns_none(shared_pg):
+    pg = shared_pg
     run_id = run_of(pg, pg.send("order/created", {"order_id": "t-1", "timeout": 1}))
 
     row = finished(pg, run_id)
@@ -299,8 +335,8 @@ def test_wait__timeout_returns_none(pg, daemon_factory):
 
 
 @pytest.mark.timeout(60)
-def test_wait__if_expression_filters_events(pg, daemon_factory):
-    daemon_factory(APP)
+def test_wait__if_expression_filters_events(shared_pg):
+    pg = shared_pg
     run_id = run_of(pg, pg.send("invoice/created", {"customer": "c", "due": 10}))
     wait_waiting(pg, run_id)
 
@@ -322,7 +358,7 @@ def test_wait__if_expression_filters_events(pg, daemon_factory):
         (run_id,),
     )
     assert resolved_by == right
-    assert wait_rows(pg) == {}
+    assert wait_rows(pg, "big-payment") == {}
 
 
 @pytest.mark.timeout(60)

@@ -124,3 +124,35 @@ def timed(ctx: Context) -> dict[str, Any]:
     hold = float(ctx.event.data.get("hold", 0.0))
     ctx.step.run("first", lambda: time.sleep(hold))
     return _work(ctx, 0)
+
+
+# The run_queue test's own functions, with the options of those above: it shares its daemons
+# with the tests of those.
+@app.function("queue-limited", trigger=event("fc/queue-limited"), concurrency=Concurrency(limit=3))
+def queue_limited(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0.0)
+
+
+@app.function(
+    "queue-throttled",
+    trigger=event("fc/queue-throttled"),
+    throttle=Throttle(10, timedelta(seconds=1)),
+)
+def queue_throttled(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function(
+    "queue-debounced", trigger=event("fc/queue-debounced"), debounce=Debounce(timedelta(seconds=1))
+)
+def queue_debounced(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
+
+
+@app.function(
+    "queue-batched",
+    trigger=event("fc/queue-batched"),
+    batch_events=Batch(100, timedelta(seconds=2)),
+)
+def queue_batched(ctx: Context) -> dict[str, Any]:
+    return _work(ctx, 0)
