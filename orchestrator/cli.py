@@ -35,18 +35,8 @@ from typing import Any, NoReturn
 
 from orchestrator.config import Config, env_warnings, load_config
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.statuses import RUN_STATUSES
 
-# orchestrator/db/schema.py RUN_STATUSES (not imported: it would load SQLAlchemy at start-up)
-RUN_STATUSES = (
-    "queued",
-    "running",
-    "sleeping",
-    "waiting",
-    "completed",
-    "failed",
-    "cancelled",
-    "skipped",
-)
 USAGE_EXIT = 2  # as argparse
 
 

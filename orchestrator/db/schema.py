@@ -24,17 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from orchestrator.statuses import RUN_STATUSES
+
 SCHEMA = "orchestrator"
-RUN_STATUSES = (
-    "queued",
-    "running",
-    "sleeping",
-    "waiting",
-    "completed",
-    "failed",
-    "cancelled",
-    "skipped",
-)
 RUN_ORIGINS = ("replay", "fork")
 ACTIVE_DUE_STATUSES = ("queued", "sleeping", "waiting")
 ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting")
