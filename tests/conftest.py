@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,6 +92,18 @@ def db_url(server_url: str, clone_pool: clones.Clones) -> Iterator[str]:
     name = clone_pool.take()
     yield with_database(server_url, name)
     clone_pool.give_back(name)
+
+
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    """A new, empty database with a name of its own (so nothing left over from an earlier
+    run can be connected to it); dropped afterwards, with any connection still open."""
+    name = f"orchestrator_test_empty_{uuid.uuid4().hex[:12]}"
+    with admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(server_url, name)
+    with admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

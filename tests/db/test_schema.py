@@ -3,8 +3,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,7 +13,6 @@ from orchestrator.db.connect import check_schema
 from orchestrator.db.database import Database
 from orchestrator.db.schema import SCHEMA, metadata
 from orchestrator.errors import DatabaseNotReadyError
-from tests.conftest import admin, with_database
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,18 +36,6 @@ def test_migrate__idempotent(db: Database) -> None:
     migrate.upgrade(db.engine)
     migrate.upgrade(db.engine)
     check_schema(db.engine)
-
-
-@pytest.fixture
-def empty_database(server_url: str) -> Iterator[str]:
-    """A new, empty database with a name of its own (so nothing left over from an earlier
-    run can be connected to it); dropped afterwards, with any connection still open."""
-    name = f"orchestrator_test_empty_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(server_url, name)
-    with admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migrate__two_at_once_on_an_empty_database(empty_database: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.db import migrate
 from orchestrator.db.database import Database
-from tests.conftest import admin, with_database
+from tests.conftest import with_database
 from tests.e2e.harness import cli, run_cli, scalar, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -129,33 +129,23 @@ def test_env_typo__warned_with_the_nearest_name__command_still_runs(e2e_url):
     ]
 
 
-@pytest.fixture
-def empty_url(server_url):
-    name = f"orchestrator_empty_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(server_url, name)
-    with admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def test_migrate__says_whether_it_changed_anything(empty_url):
+def test_migrate__says_whether_it_changed_anything(empty_database):
     head = migrate.head_revision()
 
-    assert cli(empty_url, "migrate").stdout == f"schema created at {head}\n"
-    assert cli(empty_url, "migrate").stdout == f"schema already at {head}; nothing to do\n"
-    as_json = json.loads(cli(empty_url, "migrate", "--json").stdout)
+    assert cli(empty_database, "migrate").stdout == f"schema created at {head}\n"
+    assert cli(empty_database, "migrate").stdout == f"schema already at {head}; nothing to do\n"
+    as_json = json.loads(cli(empty_database, "migrate", "--json").stdout)
     assert as_json == {"from": head, "to": head, "changed": False}
 
 
-def test_migrate__from_an_older_revision__names_both(empty_url):
-    db = Database(empty_url, pool_size=1)
+def test_migrate__from_an_older_revision__names_both(empty_database):
+    db = Database(empty_database, pool_size=1)
     try:
         migrate.upgrade(db.engine, "0001")  # the schema of the first release
     finally:
         db.dispose()
 
-    result = cli(empty_url, "migrate")
+    result = cli(empty_database, "migrate")
 
     assert result.stdout == f"schema upgraded from 0001 to {migrate.head_revision()}\n"
 
