@@ -15,14 +15,13 @@ Every step takes a step id first. The id names the step's recorded result in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from orchestrator.engine import coordination
 from orchestrator.engine.execution import Execution
-from orchestrator.engine.parallel import parallel
+from orchestrator.engine.kinds import invoke, parallel, run, send_event, sleep, wait
 
 T = TypeVar("T")
 
@@ -48,11 +47,15 @@ class Event:
 
 class Step:
     """Durable steps. Each call is memoized by its step id: once it has a recorded result,
-    later executions of the run return that result without running the body again."""
+    later executions of the run return that result without running the body again.
+
+    In an `async def` function every method returns an awaitable instead of the value:
+    `await ctx.step.run(...)` (the signatures are those of `AsyncStep`)."""
 
     def __init__(self, execution: Execution, run_id: str) -> None:
         self._execution = execution
         self._run_id = run_id
+        self._complete = execution.face.complete  # the value, or the awaitable of it
 
     def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(*args, **kwargs)` once successfully and return its JSON result.
@@ -60,9 +63,10 @@ class Step:
         On failure the step is retried with exponential back-off (the function's `retries`);
         when no retries are left, `StepError` is raised here. The result must be JSON (dicts
         with string keys, lists, strings, numbers, booleans, None); what is returned is the
-        value as stored, so the first execution and a replay see the same thing.
+        value as stored, so the first execution and a replay see the same thing. In an async
+        function `fn` may be `async def` (awaited on the loop) or plain (run in a thread).
         """
-        result: T = self._execution.run_step(step_id, fn, args, kwargs)
+        result: T = self._complete(run.start(self._execution, step_id, fn, args, kwargs))
         return result
 
     def sleep(self, step_id: str, duration: timedelta | float) -> None:
@@ -72,13 +76,13 @@ class Step:
         lengthen the sleep.
         """
         seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-        self._execution.sleep(step_id, seconds=seconds)
+        return self._complete(sleep.start(self._execution, step_id, seconds=seconds))  # type: ignore[no-any-return]
 
     def sleep_until(self, step_id: str, until: datetime) -> None:
         """Suspend the run until `until` (an aware datetime; naive means UTC)."""
         if until.tzinfo is None:
             until = until.replace(tzinfo=UTC)
-        self._execution.sleep(step_id, until=until)
+        return self._complete(sleep.start(self._execution, step_id, until=until))  # type: ignore[no-any-return]
 
     def wait_for_event(
         self,
@@ -99,9 +103,10 @@ class Step:
         Every matching event received since the previous step began counts, including one
         that arrived before the run reached the wait. The run holds no worker while it waits.
         """
-        spec = coordination.WaitFor(event, match, if_, coordination.seconds(timeout))
-        found = coordination.wait_for_event(self._execution, step_id, spec)
-        return None if found is None else Event.from_json(found)
+        spec = wait.WaitFor(event, match, if_, wait.seconds(timeout))
+        found = _then(wait.start(self._execution, step_id, spec), _event_or_none)
+        result: Event | None = self._complete(found)
+        return result
 
     def invoke(
         self,
@@ -114,9 +119,8 @@ class Step:
         """Run function `function` as a child run (its event: `orchestrator/function.invoked`
         with `data`) and return its output. Its failure, cancellation or not finishing within
         `timeout` raises `StepError` here. The child's `parent_run_id` is this run."""
-        return coordination.invoke(
-            self._execution, step_id, function, data, coordination.seconds(timeout)
-        )
+        seconds = wait.seconds(timeout)
+        return self._complete(invoke.start(self._execution, step_id, function, data, seconds))
 
     def send_event(
         self, step_id: str, events: dict[str, Any] | Sequence[dict[str, Any]]
@@ -125,17 +129,61 @@ class Step:
         them; returns their ids. Ids are derived from the run and step, so a replay never
         sends an event twice."""
         batch = [events] if isinstance(events, dict) else list(events)
-        return coordination.send_event(self._execution, step_id, batch)
+        sent: list[str] = self._complete(send_event.start(self._execution, step_id, batch))
+        return sent
 
     def parallel(self, step_id: str, branches: Sequence[Any]) -> list[Any]:
         """Run step bodies concurrently and return their results in list order. Each entry
         is a callable or `(id, fn, args)`; each is memoized on its own as step
-        `step_id[index or id]`, so a crash re-runs only the unfinished ones."""
-        return parallel(self._execution, step_id, branches)
+        `step_id[index or id]`, so a crash re-runs only the unfinished ones. In an async
+        function the branches run concurrently on the loop."""
+        results: list[Any] = self._complete(parallel.start(self._execution, step_id, branches))
+        return results
 
     def idempotency_key(self, step_id: str) -> str:
         """A key stable across every re-execution of this step, for external APIs."""
         return f"{self._run_id}:{step_id}"
+
+
+class AsyncStep(Protocol):
+    """`ctx.step` as an `async def` function sees it (for type checkers: annotate the
+    argument as `AsyncContext`). Same steps, same semantics as `Step`, awaited."""
+
+    async def run(
+        self, step_id: str, fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any
+    ) -> T: ...
+    async def sleep(self, step_id: str, duration: timedelta | float) -> None: ...
+    async def sleep_until(self, step_id: str, until: datetime) -> None: ...
+    async def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        timeout: timedelta | float | None,
+        match: str | None = None,
+        if_: str | None = None,
+    ) -> Event | None: ...
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        function: str,
+        data: dict[str, Any] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> Any: ...
+    async def send_event(
+        self, step_id: str, events: dict[str, Any] | Sequence[dict[str, Any]]
+    ) -> list[str]: ...
+    async def parallel(self, step_id: str, branches: Sequence[Any]) -> list[Any]: ...
+    def idempotency_key(self, step_id: str) -> str: ...
+
+
+async def _then(step: Coroutine[Any, Any, Any], convert: Callable[[Any], T]) -> T:
+    return convert(await step)
+
+
+def _event_or_none(found: dict[str, Any] | None) -> Event | None:
+    return None if found is None else Event.from_json(found)
 
 
 class Context:
@@ -166,3 +214,15 @@ class Context:
         self.attempt = attempt
         self.log = log
         self.step = step
+
+
+if TYPE_CHECKING:
+
+    class AsyncContext(Context):
+        """`Context` as an `async def` function sees it: annotate with it for type checkers
+        (`async def f(ctx: AsyncContext)`); at run time it is the same `Context`."""
+
+        step: AsyncStep  # type: ignore[assignment]
+
+else:
+    AsyncContext = Context

@@ -154,6 +154,19 @@ class NestedStepError(OrchestratorError):
         self.step_id = step_id  # the step in whose body it was called
 
 
+class AsyncUsageError(OrchestratorError):
+    """Sync and async code were mixed in a way that cannot run: an `async def` step body in
+    a plain `def` function, or a plain function that returned a coroutine. The run fails at
+    once (retrying cannot help); the message says what to write instead."""
+
+    code = "async_misuse"
+    non_retriable = True
+
+    def __init__(self, message: str, *, step_id: str | None = None) -> None:
+        super().__init__(message)
+        self.step_id = step_id
+
+
 class RecoveryCapError(OrchestratorError):
     """A run crashed its worker (or lost its lease) more often than `max_recoveries`."""
 
@@ -226,3 +239,69 @@ class Cancelled(ControlSignal):
 
 class LeaseLost(ControlSignal):
     """A checkpoint was refused because this worker no longer holds the run's lease."""
+
+
+class InvalidRunIdError(OrchestratorError):
+    """A run id is not a UUID, or the id given to `app.start` belongs to a run of another
+    function."""
+
+    code = "invalid_run_id"
+
+
+class RunNotCompletedError(OrchestratorError):
+    """`RunHandle.result()`: the run ended without completing. Base of `RunFailedError`,
+    `CancelledRunError` and `RunSkippedError`, so one `except` can handle every such end.
+
+    `run_id`; `status` (`failed`, `cancelled` or `skipped`); `error`, the error the run
+    recorded (`runs.error`: `type`, `code`, `message`, …; {} if none); and `error_type`
+    and `error_message`, read from it."""
+
+    code = "run_not_completed"
+
+    def __init__(self, run_id: str, status: str, error: Any) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.error: dict[str, Any] = error if isinstance(error, dict) else {}
+        self.error_type = str(self.error.get("type") or "")
+        self.error_message = str(self.error.get("message") or "")
+        recorded = f"{self.error_type}: {self.error_message}" if self.error else "no error recorded"
+        super().__init__(f"run {run_id} {status}: {recorded}")
+
+
+class RunFailedError(RunNotCompletedError):
+    """The awaited run failed (a step out of retries, an uncaught exception, a timeout, the
+    recovery cap); `error` is what it recorded. `orchestrator runs show <id>` shows its
+    steps; `app.resume(run_id)` runs it again from the step that failed."""
+
+    code = "run_failed"
+
+
+class CancelledRunError(RunNotCompletedError, RunCancelledError):
+    """The awaited run was cancelled; `error_message` gives the reason. Also caught by
+    `except RunCancelledError`."""
+
+    code = "run_cancelled"
+
+
+class RunSkippedError(RunNotCompletedError):
+    """The awaited run was recorded as `skipped` by flow control (over its function's
+    `rate_limit`, or a `singleton` already active) and never ran."""
+
+    code = "run_skipped"
+
+
+class RunTimeoutError(OrchestratorError, TimeoutError):
+    """`RunHandle.result(timeout=...)`: the run had not ended when the timeout ran out. The
+    run is not affected; call `result()` again to keep waiting. `run_id`, `timeout` (the
+    seconds waited), `status` (the run's status when the wait gave up)."""
+
+    code = "run_timeout"
+
+    def __init__(self, run_id: str, timeout: float, status: str) -> None:
+        self.run_id = run_id
+        self.timeout = timeout
+        self.status = status
+        super().__init__(
+            f"run {run_id} did not end within {timeout:g}s (it is {status}); the run goes "
+            "on: call result() again to keep waiting, or app.cancel() to stop it"
+        )

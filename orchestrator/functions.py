@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from orchestrator.engine.faces import is_async_callable
 from orchestrator.errors import ExpressionError, RegistrationError
 from orchestrator.expressions import compile_expression
 from orchestrator.flow import FlowOptions, FlowPolicy, flow_options
@@ -240,6 +241,11 @@ class FunctionDef:
     flow: FlowOptions = field(default_factory=FlowOptions)
 
     @property
+    def is_async(self) -> bool:
+        """An `async def` function: its runs execute on a worker's event loop."""
+        return is_async_callable(self.fn)
+
+    @property
     def event_names(self) -> list[str]:
         return [t.name for t in self.triggers if isinstance(t, EventTrigger)]
 
@@ -305,6 +311,7 @@ def make_function(
         raise RegistrationError(
             f"function {function_id!r}: {fn.__qualname__} must take exactly one argument (ctx)"
         )
+    check_callable(function_id, fn)
     for c in cancel:
         if not isinstance(c, CancelOn):
             raise RegistrationError(
@@ -324,14 +331,77 @@ def make_function(
     )
 
 
+def check_callable(function_id: str, fn: Callable[..., Any]) -> None:
+    """Refuse what cannot run as a function: a generator, and a plain `def` that awaits."""
+    where = f"function {function_id!r}: {getattr(fn, '__qualname__', fn)!r}"
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise RegistrationError(
+            f"{where} is {kind} (it yields); a function returns its result once. Make each "
+            "piece of work a step (`ctx.step.run`) and return the results, as a list if need be"
+        )
+    if is_async_callable(fn):
+        return
+    if (line := _awaits_a_step(fn)) is not None:
+        raise RegistrationError(
+            f"{where} is a plain def but awaits a step at line {line}; declare it "
+            "`async def` so that its steps can be awaited"
+        )
+    if (body := _async_body(fn)) is not None:
+        raise RegistrationError(
+            f"{where} is a plain def, and its step {body[0]!r} has the async def body "
+            f"{body[1]!r}, which it cannot await. Make the function `async def` and write "
+            "`await ctx.step.run(...)`, or give the step a plain function as its body"
+        )
+
+
+def _awaits_a_step(fn: Callable[..., Any]) -> int | None:
+    """The line of an `await ...step.<kind>(...)` in `fn`'s source (in a nested async helper
+    of a plain function: it would run only if something awaited it), if any."""
+    tree = _source_tree(fn)
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.Await) and _is_step_call(node.value):
+            return int(node.lineno)
+    return None
+
+
+def _async_body(fn: Callable[..., Any]) -> tuple[str, str] | None:
+    """(step id, body name) of a `ctx.step.run("id", body)` in `fn` whose body is a name that
+    `fn` sees as an async def function, if any (other bodies are checked when called)."""
+    tree = _source_tree(fn)
+    names = dict(getattr(fn, "__globals__", {}))
+    names.update(inspect.getclosurevars(fn).nonlocals if inspect.isfunction(fn) else {})
+    for node in ast.walk(tree) if tree is not None else ():
+        if not (_is_step_call(node) and node.func.attr == "run" and len(node.args) >= 2):  # type: ignore[attr-defined]
+            continue
+        step, body = node.args[0], node.args[1]  # type: ignore[attr-defined]
+        if isinstance(body, ast.Name) and is_async_callable(names.get(body.id)):
+            label = step.value if isinstance(step, ast.Constant) else "?"
+            return str(label), body.id
+    return None
+
+
+def _is_step_call(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Attribute)
+        and node.func.value.attr == "step"
+    )
+
+
+def _source_tree(fn: Callable[..., Any]) -> ast.AST | None:
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return None  # no source to read (a lambda in a REPL, a built-in)
+
+
 def check_step_expressions(function_id: str, fn: Callable[..., Any]) -> None:
     """Compile the literal `if_` and `match` arguments of the function's `wait_for_event`
     calls, so that a typo fails at registration rather than when a run reaches the wait."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError):
-        return  # no source to read (a lambda in a REPL, a built-in): checked when called
-    for node in ast.walk(tree):
+    tree = _source_tree(fn)
+    for node in ast.walk(tree) if tree is not None else ():  # none: checked when called
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         if node.func.attr != "wait_for_event":

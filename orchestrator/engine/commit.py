@@ -1,8 +1,9 @@
 """Group commit: the checkpoints and finishes of a worker's concurrent runs share one
 transaction, so one WAL flush makes many steps durable.
 
-Each executor thread hands its write to the committer and waits; the committer takes every
-write waiting at that moment, commits them together and only then wakes their threads. No
+Each run hands its write to the committer and waits on the future it gets back (an executor
+thread blocks on it; an async run awaits it on the loop); the committer takes every write
+waiting at that moment, commits them together and only then settles their futures. No
 step is acknowledged before the transaction holding it has committed, and nothing waits for
 company: a write that arrives while the database is idle is committed at once, and writes
 pile up only while a commit is already in flight.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from orchestrator.db.checkpoints import GroupWrite, prepare, write_group
@@ -26,10 +28,8 @@ from orchestrator.db.direct import Direct
 @dataclass(eq=False)
 class _Pending:
     write: GroupWrite
-    done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False
-    cancel: bool = False
-    error: BaseException | None = None
+    # (whether its lease still held, whether the run's cancellation was requested)
+    done: Future[tuple[bool, bool]] = field(default_factory=Future)
 
 
 class GroupCommitter:
@@ -41,21 +41,17 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def commit(self, write: GroupWrite) -> tuple[bool, bool]:
-        """Commit `write` with whatever else is waiting; returns whether its lease still held
-        and whether the run's cancellation was requested.
-
-        Raises the database error if the write could not be committed (after retrying
-        transient errors for `retry_for` seconds)."""
+    def commit(self, write: GroupWrite) -> Future[tuple[bool, bool]]:
+        """Commit `write` with whatever else is waiting. The future's result says whether its
+        lease still held and whether the run's cancellation was requested; its exception is
+        the database error if the write could not be committed (after retrying transient
+        errors for `retry_for` seconds)."""
         pending = _Pending(write)
         with self._cond:
             self._start()
             self._pending.append(pending)
             self._cond.notify()
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.ok, pending.cancel
+        return pending.done
 
     def warm(self) -> None:
         """Connect, plan the group statement and start the committer thread now (a worker at
@@ -95,12 +91,10 @@ class GroupCommitter:
             _settle(group, error=exc)
             return
         for pending in group:
-            pending.ok = pending.write.run_id in made
-            pending.cancel = made.get(pending.write.run_id, False)
-            pending.done.set()
+            run_id = pending.write.run_id
+            pending.done.set_result((run_id in made, made.get(run_id, False)))
 
 
 def _settle(group: list[_Pending], *, error: BaseException) -> None:
     for pending in group:
-        pending.error = error
-        pending.done.set()
+        pending.done.set_exception(error)

@@ -3,39 +3,47 @@
 A worker runs the function straight through. A step already recorded returns its recorded
 result without running; a new step runs, and its result is committed (fenced on the lease)
 before the function continues. The run suspends only at sleeps, waits and retry back-offs,
-so a function of N steps costs O(N) work. Waits, invokes, sent events and parallel steps are
-in engine/coordination.py and engine/parallel.py.
+so a function of N steps costs O(N) work.
+
+This is what every step kind shares: step identity (ids, positions, the replay check), the
+step-body call, the failure record, and the run's clock. Each kind of step lives in its own
+module under engine/kinds/, written once for both the sync and the async face (engine/faces.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
-from orchestrator.engine.failures import error_dict, first_line, message
+from orchestrator.engine.faces import Face, SyncFace, discard, is_async_callable
+from orchestrator.engine.failures import error_dict
 from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.retry import retry_delay
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import (
     Abort,
+    AsyncUsageError,
     Cancelled,
-    ControlSignal,
     NestedStepError,
     NonDeterminismError,
     PayloadError,
-    StepError,
     Suspend,
 )
 from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
-from orchestrator.log import payload
+
+# The step whose body this code runs inside (per thread and per asyncio task), to name it
+# when a step is called there.
+_BODY: ContextVar[str | None] = ContextVar("orchestrator_step_body", default=None)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,9 @@ class Execution:
         cancelled: Collection[str] = (),
         policies: Mapping[str, FlowPolicy] | None = None,
         observer: StepObserver = NOBODY,
+        face: Face | None = None,
     ) -> None:
+        self.face: Face = face or SyncFace()  # how its steps do their I/O (engine/faces.py)
         self.lease = lease
         self.observer = observer  # counts step bodies and retries for the metrics
         self.policies = policies or {}  # flow control of the functions it may invoke
@@ -82,8 +92,8 @@ class Execution:
         self.limits = limits
         self.draining = draining
         self.log = log
-        self.fatal: NonDeterminismError | NestedStepError | None = None
-        self._bodies: dict[int, str] = {}  # the step bodies running now, by thread
+        self.fatal: NonDeterminismError | NestedStepError | AsyncUsageError | None = None
+        self._bodies: dict[object, str] = {}  # the step bodies running now
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
         self._position = 0
@@ -115,7 +125,7 @@ class Execution:
         if not self._bodies:
             return
         # the caller's own body; a thread a body started is blamed on some running body
-        outer = self._bodies.get(threading.get_ident()) or min(self._bodies.values(), default="?")
+        outer = _BODY.get() or min(self._bodies.values(), default="?")
         self.fatal = NestedStepError(
             f"ctx.step.{kind}('{step_id}') was called inside the body of step '{outer}'; "
             "steps cannot be nested, because a step body runs once and is then replayed "
@@ -170,85 +180,59 @@ class Execution:
     def db_now(self) -> datetime:
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
 
-    def boundary(self) -> None:
+    async def boundary(self) -> None:
         """Before executing new work: stop if the run was cancelled; give the run back if the
         worker is draining."""
         if self.lease.run_id in self.cancelled:
             raise Cancelled(f"run {self.lease.run_id} was cancelled")
         if self.draining.is_set():
-            self.store.release(self.lease)
+            await self.face.io(self.store.release, self.lease)
             raise Suspend("worker draining")
 
-    # -- step.run ------------------------------------------------------------------------
+    # -- what every step kind shares ----------------------------------------------------
 
-    def run_step(
-        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        sid, position = self.next_id(step_id, kind="run")
-        row = self.recorded(sid, "run", position)
-        if row is not None and row.status == "completed":
-            self.replayed(row)
-            return row.output
-        if row is not None and row.status == "failed":
-            raise StepError(sid, row.error or {})
-        attempt = row.attempt + 1 if row is not None else 1
-        self.boundary()
-        log = self.log.bind(step=sid, attempt=attempt)
-        began = self.db_now()
-        started = time.perf_counter()
-        try:
-            self.on_body(self.lease.run_id)
-            try:
-                text, decoded = self.body(sid, fn, args, kwargs)
-            finally:
-                self.on_body(None)
-        except (ControlSignal, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # SystemExit from a library is the step's failure too
-            return self._step_failed(sid, position, attempt, exc, started=started, log=log)
-        self.since = max(self.since, began)
-        self.store.checkpoint(
-            self.lease,
-            StepRecord(
-                sid,
-                position,
-                "run",
-                "completed",
-                attempt,
-                output_json=text,
-                duration_ms=ms(started),
-            ),
-        )
-        log.debug(
-            "step completed",
-            duration_ms=ms(started),
-            output_bytes=len(text),
-            **payload(output=text),
-        )
-        return decoded
-
-    def body(
+    async def body(
         self, sid: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[str, Any]:
         """Call a step body; returns its result as stored (JSON text) and as decoded. A step
         called inside the body fails the run (`Abort`), whatever the body did with the error."""
+        if not self.face.is_async and is_async_callable(fn):
+            self._misuse(sid, f"its body {_name(fn)} is an async function")
         started = time.perf_counter()
-        call = threading.get_ident()  # one body per thread: a nested one is refused
-        self._bodies[call] = sid
+        key = object()  # one entry per body running now: a step called meanwhile is refused
+        self._bodies[key] = sid
+        inside = _BODY.set(sid)
         try:
-            value = fn(*args, **kwargs)
+            value = await self.face.call(fn, args, kwargs)
         except BaseException:
             if self.fatal is not None:
                 raise Abort(str(self.fatal)) from None
             raise
         finally:
-            del self._bodies[call]
+            _BODY.reset(inside)
+            del self._bodies[key]
             self.observer.step_ran(self.fdef.id, time.perf_counter() - started)
         if self.fatal is not None:
             raise Abort(str(self.fatal))
+        if inspect.isawaitable(value):  # only a plain function's face leaves one unawaited
+            discard(value)
+            self._misuse(
+                sid,
+                "its body returned a coroutine (a lambda or a wrapper around an async function?)",
+            )
         return codec.roundtrip(
             value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
         )
+
+    def _misuse(self, sid: str, what: str) -> None:
+        fid = self.fdef.id
+        self.fatal = AsyncUsageError(
+            f"step '{sid}': {what}, but function '{fid}' is a plain def, which cannot await "
+            f"it. Make '{fid}' an async def function and write `await ctx.step.run(...)`, or "
+            "give the step a plain function as its body",
+            step_id=sid,
+        )
+        raise self.fatal
 
     def failure(
         self, sid: str, position: int, attempt: int, exc: BaseException, *, started: float
@@ -270,62 +254,21 @@ class Execution:
         )
         return record, delay
 
-    def _step_failed(
-        self,
-        sid: str,
-        position: int,
-        attempt: int,
-        exc: BaseException,
-        *,
-        started: float,
-        log: Any,
-    ) -> Any:
-        record, delay = self.failure(sid, position, attempt, exc, started=started)
-        error = json.loads(record.error_json or "{}")
-        said = {"error_type": error["type"], "error": first_line(exc)}
-        said |= payload(error_message=message(exc))
-        if delay is None:
-            self.store.checkpoint(self.lease, record)
-            log.warning("step failed", retries=self.fdef.retries, **said)
-            raise StepError(sid, error) from exc
-        self.retry_later(delay, (record,))
-        log.warning("step will retry", delay=round(delay, 3), **said)
-        raise Suspend(f"retry of step '{sid}'")
+    async def checkpoint(self, record: StepRecord) -> None:
+        """Commit a step record (raises `Cancelled` after it if the run was cancelled)."""
+        await self.face.settle(self.store.checkpoint(self.lease, record))
 
-    def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
+    async def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
         """Suspend the run for `delay` seconds with these failed attempts recorded."""
-        due = self.store.suspend(self.lease, status="queued", delay=delay, records=records)
+        due = await self.face.io(
+            self.store.suspend, self.lease, status="queued", delay=delay, records=records
+        )
         self.suspended_until = due
         self.observer.steps_retrying(self.fdef.id, len(records))
 
-    # -- step.sleep ----------------------------------------------------------------------
 
-    def sleep(
-        self, step_id: str, *, seconds: float | None = None, until: datetime | None = None
-    ) -> None:
-        sid, position = self.next_id(step_id, kind="sleep")
-        row = self.recorded(sid, "sleep", position)
-        if row is not None and row.status == "completed":
-            self.replayed(row)
-            return
-        if row is not None and row.wake_at is not None:
-            until, seconds = row.wake_at, None
-        elif seconds is not None and seconds <= 0:
-            until, seconds = self.db_now(), None
-        if until is not None and until <= self.db_now():
-            self.since = max(self.since, self.db_now())
-            self.store.checkpoint(
-                self.lease, StepRecord(sid, position, "sleep", "completed", 1, wake_at=until)
-            )
-            return
-        # no drain check here: suspending already gives the run back, with its sleep recorded
-        record = StepRecord(sid, position, "sleep", "sleeping", 1)
-        due = self.store.suspend(
-            self.lease, status="sleeping", delay=seconds or 0.0, until=until, record=record
-        )
-        self.log.info("run sleeping", step=sid, until=due.isoformat())
-        self.suspended_until = due
-        raise Suspend(f"sleep '{sid}'")
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
 
 
 def ms(started: float) -> int:

@@ -1,7 +1,13 @@
-"""Drive one claimed run to its next stop: completed, failed, suspended or lease lost."""
+"""Drive one claimed run to its next stop: completed, failed, suspended or lease lost.
+
+`execute` is written once, as a coroutine over the run's face (engine/faces.py): a worker
+thread runs a plain function's with `run_sync`, the worker's event loop awaits an async one's.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -11,11 +17,20 @@ from typing import Any
 
 from orchestrator import codec
 from orchestrator.context import Context, Event, Step
+from orchestrator.db.steps import StepRow
 from orchestrator.engine.execution import Execution, Limits
+from orchestrator.engine.faces import Face, SyncFace, discard
 from orchestrator.engine.failures import error_dict, summary
 from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.store import Lease, RunStore
-from orchestrator.errors import Abort, Cancelled, LeaseLost, StepError, Suspend
+from orchestrator.errors import (
+    Abort,
+    AsyncUsageError,
+    Cancelled,
+    LeaseLost,
+    StepError,
+    Suspend,
+)
 from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 from orchestrator.log import payload
@@ -43,7 +58,7 @@ class Outcome:
     due_at: datetime | None = None
 
 
-def execute(
+async def execute(
     task: Task,
     fdef: FunctionDef,
     store: RunStore,
@@ -55,6 +70,7 @@ def execute(
     cancelled: Collection[str] = (),
     policies: Mapping[str, FlowPolicy] | None = None,
     observer: StepObserver = NOBODY,
+    face: Face | None = None,
 ) -> Outcome:
     lease = Lease(
         task.run_id, task.lease_token, ties=task.parent_run_id is not None or bool(fdef.cancel_on)
@@ -64,8 +80,7 @@ def execute(
         lease=lease,
         fdef=fdef,
         store=store,
-        # a first execution has no recorded steps, unless it is a fork's (copied ones)
-        memo=store.load(task.run_id) if task.attempts > 1 or task.origin == "fork" else {},
+        memo=await _memo(task, store, face),
         claimed_at=task.claimed_at,
         created_at=task.created_at,
         trigger=task.events[0] if task.events else {},
@@ -76,6 +91,7 @@ def execute(
         cancelled=cancelled,
         policies=policies,
         observer=observer,
+        face=face,
     )
     ctx = Context(
         run_id=task.run_id,
@@ -86,43 +102,61 @@ def execute(
         step=Step(execution, task.run_id),
     )
     try:
-        return _drive(fdef, ctx, execution, store=store, limits=limits, log=log)
+        return await _drive(fdef, ctx, execution, limits=limits, log=log)
     except LeaseLost as exc:
         log.warning("lease lost; abandoning run", reason=str(exc))
         return Outcome(task.run_id, "lease_lost")
 
 
-def _drive(
-    fdef: FunctionDef,
-    ctx: Context,
-    execution: Execution,
-    *,
-    store: RunStore,
-    limits: Limits,
-    log: Any,
+async def _memo(task: Task, store: RunStore, face: Face | None) -> dict[str, StepRow]:
+    # a first execution has no recorded steps, unless it is a fork's (copied ones)
+    if task.attempts == 1 and task.origin != "fork":
+        return {}
+    return await (face or SyncFace()).io(store.load, task.run_id)
+
+
+async def _drive(
+    fdef: FunctionDef, ctx: Context, execution: Execution, *, limits: Limits, log: Any
 ) -> Outcome:
-    lease = execution.lease
+    lease, face, store = execution.lease, execution.face, execution.store
     try:
-        value = fdef.fn(ctx)
+        value = await face.call(fdef.fn, (ctx,), {})
+        if inspect.isawaitable(value):  # a plain function's face does not await it
+            discard(value)
+            raise _returned_coroutine(fdef.id)
         text = codec.encode(
             value, what=f"function '{fdef.id}' return value", limit=limits.max_step_output_bytes
         )
     except Suspend:
         return Outcome(lease.run_id, "suspended", execution.suspended_until)
-    except Cancelled as exc:
+    except (Cancelled, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and not getattr(face, "cancelled", False):
+            raise  # the worker's loop is shutting down: the run is given back
         error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
-        store.finish(lease, status="cancelled", output_json=None, error_json=json.dumps(error))
-        log.info("run cancelled at a step boundary")
+        if not error["message"]:
+            error["message"] = f"run {lease.run_id} was cancelled"
+        await face.settle(
+            store.finish(lease, status="cancelled", output_json=None, error_json=json.dumps(error))
+        )
+        log.info("run cancelled", at="an await" if face.is_async else "a step boundary")
         return Outcome(lease.run_id, "cancelled")
     except (LeaseLost, KeyboardInterrupt):
         raise
     except BaseException as exc:  # whatever user code raised, SystemExit included
-        return _fail(store, lease, execution, _error_of(exc), log)
+        return await _fail(execution, _error_of(exc), log)
     if execution.fatal is not None:  # user code swallowed a non-determinism error
-        return _fail(store, lease, execution, {}, log)
-    store.finish(lease, status="completed", output_json=text, error_json=None)
+        return await _fail(execution, {}, log)
+    await face.settle(store.finish(lease, status="completed", output_json=text, error_json=None))
     log.info("run completed", output_bytes=len(text), **payload(output=text))
     return Outcome(lease.run_id, "completed")
+
+
+def _returned_coroutine(function_id: str) -> AsyncUsageError:
+    return AsyncUsageError(
+        f"function '{function_id}' returned a coroutine: it is a plain callable around an "
+        "async function (a lambda, a partial or a wrapper?), which nothing awaits. Register "
+        "the async def function itself, or make the wrapper async def"
+    )
 
 
 def _error_of(exc: BaseException) -> dict[str, Any]:
@@ -142,12 +176,15 @@ def _is_record(error: Any) -> bool:
     return isinstance(error, dict)
 
 
-def _fail(
-    store: RunStore, lease: Lease, execution: Execution, error: dict[str, Any], log: Any
-) -> Outcome:
+async def _fail(execution: Execution, error: dict[str, Any], log: Any) -> Outcome:
     if execution.fatal is not None:  # it wins over whatever the code did after it
         error = error_dict(execution.fatal)
-    store.finish(lease, status="failed", output_json=None, error_json=json.dumps(error))
+    lease = execution.lease
+    await execution.face.settle(
+        execution.store.finish(
+            lease, status="failed", output_json=None, error_json=json.dumps(error)
+        )
+    )
     text = str(error.get("message") or "")
     log.warning(
         "run failed",

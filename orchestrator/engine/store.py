@@ -8,6 +8,7 @@ concurrent runs of one worker process share their transactions (see engine/commi
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -48,14 +49,14 @@ class RunStore:
         rows = self.db.run(lambda conn: steps.load(conn, run_id), retry_for=self.retry_for)
         return {row.step_id: row for row in rows}
 
-    def checkpoint(self, lease: Lease, record: steps.StepRecord) -> None:
-        """Commit a step record. Raises `Cancelled` after the commit if the run's
-        cancellation was requested: the run stops at this step boundary."""
-        ok, cancel = self.committer.commit(GroupWrite(lease.run_id, lease.token, step=record))
-        if not ok:
-            raise LeaseLost(f"run {lease.run_id}: lease lost before step '{record.step_id}'")
-        if cancel:
-            raise Cancelled(f"run {lease.run_id} was cancelled after step '{record.step_id}'")
+    def checkpoint(self, lease: Lease, record: steps.StepRecord) -> Future[None]:
+        """Commit a step record. The future raises `LeaseLost` if the lease was lost, and
+        `Cancelled` after the commit if the run's cancellation was requested: the run stops
+        at this step boundary."""
+        write = GroupWrite(lease.run_id, lease.token, step=record)
+        lost = f"run {lease.run_id}: lease lost before step '{record.step_id}'"
+        cancelled = f"run {lease.run_id} was cancelled after step '{record.step_id}'"
+        return _fenced(self.committer.commit(write), lost=lost, cancelled=cancelled)
 
     def suspend(
         self,
@@ -151,7 +152,8 @@ class RunStore:
 
     def finish(
         self, lease: Lease, *, status: str, output_json: str | None, error_json: str | None
-    ) -> None:
+    ) -> Future[None]:
+        """Record the run's end; the future raises `LeaseLost` if the lease was lost."""
         write = GroupWrite(
             lease.run_id,
             lease.token,
@@ -160,11 +162,32 @@ class RunStore:
             error_json=error_json,
             effects=lease.ties or status != "completed",
         )
-        if not self.committer.commit(write)[0]:
-            raise LeaseLost(f"run {lease.run_id}: lease lost before it could finish")
+        lost = f"run {lease.run_id}: lease lost before it could finish"
+        return _fenced(self.committer.commit(write), lost=lost, cancelled=None)
 
     def release(self, lease: Lease) -> None:
         self.db.run(
             lambda conn: runs.release(conn, [(lease.run_id, lease.token)]),
             retry_for=self.retry_for,
         )
+
+
+def _fenced(commit: Future[tuple[bool, bool]], *, lost: str, cancelled: str | None) -> Future[None]:
+    """The outcome of a group commit as the run sees it: done, or a signal to stop."""
+    done: Future[None] = Future()
+
+    def settle(commit: Future[tuple[bool, bool]]) -> None:
+        error = commit.exception()
+        if error is None:
+            ok, cancel = commit.result()
+            if not ok:
+                error = LeaseLost(lost)
+            elif cancel and cancelled is not None:
+                error = Cancelled(cancelled)
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    commit.add_done_callback(settle)
+    return done

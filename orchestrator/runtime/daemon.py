@@ -9,6 +9,7 @@ the daemon.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -97,6 +98,7 @@ class Daemon:
             on_crash=self._on_crash,
             log=self.log,
             on_stats=self._on_stats,
+            async_ids=frozenset(f for f, d in self.registry.items() if d.is_async),
         )
         # metrics, /healthz and /readyz, systemd notifications (runtime/telemetry.py)
         self.telemetry = Telemetry(
@@ -134,6 +136,12 @@ class Daemon:
             log=self.log,
         )
         self.plain_ids = [f for f in self.function_ids if f not in set(self.flow.function_ids)]
+        # the runs of plain functions go to threads, those of async ones to event loops: each
+        # lane is claimed for its own free slots
+        self.lanes = {
+            lane: [f for f in self.plain_ids if self.registry[f].is_async == lane]
+            for lane in (False, True)
+        }
         self.flow_due_at: float | None = None  # when a flow-controlled run falls due
         self.flow_first = False
         self.upkeep = Upkeep(self.db, self.registry, self.log)
@@ -282,10 +290,10 @@ class Daemon:
         # flow-controlled functions and the others take turns at going first
         self.flow_first = not self.flow_first
         if self.flow_first:
-            self._submit(self.flow.claim(self.pool.free_slots()), suspects=False)
+            self._submit(self.flow.claim(self._rooms()), suspects=False)
         drained = self._claim_into_pool(suspects=False)
         if not self.flow_first:
-            self._submit(self.flow.claim(self.pool.free_slots()), suspects=False)
+            self._submit(self.flow.claim(self._rooms()), suspects=False)
         self.backlogged = not drained
         # Suspects are rare: look for them after a crash here, else once per poll interval,
         # not on every pass (the quarantine is nearly always free, so that would be one more
@@ -295,7 +303,7 @@ class Daemon:
             self.suspects_hint.clear()
             self.suspects_at = now
             self._submit(
-                self.flow.claim(self.pool.free_slots(quarantine=True), suspects=True), suspects=True
+                self.flow.claim(self._rooms(quarantine=True), suspects=True), suspects=True
             )
             self._claim_into_pool(suspects=True)
         self.next_due_in = None  # busy: a finishing run wakes the loop
@@ -333,7 +341,8 @@ class Daemon:
         claimed: list[runs.ClaimedRun] = []
 
         def claim(conn: Any) -> set[str]:
-            claimed.extend(self._claim(conn, self.pool.free_slots()))
+            for lane, free in self._rooms().items():
+                claimed.extend(self._claim(conn, free, is_async=lane))
             return {c.id for c in claimed}
 
         taken = self.ingester.tick(then=claim)
@@ -343,25 +352,38 @@ class Daemon:
             self.flow.poke()
         return taken
 
-    def _claim_into_pool(self, *, suspects: bool) -> bool:
-        """Claim as many due runs as there are free threads, and hand them over. True if
-        fewer were due than there was room for."""
-        while (free := self.pool.free_slots(quarantine=suspects)) > 0:
-            claimed = self.direct.run(
-                lambda conn: self._claim(conn, free, suspects=suspects), retry_for=0
-            )
-            self._submit(claimed, suspects=suspects)
-            if len(claimed) < free:
-                return True
-        return False
+    def _rooms(self, *, quarantine: bool = False) -> dict[bool, int]:
+        """Free slots by lane: False for plain functions' runs, True for async ones'."""
+        return {
+            lane: self.pool.free_slots(quarantine=quarantine, is_async=lane) for lane in self.lanes
+        }
 
-    def _claim(self, conn: Any, limit: int, *, suspects: bool = False) -> list[runs.ClaimedRun]:
+    def _claim_into_pool(self, *, suspects: bool) -> bool:
+        """Claim as many due runs as there are free slots in each lane, and hand them over.
+        True if fewer were due than there was room for."""
+        drained = True
+        for lane, function_ids in self.lanes.items():
+            while function_ids:
+                free = self.pool.free_slots(quarantine=suspects, is_async=lane)
+                if free <= 0:
+                    drained = False
+                    break
+                claim = functools.partial(self._claim, limit=free, suspects=suspects, is_async=lane)
+                claimed = self.direct.run(claim, retry_for=0)
+                self._submit(claimed, suspects=suspects)
+                if len(claimed) < free:
+                    break
+        return drained
+
+    def _claim(
+        self, conn: Any, limit: int, *, suspects: bool = False, is_async: bool = False
+    ) -> list[runs.ClaimedRun]:
         return runs.claim_due(
             conn,
             owner=self.id,
             limit=limit,
             lease_seconds=self.cfg.lease_duration,
-            function_ids=self.plain_ids,
+            function_ids=self.lanes[is_async],
             suspects=suspects,
         )
 

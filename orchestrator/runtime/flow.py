@@ -58,6 +58,7 @@ class FlowClaimer:
         self.poll_interval = poll_interval
         self.log = log
         self.policies = {fid: f.policy() for fid, f in registry.items()}
+        self.is_async = {fid: f.is_async for fid, f in registry.items()}  # its lane
         self.function_ids = sorted(fid for fid, p in self.policies.items() if p.claims)
         self.watches = {
             fid: [
@@ -99,24 +100,28 @@ class FlowClaimer:
 
     # -- claiming ------------------------------------------------------------------------
 
-    def claim(self, room: int, *, suspects: bool = False) -> list[runs.ClaimedRun]:
-        """Claim up to `room` runs of the flow-controlled functions (only runs that were in a
-        step body when a worker died, with `suspects`)."""
+    def claim(self, rooms: dict[bool, int], *, suspects: bool = False) -> list[runs.ClaimedRun]:
+        """Claim runs of the flow-controlled functions, up to `rooms[lane]` of the plain
+        (False) and the async (True) ones (only runs that were in a step body when a worker
+        died, with `suspects`)."""
         claimed: list[runs.ClaimedRun] = []
+        taken = dict.fromkeys(rooms, 0)
         now = time.monotonic()
         # each pass starts with the next function, so one with a long backlog and no limit
         # that holds it (a priority alone) cannot take every free thread pass after pass
         self._start = (self._start + 1) % max(1, len(self.function_ids))
         order = self.function_ids[self._start :] + self.function_ids[: self._start]
         for fid in order:
-            left = room - len(claimed)
+            lane = self.is_async[fid]
+            left = rooms.get(lane, 0) - taken.get(lane, 0)
             if left <= 0:
-                break
+                continue
             with self._lock:
                 if not suspects and self._not_before.get(fid, 0.0) > now:
                     continue
             outcome = self._claim_one(fid, left, suspects)
             claimed.extend(outcome.claimed)
+            taken[lane] = taken.get(lane, 0) + len(outcome.claimed)
             with self._lock:
                 self._mine.update((c.id, fid) for c in outcome.claimed)
                 if suspects:

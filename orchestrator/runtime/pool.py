@@ -1,4 +1,5 @@
-"""The worker pool: `workers` processes, each running `concurrency` runs at once.
+"""The worker pool: `workers` processes, each running `concurrency` runs of plain functions
+at once on threads, and `async_concurrency` runs of async ones on its event loop.
 
 The pool knows which runs (and lease tokens) each process holds, so when a process dies — an
 `os._exit`, a segfault, an OOM kill — its runs are handed back at once through `on_crash`
@@ -38,12 +39,18 @@ class _Worker:
     inflight: dict[str, str] = field(default_factory=dict)  # run id -> lease token
     ready: bool = False
     eof: bool = False
-    busy: Any = None  # shared memory: the run id each thread is executing a step body of
-    capacity: int = 1
+    busy: Any = None  # shared memory: the run id each slot is executing a step body of
+    capacity: int = 1  # threads, for runs of plain functions
+    async_capacity: int = 0  # runs of async functions at once on its loop
+    async_runs: set[str] = field(default_factory=set)  # those of `inflight` on its loop
     quarantine: bool = False
 
-    def free(self) -> int:
-        return self.capacity - len(self.inflight) if self.ready else 0
+    def free(self, *, is_async: bool = False) -> int:
+        if not self.ready:
+            return 0
+        if is_async:
+            return self.async_capacity - len(self.async_runs)
+        return self.capacity - (len(self.inflight) - len(self.async_runs))
 
 
 class WorkerPool:
@@ -57,8 +64,10 @@ class WorkerPool:
         on_crash: Callable[[int, Handback], None],
         log: Any,
         on_stats: Callable[[TallyDelta], None] | None = None,
+        async_ids: frozenset[str] = frozenset(),
     ) -> None:
         self.app_path = app_path
+        self.async_ids = async_ids  # the app's async functions: their runs go to the loops
         self.url = url
         self.config = config
         self.quarantine_index = config.workers  # one more process, for suspect runs
@@ -86,9 +95,15 @@ class WorkerPool:
     def _spawn(self, index: int) -> None:
         quarantine = index == self.quarantine_index
         capacity = 1 if quarantine else self.config.concurrency
-        config = asdict(self.config) | {"concurrency": capacity}
+        async_capacity = 0
+        if self.async_ids:
+            async_capacity = 1 if quarantine else self.config.async_concurrency
+        config = asdict(self.config) | {
+            "concurrency": capacity,
+            "async_concurrency": max(1, async_capacity),
+        }
         parent_conn, child_conn = _CTX.Pipe()
-        busy = _CTX.RawArray(ctypes.c_char, capacity * SLOT)
+        busy = _CTX.RawArray(ctypes.c_char, (capacity + async_capacity) * SLOT)
         process = _CTX.Process(
             target=worker_main,
             args=(WorkerSpec(index, self.app_path, self.url, config), child_conn, busy),
@@ -99,7 +114,13 @@ class WorkerPool:
         child_conn.close()
         with self._lock:
             self._workers[index] = _Worker(
-                index, process, parent_conn, busy=busy, capacity=capacity, quarantine=quarantine
+                index,
+                process,
+                parent_conn,
+                busy=busy,
+                capacity=capacity,
+                async_capacity=async_capacity,
+                quarantine=quarantine,
             )
         self.log.info("worker started", worker=index, pid=process.pid, quarantine=quarantine)
 
@@ -152,14 +173,19 @@ class WorkerPool:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def free_slots(self, *, quarantine: bool = False) -> int:
-        """Free threads in ready processes: the regular ones, or the quarantine process that
-        runs suspects (runs that were inside a step body when a worker died) one at a time,
-        away from healthy runs."""
+    def free_slots(self, *, quarantine: bool = False, is_async: bool = False) -> int:
+        """Free slots in ready processes, for runs of plain functions (threads) or of async
+        ones (`is_async`): in the regular processes, or in the quarantine process that runs
+        suspects (runs that were inside a step body when a worker died) one at a time, away
+        from healthy runs."""
         with self._lock:
             if self._draining or self._stopping:
                 return 0
-            return sum(w.free() for w in self._workers.values() if w.quarantine == quarantine)
+            return sum(
+                w.free(is_async=is_async)
+                for w in self._workers.values()
+                if w.quarantine == quarantine
+            )
 
     def inflight(self) -> int:
         with self._lock:
@@ -176,8 +202,11 @@ class WorkerPool:
         with self._lock:
             workers = {w.index: w for w in self._workers.values() if w.quarantine == quarantine}
             for task in tasks:
-                worker = max(workers.values(), key=lambda w: (w.free(), w.ready))
+                is_async = task.function_id in self.async_ids
+                worker = max(workers.values(), key=lambda w: (w.free(is_async=is_async), w.ready))
                 worker.inflight[task.run_id] = task.lease_token
+                if is_async:
+                    worker.async_runs.add(task.run_id)
                 batches.setdefault(worker.index, []).append(task)
         for index, batch in batches.items():
             self._send(workers[index], ("run", batch))
@@ -237,6 +266,7 @@ class WorkerPool:
         self._stats(stats)  # before the run is seen done, so a scrape after it counts it
         with self._lock:
             token = worker.inflight.pop(run_id, None)
+            worker.async_runs.discard(run_id)
         if status == "abandoned" and token is not None:
             # the worker gave up (an engine or database error it could not get past): an
             # interruption, but no crash to blame on the run
@@ -260,6 +290,7 @@ class WorkerPool:
             leases = list(worker.inflight.items()) if respawn else []
             if respawn:
                 worker.inflight.clear()
+                worker.async_runs.clear()
         worker.process.join(1)
         if respawn:
             handback = _blame(leases, _busy_runs(worker.busy))

@@ -1,4 +1,5 @@
-"""A worker process: `concurrency` threads executing the runs its daemon hands it.
+"""A worker process: `concurrency` threads executing the runs of plain functions its daemon
+hands it, and one event loop executing up to `async_concurrency` runs of async ones.
 
 Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("drain",) and ("stop",) and
 answers ("ready",) once, then ("done", run_id, status, due_at, counts) per run. `counts` is
@@ -10,12 +11,14 @@ daemon; it ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import queue
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +27,7 @@ from orchestrator.config import Config
 from orchestrator.db.database import Database, DatabaseError
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute
+from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.observer import NOBODY
 from orchestrator.engine.store import RunStore
 from orchestrator.errors import first_line
@@ -32,7 +36,9 @@ from orchestrator.runtime.loader import load_app
 from orchestrator.runtime.metrics import StepTally
 
 _PR_SET_PDEATHSIG = 1
-SLOT = 36  # bytes per thread in the shared `busy` array (a run id); see pool.py
+SLOT = 36  # bytes per run slot in the shared `busy` array (a run id); see pool.py
+IO_THREADS = 4  # the worker's pooled connections (twice that with overflow)
+BODY_THREADS = 32  # threads per worker for the plain step bodies of async functions
 
 
 def _die_with_parent() -> None:
@@ -68,7 +74,7 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
     # the rarer ones (suspends, releases, loading a resumed run's steps)
     db = Database(
         spec.url,
-        pool_size=min(cfg.concurrency, 4),
+        pool_size=IO_THREADS,
         application_name=f"orchestrator-worker-{spec.index}",
     )
     store = RunStore(db)
@@ -104,6 +110,7 @@ class Worker:
         self.send_lock = threading.Lock()
         # step and run counts for the daemon's metrics, only if it serves them
         self.tally = StepTally(on_stale=self._send_stats) if cfg.http_address else None
+        self.loop = AsyncRuns(self) if any(f.is_async for f in functions.values()) else None
 
     def serve(self) -> None:
         threads = [
@@ -114,45 +121,66 @@ class Worker:
         ]
         for thread in threads:
             thread.start()
+        if self.loop is not None:
+            self.loop.start()
         self._send(("ready",))
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                os._exit(1)  # the daemon is gone; its leases will be rescued
-            if message[0] == "run":
-                for task in message[1]:
-                    self.tasks.put(task)
-            elif message[0] == "cancel":
-                self.cancelled.update(message[1])
-            elif message[0] == "drain":
-                self.draining.set()
-            elif message[0] == "stop":
-                break
+        while self._handle(self._receive()):
+            pass
         for _ in threads:
             self.tasks.put(None)
         for thread in threads:
             thread.join()
+        if self.loop is not None:
+            self.loop.stop()
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            message: tuple[Any, ...] = self.conn.recv()
+        except (EOFError, OSError):
+            os._exit(1)  # the daemon is gone; its leases will be rescued
+        return message
+
+    def _handle(self, message: tuple[Any, ...]) -> bool:
+        """Act on a message from the daemon; False once told to stop."""
+        if message[0] == "run":
+            for task in message[1]:
+                self._dispatch(task)
+        elif message[0] == "cancel":
+            self.cancelled.update(message[1])
+            if self.loop is not None:
+                self.loop.cancel(message[1])
+        elif message[0] == "drain":
+            self.draining.set()
+        return bool(message[0] != "stop")
+
+    def _dispatch(self, task: Task) -> None:
+        fdef = self.functions.get(task.function_id)
+        if self.loop is not None and fdef is not None and fdef.is_async:
+            self.loop.submit(task)
+        else:
+            self.tasks.put(task)
 
     def _execute_loop(self, slot: int) -> None:
-        mark = self._marker(slot)
+        mark = self.marker(slot)
         while (task := self.tasks.get()) is not None:
-            outcome = self._execute(task, mark)
-            self.cancelled.discard(task.run_id)
-            due = outcome.due_at.isoformat() if outcome.due_at else None
-            counts = None
-            if self.tally is not None:
-                self.tally.run_finished(task.function_id, outcome.status)
-                counts = self.tally.take()
-            self._send(("done", outcome.run_id, outcome.status, due, counts))
+            self.finished(task, run_sync(self.execute(task, mark, SyncFace())))
+
+    def finished(self, task: Task, outcome: Outcome) -> None:
+        self.cancelled.discard(task.run_id)
+        due = outcome.due_at.isoformat() if outcome.due_at else None
+        counts = None
+        if self.tally is not None:
+            self.tally.run_finished(task.function_id, outcome.status)
+            counts = self.tally.take()
+        self._send(("done", outcome.run_id, outcome.status, due, counts))
 
     def _send_stats(self) -> None:
         counts = self.tally.take() if self.tally is not None else None
         if counts is not None:
             self._send(("stats", counts))
 
-    def _marker(self, slot: int) -> Callable[[str | None], None]:
-        """Writes which run this thread is executing a step body of into shared memory, so
+    def marker(self, slot: int) -> Callable[[str | None], None]:
+        """Writes which run this slot is executing a step body of into shared memory, so
         that if the process dies the daemon knows whom to blame (see pool._blame)."""
         start, end = slot * SLOT, (slot + 1) * SLOT
         busy = self.busy
@@ -163,13 +191,13 @@ class Worker:
 
         return mark
 
-    def _execute(self, task: Task, mark: Callable[[str | None], None]) -> Outcome:
+    async def execute(self, task: Task, mark: Callable[[str | None], None], face: Face) -> Outcome:
         fdef = self.functions.get(task.function_id)
         if fdef is None:
             self.log.error("function not in this worker's app", function_id=task.function_id)
             return Outcome(task.run_id, "abandoned")
         try:
-            return execute(
+            return await execute(
                 task,
                 fdef,
                 self.store,
@@ -180,6 +208,7 @@ class Worker:
                 cancelled=self.cancelled,
                 policies=self.policies,
                 observer=self.tally or NOBODY,
+                face=face,
             )
         except BaseException:  # KeyboardInterrupt raised by user code too: give the run back
             self.log.exception("execution abandoned", run_id=task.run_id)
@@ -191,3 +220,65 @@ class Worker:
                 self.conn.send(message)
             except (OSError, EOFError):
                 os._exit(1)
+
+
+class AsyncRuns:
+    """The worker's event loop, on a thread of its own, and the async runs on it: each a
+    task with its own face (engine/faces.py) and its own slot in the shared `busy` array,
+    after the threads' slots."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.loop = asyncio.new_event_loop()
+        self.bodies = ThreadPoolExecutor(BODY_THREADS, thread_name_prefix="async-body")
+        self.io = ThreadPoolExecutor(2 * IO_THREADS, thread_name_prefix="async-io")
+        first = worker.cfg.concurrency
+        self.slots = list(range(first + worker.cfg.async_concurrency - 1, first - 1, -1))
+        self.faces: dict[str, AsyncFace] = {}  # by run id, touched on the loop only
+        self.thread = threading.Thread(target=self.loop.run_forever, name="loop", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, task: Task) -> None:
+        asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+
+    def cancel(self, run_ids: list[str]) -> None:
+        self.loop.call_soon_threadsafe(self._cancel, run_ids)
+
+    def _cancel(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            if (face := self.faces.get(run_id)) is not None:
+                face.cancel()
+
+    async def _run(self, task: Task) -> None:
+        # the daemon sends no more runs than there are slots; one more goes unmarked
+        slot = self.slots.pop() if self.slots else None
+        mark = self.worker.marker(slot) if slot is not None else _unmarked
+        face = AsyncFace(bodies=self.bodies, io=self.io)
+        face.adopt()
+        self.faces[task.run_id] = face
+        try:
+            outcome = await self.worker.execute(task, mark, face)
+        finally:
+            del self.faces[task.run_id]
+            if slot is not None:
+                self.slots.append(slot)
+        self.worker.finished(task, outcome)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the runs on the loop end (a draining worker's stop at their next step)."""
+        idle = asyncio.run_coroutine_threadsafe(self._idle(), self.loop)
+        try:
+            idle.result(timeout)
+        except TimeoutError:
+            self.worker.log.warning("async runs still executing at stop", runs=len(self.faces))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _idle(self) -> None:
+        while self.faces:
+            await asyncio.sleep(0.01)
+
+
+def _unmarked(run_id: str | None) -> None:
+    return None

@@ -8,12 +8,14 @@ with SQL. A further attempt is made due with an UPDATE and claimed again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,8 +28,9 @@ from orchestrator.db import runs, steps
 from orchestrator.db.database import Database
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute
+from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.store import RunStore
-from orchestrator.functions import Backoff
+from orchestrator.functions import Backoff, FunctionDef
 from tests.db.helpers import claim
 from tests.db.helpers import execute as sql
 
@@ -88,6 +91,7 @@ class Harness:
         self.db = db
         self.app = Orchestrator()
         self.store = RunStore(db, retry_for=5.0)
+        self.threads = ThreadPoolExecutor(8)
         self.calls: dict[str, int] = {}
 
     def count(self, name: str) -> None:
@@ -112,13 +116,24 @@ class Harness:
             claimed.parent_run_id,
             claimed.origin,
         )
-        return execute(
+        fdef = self.app.functions[function_id]
+        if fdef.is_async:  # on a loop of its own, as a worker's event loop would run it
+            return asyncio.run(self._execute(task, fdef, async_face=True))
+        return run_sync(self._execute(task, fdef, async_face=False))
+
+    async def _execute(self, task: Task, fdef: FunctionDef, *, async_face: bool) -> Outcome:
+        face: Face = SyncFace()
+        if async_face:
+            face = AsyncFace(bodies=self.threads, io=self.threads)
+            face.adopt()
+        return await execute(
             task,
-            self.app.functions[function_id],
+            fdef,
             self.store,
             limits=Limits(),
             draining=threading.Event(),
             log=logging.get("test"),
+            face=face,
         )
 
     def make_due(self, run_id: str) -> None:

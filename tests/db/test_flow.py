@@ -82,7 +82,7 @@ def test_flow_claim__two_daemons_at_once_take_the_limit_together(
 
     def claim(c: FlowClaimer, barrier: threading.Barrier) -> None:
         barrier.wait()
-        c.claim(10)
+        c.claim({False: 10})
         c.poke()
 
     for _ in range(5):
@@ -104,7 +104,7 @@ def test_flow_claim__two_daemons_at_once_take_the_limit_together(
 
 def test_flow_claim__keys_take_turns(db: Database, claimers: list[FlowClaimer]) -> None:
     _queue(db, "keyed", ["busy"] * 30 + ["a", "b", "c"])
-    claimed = claimers[0].claim(10)
+    claimed = claimers[0].claim({False: 10})
     assert sorted(
         execute(db, "SELECT concurrency_keys[1] FROM orchestrator.runs WHERE status = 'running'")
     ) == [("a",), ("b",), ("busy",), ("c",)]
@@ -116,7 +116,7 @@ def test_flow_claim__runs_without_a_flow_key_are_not_left_behind(
 ) -> None:
     _queue(db, "keyed", ["a"])
     execute(db, "INSERT INTO orchestrator.runs (function_id) VALUES ('keyed')")  # older code
-    assert len(claimers[0].claim(10)) == 2  # "a", and the empty key
+    assert len(claimers[0].claim({False: 10})) == 2  # "a", and the empty key
 
 
 def test_flow_claim__keyed_candidates_skip_scan_the_keys(db: Database) -> None:
@@ -287,15 +287,15 @@ def test_batch__full_batches_are_made_at_once__the_rest_waits_for_the_timeout(
     while ingester.tick():
         pass
     claimer = claimers[0]
-    assert len(claimer.claim(10)) == 2  # the first claim after the ingest: no waiting
+    assert len(claimer.claim({False: 10})) == 2  # the first claim after the ingest: no waiting
     assert _batches(db) == [list(range(100)), list(range(100, 200))]
     claimer.poke()
-    assert claimer.claim(10) == []  # the other 50 wait for the batch timeout (an hour)
+    assert claimer.claim({False: 10}) == []  # the other 50 wait for the batch timeout (an hour)
     buffered = "SELECT count(*) FROM orchestrator.buffered_events"
     assert execute(db, buffered)[0][0] == 50
     execute(db, "UPDATE orchestrator.buffered_events SET received_at = received_at - interval '1h'")
     claimer.poke()
-    assert len(claimer.claim(10)) == 1
+    assert len(claimer.claim({False: 10})) == 1
     assert _batches(db)[2:] == [list(range(200, 250))]
     assert execute(db, buffered)[0][0] == 0
 

@@ -2,25 +2,26 @@
 
 The branches of `parallel("fetch", [...])` are steps `fetch[0]`, `fetch[1]`, … (or
 `fetch[<id>]` for `(id, fn, args)` branches), at positions fixed by their order in the list,
-so a replay is the same whatever order they finished in. Branches run in threads; each
-successful one is checkpointed as it finishes, so a crash re-runs only the unfinished ones.
-When every branch has finished: a branch out of retries raises `StepError` (the first in list
-order); otherwise, if some branches failed, the run retries them after the shortest of their
-back-offs, and the others are not run again.
+so a replay is the same whatever order they finished in. A plain function's branches run in
+threads; an async function's run concurrently on its loop (a plain body among them in a
+thread). Each successful branch is checkpointed as it finishes, so a crash re-runs only the
+unfinished ones. When every branch has finished: a branch out of retries raises `StepError`
+(the first in list order); otherwise, if some branches failed, the run retries them after the
+shortest of their back-offs, and the others are not run again.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution, ms
-from orchestrator.errors import ControlSignal, StepError, Suspend
+from orchestrator.engine.kinds.run import PASS_THROUGH
+from orchestrator.errors import StepError, Suspend
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/")
 
@@ -37,7 +38,7 @@ class _Result:
     value: Any = None
     record: StepRecord | None = None  # a failed attempt
     delay: float | None = None
-    error: BaseException | None = None  # a control signal or bug from the branch thread
+    error: BaseException | None = None  # a control signal or a database error: re-raised
 
 
 def branches_of(step_id: str, items: Sequence[Any]) -> list[Branch]:
@@ -61,9 +62,17 @@ def branches_of(step_id: str, items: Sequence[Any]) -> list[Branch]:
     return out
 
 
-def parallel(execution: Execution, step_id: str, items: Sequence[Any]) -> list[Any]:
+def start(
+    execution: Execution, step_id: str, items: Sequence[Any]
+) -> Coroutine[Any, Any, list[Any]]:
     branches = branches_of(step_id, items)
     sid, first = execution.next_id(step_id, kind="parallel", positions=len(branches))
+    return _parallel(execution, sid, first, branches)
+
+
+async def _parallel(
+    execution: Execution, sid: str, first: int, branches: list[Branch]
+) -> list[Any]:
     results: dict[int, _Result] = {}
     pending: list[tuple[int, str, int]] = []
     for i, branch in enumerate(branches):
@@ -77,13 +86,13 @@ def parallel(execution: Execution, step_id: str, items: Sequence[Any]) -> list[A
         else:
             pending.append((i, bid, row.attempt + 1 if row is not None else 1))
     if pending:
-        execution.boundary()
-        results.update(_run_pending(execution, branches, pending, first))
-    _settle(execution, sid, [results[i] for i in range(len(branches))])
+        await execution.boundary()
+        results.update(await _run_pending(execution, branches, pending, first))
+    await _settle(execution, sid, [results[i] for i in range(len(branches))])
     return [results[i].value for i in range(len(branches))]
 
 
-def _run_pending(
+async def _run_pending(
     execution: Execution,
     branches: list[Branch],
     pending: list[tuple[int, str, int]],
@@ -91,40 +100,13 @@ def _run_pending(
 ) -> dict[int, _Result]:
     began = execution.db_now()
     results = {i: _Result() for i, _, _ in pending}
-
-    def work(i: int, bid: str, attempt: int) -> None:
-        branch, out = branches[i], results[i]
-        started = time.perf_counter()
-        try:
-            try:
-                text, out.value = execution.body(bid, branch.fn, branch.args, {})
-            except (ControlSignal, KeyboardInterrupt):
-                raise
-            except BaseException as exc:  # the branch's failure, recorded below
-                out.record, out.delay = execution.failure(
-                    bid, first + i, attempt, exc, started=started
-                )
-                return
-            record = StepRecord(
-                bid,
-                first + i,
-                "run",
-                "completed",
-                attempt,
-                output_json=text,
-                duration_ms=ms(started),
-            )
-            execution.store.checkpoint(execution.lease, record)
-        except BaseException as exc:  # lease lost, cancelled, a database error: re-raised below
-            out.error = exc
-
-    threads = [threading.Thread(target=work, args=p, daemon=True) for p in pending]
+    work = [
+        _branch(execution, branches[i], results[i], bid=bid, position=first + i, attempt=attempt)
+        for i, bid, attempt in pending
+    ]
     execution.on_body(execution.lease.run_id)
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        await execution.face.gather(work)
     finally:
         execution.on_body(None)
     for out in results.values():
@@ -134,16 +116,38 @@ def _run_pending(
     return results
 
 
-def _settle(execution: Execution, sid: str, results: list[_Result]) -> None:
+async def _branch(
+    execution: Execution, branch: Branch, out: _Result, *, bid: str, position: int, attempt: int
+) -> None:
+    started = time.perf_counter()
+    try:
+        try:
+            text, out.value = await execution.body(bid, branch.fn, branch.args, {})
+        except PASS_THROUGH:
+            raise
+        except BaseException as exc:  # the branch's failure, recorded by _settle
+            out.record, out.delay = execution.failure(bid, position, attempt, exc, started=started)
+            return
+        record = StepRecord(
+            bid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
+        )
+        await execution.checkpoint(record)
+    except BaseException as exc:  # lease lost, cancelled, a database error: re-raised after
+        out.error = exc
+
+
+async def _settle(execution: Execution, sid: str, results: list[_Result]) -> None:
     failed = [r.record for r in results if r.record is not None and r.delay is None]
     retrying = [r for r in results if r.record is not None and r.delay is not None]
     if failed:
         for record in failed:
-            execution.store.checkpoint(execution.lease, record)
+            await execution.checkpoint(record)
         first = failed[0]
         raise StepError(first.step_id, json.loads(first.error_json or "{}"))
     if retrying:
         delay = min(r.delay for r in retrying if r.delay is not None)
-        execution.retry_later(delay, tuple(r.record for r in retrying if r.record is not None))
+        await execution.retry_later(
+            delay, tuple(r.record for r in retrying if r.record is not None)
+        )
         execution.log.info("parallel branches will retry", step=sid, branches=len(retrying))
         raise Suspend(f"retry of parallel '{sid}'")

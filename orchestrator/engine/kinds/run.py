@@ -1,0 +1,102 @@
+"""`ctx.step.run`: call a step body once successfully, memoized by step id.
+
+Replay: a completed step returns its recorded result; a failed one raises `StepError` again.
+A new attempt runs the body and checkpoints its result before the function continues; a
+failure is retried after the function's back-off (the run suspends meanwhile) until no
+retries are left, when `StepError` is raised in the function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from orchestrator.db.steps import StepRecord
+from orchestrator.engine.execution import Execution, ms
+from orchestrator.engine.failures import first_line, message
+from orchestrator.errors import ControlSignal, StepError, Suspend
+from orchestrator.log import payload
+
+# What passes through a step untouched: the engine's signals, Ctrl-C, and an async run's
+# cancellation; anything else a body raises (SystemExit from a library too) is its failure.
+PASS_THROUGH = (ControlSignal, KeyboardInterrupt, asyncio.CancelledError)
+
+
+def start(
+    execution: Execution,
+    step_id: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Coroutine[Any, Any, Any]:
+    sid, position = execution.next_id(step_id, kind="run")
+    return _run(execution, sid, position, fn, args=args, kwargs=kwargs)
+
+
+async def _run(
+    execution: Execution,
+    sid: str,
+    position: int,
+    fn: Callable[..., Any],
+    *,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    row = execution.recorded(sid, "run", position)
+    if row is not None and row.status == "completed":
+        execution.replayed(row)
+        return row.output
+    if row is not None and row.status == "failed":
+        raise StepError(sid, row.error or {})
+    attempt = row.attempt + 1 if row is not None else 1
+    await execution.boundary()
+    log = execution.log.bind(step=sid, attempt=attempt)
+    began = execution.db_now()
+    started = time.perf_counter()
+    try:
+        execution.on_body(execution.lease.run_id)
+        try:
+            text, decoded = await execution.body(sid, fn, args, kwargs)
+        finally:
+            execution.on_body(None)
+    except PASS_THROUGH:
+        raise
+    except BaseException as exc:
+        await _failed(execution, sid, position, attempt, exc, started=started, log=log)
+    execution.since = max(execution.since, began)
+    record = StepRecord(
+        sid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
+    )
+    await execution.checkpoint(record)
+    log.debug(
+        "step completed", duration_ms=ms(started), output_bytes=len(text), **payload(output=text)
+    )
+    return decoded
+
+
+async def _failed(
+    execution: Execution,
+    sid: str,
+    position: int,
+    attempt: int,
+    exc: BaseException,
+    *,
+    started: float,
+    log: Any,
+) -> None:
+    """Record a failed attempt, then raise: `StepError` when no retries are left, else
+    `Suspend` until the retry is due."""
+    record, delay = execution.failure(sid, position, attempt, exc, started=started)
+    error = json.loads(record.error_json or "{}")
+    said = {"error_type": error["type"], "error": first_line(exc)}
+    said |= payload(error_message=message(exc))
+    if delay is None:
+        await execution.checkpoint(record)
+        log.warning("step failed", retries=execution.fdef.retries, **said)
+        raise StepError(sid, error) from exc
+    await execution.retry_later(delay, (record,))
+    log.warning("step will retry", delay=round(delay, 3), **said)
+    raise Suspend(f"retry of step '{sid}'")
