@@ -232,7 +232,7 @@ class Execution:
             "give the step a plain function as its body",
             step_id=sid,
         )
-        raise self.fatal
+        raise Abort(str(self.fatal))  # the run fails with it, and nothing is recorded
 
     def failure(
         self, sid: str, position: int, attempt: int, exc: BaseException, *, started: float

@@ -8,30 +8,20 @@ with SQL. A further attempt is made due with an UPDATE and claimed again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import structlog.testing
 
-from orchestrator import Context, Orchestrator, RetryAfterError, StepError
-from orchestrator import log as logging
-from orchestrator.db import runs, steps
-from orchestrator.db.database import Database
-from orchestrator.engine.execution import Limits
-from orchestrator.engine.executor import Outcome, Task, execute
-from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
-from orchestrator.engine.store import RunStore
-from orchestrator.functions import Backoff, FunctionDef
-from tests.db.helpers import claim
+from orchestrator import Context, RetryAfterError, StepError
+from orchestrator.functions import Backoff
+from tests.db.executing import Harness
 from tests.db.helpers import execute as sql
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,84 +72,6 @@ HOSTILE: dict[str, tuple[Callable[[], BaseException], str]] = {
     "property that raises": (lambda: RaisingProperty("boom"), "RaisingProperty"),
     "SystemExit": (lambda: SystemExit(3), "SystemExit"),
 }
-
-
-class Harness:
-    """An app, a database and the worker's `execute()`, one claimed run at a time."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.app = Orchestrator()
-        self.store = RunStore(db, retry_for=5.0)
-        self.threads = ThreadPoolExecutor(8)
-        self.calls: dict[str, int] = {}
-
-    def count(self, name: str) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
-
-    def start(self, function_id: str) -> str:
-        with self.db.transaction() as conn:
-            event = {"id": str(uuid.uuid4()), "name": "test/start", "data": {}, "ts": ""}
-            return runs.create_many(conn, [runs.NewRun(function_id, [event])])[0]
-
-    def step(self, function_id: str) -> Outcome:
-        """Claim the run of `function_id` that is due and execute it once."""
-        (claimed,) = claim(self.db, str(uuid.uuid4()), limit=1, fids=(function_id,))
-        task = Task(
-            claimed.id,
-            claimed.function_id,
-            claimed.lease_token,
-            claimed.events,
-            claimed.attempts,
-            claimed.claimed_at,
-            claimed.created_at,
-            claimed.parent_run_id,
-            claimed.origin,
-        )
-        fdef = self.app.functions[function_id]
-        if fdef.is_async:  # on a loop of its own, as a worker's event loop would run it
-            return asyncio.run(self._execute(task, fdef, async_face=True))
-        return run_sync(self._execute(task, fdef, async_face=False))
-
-    async def _execute(self, task: Task, fdef: FunctionDef, *, async_face: bool) -> Outcome:
-        face: Face = SyncFace()
-        if async_face:
-            face = AsyncFace(bodies=self.threads, io=self.threads)
-            face.adopt()
-        return await execute(
-            task,
-            fdef,
-            self.store,
-            limits=Limits(),
-            draining=threading.Event(),
-            log=logging.get("test"),
-            face=face,
-        )
-
-    def make_due(self, run_id: str) -> None:
-        sql(
-            self.db,
-            "UPDATE orchestrator.runs SET due_at = now() WHERE id = CAST(:r AS uuid)",
-            r=run_id,
-        )
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        (row,) = sql(
-            self.db,
-            "SELECT status, error, attempts FROM orchestrator.runs WHERE id = CAST(:r AS uuid)",
-            r=run_id,
-        )
-        return {"status": row[0], "error": row[1], "attempts": row[2]}
-
-    def steps(self, run_id: str) -> dict[str, steps.StepRow]:
-        return self.store.load(run_id)
-
-
-@pytest.fixture
-def harness(db: Database) -> Any:
-    made = Harness(db)
-    yield made
-    made.store.committer.direct.close()
 
 
 # -- hostile exceptions -------------------------------------------------------------------
