@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
-from tests.e2e.harness import effects, run_of, scalar, send, sql
+from tests.e2e.harness import cli, effects, run_of, scalar, send, sql
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +66,19 @@ def test_async_function__kill9_twice__completes_with_each_finished_body_run_once
         ("approval", "completed"),
         ("finish", "completed"),
     ]
+
+
+@pytest.mark.timeout(60)
+def test_async_run__cancelled_mid_await__stops_at_once(e2e_url, daemon_factory):
+    daemon_factory(APP)
+    run_id = run_of(e2e_url, send(e2e_url, "test/forever"))
+    eventually(lambda: effects(e2e_url, run_id) == {"forever": 1}, what="awaiting for an hour")
+    assert cli(e2e_url, "runs", "cancel", run_id).returncode == 0
+    # the await of an hour is interrupted: the run ends long before it could have finished
+    eventually(lambda: status(e2e_url, run_id) == "cancelled", what="cancelled")
+    assert (
+        scalar(e2e_url, "SELECT count(*) FROM orchestrator.steps WHERE run_id = %s", (run_id,)) == 0
+    )
 
 
 def overlap(spans: list[tuple[float, float]]) -> int:

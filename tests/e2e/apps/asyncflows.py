@@ -73,3 +73,13 @@ def plain_stuck(ctx: Context) -> str:
 async def async_stuck(ctx: AsyncContext) -> str:
     """An async function whose plain body blocks (a thread beside the loop) until its gate."""
     return await ctx.step.run("stuck", stuck, ctx.run_id)
+
+
+async def forever(run_id: str) -> None:
+    record(run_id, "forever")
+    await asyncio.sleep(3600)
+
+
+@app.function("async-forever", trigger=event("test/forever"), retries=0)
+async def async_forever(ctx: AsyncContext) -> None:
+    await ctx.step.run("forever", forever, ctx.run_id)
