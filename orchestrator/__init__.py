@@ -14,17 +14,25 @@ if TYPE_CHECKING:
     from orchestrator.app import Orchestrator
     from orchestrator.context import Context, Event, Step
     from orchestrator.errors import (
+        CancelledRunError,
         ExpressionError,
         FunctionInUseError,
+        InvalidRunIdError,
         NestedStepError,
         NonDeterminismError,
         NonRetriableError,
         OrchestratorError,
         RetryAfterError,
+        RunCancelledError,
+        RunFailedError,
+        RunNotCompletedError,
         RunNotFoundError,
+        RunSkippedError,
         RunStateError,
+        RunTimeoutError,
         StepError,
         StepNotFoundError,
+        UnknownFunctionError,
     )
     from orchestrator.flow import (
         Batch,
@@ -38,22 +46,31 @@ if TYPE_CHECKING:
         Timeouts,
     )
     from orchestrator.functions import Backoff, CancelOn, cancel_on, cron, event
+    from orchestrator.handles import RunHandle
 
 _HOMES = {
     "orchestrator.app": ("Orchestrator",),
     "orchestrator.context": ("Context", "Event", "Step"),
     "orchestrator.errors": (
+        "CancelledRunError",
         "ExpressionError",
         "FunctionInUseError",
+        "InvalidRunIdError",
         "NestedStepError",
         "NonDeterminismError",
         "NonRetriableError",
         "OrchestratorError",
         "RetryAfterError",
+        "RunCancelledError",
+        "RunFailedError",
+        "RunNotCompletedError",
         "RunNotFoundError",
+        "RunSkippedError",
         "RunStateError",
+        "RunTimeoutError",
         "StepError",
         "StepNotFoundError",
+        "UnknownFunctionError",
     ),
     "orchestrator.flow": (
         "Batch",
@@ -67,6 +84,7 @@ _HOMES = {
         "Timeouts",
     ),
     "orchestrator.functions": ("Backoff", "CancelOn", "cancel_on", "cron", "event"),
+    "orchestrator.handles": ("RunHandle",),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -88,6 +106,7 @@ __all__ = [
     "Backoff",
     "Batch",
     "CancelOn",
+    "CancelledRunError",
     "Concurrency",
     "Context",
     "Debounce",
@@ -95,6 +114,7 @@ __all__ = [
     "ExpressionError",
     "FunctionInUseError",
     "Idempotency",
+    "InvalidRunIdError",
     "NestedStepError",
     "NonDeterminismError",
     "NonRetriableError",
@@ -103,14 +123,21 @@ __all__ = [
     "Priority",
     "RateLimit",
     "RetryAfterError",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunHandle",
+    "RunNotCompletedError",
     "RunNotFoundError",
+    "RunSkippedError",
     "RunStateError",
+    "RunTimeoutError",
     "Singleton",
     "Step",
     "StepError",
     "StepNotFoundError",
     "Throttle",
     "Timeouts",
+    "UnknownFunctionError",
     "cancel_on",
     "cron",
     "event",

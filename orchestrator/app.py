@@ -47,7 +47,10 @@ from orchestrator.functions import (
 )
 
 if TYPE_CHECKING:
+    import uuid
+
     from orchestrator.db.database import Database
+    from orchestrator.handles import RunHandle
     from orchestrator.recovery import Recovery, Selection
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -234,6 +237,55 @@ class Orchestrator:
         if status is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         return status
+
+    def start(
+        self,
+        function_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        delay: timedelta | float | None = None,
+        id: str | uuid.UUID | None = None,
+    ) -> RunHandle:
+        """Start a run of `function_id` now, without an event, and return its `RunHandle`
+        (`handle.result()` awaits its output).
+
+        Its `ctx.event` is `orchestrator/function.started` with `data` (checked like event
+        data). `delay` (seconds or a timedelta) makes it due that much later. `id`, a UUID
+        of your choosing, makes the start idempotent: a second start with the same id
+        creates nothing and returns a handle to the first run. The function must be
+        registered on this app or by a daemon, else `UnknownFunctionError`. See
+        orchestrator/handles.py for what flow control applies.
+        """
+        from orchestrator.db.handles import drive
+        from orchestrator.handles import RunHandle, plan_start
+
+        plan = plan_start(self, function_id, data, delay, id)
+        run_id = self._database().run(lambda conn: drive(plan.op(), conn))
+        return RunHandle(self, run_id)
+
+    async def start_async(
+        self,
+        function_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        delay: timedelta | float | None = None,
+        id: str | uuid.UUID | None = None,
+    ) -> RunHandle:
+        """`start`, for asyncio."""
+        from orchestrator.db.handles import run_async
+        from orchestrator.handles import RunHandle, plan_start
+
+        plan = plan_start(self, function_id, data, delay, id)
+        run_id = await run_async(self.database_url(), plan.op())
+        return RunHandle(self, run_id)
+
+    def run_handle(self, run_id: str | uuid.UUID) -> RunHandle:
+        """A handle on an existing run (however it was started), to await or inspect it.
+        Reads nothing: an unknown id raises `RunNotFoundError` from `result()` and
+        `status()`; an id that is not a UUID raises `InvalidRunIdError` here."""
+        from orchestrator.handles import RunHandle
+
+        return RunHandle(self, str(run_id))
 
     # -- recovery: replay, resume, fork (see orchestrator/recovery.py) --------------------
 

@@ -161,6 +161,9 @@ runs = Table(
     Column("origin", Text),
     Column("origin_run_id", UUID(as_uuid=False)),
     Column("resumes", Integer, nullable=False, server_default=text("0")),
+    # someone awaits the run's end (RunHandle.result): the trigger runs_finished_notify
+    # (migration 0009) sends pg_notify('orchestrator_run_finished', id) when it ends
+    Column("awaited", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
     CheckConstraint(_in("origin", RUN_ORIGINS), name="runs_origin"),
     Index(
