@@ -8,6 +8,10 @@ subprocess serving this module's `app`, waits until it is idle, then inserts eve
 time with plain SQL on an autocommit connection. The time the INSERT returns (commit done) and
 the time the step body starts are both taken with `time.time()` on this machine. Prints
 p50/p95/p99/max in milliseconds and writes bench/results/pickup.json.
+
+The same is measured, in the same run, for an `async def` function whose step body is
+`async def` (run on a worker's event loop): its events alternate with the plain function's,
+and its figures go under "async" in the JSON, with the ratio of the two p50s.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from orchestrator import Context, Orchestrator, event
+from orchestrator.context import AsyncContext
 from tests.e2e.apps.common import _conn
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 APP_PATH = "bench.pickup:app"  # bench/ is a namespace package under the repository root
 EVENT = "bench/pickup"
+ASYNC_EVENT = "bench/pickup-async"
+NOTE_SQL = "INSERT INTO public.pickup (event_id, started) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 
 # -- the app the daemon serves ------------------------------------------------------------------
 
@@ -46,15 +53,28 @@ app = Orchestrator()
 
 def _note_start(event_id: str) -> None:
     started = time.time()  # first thing the step body does
-    _conn().execute(
-        "INSERT INTO public.pickup (event_id, started) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (event_id, started),
-    )
+    _conn().execute(NOTE_SQL, (event_id, started))
 
 
 @app.function("pickup", trigger=event(EVENT))
 def pickup(ctx: Context) -> None:
     ctx.step.run("first", _note_start, ctx.event.id)
+
+
+_async_conns: list[psycopg.AsyncConnection[Any]] = []  # one per worker (one loop each)
+
+
+async def _note_start_async(event_id: str) -> None:
+    started = time.time()  # first thing the step body does
+    if not _async_conns:
+        url = os.environ["ORCHESTRATOR_DATABASE_URL"]
+        _async_conns.append(await psycopg.AsyncConnection.connect(url, autocommit=True))
+    await _async_conns[0].execute(NOTE_SQL, (event_id, started))
+
+
+@app.function("pickup-async", trigger=event(ASYNC_EVENT))
+async def pickup_async(ctx: AsyncContext) -> None:
+    await ctx.step.run("first", _note_start_async, ctx.event.id)
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -177,10 +197,10 @@ def wait_idle(conn: psycopg.Connection[Any], expected_started: int) -> None:
     )
 
 
-def insert_event(conn: psycopg.Connection[Any], event_id: str) -> float:
+def insert_event(conn: psycopg.Connection[Any], event_id: str, name: str = EVENT) -> float:
     """INSERT one event (autocommit: the statement's return means committed); return that time."""
     conn.execute(
-        "INSERT INTO orchestrator.events (id, name, data) VALUES (%s, %s, '{}')", (event_id, EVENT)
+        "INSERT INTO orchestrator.events (id, name, data) VALUES (%s, %s, '{}')", (event_id, name)
     )
     return time.time()
 
@@ -191,32 +211,74 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(rank, len(sorted_ms)) - 1]
 
 
-def measure(url: str, events: int, interval: float, warmup: int) -> dict[str, list[float]]:
+def measure(
+    url: str, events: int, interval: float, warmup: int, names: tuple[str, ...] = (EVENT,)
+) -> dict[str, dict[str, list[float]]]:
+    """Pickup of `events` events of each name in `names`, sent in turn (so that every kind
+    sees the same daemon, database and machine), after `warmup` of each; by name."""
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(warmup):
-            insert_event(conn, f"warmup-{i}")
-            time.sleep(interval)
-        wait_idle(conn, warmup)
+            for name in names:
+                insert_event(conn, f"{name}:warmup-{i}", name)
+                time.sleep(interval)
+        wait_idle(conn, warmup * len(names))
         time.sleep(0.5)  # let the daemon settle back into waiting for a notification
         committed: dict[str, float] = {}
         for i in range(events):
-            event_id = f"pickup-{i}"
-            committed[event_id] = insert_event(conn, event_id)
-            time.sleep(interval)
-        wait_idle(conn, warmup + events)
+            for name in names:
+                event_id = f"{name}:pickup-{i}"
+                committed[event_id] = insert_event(conn, event_id, name)
+                time.sleep(interval)
+        wait_idle(conn, (warmup + events) * len(names))
         rows = conn.execute(
             "SELECT p.event_id, p.started, extract(epoch FROM r.created_at)::float8, "
             "extract(epoch FROM r.started_at)::float8 FROM public.pickup p "
-            "JOIN orchestrator.runs r ON r.event_id = p.event_id WHERE p.event_id LIKE 'pickup-%'"
+            "JOIN orchestrator.runs r ON r.event_id = p.event_id "
+            "WHERE p.event_id = ANY(%s)",
+            (list(committed),),
         ).fetchall()
-    stages: dict[str, list[float]] = {"total": [], "ingest": [], "claim": [], "execute": []}
+    stages: dict[str, dict[str, list[float]]] = {
+        name: {"total": [], "ingest": [], "claim": [], "execute": []} for name in names
+    }
     for event_id, body, created, claimed in rows:
         at = committed[event_id]
-        stages["total"].append((body - at) * 1000)
-        stages["ingest"].append((created - at) * 1000)  # commit -> ingest transaction began
-        stages["claim"].append((claimed - created) * 1000)  # -> claim transaction began
-        stages["execute"].append((body - claimed) * 1000)  # -> step body started in a worker
+        mine = stages[event_id.rsplit(":", 1)[0]]
+        mine["total"].append((body - at) * 1000)
+        mine["ingest"].append((created - at) * 1000)  # commit -> ingest transaction began
+        mine["claim"].append((claimed - created) * 1000)  # -> claim transaction began
+        mine["execute"].append((body - claimed) * 1000)  # -> step body started in a worker
     return stages
+
+
+def summary(stages: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The total's percentiles, and each stage's p50 and p95."""
+    ordered = sorted(stages["total"])
+    breakdown = {
+        name: {
+            "p50_ms": round(percentile(sorted(v), 50), 3),
+            "p95_ms": round(percentile(sorted(v), 95), 3),
+        }
+        for name, v in stages.items()
+        if name != "total"
+    }
+    figures = {
+        "p50_ms": percentile(ordered, 50),
+        "p95_ms": percentile(ordered, 95),
+        "p99_ms": percentile(ordered, 99),
+        "max_ms": ordered[-1],
+        "min_ms": ordered[0],
+        "mean_ms": statistics.fmean(ordered),
+    }
+    return figures, breakdown
+
+
+def print_figures(title: str, figures: dict[str, float], breakdown: dict[str, Any]) -> None:
+    print(f" {title}:")
+    for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
+        print(f"  {key[:-3]:>4}  {figures[key]:8.2f} ms")
+    print("  stages (p50 / p95; database timestamps are transaction starts):")
+    for name, figs in breakdown.items():
+        print(f"    {name:<8} {figs['p50_ms']:7.2f} / {figs['p95_ms']:7.2f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,39 +301,27 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(url, log_path, config)
     try:
         daemon.wait_serving()
-        stages = measure(url, args.events, args.interval, args.warmup)
+        by_kind = measure(url, args.events, args.interval, args.warmup, (EVENT, ASYNC_EVENT))
+        stages, async_stages = by_kind[EVENT], by_kind[ASYNC_EVENT]
         with psycopg.connect(url) as conn:
             pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
     finally:
         code = daemon.stop()
         drop_database(server, name)
 
-    latencies = stages["total"]
-    ordered = sorted(latencies)
-    breakdown = {
-        name: {
-            "p50_ms": round(percentile(sorted(v), 50), 3),
-            "p95_ms": round(percentile(sorted(v), 95), 3),
-        }
-        for name, v in stages.items()
-        if name != "total"
-    }
-    figures = {
-        "p50_ms": percentile(ordered, 50),
-        "p95_ms": percentile(ordered, 95),
-        "p99_ms": percentile(ordered, 99),
-        "max_ms": ordered[-1],
-        "min_ms": ordered[0],
-        "mean_ms": statistics.fmean(ordered),
-    }
+    figures, breakdown = summary(stages)
+    async_figures, async_breakdown = summary(async_stages)
+    ratio = round(async_figures["p50_ms"] / figures["p50_ms"], 3)
     result = {
         "benchmark": "pickup",
         "what": "event INSERT commit returned -> first step body started",
-        "events": len(latencies),
+        "events": len(stages["total"]),
         "idle_runs": args.idle,
         "interval_ms": args.interval * 1000,
         **{k: round(v, 3) for k, v in figures.items()},
         "stages": breakdown,
+        "async": {k: round(v, 3) for k, v in async_figures.items()} | {"stages": async_breakdown},
+        "async_over_sync_p50": ratio,
         "database": kind,
         "postgres": pg_version,
         "daemon": config | {"exit_code": code},
@@ -282,15 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / ("pickup.json" if not args.idle else "pickup-idle.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"pickup latency over {len(latencies)} events ({kind} Postgres {pg_version}, "
+        f"pickup latency over {len(stages['total'])} events each ({kind} Postgres {pg_version}, "
         f"{args.workers}x{args.concurrency} workers, {args.interval * 1000:g} ms apart, "
         f"{args.idle:,} idle runs):"
     )
-    for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
-        print(f"  {key[:-3]:>4}  {figures[key]:8.2f} ms")
-    print("  stages (p50 / p95; database timestamps are transaction starts):")
-    for name, figs in breakdown.items():
-        print(f"    {name:<8} {figs['p50_ms']:7.2f} / {figs['p95_ms']:7.2f} ms")
+    print_figures("plain def function, plain step body", figures, breakdown)
+    print_figures("async def function, async def step body", async_figures, async_breakdown)
+    print(f"async / plain p50: {ratio}")
     print(f"written to {out}")
     return 0
 

@@ -3,9 +3,10 @@ of the same run, and the target.
 
     python bench/report.py
 
-Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json, flow.json
-and retention.json (written by bench/throughput.py, bench/pickup.py, bench/waits.py,
-bench/flow.py and bench/retention.py) and prints one table. Rates are
+Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json, flow.json,
+retention.json and async_sleep.json (written by bench/throughput.py, bench/pickup.py,
+bench/waits.py, bench/flow.py, bench/retention.py and bench/async_sleep.py) and prints one
+table. Rates are
 divided by the 1-client pgbench rate; latencies and per-step costs are expressed in pgbench
 1-client commit times (1 / its rate), so both read as "how many single-row commits is this
 worth".
@@ -34,6 +35,7 @@ def rows(
     flow: dict[str, Any] | None = None,
     *,
     retention: dict[str, Any] | None = None,
+    async_sleep: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str, str]]:
     base = float(tp["pgbench_1"])
     commit_ms = 1000.0 / base
@@ -66,6 +68,17 @@ def rows(
         ),
         ("W2 steps/s", f"{tp['W2']['steps_per_s']:,.1f}", rate(tp["W2"]["steps_per_s"]), "6,000"),
     ]
+    for w in ("W1", "W2"):
+        if f"{w}_async" in tp:
+            value = tp[f"{w}_async"]["runs_per_s"]
+            out.append(
+                (
+                    f"{w} async def runs/s",
+                    f"{value:,.1f} (x{tp['async_over_sync'][w]} of plain, same run)",
+                    rate(value),
+                    "report the ratio",
+                )
+            )
     w4 = tp["W4"]
     out.append(
         (
@@ -83,6 +96,17 @@ def rows(
                 f"{pickup['p50_ms']} / {pickup['p95_ms']} / {pickup['p99_ms']}",
                 latency(pickup["p50_ms"]),
                 "1-2 ms median",
+            )
+        )
+    if pickup and "async" in pickup:
+        a = pickup["async"]
+        out.append(
+            (
+                "W3 pickup, async def function, p50 / p95 / p99 ms",
+                f"{a['p50_ms']} / {a['p95_ms']} / {a['p99_ms']} "
+                f"(x{pickup['async_over_sync_p50']} of plain, same run)",
+                latency(a["p50_ms"]),
+                "report the ratio",
             )
         )
     if "W5" in tp:
@@ -146,6 +170,17 @@ def rows(
         )
     if retention:
         out.extend(_retention_rows(retention, latency))
+    if async_sleep:
+        a = async_sleep
+        out.append(
+            (
+                f"{a['runs']:,} async runs awaiting {a['step_await_s']:g} s, "
+                f"{a['workers']} workers: wall s",
+                f"{a['wall_s']} (floor {a['async_floor_s']:g}; {a['on_threads_s']} on threads)",
+                "",
+                "report the time",
+            )
+        )
     return out
 
 
@@ -181,6 +216,7 @@ def main() -> int:
         _load("waits.json"),
         _load("flow.json"),
         retention=_load("retention.json"),
+        async_sleep=_load("async_sleep.json"),
     )
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     header = ("figure", "measured", "ratio to baseline", "target")

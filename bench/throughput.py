@@ -7,6 +7,8 @@
 - W1: W1 single-step runs from events inserted in one statement; runs/s from the insert's
   commit to the last completion
 - W2: 3-step runs (each step returns a small dict); runs/s and steps/s
+- W1 async, W2 async: the same with `async def` functions whose step bodies are `async def`
+  (run on the workers' event loops), with their ratio to the plain figures of the same run
 - W4: one run of N sequential steps; total time and the per-step cost over the first and the
   last 100 steps (flat means no replay cost growing with history)
 - W5: W1 again with --w5-idle runs (default 1,000,000) sleeping or waiting in the tables, reported
@@ -32,6 +34,7 @@ from typing import Any
 import psycopg
 
 from orchestrator import Context, Orchestrator, event
+from orchestrator.context import AsyncContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pickup import RESULTS, Daemon, create_database, drop_database, fill_idle, server_url
@@ -52,6 +55,28 @@ def one_step(ctx: Context) -> dict[str, Any]:
 @app.function("bench-three", trigger=event("bench/three"))
 def three_steps(ctx: Context) -> list[dict[str, Any]]:
     return [ctx.step.run(f"s{i}", _small, i) for i in range(3)]
+
+
+async def _small_async(i: int) -> dict[str, Any]:
+    return {"i": i, "ok": True}
+
+
+@app.function("bench-one-async", trigger=event("bench/one-async"))
+async def one_step_async(ctx: AsyncContext) -> dict[str, Any]:
+    return await ctx.step.run("only", _small_async, 0)
+
+
+@app.function("bench-three-async", trigger=event("bench/three-async"))
+async def three_steps_async(ctx: AsyncContext) -> list[dict[str, Any]]:
+    return [await ctx.step.run(f"s{i}", _small_async, i) for i in range(3)]
+
+
+# W1 and W2 as (event name, function id): the plain functions, or their async twins
+PLAIN = {"W1": ("bench/one", "bench-one"), "W2": ("bench/three", "bench-three")}
+ASYNC = {
+    "W1": ("bench/one-async", "bench-one-async"),
+    "W2": ("bench/three-async", "bench-three-async"),
+}
 
 
 @app.function("bench-long", trigger=event("bench/long"))
@@ -129,15 +154,19 @@ def _wait_completed(url: str, function_id: str, n: int, started: datetime, timeo
     raise SystemExit(f"{function_id}: {n} runs did not complete in {timeout}s")
 
 
-def w1(url: str, n: int, *, done_before: int = 0) -> dict[str, Any]:
-    started = _send_bulk(url, "bench/one", n, {})
-    seconds = _wait_completed(url, "bench-one", done_before + n, started, timeout=900)
+def w1(
+    url: str, n: int, *, done_before: int = 0, kind: dict[str, tuple[str, str]] = PLAIN
+) -> dict[str, Any]:
+    name, function_id = kind["W1"]
+    started = _send_bulk(url, name, n, {})
+    seconds = _wait_completed(url, function_id, done_before + n, started, timeout=900)
     return {"runs": n, "seconds": round(seconds, 2), "runs_per_s": round(n / seconds, 1)}
 
 
-def w2(url: str, n: int) -> dict[str, Any]:
-    started = _send_bulk(url, "bench/three", n, {})
-    seconds = _wait_completed(url, "bench-three", n, started, timeout=900)
+def w2(url: str, n: int, *, kind: dict[str, tuple[str, str]] = PLAIN) -> dict[str, Any]:
+    name, function_id = kind["W2"]
+    started = _send_bulk(url, name, n, {})
+    seconds = _wait_completed(url, function_id, n, started, timeout=900)
     return {
         "runs": n,
         "seconds": round(seconds, 2),
@@ -187,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             daemon.wait_serving()
             results["W1"] = w1(url, args.w1)
+            results["W1_async"] = w1(url, args.w1, kind=ASYNC)
             results["W2"] = w2(url, args.w2)
+            results["W2_async"] = w2(url, args.w2, kind=ASYNC)
+            results["async_over_sync"] = {
+                w: round(results[f"{w}_async"]["runs_per_s"] / results[w]["runs_per_s"], 3)
+                for w in ("W1", "W2")
+            }
             results["W4"] = w4(url, args.w4)
             if args.w5_idle:
                 fill_seconds = fill_idle(url, args.w5_idle, "bench-long")
@@ -207,11 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     for key, label, field in (
         ("W1", "W1 single-step runs/s", "runs_per_s"),
+        ("W1_async", "W1 async runs/s", "runs_per_s"),
         ("W2", "W2 three-step runs/s", "runs_per_s"),
+        ("W2_async", "W2 async runs/s", "runs_per_s"),
         ("W2", "W2 steps/s", "steps_per_s"),
+        ("W2_async", "W2 async steps/s", "steps_per_s"),
     ):
         value = results[key][field]
         print(f"{label:<24} {value:>10,.1f}   ratio to pgbench(1) {value / base:.3f}")
+    ratios = results["async_over_sync"]
+    print(f"async / sync runs/s (same run): W1 {ratios['W1']}, W2 {ratios['W2']}")
     if "W5" in results:
         w5r = results["W5"]
         print(
