@@ -39,7 +39,7 @@ class _Worker:
     inflight: dict[str, str] = field(default_factory=dict)  # run id -> lease token
     ready: bool = False
     eof: bool = False
-    busy: Any = None  # shared memory: the run id each slot is executing a step body of
+    busy: Any = None  # shared memory: the run id each thread is executing a step body of
     capacity: int = 1  # threads, for runs of plain functions
     async_capacity: int = 0  # runs of async functions at once on its loop
     async_runs: set[str] = field(default_factory=set)  # those of `inflight` on its loop
@@ -103,7 +103,7 @@ class WorkerPool:
             "async_concurrency": max(1, async_capacity),
         }
         parent_conn, child_conn = _CTX.Pipe()
-        busy = _CTX.RawArray(ctypes.c_char, (capacity + async_capacity) * SLOT)
+        busy = _CTX.RawArray(ctypes.c_char, capacity * SLOT)  # the threads' (see worker.py)
         process = _CTX.Process(
             target=worker_main,
             args=(WorkerSpec(index, self.app_path, self.url, config), child_conn, busy),

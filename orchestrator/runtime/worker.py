@@ -224,16 +224,17 @@ class Worker:
 
 class AsyncRuns:
     """The worker's event loop, on a thread of its own, and the async runs on it: each a
-    task with its own face (engine/faces.py) and its own slot in the shared `busy` array,
-    after the threads' slots."""
+    task with its own face (engine/faces.py).
+
+    Their step bodies are not marked in the shared `busy` array: hundreds await in bodies at
+    once, and being in one says nothing of which crashed the process. A worker that dies hands
+    its async runs back as interrupted (a recovery each), none of them singled out."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.loop = asyncio.new_event_loop()
         self.bodies = ThreadPoolExecutor(BODY_THREADS, thread_name_prefix="async-body")
         self.io = ThreadPoolExecutor(2 * IO_THREADS, thread_name_prefix="async-io")
-        first = worker.cfg.concurrency
-        self.slots = list(range(first + worker.cfg.async_concurrency - 1, first - 1, -1))
         self.faces: dict[str, AsyncFace] = {}  # by run id, touched on the loop only
         self.thread = threading.Thread(target=self.loop.run_forever, name="loop", daemon=True)
 
@@ -252,18 +253,13 @@ class AsyncRuns:
                 face.cancel()
 
     async def _run(self, task: Task) -> None:
-        # the daemon sends no more runs than there are slots; one more goes unmarked
-        slot = self.slots.pop() if self.slots else None
-        mark = self.worker.marker(slot) if slot is not None else _unmarked
         face = AsyncFace(bodies=self.bodies, io=self.io)
         face.adopt()
         self.faces[task.run_id] = face
         try:
-            outcome = await self.worker.execute(task, mark, face)
+            outcome = await self.worker.execute(task, _unmarked, face)
         finally:
             del self.faces[task.run_id]
-            if slot is not None:
-                self.slots.append(slot)
         self.worker.finished(task, outcome)
 
     def stop(self, timeout: float = 5.0) -> None:
