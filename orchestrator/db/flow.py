@@ -231,13 +231,14 @@ def past_timeouts(
     conn: Conn, function_id: str, *, start: float | None, finish: float | None, limit: int = 500
 ) -> list[tuple[str, str]]:
     """Runs of the function past their timeouts, as (run id, which): not started within
-    `start` seconds of being created, or not finished within `finish` seconds of starting."""
+    `start` seconds of being created (of falling due, for a run started with a delay), or not
+    finished within `finish` seconds of starting."""
     rows = driver(conn).execute(
         f"""
         (SELECT id::text, 'start' FROM orchestrator.runs
          WHERE %(start)s::float8 IS NOT NULL AND function_id = %(f)s AND status = 'queued'
            AND started_at IS NULL AND cancel_requested_at IS NULL
-           AND created_at <= now() - make_interval(secs => %(start)s::float8)
+           AND greatest(created_at, due_at) <= now() - make_interval(secs => %(start)s::float8)
          LIMIT %(limit)s)
         UNION ALL
         (SELECT id::text, 'finish' FROM orchestrator.runs

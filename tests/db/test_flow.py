@@ -363,3 +363,28 @@ def test_admission__singleton_made_meanwhile_elsewhere_is_recorded_skipped(
         db, "SELECT error->>'message' FROM orchestrator.runs WHERE status = 'skipped'"
     )
     assert "at the same moment" in message[0][0]
+
+
+def test_past_timeouts__start_counts_from_when_a_delayed_run_falls_due(db: Database) -> None:
+    with db.transaction() as conn:
+        made = runs.create_many(
+            conn,
+            [
+                runs.NewRun("timed", [{"id": f"e{i}", "name": "x", "data": {}, "ts": ""}])
+                for i in range(2)
+            ],
+        )
+    # both made ten minutes ago; the second was started with a delay and falls due in an hour
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET created_at = now() - interval '10 minutes', "
+        "due_at = now() - interval '10 minutes'",
+    )
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET due_at = now() + interval '1 hour' WHERE id = :id",
+        id=made[1],
+    )
+    with db.transaction() as conn:
+        late = flow.past_timeouts(conn, "timed", start=60.0, finish=None)
+    assert late == [(made[0], "start")]
