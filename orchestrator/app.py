@@ -16,15 +16,16 @@ can send.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator import codec
 from orchestrator.config import Config, load_config
-from orchestrator.errors import InvalidEventError, RegistrationError, RunNotFoundError
+from orchestrator.errors import InvalidEventError, RegistrationError
 from orchestrator.flow import (
     Batch,
     Concurrency,
@@ -49,11 +50,15 @@ from orchestrator.functions import (
 if TYPE_CHECKING:
     import uuid
 
+    from orchestrator.db.background_pool import BackgroundPool
     from orchestrator.db.database import Database
+    from orchestrator.db.ops import Op
+    from orchestrator.db.outbox import AsyncOutboxConnection, OutboxConnection
     from orchestrator.handles import RunHandle
     from orchestrator.recovery import Recovery, Selection
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class Orchestrator:
@@ -202,41 +207,132 @@ class Orchestrator:
         *,
         id: str | None = None,
         ts: datetime | None = None,
+        conn: OutboxConnection | None = None,
     ) -> str:
         """Record an event and return its id. An id seen before is a duplicate: nothing is
-        created and the same id is returned."""
-        from orchestrator.db import events
+        created and the same id is returned.
 
-        text = validate_event(
-            name, data if data is not None else {}, id, self.config.max_event_bytes
-        )
-        return self._database().run(
-            lambda conn: events.insert(conn, name, text, event_id=id, ts=ts)
-        )[0]
+        Without `conn`, the event is committed on the app's own connection. With `conn` (a
+        psycopg `Connection`, or an SQLAlchemy `Connection` or `Session`) it is written in
+        that connection's transaction and nothing is committed: the event exists when the
+        caller commits, and never did if they roll back (the outbox pattern)."""
+        from orchestrator import client
+
+        new = client.new_event(name, data, id, ts, self.config.max_event_bytes)
+        return self._execute(lambda: client.send_op([new]), conn)[0]
+
+    async def send_async(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        ts: datetime | None = None,
+        conn: AsyncOutboxConnection | None = None,
+    ) -> str:
+        """`send` for asyncio, which never blocks the event loop. `conn`, if given, is a
+        psycopg `AsyncConnection`, or an SQLAlchemy `AsyncConnection` or `AsyncSession`."""
+        from orchestrator import client
+
+        new = client.new_event(name, data, id, ts, await self._max_event_bytes())
+        return (await self._execute_async(client.send_op([new]), conn))[0]
+
+    def send_many(
+        self, events: Iterable[dict[str, Any]], *, conn: OutboxConnection | None = None
+    ) -> list[str]:
+        """Record events given as dicts `{"name": ..., "data": {...}, "id"?: ..., "ts"?: ...}`
+        and return their ids in the order given; `conn` as for `send`.
+
+        Every event is checked before anything is written: a bad one raises
+        `InvalidEventError` naming its index (`events[3]: ...`), and nothing is written. An
+        id seen before, or repeated in `events`, is a duplicate: it is returned, and only
+        its first occurrence is recorded. A statement records up to 1,000 events; on a
+        connection in autocommit mode each is a transaction of its own."""
+        from orchestrator import client
+
+        batch = client.new_events(events, self.config.max_event_bytes)
+        return self._execute(lambda: client.send_op(batch), conn)
+
+    async def send_many_async(
+        self, events: Iterable[dict[str, Any]], *, conn: AsyncOutboxConnection | None = None
+    ) -> list[str]:
+        """`send_many` for asyncio; `conn` as for `send_async`."""
+        from orchestrator import client
+
+        batch = client.new_events(events, await self._max_event_bytes())
+        return await self._execute_async(client.send_op(batch), conn)
+
+    # -- the connections of send, send_many and cancel, sync and async -------------------
+
+    _background: BackgroundPool | None = None  # the async methods' own connections
+
+    def _execute(self, op: Callable[[], Op[T]], conn: OutboxConnection | None) -> T:
+        """Run a fresh `op()` on `conn`, or in a transaction of the app's own (retried after
+        a lost connection, hence an op made per attempt)."""
+        from orchestrator.db import outbox
+
+        if conn is not None:
+            return outbox.run(op(), conn)
+        return self._database().run(lambda own: outbox.run(op(), own))
+
+    async def _execute_async(self, op: Op[T], conn: AsyncOutboxConnection | None) -> T:
+        from orchestrator.db import outbox
+
+        if conn is not None:
+            return await outbox.run_async(op, conn)
+        return await self._background_pool().run(lambda own: outbox.run_async(op, own))
+
+    def _background_pool(self) -> BackgroundPool:
+        with self._lock:
+            if self._background is None:
+                from orchestrator.db.background_pool import BackgroundPool
+
+                self._background = BackgroundPool(
+                    self.database_url, application_name="orchestrator-client"
+                )
+            return self._background
+
+    async def _max_event_bytes(self) -> int:
+        if self._config is None:  # loading it reads a file: not on the event loop
+            await asyncio.to_thread(lambda: self.config)
+        return self.config.max_event_bytes
+
+    async def aclose(self) -> None:
+        """Close the connections of the async methods (`close` closes the others). A later
+        call opens new ones."""
+        if self._background is not None:
+            await asyncio.to_thread(self._background.close)
 
     # -- runs ---------------------------------------------------------------------------
 
-    def cancel(self, run_id: str, *, reason: str = "cancelled by request") -> str:
+    def cancel(
+        self,
+        run_id: str,
+        *,
+        reason: str = "cancelled by request",
+        conn: OutboxConnection | None = None,
+    ) -> str:
         """Cancel a run and its unfinished invoked children; returns the run's status after.
 
         A queued, sleeping or waiting run is `cancelled` at once; a running run stops at its
         next step boundary (the status returned is then `running`). A finished run is left
-        as it is. Raises `RunNotFoundError` for an unknown id.
+        as it is. Raises `RunNotFoundError` for an unknown id. `conn` as for `send`.
         """
-        from orchestrator.db import runs
+        from orchestrator import client
 
-        def cancel(conn: Any) -> str | None:
-            run = runs.get(conn, run_id)
-            if run is None:
-                return None
-            changed = runs.cancel(conn, [run.id], reason=reason)
-            mine = [c.status for c in changed if c.id == run.id]
-            return mine[0] if mine else run.status
+        return self._execute(lambda: client.cancel_op(run_id, reason), conn)
 
-        status = self._database().run(cancel)
-        if status is None:
-            raise RunNotFoundError(f"no run with id {run_id!r}")
-        return status
+    async def cancel_async(
+        self,
+        run_id: str,
+        *,
+        reason: str = "cancelled by request",
+        conn: AsyncOutboxConnection | None = None,
+    ) -> str:
+        """`cancel` for asyncio; `conn` as for `send_async`."""
+        from orchestrator import client
+
+        return await self._execute_async(client.cancel_op(run_id, reason), conn)
 
     def start(
         self,

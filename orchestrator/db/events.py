@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from orchestrator.db.direct import Conn, driver
+from orchestrator.db.ops import Op, Query
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,16 @@ class PendingEvent:
     size: int
     received_at: datetime
     seq: int
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to record, checked and encoded (see orchestrator/client.py)."""
+
+    id: str
+    name: str
+    data_json: str
+    ts: datetime | None = None  # None: the time it is recorded
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,32 @@ def insert(
         assert event_id is not None
         return event_id, False
     return str(new_id), True
+
+
+# Rows are numbered in the order given so that `seq` (the order of ingestion) follows it. An id
+# already in the table, or repeated within the statement, is a duplicate: DO NOTHING skips it.
+# Times travel as text: a list mixing naive and aware datetimes cannot be one typed array.
+_INSERT_NEW = """
+    INSERT INTO orchestrator.events (id, name, data, ts)
+    SELECT i, n, d::jsonb, coalesce(t::timestamptz, now())
+    FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[], %(times)s::text[])
+         WITH ORDINALITY AS e(i, n, d, t, o)
+    ORDER BY o
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+
+
+def insert_op(batch: list[NewEvent]) -> Op[set[str]]:
+    """Insert `batch` in one statement; returns the ids that were created."""
+    params = {
+        "ids": [e.id for e in batch],
+        "names": [e.name for e in batch],
+        "datas": [e.data_json for e in batch],
+        "times": [None if e.ts is None else e.ts.isoformat() for e in batch],
+    }
+    rows = yield Query(_INSERT_NEW, params)
+    return {row[0] for row in rows}
 
 
 _CLAIM = """

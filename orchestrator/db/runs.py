@@ -16,6 +16,7 @@ from sqlalchemy import Connection, text
 
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.finish import after_finish
+from orchestrator.db.ops import Op, Query
 
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 _ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
@@ -705,3 +706,23 @@ def cancel_requested(conn: Conn, *, limit: int = 500) -> list[RequeuedRun]:
     """Apply the cancellations requested with an UPDATE (see `_REQUESTED`)."""
     ids = [row[0] for row in driver(conn).execute(_REQUESTED, {"limit": limit}).fetchall()]
     return cancel(conn, ids, reason="run was cancelled (cancel_requested_at was set)")
+
+
+# -- the same statements as operations (db/ops.py), for both faces of the client ---------------
+
+
+def get_op(run_id: str) -> Op[RunRow | None]:
+    """`get` as an operation: the run with this id or unambiguous id prefix, else None."""
+    low, high = _uuid_bounds(run_id) or (None, None)  # not an id: NULL bounds match nothing
+    rows = yield Query(
+        f"SELECT {RUN_COLUMNS} FROM orchestrator.runs "
+        "WHERE id BETWEEN %(low)s::uuid AND %(high)s::uuid ORDER BY id LIMIT 2",
+        {"low": low, "high": high},
+    )
+    return RunRow(*rows[0]) if len(rows) == 1 else None
+
+
+def cancel_op(run_ids: list[str], *, reason: str) -> Op[list[RequeuedRun]]:
+    """`cancel` as an operation: each run changed, with its new status."""
+    rows = yield Query(_CANCEL, {"ids": run_ids, "reason": reason})
+    return [RequeuedRun(*row) for row in rows]
