@@ -18,8 +18,10 @@ SQLAlchemy objects execute through SQLAlchemy (`exec_driver_sql`, on `Session.co
 for a session), so a statement joins the transaction SQLAlchemy tracks, and begins it if
 none is open. Executing on the psycopg connection underneath instead could write in a
 transaction SQLAlchemy does not know of: its `commit()` would then do nothing and the pool
-would roll the event back. Statements on a psycopg connection join its transaction, or, in
-autocommit mode, are each a transaction of their own.
+would roll the event back. The statements are in psycopg's dialect (`%(name)s`), so the
+engine must be PostgreSQL through psycopg, or psycopg2 for sync code (not asyncpg or
+pg8000). Statements on a psycopg connection join its transaction, or, in autocommit mode,
+are each a transaction of their own.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import psycopg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.orm import Session, scoped_session
 
 from orchestrator.db.ops import IO, Op, Query, Rows, complete, drive
@@ -110,7 +112,9 @@ class _SqlAlchemy:
         self.connection = connection  # a session's, fetched per statement: it may change
 
     async def execute(self, query: Query) -> Rows:
-        result = self.connection().exec_driver_sql(query.sql, dict(query.params))
+        conn = self.connection()
+        _check_driver(conn.dialect, ("psycopg", "psycopg2"))
+        result = conn.exec_driver_sql(query.sql, dict(query.params))
         return [tuple(row) for row in result.all()] if result.returns_rows else []
 
     async def pause(self, seconds: float) -> list[str]:
@@ -135,6 +139,7 @@ class _AsyncSqlAlchemy:
 
     async def execute(self, query: Query) -> Rows:
         conn = await self.connection()
+        _check_driver(conn.dialect, ("psycopg",))
         result = await conn.exec_driver_sql(query.sql, dict(query.params))
         return [tuple(row) for row in result.all()] if result.returns_rows else []
 
@@ -157,6 +162,15 @@ def _sqlalchemy_asyncio() -> Any:
 
 
 # -- a connection of the wrong kind ----------------------------------------------------------
+
+
+def _check_driver(dialect: Dialect, drivers: tuple[str, ...]) -> None:
+    if dialect.name != "postgresql" or dialect.driver not in drivers:
+        raise TypeError(
+            f"conn is an SQLAlchemy connection to {dialect.name} through {dialect.driver}; "
+            f"it must be to postgresql through {' or '.join(drivers)} "
+            "(a URL like postgresql+psycopg://...)"
+        )
 
 
 def _is_async(conn: object) -> bool:

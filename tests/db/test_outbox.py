@@ -326,6 +326,20 @@ def test_send__an_engine_or_anything_else_is_refused(db: Database, db_url: str) 
     assert execute(db, "SELECT count(*) FROM orchestrator.events") == [(0,)]
 
 
+def test_send__an_sqlalchemy_session_on_another_driver_is_refused(db_url: str) -> None:
+    app = Orchestrator(db_url)
+    engine = create_engine("sqlite://")
+    try:
+        with Session(engine) as session, pytest.raises(TypeError) as refused:
+            app.send("outbox/a", conn=session)
+    finally:
+        engine.dispose()
+    assert str(refused.value) == (
+        "conn is an SQLAlchemy connection to sqlite through pysqlite; it must be to "
+        "postgresql through psycopg or psycopg2 (a URL like postgresql+psycopg://...)"
+    )
+
+
 # -- the runners themselves: one operation, every kind of connection -------------------------------
 
 
