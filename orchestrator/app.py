@@ -186,17 +186,20 @@ class Orchestrator:
 
     def bind(self, url: str) -> None:
         """Use `url` from now on (the daemon binds its app to the database it serves)."""
+        self.close()
         with self._lock:
-            if self._db is not None:
-                self._db.dispose()
             self._explicit_url = url
-            self._db = None
 
     def close(self) -> None:
+        """Close the app's connections (the next call opens new ones), the async methods'
+        pool included."""
         with self._lock:
-            if self._db is not None:
-                self._db.dispose()
-                self._db = None
+            db, background = self._db, self._background
+            self._db = self._background = None
+        if db is not None:
+            db.dispose()
+        if background is not None:
+            background.close()
 
     # -- events ------------------------------------------------------------------------
 
@@ -352,12 +355,10 @@ class Orchestrator:
         registered on this app or by a daemon, else `UnknownFunctionError`. See
         orchestrator/handles.py for what flow control applies.
         """
-        from orchestrator.db.handles import drive
         from orchestrator.handles import RunHandle, plan_start
 
         plan = plan_start(self, function_id, data, delay, id)
-        run_id = self._database().run(lambda conn: drive(plan.op(), conn))
-        return RunHandle(self, run_id)
+        return RunHandle(self, self._execute(plan.op, None))
 
     async def start_async(
         self,
@@ -368,12 +369,10 @@ class Orchestrator:
         id: str | uuid.UUID | None = None,
     ) -> RunHandle:
         """`start`, for asyncio."""
-        from orchestrator.db.handles import run_async
         from orchestrator.handles import RunHandle, plan_start
 
         plan = plan_start(self, function_id, data, delay, id)
-        run_id = await run_async(self.database_url(), plan.op())
-        return RunHandle(self, run_id)
+        return RunHandle(self, await self._execute_async(plan.op(), None))
 
     def run_handle(self, run_id: str | uuid.UUID) -> RunHandle:
         """A handle on an existing run (however it was started), to await or inspect it.

@@ -28,6 +28,7 @@ sync and async methods only choose the connection and the driver.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -37,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.db import handles as db
+from orchestrator.db import outbox
+from orchestrator.db.ops import Op, Pause
 from orchestrator.db.runs import CancelWatch, NewRun
 from orchestrator.errors import (
     CancelledRunError,
@@ -79,22 +82,23 @@ class RunHandle:
         run awaited (see the module doc)."""
         op = awaiting(self.run_id, seconds(timeout, "timeout"))
         with db.listening(self._app.database_url()) as conn:
-            return db.drive(op, conn)
+            return outbox.run(op, conn)
 
     async def result_async(self, timeout: timedelta | float | None = None) -> Any:
         """`result()`, for asyncio."""
         op = awaiting(self.run_id, seconds(timeout, "timeout"))
-        async with await db.listening_async(self._app.database_url()) as conn:
-            return await db.drive_async(op, conn)
+        url = await asyncio.to_thread(self._app.database_url)  # it may start the embedded one
+        async with await db.listening_async(url) as conn:
+            return await outbox.run_async(op, conn)
 
     def status(self) -> str:
         """The run's status now: queued, running, sleeping, waiting, completed, failed,
         cancelled or skipped."""
-        return self._app._database().run(lambda conn: db.drive(current(self.run_id), conn))
+        return self._app._execute(lambda: current(self.run_id), None)
 
     async def status_async(self) -> str:
         """`status()`, for asyncio."""
-        return await db.run_async(self._app.database_url(), current(self.run_id))
+        return await self._app._execute_async(current(self.run_id), None)
 
 
 # -- awaiting ------------------------------------------------------------------------------
@@ -106,7 +110,7 @@ def awaiting(
     *,
     poll_every: float = POLL_EVERY,
     clock: Callable[[], float] = time.monotonic,
-) -> db.Op[Any]:
+) -> Op[Any]:
     """The run's output once it ended (or its typed error), woken by the notification of
     its end and reading it every `poll_every` seconds besides."""
     deadline = None if timeout is None else clock() + timeout
@@ -117,7 +121,7 @@ def awaiting(
         if deadline is not None and now >= deadline:
             raise RunTimeoutError(run_id, timeout or 0.0, state.status)
         until = read_at + poll_every if deadline is None else min(read_at + poll_every, deadline)
-        heard = yield db.Pause(max(0.0, until - now))
+        heard = yield Pause(max(0.0, until - now))
         if run_id in heard or clock() >= read_at + poll_every:
             state = yield from db.read(run_id)
             read_at = clock()
@@ -134,7 +138,7 @@ def outcome(run_id: str, state: db.RunState | None) -> Any:
     return state.output
 
 
-def current(run_id: str) -> db.Op[str]:
+def current(run_id: str) -> Op[str]:
     state = yield from db.read(run_id)
     if state is None:
         raise RunNotFoundError(f"no run with id {run_id!r}")
@@ -155,7 +159,7 @@ class Start:
     delay: float
     ts: datetime
 
-    def op(self) -> db.Op[str]:
+    def op(self) -> Op[str]:
         """Create the run; returns its id (that of the existing run, for an id seen before)."""
         options = self.options
         if options is None:

@@ -1,12 +1,11 @@
 """Statements behind `app.start` and `RunHandle`: a run started directly, awaited runs, and
 the notification of their end.
 
-Every operation here is a generator of commands — a `Query` to execute, or a `Pause` to
-wait for notifications — that receives each command's reply. The decisions are plain code
-in the generators, and one loop feeds them the replies, for both faces: `drive` runs it
-over a psycopg connection (blocking calls that never suspend it), `drive_async` over an
-`AsyncConnection`. The sync and async faces of the client therefore share every statement,
-every decision and the loop; only the two I/O adapters differ.
+Every operation here is an operation of db/ops.py: a generator of commands — a `Query` to
+execute, or a `Pause` to wait for notifications — that receives each command's reply. The
+decisions are plain code in the generators; db/outbox.py runs them on a sync or an async
+connection, so the sync and async faces of the client share every statement, every decision
+and the loop.
 
 Awaiting a run's end (see migration 0009): a run whose `awaited` flag is set makes the
 trigger `runs_finished_notify` send `pg_notify('orchestrator_run_finished', <run id>)` when
@@ -18,14 +17,13 @@ is seen by the read, and one that ends after it notifies a waiter already listen
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 
 from orchestrator.db.connect import libpq_url
-from orchestrator.db.direct import Conn, driver
+from orchestrator.db.ops import Op, Query
 from orchestrator.db.runs import CancelWatch, NewRun, cancel_match_value, watch_params
 
 T = TypeVar("T")
@@ -33,26 +31,6 @@ T = TypeVar("T")
 CHANNEL = "orchestrator_run_finished"
 ENDED = ("completed", "failed", "cancelled", "skipped")
 _ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
-
-
-@dataclass(frozen=True)
-class Query:
-    """Execute `sql`; the reply is its rows (an empty list for a statement without any)."""
-
-    sql: str
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Wait up to `seconds` for a notification; the reply is the payloads received (none
-    when the time ran out)."""
-
-    seconds: float
-
-
-Op = Generator[Query | Pause, Any, T]
-"""An operation: the commands it needs done, and its result."""
 
 
 @dataclass(frozen=True)
@@ -154,66 +132,7 @@ def watch(run_id: str) -> Op[RunState | None]:
     return (yield from read(run_id))
 
 
-# -- the drivers -----------------------------------------------------------------------------
-
-
-async def _drive(op: Op[T], io: _SyncIO | _AsyncIO) -> T:
-    """The one loop of both faces: feed `op` the replies of `io` until it returns."""
-    reply: Any = None
-    while True:
-        try:
-            command = op.send(reply)
-        except StopIteration as done:
-            result: T = done.value
-            return result
-        if isinstance(command, Pause):
-            reply = await io.pause(command.seconds)
-        else:
-            reply = await io.execute(command)
-
-
-def drive(op: Op[T], conn: Conn) -> T:
-    """Run `op` on a psycopg or SQLAlchemy connection (its statements join the connection's
-    transaction, if one is open)."""
-    loop = _drive(op, _SyncIO(driver(conn)))
-    try:
-        loop.send(None)  # the sync I/O never suspends: this runs the loop to its end
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    loop.close()
-    raise RuntimeError("the sync face of a handle operation suspended")
-
-
-async def drive_async(op: Op[T], conn: psycopg.AsyncConnection[Any]) -> T:
-    """Run `op` on an `AsyncConnection`."""
-    return await _drive(op, _AsyncIO(conn))
-
-
-class _SyncIO:
-    """Blocking I/O behind coroutines that complete without suspending."""
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-
-    async def execute(self, query: Query) -> list[Any]:
-        cursor = self.conn.execute(query.sql, query.params)
-        return cursor.fetchall() if cursor.description else []
-
-    async def pause(self, seconds: float) -> list[str]:
-        return [n.payload for n in self.conn.notifies(timeout=seconds, stop_after=1)]
-
-
-class _AsyncIO:
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.conn = conn
-
-    async def execute(self, query: Query) -> list[Any]:
-        cursor = await self.conn.execute(query.sql, query.params)
-        return await cursor.fetchall() if cursor.description else []
-
-    async def pause(self, seconds: float) -> list[str]:
-        return [n.payload async for n in self.conn.notifies(timeout=seconds, stop_after=1)]
+# -- connections of its own ---------------------------------------------------------------
 
 
 def listening(url: str) -> psycopg.Connection[Any]:
@@ -225,14 +144,3 @@ async def listening_async(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
         libpq_url(url), autocommit=True, application_name="orchestrator-waiter"
     )
-
-
-async def run_async(url: str, op: Op[T]) -> T:
-    """Run `op` in one transaction on a new connection (the async client's statements)."""
-    async with (
-        await psycopg.AsyncConnection.connect(
-            libpq_url(url), application_name="orchestrator-client"
-        ) as conn,
-        conn.transaction(),
-    ):
-        return await drive_async(op, conn)

@@ -34,12 +34,13 @@ from orchestrator import (
     UnknownFunctionError,
     cancel_on,
 )
-from orchestrator.db import functions, migrate, runs
+from orchestrator.db import functions, migrate, outbox, runs
 from orchestrator.db import handles as dbh
 from orchestrator.db.checkpoints import GroupWrite, write_group
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
+from orchestrator.db.ops import Op, Pause
 from orchestrator.errors import InvalidEventError, PayloadTooLargeError
 from orchestrator.flow import Concurrency, Priority
 from orchestrator.handles import STARTED_EVENT_NAME, awaiting
@@ -211,7 +212,7 @@ def claimed(db: Database, run_id: str) -> runs.ClaimedRun:
     return c
 
 
-def at_first_pause(op: dbh.Op[Any], act: Callable[[], None], log: list[str]) -> dbh.Op[Any]:
+def at_first_pause(op: Op[Any], act: Callable[[], None], log: list[str]) -> Op[Any]:
     """`op`, with `act()` done when it first waits (it is then listening, and has read the
     run), and its commands noted in `log`."""
     reply: Any = None
@@ -221,10 +222,10 @@ def at_first_pause(op: dbh.Op[Any], act: Callable[[], None], log: list[str]) -> 
             cmd = op.send(reply)
         except StopIteration as done:
             return done.value
-        if isinstance(cmd, dbh.Pause) and not acted:
+        if isinstance(cmd, Pause) and not acted:
             act()
             acted = True
-        log.append("pause" if isinstance(cmd, dbh.Pause) else cmd.sql.split()[0])
+        log.append("pause" if isinstance(cmd, Pause) else cmd.sql.split()[0])
         reply = yield cmd
 
 
@@ -232,7 +233,7 @@ def await_with(db: Database, run_id: str, act: Callable[[], None]) -> tuple[Any,
     log: list[str] = []
     op = at_first_pause(awaiting(run_id, 30, poll_every=NEVER), act, log)
     with dbh.listening(db.url) as conn:
-        return dbh.drive(op, conn), log
+        return outbox.run(op, conn), log
 
 
 def test_result__woken_by_the_group_write_that_completes_the_run(
@@ -336,7 +337,7 @@ def test_result__polls_when_no_notification_comes(app: Orchestrator, db: Databas
         log,
     )
     with dbh.listening(db.url) as conn:
-        assert dbh.drive(op, conn) == 1
+        assert outbox.run(op, conn) == 1
     assert log[:4] == ["LISTEN", "UPDATE", "SELECT", "pause"]
 
 

@@ -17,7 +17,8 @@ from orchestrator import (
     RunSkippedError,
     RunTimeoutError,
 )
-from orchestrator.db.handles import Pause, Query, RunState
+from orchestrator.db.handles import RunState
+from orchestrator.db.ops import Pause, Query
 from orchestrator.handles import awaiting, outcome, plan_start
 
 RUN = "00000000-0000-0000-0000-000000000001"
