@@ -39,10 +39,11 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix orchestrator tests migrations bench examples
 	$(BIN)/ruff format orchestrator tests migrations bench examples
 
-bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, first checkpoints, waits, flow control, retention) and print figures
+bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention) and print figures
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/pickup.py --idle 1000000
+	$(BIN)/python bench/async_sleep.py
 	$(BIN)/python bench/first_checkpoint.py
 	$(BIN)/python bench/waits.py
 	$(BIN)/python bench/flow.py

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds import invoke, parallel, run, send_event, sleep, wait
@@ -150,8 +150,13 @@ class AsyncStep(Protocol):
     argument as `AsyncContext`): the same object as `Step`, whose methods take the same
     arguments and return awaitables of what `Step`'s return."""
 
+    @overload
     def run(
-        self, step_id: str, fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any
+        self, step_id: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> Awaitable[T]: ...
+    @overload
+    def run(
+        self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any
     ) -> Awaitable[T]: ...
     def sleep(self, step_id: str, duration: timedelta | float) -> Awaitable[None]: ...
     def sleep_until(self, step_id: str, until: datetime) -> Awaitable[None]: ...

@@ -12,9 +12,9 @@ import os
 from typing import Any
 
 # The example is an application, not the engine: it talks SQL with its own driver.
-from sqlalchemy import text  # noqa: TID251
-from sqlalchemy.engine import make_url  # noqa: TID251
-from sqlalchemy.ext.asyncio import (  # noqa: TID251
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
