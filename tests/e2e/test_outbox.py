@@ -82,3 +82,46 @@ def test_outbox__an_async_commit_runs_the_function_and_a_rollback_leaves_nothing
     app.close()
     assert finished_run(served.url, kept)["output"] == 8
     assert _never_existed(served.url, dropped)
+
+
+def test_outbox__a_psycopg_commit_runs_the_function_and_a_rollback_leaves_nothing(
+    served: Served,
+) -> None:
+    app = Orchestrator(served.url)
+    try:
+        with psycopg.connect(served.url) as conn:
+            kept = app.send("math/double", {"x": 10}, conn=conn)
+            conn.commit()
+            dropped = app.send("math/double", {"x": 11}, conn=conn)
+            conn.rollback()
+    finally:
+        app.close()
+    assert finished_run(served.url, kept)["output"] == 20
+    assert _never_existed(served.url, dropped)
+
+
+def test_outbox__an_sqlalchemy_async_session_commit_runs_and_a_rollback_leaves_nothing(
+    served: Served,
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    app = Orchestrator(served.url)
+
+    async def scenario() -> tuple[str, str]:
+        engine = create_async_engine(sqlalchemy_url(served.url))
+        try:
+            async with AsyncSession(engine) as session:
+                async with session.begin():
+                    kept = await app.send_async("math/double", {"x": 15}, conn=session)
+                with pytest.raises(RuntimeError):
+                    async with session.begin():
+                        dropped = await app.send_async("math/double", {"x": 16}, conn=session)
+                        raise RuntimeError("the request failed after sending")
+        finally:
+            await engine.dispose()
+            await app.aclose()
+        return kept, dropped
+
+    kept, dropped = asyncio.run(scenario())
+    assert finished_run(served.url, kept)["output"] == 30
+    assert _never_existed(served.url, dropped)
