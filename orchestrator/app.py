@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from orchestrator import codec
+from orchestrator.codec import validate_event
 from orchestrator.config import Config, load_config
-from orchestrator.errors import InvalidEventError, RegistrationError
+from orchestrator.errors import RegistrationError
 from orchestrator.flow import (
     Batch,
     Concurrency,
@@ -46,6 +46,8 @@ from orchestrator.functions import (
     event,
     make_function,
 )
+
+__all__ = ["Orchestrator", "validate_event"]  # validate_event: its home is codec.py
 
 if TYPE_CHECKING:
     import uuid
@@ -446,22 +448,3 @@ def _selection(
 
     statuses = (status,) if isinstance(status, str) else tuple(status)
     return Selection(statuses, function, since, until)
-
-
-def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:
-    """Check an event before it is written; returns its data as JSON text."""
-    if not codec.storable_text(name, 256):
-        raise InvalidEventError(
-            f"event name must be a 1-256 character string without NUL characters or lone "
-            f"surrogates, got {name!r}"
-        )
-    if event_id is not None and not codec.storable_text(event_id, 256):
-        raise InvalidEventError(
-            f"event id must be a 1-256 character string without NUL characters or lone "
-            f"surrogates, got {event_id!r}"
-        )
-    if not isinstance(data, dict):
-        raise InvalidEventError(
-            f"event data must be a JSON object (a dict), got {type(data).__name__}"
-        )
-    return codec.encode(data, what=f"event '{name}' data", limit=limit)

@@ -73,7 +73,7 @@ def run(db: Any, cfg: Config, args: argparse.Namespace) -> int:
     _check_arguments(args)
     if args.jsonl is not None:
         return _send_lines(db, cfg, args)
-    from orchestrator.app import validate_event
+    from orchestrator.codec import validate_event
     from orchestrator.db import events
 
     data = read_data(args.data) if args.data is not None else {}
@@ -150,7 +150,7 @@ def check_lines(raw: bytes, limit: int) -> list[Line]:
 
 
 def _check_line(number: int, text: bytes, limit: int) -> Line:
-    from orchestrator.app import validate_event
+    from orchestrator.codec import validate_event
 
     try:
         event = json.loads(text)

@@ -28,7 +28,7 @@ EVENT_KEYS = frozenset({"name", "data", "id", "ts"})
 
 def new_event(name: Any, data: Any, event_id: Any, ts: Any, limit: int) -> events.NewEvent:
     """Check one event and encode its data (`limit`: the configured max_event_bytes)."""
-    from orchestrator.app import validate_event
+    from orchestrator.codec import validate_event
 
     data_json = validate_event(name, {} if data is None else data, event_id, limit)
     if ts is not None and not isinstance(ts, datetime):

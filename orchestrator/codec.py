@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from orchestrator.errors import PayloadError, PayloadTooLargeError
+from orchestrator.errors import InvalidEventError, PayloadError, PayloadTooLargeError
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 # A real NUL escape is preceded by an even number of backslashes; "\\u0000" (an escaped
@@ -97,3 +97,22 @@ def storable_text(value: Any, max_length: int) -> bool:
 
 def decode(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def validate_event(name: Any, data: Any, event_id: Any, limit: int) -> str:
+    """Check an event before it is written; returns its data as JSON text."""
+    if not storable_text(name, 256):
+        raise InvalidEventError(
+            f"event name must be a 1-256 character string without NUL characters or lone "
+            f"surrogates, got {name!r}"
+        )
+    if event_id is not None and not storable_text(event_id, 256):
+        raise InvalidEventError(
+            f"event id must be a 1-256 character string without NUL characters or lone "
+            f"surrogates, got {event_id!r}"
+        )
+    if not isinstance(data, dict):
+        raise InvalidEventError(
+            f"event data must be a JSON object (a dict), got {type(data).__name__}"
+        )
+    return encode(data, what=f"event '{name}' data", limit=limit)

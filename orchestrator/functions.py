@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from orchestrator.engine.faces import is_async_callable
 from orchestrator.errors import ExpressionError, RegistrationError
 from orchestrator.expressions import compile_expression
 from orchestrator.flow import FlowOptions, FlowPolicy, flow_options
@@ -43,6 +42,14 @@ def _seconds(value: timedelta | float, what: str) -> float:
     if seconds < 0:
         raise RegistrationError(f"{what} must be >= 0 seconds, got {seconds}")
     return seconds
+
+
+def is_async_callable(fn: Any) -> bool:
+    """An `async def` function, a partial of one, or an object whose `__call__` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 -- the method itself is inspected
+    return not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ def plan_start(
     run_id: str | uuid.UUID | None,
 ) -> Start:
     """Check an `app.start` call (no I/O)."""
-    from orchestrator.app import validate_event
+    from orchestrator.codec import validate_event
 
     if not isinstance(function_id, str):
         raise UnknownFunctionError(f"function id must be a string, got {function_id!r}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
-from orchestrator.engine.faces import Face, SyncFace, discard, is_async_callable
+from orchestrator.engine.faces import Face, SyncFace, discard
 from orchestrator.engine.failures import error_dict
 from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.retry import retry_delay
@@ -39,7 +39,7 @@ from orchestrator.errors import (
     Suspend,
 )
 from orchestrator.flow import FlowPolicy
-from orchestrator.functions import FunctionDef
+from orchestrator.functions import FunctionDef, is_async_callable
 
 # The step whose body this code runs inside (per thread and per asyncio task), to name it
 # when a step is called there.

@@ -25,20 +25,13 @@ from concurrent.futures import Executor, Future
 from typing import Any, Protocol, TypeVar
 
 from orchestrator.db.ops import complete
+from orchestrator.functions import is_async_callable
 
 T = TypeVar("T")
 Step = Coroutine[Any, Any, T]
 
 
 run_sync = complete  # runs a coroutine of the sync face, which never suspends, to its end
-
-
-def is_async_callable(fn: Any) -> bool:
-    """An `async def` function, a partial of one, or an object whose `__call__` is one."""
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 -- the method itself is inspected
-    return not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
 
 
 def discard(awaitable: Any) -> None:

@@ -46,7 +46,7 @@ def _rows(
     execution: Execution, sid: str, batch: list[dict[str, Any]]
 ) -> list[tuple[str, str, str]]:
     """(id, name, data JSON) of each event, validated."""
-    from orchestrator.app import validate_event
+    from orchestrator.codec import validate_event
 
     rows: list[tuple[str, str, str]] = []
     for i, item in enumerate(batch):
