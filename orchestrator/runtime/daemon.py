@@ -294,7 +294,7 @@ class Daemon:
         drained = self._claim_into_pool(suspects=False)
         if not self.flow_first:
             self._submit(self.flow.claim(self._rooms()), suspects=False)
-        self.backlogged = not drained
+        self.backlogged = any(ids and lane not in drained for lane, ids in self.lanes.items())
         # Suspects are rare: look for them after a crash here, else once per poll interval,
         # not on every pass (the quarantine is nearly always free, so that would be one more
         # transaction per finished run on the hot path).
@@ -306,10 +306,11 @@ class Daemon:
                 self.flow.claim(self._rooms(quarantine=True), suspects=True), suspects=True
             )
             self._claim_into_pool(suspects=True)
-        self.next_due_in = None  # busy: a finishing run wakes the loop
-        if drained:  # no more due work: sleep until the next run falls due
+        self.next_due_in = None  # a full lane: a run of it finishing wakes the loop
+        if drained:  # no more due work in these lanes: sleep until their next run falls due
+            quiet = [fid for lane in drained for fid in self.lanes[lane]]
             with self.db.transaction() as conn:
-                self.next_due_in = runs.seconds_until_next_due(conn, self.plain_ids)
+                self.next_due_in = runs.seconds_until_next_due(conn, quiet)
                 flow_due_in = runs.seconds_until_next_due(conn, self.flow.function_ids, future=True)
             if flow_due_in is not None:
                 self.flow_due_at = time.monotonic() + flow_due_in
@@ -358,21 +359,22 @@ class Daemon:
             lane: self.pool.free_slots(quarantine=quarantine, is_async=lane) for lane in self.lanes
         }
 
-    def _claim_into_pool(self, *, suspects: bool) -> bool:
+    def _claim_into_pool(self, *, suspects: bool) -> set[bool]:
         """Claim as many due runs as there are free slots in each lane, and hand them over.
-        True if fewer were due than there was room for."""
-        drained = True
+        Returns the lanes drained: those where fewer were due than there was room for."""
+        drained = set()
         for lane, function_ids in self.lanes.items():
-            while function_ids:
+            while True:
                 free = self.pool.free_slots(quarantine=suspects, is_async=lane)
-                if free <= 0:
-                    drained = False
+                if not function_ids or free <= 0:
                     break
                 claim = functools.partial(self._claim, limit=free, suspects=suspects, is_async=lane)
                 claimed = self.direct.run(claim, retry_for=0)
                 self._submit(claimed, suspects=suspects)
                 if len(claimed) < free:
                     break
+            if not function_ids or free > 0:
+                drained.add(lane)
         return drained
 
     def _claim(

@@ -81,6 +81,18 @@ def test_async_run__cancelled_mid_await__stops_at_once(e2e_url, daemon_factory):
     )
 
 
+@pytest.mark.timeout(90)
+def test_lanes__a_full_async_lane__a_plain_run_still_wakes_from_its_sleep(e2e_url, daemon_factory):
+    # one async slot, held for an hour; a poll interval far longer than the test's deadline
+    daemon_factory(APP, workers=1, async_concurrency=1, poll_interval=60)
+    hog = run_of(e2e_url, send(e2e_url, "test/forever"))
+    eventually(lambda: effects(e2e_url, hog) == {"forever": 1}, what="the async lane full")
+    napper = run_of(e2e_url, send(e2e_url, "test/plain-nap"))
+    # woken at its due time by the lane that has room, not by the next poll a minute later
+    eventually(lambda: status(e2e_url, napper) == "completed", timeout=30, what="woke")
+    assert status(e2e_url, hog) == "running"
+
+
 def overlap(spans: list[tuple[float, float]]) -> int:
     """The most spans open at one moment."""
     edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])

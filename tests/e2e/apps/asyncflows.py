@@ -83,3 +83,9 @@ async def forever(run_id: str) -> None:
 @app.function("async-forever", trigger=event("test/forever"), retries=0)
 async def async_forever(ctx: AsyncContext) -> None:
     await ctx.step.run("forever", forever, ctx.run_id)
+
+
+@app.function("plain-napper", trigger=event("test/plain-nap"), retries=0)
+def plain_napper(ctx: Context) -> str:
+    ctx.step.sleep("nap", 0.3)
+    return "rested"
