@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.app import Orchestrator
-    from orchestrator.context import Context, Event, Step
+    from orchestrator.context import AsyncContext, Context, Event, Step
     from orchestrator.errors import (
+        AsyncUsageError,
         CancelledRunError,
+        ConcurrentStepError,
         ExpressionError,
         FunctionInUseError,
         InvalidRunIdError,
@@ -50,9 +52,11 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "orchestrator.app": ("Orchestrator",),
-    "orchestrator.context": ("Context", "Event", "Step"),
+    "orchestrator.context": ("AsyncContext", "Context", "Event", "Step"),
     "orchestrator.errors": (
+        "AsyncUsageError",
         "CancelledRunError",
+        "ConcurrentStepError",
         "ExpressionError",
         "FunctionInUseError",
         "InvalidRunIdError",
@@ -103,11 +107,14 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncContext",
+    "AsyncUsageError",
     "Backoff",
     "Batch",
     "CancelOn",
     "CancelledRunError",
     "Concurrency",
+    "ConcurrentStepError",
     "Context",
     "Debounce",
     "Event",

@@ -154,6 +154,14 @@ class NestedStepError(OrchestratorError):
         self.step_id = step_id  # the step in whose body it was called
 
 
+class ConcurrentStepError(NestedStepError):
+    """In an async function, a step was called from another task (`asyncio.gather`,
+    `create_task`) while a step body ran: the order of the two would depend on timing, and a
+    replay could see another. Await steps one after another, or use `ctx.step.parallel`."""
+
+    code = "concurrent_step"
+
+
 class AsyncUsageError(OrchestratorError):
     """Sync and async code were mixed in a way that cannot run: an `async def` step body in
     a plain `def` function, or a plain function that returned a coroutine. The run fails at

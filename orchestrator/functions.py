@@ -377,7 +377,12 @@ def _async_body(fn: Callable[..., Any]) -> tuple[str, str] | None:
     `fn` sees as an async def function, if any (other bodies are checked when called)."""
     tree = _source_tree(fn)
     names = dict(getattr(fn, "__globals__", {}))
-    names.update(inspect.getclosurevars(fn).nonlocals if inspect.isfunction(fn) else {})
+    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars if code else (), cells, strict=False):
+        try:
+            names[name] = cell.cell_contents
+        except ValueError:  # a name the closure binds later: nothing to look at yet
+            continue
     for node in ast.walk(tree) if tree is not None else ():
         if not (_is_step_call(node) and node.func.attr == "run" and len(node.args) >= 2):  # type: ignore[attr-defined]
             continue

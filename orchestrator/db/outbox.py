@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import psycopg
+from psycopg.rows import tuple_row
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.orm import Session, scoped_session
 
@@ -100,7 +101,8 @@ class _Psycopg:
         self.conn = conn
 
     async def execute(self, query: Query) -> Rows:
-        cursor = self.conn.execute(query.sql, query.params)
+        # tuples whatever the caller's row factory (dict_row is common)
+        cursor = self.conn.cursor(row_factory=tuple_row).execute(query.sql, query.params)
         return list(cursor.fetchall()) if cursor.description is not None else []
 
     async def pause(self, seconds: float) -> list[str]:
@@ -126,7 +128,8 @@ class _AsyncPsycopg:
         self.conn = conn
 
     async def execute(self, query: Query) -> Rows:
-        cursor = await self.conn.execute(query.sql, query.params)
+        cursor = self.conn.cursor(row_factory=tuple_row)
+        await cursor.execute(query.sql, query.params)
         return list(await cursor.fetchall()) if cursor.description is not None else []
 
     async def pause(self, seconds: float) -> list[str]:

@@ -12,6 +12,7 @@ module under engine/kinds/, written once for both the sync and the async face (e
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import threading
@@ -33,6 +34,8 @@ from orchestrator.errors import (
     Abort,
     AsyncUsageError,
     Cancelled,
+    ConcurrentStepError,
+    ControlSignal,
     NestedStepError,
     NonDeterminismError,
     PayloadError,
@@ -92,7 +95,9 @@ class Execution:
         self.limits = limits
         self.draining = draining
         self.log = log
-        self.fatal: NonDeterminismError | NestedStepError | AsyncUsageError | None = None
+        self.fatal: NonDeterminismError | NestedStepError | AsyncUsageError | None = (
+            None  # fails it
+        )
         self._bodies: dict[object, str] = {}  # the step bodies running now
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
@@ -121,11 +126,23 @@ class Execution:
     def _outside_bodies(self, step_id: str, kind: str) -> None:
         """Refuse a step called while a step body runs (from the body, or a thread it
         started): it would run on the first execution and vanish on replay, when the outer
-        step is memoized, shifting every later step."""
+        step is memoized, shifting every later step. In an async function, refuse one called
+        from another task meanwhile: which of the two came first would depend on timing."""
         if not self._bodies:
             return
         # the caller's own body; a thread a body started is blamed on some running body
-        outer = _BODY.get() or min(self._bodies.values(), default="?")
+        inside = _BODY.get()
+        outer = inside or min(self._bodies.values(), default="?")
+        if inside is None and self.face.is_async and _on_a_loop():
+            self.fatal = ConcurrentStepError(
+                f"ctx.step.{kind}('{step_id}') was called while step '{outer}' was running, "
+                "from another task (asyncio.gather or create_task?); the steps of a run "
+                "follow one another, or their order would depend on timing and change on "
+                "replay. Await them one after another, or run bodies at once with "
+                "ctx.step.parallel",
+                step_id=outer,
+            )
+            raise self.fatal
         self.fatal = NestedStepError(
             f"ctx.step.{kind}('{step_id}') was called inside the body of step '{outer}'; "
             "steps cannot be nested, because a step body runs once and is then replayed "
@@ -224,6 +241,14 @@ class Execution:
             value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
         )
 
+    def passes(self, exc: BaseException) -> bool:
+        """What passes through a step untouched: the engine's signals, Ctrl-C, and the
+        cancellation of this async run. Anything else a body raises (SystemExit from a
+        library, a CancelledError of some task the body awaited) is the step's failure."""
+        if isinstance(exc, asyncio.CancelledError):
+            return self.face.cancelled
+        return isinstance(exc, ControlSignal | KeyboardInterrupt)
+
     def _misuse(self, sid: str, what: str) -> None:
         fid = self.fdef.id
         self.fatal = AsyncUsageError(
@@ -269,6 +294,14 @@ class Execution:
 
 def _name(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def ms(started: float) -> int:

@@ -130,8 +130,8 @@ async def _drive(
     except Suspend:
         return Outcome(lease.run_id, "suspended", execution.suspended_until)
     except (Cancelled, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and not getattr(face, "cancelled", False):
-            raise  # the worker's loop is shutting down: the run is given back
+        if not execution.passes(exc):  # user code's own CancelledError: its failure
+            return await _fail(execution, _error_of(exc), log)
         error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
         if not error["message"]:
             error["message"] = f"run {lease.run_id} was cancelled"

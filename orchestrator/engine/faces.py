@@ -43,6 +43,7 @@ def discard(awaitable: Any) -> None:
 
 class Face(Protocol):
     is_async: bool
+    cancelled: bool  # the run's cancellation interrupted its user code (async runs only)
 
     def complete(self, step: Step[T]) -> Any:
         """What `ctx.step.<kind>(...)` returns for this step's coroutine."""
@@ -64,6 +65,7 @@ class Face(Protocol):
 
 class SyncFace:
     is_async = False
+    cancelled = False
 
     def complete(self, step: Step[T]) -> T:
         return run_sync(step)

@@ -242,7 +242,16 @@ class AsyncRuns:
         self.thread.start()
 
     def submit(self, task: Task) -> None:
-        asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+        done = asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+        done.add_done_callback(lambda ran: self._check(task, ran))
+
+    def _check(self, task: Task, ran: Any) -> None:
+        error = None if ran.cancelled() else ran.exception()
+        if error is not None:  # a bug past execute()'s own catch-all: say so, give the run back
+            self.worker.log.error(
+                "async run failed in the worker", run_id=task.run_id, exc_info=error
+            )
+            self.worker.finished(task, Outcome(task.run_id, "abandoned"))
 
     def cancel(self, run_ids: list[str]) -> None:
         self.loop.call_soon_threadsafe(self._cancel, run_ids)
@@ -255,11 +264,12 @@ class AsyncRuns:
     async def _run(self, task: Task) -> None:
         face = AsyncFace(bodies=self.bodies, io=self.io)
         face.adopt()
-        self.faces[task.run_id] = face
-        try:
+        self.faces[task.run_id] = face  # a run claimed again here after its lease was lost
+        try:  # replaces its old execution's face: that one ends on its own (lease lost)
             outcome = await self.worker.execute(task, _unmarked, face)
         finally:
-            del self.faces[task.run_id]
+            if self.faces.get(task.run_id) is face:
+                del self.faces[task.run_id]
         self.worker.finished(task, outcome)
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -295,3 +295,67 @@ def test_plain_callable_returning_a_coroutine__fails_the_run_with_what_to_write(
         "function (a lambda, a partial or a wrapper?), which nothing awaits. Register the "
         "async def function itself, or make the wrapper async def"
     )
+
+
+# -- a CancelledError the engine did not cause is the body's failure ------------------------
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+def test_cancelled_error_raised_by_a_body__a_failed_attempt_retried(
+    harness: Harness, kind: str
+) -> None:
+    def plain_body() -> None:
+        harness.count("body")
+        raise asyncio.CancelledError()  # e.g. asyncio.run() over a task someone cancelled
+
+    async def async_body() -> None:
+        harness.count("body")
+        raise asyncio.CancelledError()  # e.g. awaiting a task someone cancelled
+
+    if kind == "plain":
+
+        @harness.app.function("cancelling", retries=1, backoff=FAST)
+        def plain_fn(ctx: Context) -> None:
+            ctx.step.run("call", plain_body)
+
+    else:
+
+        @harness.app.function("cancelling", retries=1, backoff=FAST)
+        async def async_fn(ctx: AsyncContext) -> None:
+            await ctx.step.run("call", async_body)
+
+    run_id = harness.start("cancelling")
+    assert harness.step("cancelling").status == "suspended"  # a retry, not a give-back
+    harness.make_due(run_id)
+    assert harness.step("cancelling").status == "failed"
+    assert harness.calls == {"body": 2}
+    run = harness.run(run_id)
+    assert (run["status"], run["error"]["type"], run["error"]["step"]) == (
+        "failed",
+        "CancelledError",
+        "call",
+    )
+
+
+def test_steps_from_gathered_tasks__refused_with_what_to_write(harness: Harness) -> None:
+    async def slow(i: int) -> int:
+        await asyncio.sleep(0.05)
+        return i
+
+    @harness.app.function("gathered", retries=0)
+    async def gathered(ctx: AsyncContext) -> list[Any]:
+        async def one(i: int) -> int:
+            return await ctx.step.run(f"s{i}", slow, i)
+
+        return list(await asyncio.gather(one(0), one(1)))
+
+    run_id = harness.start("gathered")
+    assert harness.step("gathered").status == "failed"
+    error = harness.run(run_id)["error"]
+    assert (error["code"], error["step"]) == ("concurrent_step", "s0")
+    assert error["message"] == (
+        "ctx.step.run('s1') was called while step 's0' was running, from another task "
+        "(asyncio.gather or create_task?); the steps of a run follow one another, or their "
+        "order would depend on timing and change on replay. Await them one after another, or "
+        "run bodies at once with ctx.step.parallel"
+    )

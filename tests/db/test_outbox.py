@@ -8,6 +8,7 @@ event; committed, the event is there, and the daemons' wake-up (NOTIFY on
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -371,3 +372,26 @@ def _queued_runs(db: Database, n: int) -> list[str]:
 def _status(db: Database, run_id: str) -> str:
     rows = execute(db, "SELECT status FROM orchestrator.runs WHERE id = CAST(:i AS uuid)", i=run_id)
     return str(rows[0][0])
+
+
+def test_send_and_cancel__on_connections_with_a_dict_row_factory(db: Database, db_url: str) -> None:
+    from psycopg.rows import dict_row
+
+    app = Orchestrator(db_url)
+    with db.transaction() as conn:
+        event = {"id": str(uuid.uuid4()), "name": "test/start", "data": {}, "ts": ""}
+        (run_id,) = runs.create_many(conn, [runs.NewRun("some-function", [event])])
+    with psycopg.connect(db_url, row_factory=dict_row) as caller:
+        event_id = app.send("outbox/dicts", {"n": 1}, conn=caller)
+        assert app.cancel(run_id, conn=caller) == "cancelled"
+        caller.commit()
+
+    async def in_async() -> str:
+        async with await psycopg.AsyncConnection.connect(db_url, row_factory=dict_row) as conn:
+            sent = await app.send_async("outbox/dicts", {"n": 2}, conn=conn)
+            await conn.commit()
+            return sent
+
+    second = asyncio.run(in_async())
+    app.close()
+    assert event_count(db, event_id) == event_count(db, second) == 1

@@ -91,3 +91,19 @@ def test_async_functions_and_handlers__registered_as_async() -> None:
 
     flags = {fid: f.is_async for fid, f in app.functions.items()}
     assert flags == {"ok": True, "ok:on-failure": True, "plain": False}
+
+
+def test_a_closure_over_a_name_bound_later__registers() -> None:
+    def build() -> Orchestrator:
+        app = Orchestrator()
+
+        @app.function("f")
+        def f(ctx: Context) -> int:
+            return helper(1)
+
+        def helper(n: int) -> int:  # bound after the function is registered
+            return n
+
+        return app
+
+    assert list(build().functions) == ["f"]

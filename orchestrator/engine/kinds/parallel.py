@@ -20,7 +20,6 @@ from typing import Any
 
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution, ms
-from orchestrator.engine.kinds.run import PASS_THROUGH
 from orchestrator.errors import StepError, Suspend
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/")
@@ -123,9 +122,10 @@ async def _branch(
     try:
         try:
             text, out.value = await execution.body(bid, branch.fn, branch.args, {})
-        except PASS_THROUGH:
-            raise
-        except BaseException as exc:  # the branch's failure, recorded by _settle
+        except BaseException as exc:
+            if execution.passes(exc):
+                raise
+            # the branch's failure, recorded by _settle
             out.record, out.delay = execution.failure(bid, position, attempt, exc, started=started)
             return
         record = StepRecord(

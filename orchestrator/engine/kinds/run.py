@@ -8,7 +8,6 @@ retries are left, when `StepError` is raised in the function.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -17,12 +16,8 @@ from typing import Any
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution, ms
 from orchestrator.engine.failures import first_line, message
-from orchestrator.errors import ControlSignal, StepError, Suspend
+from orchestrator.errors import StepError, Suspend
 from orchestrator.log import payload
-
-# What passes through a step untouched: the engine's signals, Ctrl-C, and an async run's
-# cancellation; anything else a body raises (SystemExit from a library too) is its failure.
-PASS_THROUGH = (ControlSignal, KeyboardInterrupt, asyncio.CancelledError)
 
 
 def start(
@@ -62,9 +57,9 @@ async def _run(
             text, decoded = await execution.body(sid, fn, args, kwargs)
         finally:
             execution.on_body(None)
-    except PASS_THROUGH:
-        raise
     except BaseException as exc:
+        if execution.passes(exc):
+            raise
         await _failed(execution, sid, position, attempt, exc, started=started, log=log)
     execution.since = max(execution.since, began)
     record = StepRecord(
