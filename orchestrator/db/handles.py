@@ -24,7 +24,7 @@ import psycopg
 
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.ops import Op, Query
-from orchestrator.db.runs import CancelWatch, NewRun, cancel_match_value, watch_params
+from orchestrator.db.runs import CancelWatch, NewRun, insert_cancel_watches, watch_params
 
 T = TypeVar("T")
 
@@ -62,12 +62,7 @@ _START = f"""
         RETURNING id, events
     ),
     watch AS (
-        INSERT INTO orchestrator.waits
-            (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
-             expires_at)
-        SELECT m.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
-               {cancel_match_value("m.events", "c.path")}, c.expr, now(),
-               now() + make_interval(secs => c.timeout)
+        {insert_cancel_watches("m", "now()")}
         FROM made m, unnest(%(c_ns)s::int[], %(c_events)s::text[], %(c_paths)s::text[],
                             %(c_exprs)s::text[], %(c_timeouts)s::float8[])
                      AS c(n, ev, path, expr, timeout)

@@ -20,7 +20,7 @@ from orchestrator.db.runs import (
     RUN_COLUMNS,
     CancelWatch,
     RunRow,
-    cancel_match_value,
+    insert_cancel_watches,
     watch_params,
 )
 
@@ -162,12 +162,7 @@ _RESUME = """
 
 # A resumed run's `cancel_on` conditions watch again, from now.
 _WATCH = f"""
-    INSERT INTO orchestrator.waits
-        (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
-         expires_at)
-    SELECT r.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
-           {cancel_match_value("r.events", "c.path")}, c.expr, now(),
-           now() + make_interval(secs => c.timeout)
+    {insert_cancel_watches("r", "now()")}
     FROM orchestrator.runs r
     JOIN unnest(%(c_fids)s::text[], %(c_ns)s::int[], %(c_events)s::text[],
                 %(c_paths)s::text[], %(c_exprs)s::text[], %(c_timeouts)s::float8[])

@@ -116,6 +116,18 @@ def cancel_match_value(events: str, path: str) -> str:
     )
 
 
+def insert_cancel_watches(run: str, since: str) -> str:
+    """SQL inserting the `cancel_on` conditions of the runs `run` (a row alias with `id` and
+    `events`) as waits from `since`; a FROM clause giving `run` and `c(n, ev, path, expr,
+    timeout)` follows."""
+    return f"""INSERT INTO orchestrator.waits
+            (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
+             expires_at)
+        SELECT {run}.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
+               {cancel_match_value(f"{run}.events", "c.path")}, c.expr, {since},
+               {since} + make_interval(secs => c.timeout)"""
+
+
 # New runs, and the cancellation conditions of their functions (`cancel_on`) as waits whose
 # expected value is read from the run's triggering event.
 _CREATE = f"""
@@ -141,13 +153,7 @@ _CREATE = f"""
         RETURNING id, function_id, events, idempotency_key, status
     ),
     watch AS (
-        INSERT INTO orchestrator.waits
-            (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
-             expires_at)
-        SELECT m.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
-               {cancel_match_value("m.events", "c.path")},
-               c.expr, coalesce(t.s, now()),
-               coalesce(t.s, now()) + make_interval(secs => c.timeout)
+        {insert_cancel_watches("m", "coalesce(t.s, now())")}
         FROM made m
         JOIN unnest(%(ids)s::text[], %(fids)s::text[], %(keys)s::text[],
                     %(since)s::timestamptz[]) AS t(i, f, k, s)
