@@ -205,13 +205,9 @@ class Context:
         self.step = step
 
 
-if TYPE_CHECKING:
+class AsyncContext(Context):
+    """The `Context` an `async def` function receives: the same attributes, and a `step`
+    whose methods return awaitables (annotate with it: `async def f(ctx: AsyncContext)`)."""
 
-    class AsyncContext(Context):
-        """`Context` as an `async def` function sees it: annotate with it for type checkers
-        (`async def f(ctx: AsyncContext)`); at run time it is the same `Context`."""
-
+    if TYPE_CHECKING:
         step: AsyncStep  # type: ignore[assignment]
-
-else:
-    AsyncContext = Context

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator import codec
-from orchestrator.context import Context, Event, Step
+from orchestrator.context import AsyncContext, Context, Event, Step
 from orchestrator.db.steps import StepRow
 from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.faces import Face, SyncFace, discard
@@ -93,7 +93,7 @@ async def execute(
         observer=observer,
         face=face,
     )
-    ctx = Context(
+    ctx = (AsyncContext if execution.face.is_async else Context)(
         run_id=task.run_id,
         function_id=task.function_id,
         events=[Event.from_json(e) for e in task.events],

@@ -40,6 +40,7 @@ def test_async_function__async_and_plain_bodies__each_run_once_across_a_sleep(
 
     @harness.app.function("flow")
     async def flow(ctx: AsyncContext) -> dict[str, Any]:
+        where["context"] = type(ctx).__name__
         a = await ctx.step.run("fetch", fetch, 20)
         b = await ctx.step.run("compute", compute, a)
         await ctx.step.sleep("nap", timedelta(milliseconds=1))
@@ -53,6 +54,7 @@ def test_async_function__async_and_plain_bodies__each_run_once_across_a_sleep(
 
     assert harness.calls == {"fetch": 2, "compute": 1}  # 'fetch' twice: two steps use it
     assert where["compute"] != threading.current_thread().name  # not on the loop's thread
+    assert where["context"] == "AsyncContext"
     (output,) = sql(harness.db, "SELECT output FROM orchestrator.runs")[0]
     assert output == {"a": 40, "b": 41, "c": 82}
     recorded = harness.steps(run_id)
