@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import outbox
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.ops import Op, Query
 
@@ -45,29 +47,6 @@ class EventRow:
     error: str | None
 
 
-_INSERT = text(
-    """
-    INSERT INTO orchestrator.events (id, name, data, ts)
-    VALUES (coalesce(:p_id, gen_random_uuid()::text), :p_name, CAST(:p_data AS jsonb),
-            coalesce(CAST(:p_ts AS timestamptz), now()))
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-    """
-)
-
-
-def insert(
-    conn: Connection, name: str, data_json: str, *, event_id: str | None, ts: datetime | None
-) -> tuple[str, bool]:
-    """Insert one event; returns (id, created). A known id is a duplicate and inserts nothing."""
-    params = {"p_id": event_id, "p_name": name, "p_data": data_json, "p_ts": ts}
-    new_id = conn.execute(_INSERT, params).scalar()
-    if new_id is None:
-        assert event_id is not None
-        return event_id, False
-    return str(new_id), True
-
-
 # Rows are numbered in the order given so that `seq` (the order of ingestion) follows it. An id
 # already in the table, or repeated within the statement, is a duplicate: DO NOTHING skips it.
 # Times travel as text: a list mixing naive and aware datetimes cannot be one typed array.
@@ -94,6 +73,22 @@ def insert_op(batch: list[NewEvent]) -> Op[set[str]]:
     return {row[0] for row in rows}
 
 
+def insert(
+    conn: Conn, name: str, data_json: str, *, event_id: str | None, ts: datetime | None
+) -> tuple[str, bool]:
+    """Insert one event; returns (id, created). A known id is a duplicate and inserts nothing."""
+    event = NewEvent(event_id or str(uuid.uuid4()), name, data_json, ts)
+    return event.id, event.id in outbox.run(insert_op([event]), conn)
+
+
+def insert_many(conn: Conn, events: list[tuple[str, str, str]]) -> int:
+    """Insert (id, name, data JSON) events; ids already present are duplicates, skipped.
+    Returns how many were inserted."""
+    if not events:
+        return 0
+    return len(outbox.run(insert_op([NewEvent(*e) for e in events]), conn))
+
+
 _CLAIM = """
     SELECT id, name, CASE WHEN size <= %(max_bytes)s OR name LIKE 'orchestrator/%%' THEN data END
            AS data, ts, size, received_at, seq
@@ -118,27 +113,6 @@ def claim_pending(conn: Conn, limit: int, *, max_bytes: int = 2**31 - 1) -> list
     params = {"limit": limit, "max_bytes": max_bytes}
     rows = driver(conn).execute(_CLAIM, params, prepare=True).fetchall()
     return [PendingEvent(*row) for row in rows]
-
-
-_INSERT_MANY = """
-    INSERT INTO orchestrator.events (id, name, data)
-    SELECT i, n, d::jsonb FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[])
-         AS t(i, n, d)
-    ON CONFLICT (id) DO NOTHING
-    """
-
-
-def insert_many(conn: Conn, events: list[tuple[str, str, str]]) -> int:
-    """Insert (id, name, data JSON) events; ids already present are duplicates, skipped.
-    Returns how many were inserted."""
-    if not events:
-        return 0
-    params = {
-        "ids": [e[0] for e in events],
-        "names": [e[1] for e in events],
-        "datas": [e[2] for e in events],
-    }
-    return driver(conn).execute(_INSERT_MANY, params).rowcount
 
 
 _MATCHING_SINCE = """

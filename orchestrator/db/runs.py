@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import outbox
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.finish import after_finish
 from orchestrator.db.ops import Op, Query
@@ -543,19 +544,9 @@ def _uuid_bounds(prefix: str) -> tuple[str, str] | None:
     return fmt(hexed.ljust(32, "0")), fmt(hexed.ljust(32, "f"))
 
 
-def get(conn: Connection, run_id: str) -> RunRow | None:
+def get(conn: Conn, run_id: str) -> RunRow | None:
     """The run with this id, or with this unambiguous id prefix (at least 1 hex digit)."""
-    bounds = _uuid_bounds(run_id)
-    if bounds is None:
-        return None
-    rows = conn.execute(
-        text(
-            f"SELECT {RUN_COLUMNS} FROM orchestrator.runs "
-            "WHERE id BETWEEN CAST(:p_low AS uuid) AND CAST(:p_high AS uuid) ORDER BY id LIMIT 2"
-        ),
-        {"p_low": bounds[0], "p_high": bounds[1]},
-    ).all()
-    return RunRow(*rows[0]) if len(rows) == 1 else None
+    return outbox.run(get_op(run_id), conn)
 
 
 def ids_with_prefix(conn: Connection, prefix: str, limit: int) -> list[str]:
@@ -702,10 +693,7 @@ def cancelling(conn: Conn, *, owner: str) -> set[str]:
 def cancel(conn: Conn, run_ids: list[str], *, reason: str) -> list[RequeuedRun]:
     """Cancel runs and their unfinished descendants; returns each changed run with its new
     status (`cancelled`, or `running` for a run that stops at its next step boundary)."""
-    if not run_ids:
-        return []
-    rows = driver(conn).execute(_CANCEL, {"ids": run_ids, "reason": reason}).fetchall()
-    return [RequeuedRun(*row) for row in rows]
+    return outbox.run(cancel_op(run_ids, reason=reason), conn) if run_ids else []
 
 
 def cancel_requested(conn: Conn, *, limit: int = 500) -> list[RequeuedRun]:
@@ -718,7 +706,7 @@ def cancel_requested(conn: Conn, *, limit: int = 500) -> list[RequeuedRun]:
 
 
 def get_op(run_id: str) -> Op[RunRow | None]:
-    """`get` as an operation: the run with this id or unambiguous id prefix, else None."""
+    """The run with this id or unambiguous id prefix, else None, as an operation."""
     low, high = _uuid_bounds(run_id) or (None, None)  # not an id: NULL bounds match nothing
     rows = yield Query(
         f"SELECT {RUN_COLUMNS} FROM orchestrator.runs "
