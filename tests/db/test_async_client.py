@@ -93,7 +93,13 @@ def test_send_async__does_not_block_the_event_loop(
         pid = blocker.info.backend_pid
         await asyncio.to_thread(wait_until_blocked, db, pid, "the send to wait for the lock")
         during = ticks
-        await asyncio.sleep(0.1)  # the send is still waiting: the loop must go on ticking
+
+        async def ticked_on() -> None:  # the send is still waiting: the loop must go on ticking
+            while ticks < during + 3:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(ticked_on(), 10)
+        assert not send.done()
         blocker.rollback()
         event_id = await send
         ticker.cancel()

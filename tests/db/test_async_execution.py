@@ -188,11 +188,12 @@ def test_async_cancel__interrupts_the_await_of_an_async_body_at_once(harness: Ha
 def test_async_cancel__a_plain_body_blocked_in_its_thread__the_run_stops_at_once(
     harness: Harness,
 ) -> None:
-    started, release = threading.Event(), threading.Event()
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
 
     def blocked() -> None:
         started.set()
         release.wait(30)
+        returned.set()
 
     @harness.app.function("blocked")
     async def blocked_fn(ctx: AsyncContext) -> None:
@@ -201,7 +202,7 @@ def test_async_cancel__a_plain_body_blocked_in_its_thread__the_run_stops_at_once
     run_id = harness.start("blocked")
     try:
         assert cancel_while_in_body(harness, "blocked", started).status == "cancelled"
-        assert not release.is_set()  # the body's thread is still blocked: the run did not wait
+        assert not returned.is_set()  # the body's thread is still blocked: the run did not wait
     finally:
         release.set()
     assert harness.run(run_id)["status"] == "cancelled"

@@ -192,7 +192,10 @@ def test_trigger__notifies_only_the_end_of_awaited_runs(app: Orchestrator, db: D
         execute(db, "UPDATE orchestrator.runs SET status = 'completed' WHERE awaited")  # no change
         heard = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
         assert heard == [awaited]
-        assert list(listener.notifies(timeout=0.5)) == []
+        # nothing else was notified: a sentinel sent now is the next to arrive (commit order)
+        execute(db, f"SELECT pg_notify('{dbh.CHANNEL}', 'sentinel')")
+        after = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+        assert after == ["sentinel"]
     statuses = execute(db, "SELECT status, count(*) FROM orchestrator.runs GROUP BY 1 ORDER BY 1")
     assert statuses == [("cancelled", 1), ("completed", 2)]
 
@@ -227,6 +230,8 @@ def at_first_pause(op: Op[Any], act: Callable[[], None], log: list[str]) -> Op[A
             acted = True
         log.append("pause" if isinstance(cmd, Pause) else cmd.sql.split()[0])
         reply = yield cmd
+        if isinstance(cmd, Pause):  # what woke it: the payloads, none when its time ran out
+            log.append(f"woken by {reply!r}")
 
 
 def await_with(db: Database, run_id: str, act: Callable[[], None]) -> tuple[Any, list[str]]:
@@ -243,7 +248,8 @@ def test_result__woken_by_the_group_write_that_completes_the_run(
     c = claimed(db, run_id)
     output, log = await_with(db, run_id, lambda: finish(db, c, "completed", output_json='{"a": 1}'))
     assert output == {"a": 1}
-    assert log == ["LISTEN", "UPDATE", "SELECT", "pause", "SELECT"]  # one wait, one re-read
+    # one wait, ended by the run's notification, and one re-read
+    assert log == ["LISTEN", "UPDATE", "SELECT", "pause", f"woken by {[run_id]!r}", "SELECT"]
 
 
 def test_result__failed_run_raises_run_failed_error(app: Orchestrator, db: Database) -> None:
@@ -338,7 +344,7 @@ def test_result__polls_when_no_notification_comes(app: Orchestrator, db: Databas
     )
     with dbh.listening(db.url) as conn:
         assert outbox.run(op, conn) == 1
-    assert log[:4] == ["LISTEN", "UPDATE", "SELECT", "pause"]
+    assert log[:5] == ["LISTEN", "UPDATE", "SELECT", "pause", "woken by []"]  # by the poll
 
 
 def test_run_handle__unknown_or_malformed_ids(app: Orchestrator) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import Orchestrator, RunFailedError, RunTimeoutError
-from tests.e2e.harness import scalar, sql
+from tests.e2e.harness import sql
 from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -63,12 +63,13 @@ def test_result__timeout_raises_and_the_run_completes_later(
 def test_start__delayed_run_starts_when_due(client: Orchestrator, served: Served) -> None:
     handle = client.start("double", {"x": 1}, delay=1.5)
     assert handle.result(timeout=30)["doubled"] == 2
-    waited = scalar(
+    delay, early = sql(
         served.url,
-        "SELECT extract(epoch FROM started_at - created_at) FROM orchestrator.runs WHERE id = %s",
+        "SELECT extract(epoch FROM due_at - created_at), started_at < due_at "
+        "FROM orchestrator.runs WHERE id = %s",
         (handle.run_id,),
-    )
-    assert waited >= 1.5
+    )[0]
+    assert (float(delay), early) == (1.5, False)  # due 1.5 s after it was made, not started before
 
 
 def test_async__start_and_result(client: Orchestrator) -> None:
