@@ -20,6 +20,7 @@ if not apps.ready:
     django.setup()
 
 # after django.setup(): the models need the settings and the app registry
+from django.db import close_old_connections
 from django.utils import timezone
 
 from examples.django_app.models import Signup
@@ -32,8 +33,14 @@ def send_welcome_email(email: str) -> dict[str, Any]:
 
 
 def mark_welcomed(user_id: int) -> str:
-    now = timezone.now()
-    Signup.objects.filter(pk=user_id).update(welcomed_at=now)
+    # outside a request nothing closes this thread's connection: drop it if it went stale
+    # (a database restart) or outlived CONN_MAX_AGE, before and after using it
+    close_old_connections()
+    try:
+        now = timezone.now()
+        Signup.objects.filter(pk=user_id).update(welcomed_at=now)
+    finally:
+        close_old_connections()
     return now.isoformat()
 
 
