@@ -7,62 +7,39 @@ The view creates its row and sends `user/signed_up` on Django's own connection i
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 
-import httpx
 import pytest
 
-from tests.conftest import clone_template, drop_database, with_database
-from tests.e2e.harness import close_connections, count, finished_run, scalar, stop_all
-from tests.e2e.webserver import ExampleDaemon, WebServer, example_env, free_port, python
+from tests.e2e.harness import count, finished_run, scalar
+from tests.e2e.webserver import ExampleSite as Site
+from tests.e2e.webserver import python, serve_example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 SETTINGS = "--settings=examples.django_app.settings"
 
 
-@dataclass(frozen=True)
-class Site:
-    url: str
-    web: WebServer
-    http: httpx.Client
-
-
 @pytest.fixture(scope="module")
 def site(
     server_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    name = clone_template(server_url, template_name)
-    url = with_database(server_url, name)
-    logs = tmp_path_factory.mktemp("django-example")
-    port = free_port()
-    extra = {"DJANGO_DATABASE_URL": url}
-    env = example_env(ORCHESTRATOR_DATABASE_URL=url, DJANGO_RUNSERVER_HIDE_WARNING="true", **extra)
-    daemon = ExampleDaemon(url, "examples.django_app.workflows:app", logs / "daemon.log", extra)
-    web: WebServer | None = None
-    try:
-        daemon.start(wait=False)
-        syncdb = python("-m", "django", "migrate", "--run-syncdb", SETTINGS)
-        subprocess.run(syncdb, env=env, check=True, capture_output=True, timeout=60)
-        runserver = python("-m", "django", "runserver", "--noreload", port, SETTINGS)
-        web = WebServer(runserver, port, env, logs / "runserver.log")
-        web.wait_answering("/signup")
-        daemon.wait_serving()
-        with web.client() as http:
-            yield Site(url, web, http)
-        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.logs()
-        assert not daemon.problems(), daemon.logs()
-        assert "Traceback" not in web.logs(), web.logs()
-    finally:
-        if web is not None:
-            web.stop()
-        stop_all([daemon])
-        close_connections()
-        drop_database(server_url, name)
+    with serve_example(
+        server_url,
+        template_name,
+        tmp_path_factory.mktemp("django-example"),
+        app="examples.django_app.workflows:app",
+        setup=[python("-m", "django", "migrate", "--run-syncdb", SETTINGS)],  # its table
+        server=lambda port: python("-m", "django", "runserver", "--noreload", port, SETTINGS),
+        probe="/signup",
+        extra=lambda url, port: {
+            "DJANGO_DATABASE_URL": url,
+            "DJANGO_RUNSERVER_HIDE_WARNING": "true",
+        },
+    ) as served:
+        yield served
 
 
 def test_signup__row_and_event_commit_together__plain_def_run_completes(site: Site) -> None:

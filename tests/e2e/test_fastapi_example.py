@@ -10,55 +10,37 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import clone_template, drop_database, eventually, with_database
-from tests.e2e.harness import close_connections, count, finished_run, sql, stop_all
-from tests.e2e.webserver import ExampleDaemon, WebServer, example_env, free_port, python
+from tests.conftest import eventually
+from tests.e2e.harness import count, finished_run, sql
+from tests.e2e.webserver import ExampleSite as Shop
+from tests.e2e.webserver import python, serve_example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
-
-
-@dataclass(frozen=True)
-class Shop:
-    url: str
-    web: WebServer
-    http: httpx.Client
 
 
 @pytest.fixture(scope="module")
 def shop(
     server_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Shop]:
-    name = clone_template(server_url, template_name)
-    url = with_database(server_url, name)
-    logs = tmp_path_factory.mktemp("fastapi-example")
-    port = free_port()
-    extra = {"SHOP_DATABASE_URL": url, "SHOP_API_URL": f"http://127.0.0.1:{port}"}
-    daemon = ExampleDaemon(url, "examples.fastapi_app.workflows:app", logs / "daemon.log", extra)
-    uvicorn = python("-m", "uvicorn", "examples.fastapi_app.main:api", "--port", port)
-    env = example_env(ORCHESTRATOR_DATABASE_URL=url, **extra)
-    web: WebServer | None = None
-    try:
-        daemon.start(wait=False)
-        web = WebServer(uvicorn, port, env, logs / "uvicorn.log")
-        web.wait_answering("/inventory/probe")
-        daemon.wait_serving()
-        with web.client() as http:
-            yield Shop(url, web, http)
-        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.logs()
-        assert not daemon.problems(), daemon.logs()
-        assert "Traceback" not in web.logs(), web.logs()
-    finally:
-        if web is not None:
-            web.stop()
-        stop_all([daemon])
-        close_connections()
-        drop_database(server_url, name)
+    with serve_example(
+        server_url,
+        template_name,
+        tmp_path_factory.mktemp("fastapi-example"),
+        app="examples.fastapi_app.workflows:app",
+        server=lambda port: python(
+            "-m", "uvicorn", "examples.fastapi_app.main:api", "--port", port
+        ),
+        probe="/inventory/probe",
+        extra=lambda url, port: {
+            "SHOP_DATABASE_URL": url,
+            "SHOP_API_URL": f"http://127.0.0.1:{port}",
+        },
+    ) as site:
+        yield site
 
 
 def run_steps(url: str, run_id: str) -> dict[str, str]:

@@ -8,13 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import ROOT, eventually
-from tests.e2e.harness import DaemonProcess
+from tests.conftest import ROOT, clone_template, drop_database, eventually, with_database
+from tests.e2e.harness import DaemonProcess, close_connections, stop_all
 
 
 def free_port() -> int:
@@ -91,3 +94,53 @@ class WebServer:
 
 def python(*args: Any) -> list[str]:
     return [sys.executable, *map(str, args)]
+
+
+@dataclass(frozen=True)
+class ExampleSite:
+    url: str  # the test database both serve
+    web: WebServer
+    http: httpx.Client
+
+
+@contextmanager
+def serve_example(
+    server_url: str,
+    template_name: str,
+    logs: Path,
+    *,
+    app: str,
+    server: Callable[[int], list[str]],
+    probe: str,
+    extra: Callable[[str, int], dict[str, str]],
+    setup: Sequence[list[str]] = (),
+) -> Iterator[ExampleSite]:
+    """An example served on a database of its own: the daemon serving `app`, the commands of
+    `setup`, then the web server `server(port)` answering `probe`; both see `extra(url,
+    port)` in their environment. On the way out: the daemon still ran, logged no problem, and
+    the web server printed no traceback."""
+    name = clone_template(server_url, template_name)
+    url = with_database(server_url, name)
+    port = free_port()
+    settings = extra(url, port)
+    env = example_env(ORCHESTRATOR_DATABASE_URL=url, **settings)
+    daemon = ExampleDaemon(url, app, logs / "daemon.log", settings)
+    web: WebServer | None = None
+    try:
+        daemon.start(wait=False)
+        for command in setup:
+            subprocess.run(command, env=env, check=True, capture_output=True, timeout=60)
+        web = WebServer(server(port), port, env, logs / "web.log")
+        web.wait_answering(probe)
+        daemon.wait_serving()
+        with web.client() as http:
+            yield ExampleSite(url, web, http)
+        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.logs()
+        assert not daemon.problems(), daemon.logs()
+        assert "Traceback" not in web.logs(), web.logs()
+    finally:
+        if web is not None:
+            web.stop()
+        stop_all([daemon])
+        close_connections()
+        drop_database(server_url, name)
