@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import sys
 import tempfile
@@ -27,8 +26,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.pickup import RESULTS, Daemon, create_database, drop_database, server_url
-from bench.throughput import _send_bulk, _wait_completed
+from bench.pickup import (
+    Daemon,
+    create_database,
+    drop_database,
+    send_bulk,
+    server_url,
+    wait_completed,
+    write_result,
+)
 from orchestrator import Orchestrator, event
 from orchestrator.config import Config
 from orchestrator.context import AsyncContext
@@ -49,8 +55,8 @@ async def async_sleep(ctx: AsyncContext) -> float:
 
 def measure(url: str, runs: int, seconds: float) -> float:
     """Seconds from the events' commit to the last of the `runs` completions."""
-    started = _send_bulk(url, "bench/async-sleep", runs, {"seconds": seconds})
-    return _wait_completed(url, "bench-async-sleep", runs, started, timeout=900)
+    started = send_bulk(url, "bench/async-sleep", runs, {"seconds": seconds})
+    return wait_completed(url, "bench-async-sleep", runs, started, timeout=900)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{on_threads:.0f} s: x{result['speedup_vs_threads']}; the async lane's floor is "
         f"{floor:g} s"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "async_sleep.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("async_sleep.json", result)
     return 0
 
 

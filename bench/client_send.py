@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.pickup import RESULTS, create_database, drop_database, server_url
+from bench.pickup import create_database, drop_database, server_url, write_result
 from orchestrator import Orchestrator
 
 
@@ -116,8 +116,7 @@ def main() -> None:
         app.close()
         drop_database(server, name)
     print(json.dumps(figures, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "client_send.json").write_text(json.dumps(figures, indent=2) + "\n")
+    write_result("client_send.json", figures)
 
 
 if __name__ == "__main__":

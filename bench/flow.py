@@ -21,7 +21,6 @@ due backlog. Writes bench/results/flow.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from bench.pickup import RESULTS, Daemon, create_database, drop_database, server_url, wait_for
+from bench.pickup import Daemon, create_database, drop_database, server_url, wait_for, write_result
 from orchestrator import Concurrency, Context, Orchestrator, Throttle, event
 
 APP_PATH = "bench.flow:app"
@@ -160,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "daemon": config | {"exit_code": code},
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "flow.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("flow.json", result)
     print(f"flow control ({kind} Postgres), {args.runs:,} one-step runs each:")
     for fid, rate in rates.items():
         print(f"  {fid:<12} {rate:>8.1f} runs/s  ({result['ratio_to_plain'][fid]:.3f} x plain)")

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,47 @@ def insert_event(conn: psycopg.Connection[Any], event_id: str, name: str = EVENT
     return time.time()
 
 
+def send_bulk(url: str, name: str, n: int, data: dict[str, Any]) -> datetime:
+    """Insert `n` events in one statement; returns the database time just after its commit."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orchestrator.events (name, data) SELECT %s, %s::jsonb "
+            "FROM generate_series(1, %s)",
+            (name, json.dumps(data), n),
+        )
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        return row[0]
+
+
+def wait_completed(url: str, function_id: str, n: int, started: datetime, timeout: float) -> float:
+    """Seconds from `started` to the last completion, once `n` runs have completed.
+
+    Polls rarely (a count over the runs table costs the database milliseconds, which would be
+    taken from the engine being measured) and reads the end from the runs' own finish times.
+    """
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*), max(finished_at) FROM orchestrator.runs "
+                "WHERE function_id = %s AND status = 'completed'",
+                (function_id,),
+            ).fetchone()
+            if row and row[0] >= n:
+                return float((row[1] - started).total_seconds())
+            time.sleep(0.25)
+    raise SystemExit(f"{function_id}: {n} runs did not complete in {timeout}s")
+
+
+def write_result(filename: str, result: dict[str, Any]) -> Path:
+    """Write a benchmark's figures to bench/results/`filename` (read by bench/report.py)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / filename
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     rank = max(1, math.ceil(q / 100 * len(sorted_ms)))
@@ -329,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     shutil.rmtree(log_path.parent, ignore_errors=True)
-    out = RESULTS / ("pickup.json" if not args.idle else "pickup-idle.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("pickup.json" if not args.idle else "pickup-idle.json", result)
     print(
         f"pickup latency over {len(stages['total'])} events each ({kind} Postgres {pg_version}, "
         f"{args.workers}x{args.concurrency} workers, {args.interval * 1000:g} ms apart, "

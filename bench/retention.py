@@ -27,7 +27,6 @@ that the old rows are gone and the live runs untouched; writes bench/results/ret
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -38,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from bench.pickup import RESULTS, create_database, drop_database, percentile, server_url
+from bench.pickup import create_database, drop_database, percentile, server_url, write_result
 from orchestrator.config import Config
 from orchestrator.db import runs
 from orchestrator.db.connect import libpq_url
@@ -262,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": os.getloadavg(),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "retention.json"
-    out.write_text(json.dumps(result_json, indent=2) + "\n")
+    out = write_result("retention.json", result_json)
     _print(result_json, args)
     print(f"written to {out}")
     return 0 if ok else 1

@@ -21,13 +21,10 @@ bench/results/throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,16 @@ from orchestrator import Context, Orchestrator, event
 from orchestrator.context import AsyncContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.pickup import RESULTS, Daemon, create_database, drop_database, fill_idle, server_url
+from bench.pickup import (
+    Daemon,
+    create_database,
+    drop_database,
+    fill_idle,
+    send_bulk,
+    server_url,
+    wait_completed,
+    write_result,
+)
 
 APP_PATH = "bench.throughput:app"
 app = Orchestrator()
@@ -121,52 +127,19 @@ def pgbench(url: str, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def _send_bulk(url: str, name: str, n: int, data: dict[str, Any]) -> datetime:
-    """Insert `n` events in one statement; returns the database time just after its commit."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO orchestrator.events (name, data) SELECT %s, %s::jsonb "
-            "FROM generate_series(1, %s)",
-            (name, json.dumps(data), n),
-        )
-        row = conn.execute("SELECT clock_timestamp()").fetchone()
-        assert row is not None
-        return row[0]
-
-
-def _wait_completed(url: str, function_id: str, n: int, started: datetime, timeout: float) -> float:
-    """Seconds from `started` to the last completion, once `n` runs have completed.
-
-    Polls rarely (a count over the runs table costs the database milliseconds, which would be
-    taken from the engine being measured) and reads the end from the runs' own finish times.
-    """
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*), max(finished_at) FROM orchestrator.runs "
-                "WHERE function_id = %s AND status = 'completed'",
-                (function_id,),
-            ).fetchone()
-            if row and row[0] >= n:
-                return float((row[1] - started).total_seconds())
-            time.sleep(0.25)
-    raise SystemExit(f"{function_id}: {n} runs did not complete in {timeout}s")
-
-
 def w1(
     url: str, n: int, *, done_before: int = 0, kind: dict[str, tuple[str, str]] = PLAIN
 ) -> dict[str, Any]:
     name, function_id = kind["W1"]
-    started = _send_bulk(url, name, n, {})
-    seconds = _wait_completed(url, function_id, done_before + n, started, timeout=900)
+    started = send_bulk(url, name, n, {})
+    seconds = wait_completed(url, function_id, done_before + n, started, timeout=900)
     return {"runs": n, "seconds": round(seconds, 2), "runs_per_s": round(n / seconds, 1)}
 
 
 def w2(url: str, n: int, *, kind: dict[str, tuple[str, str]] = PLAIN) -> dict[str, Any]:
     name, function_id = kind["W2"]
-    started = _send_bulk(url, name, n, {})
-    seconds = _wait_completed(url, function_id, n, started, timeout=900)
+    started = send_bulk(url, name, n, {})
+    seconds = wait_completed(url, function_id, n, started, timeout=900)
     return {
         "runs": n,
         "seconds": round(seconds, 2),
@@ -176,8 +149,8 @@ def w2(url: str, n: int, *, kind: dict[str, tuple[str, str]] = PLAIN) -> dict[st
 
 
 def w4(url: str, steps: int) -> dict[str, Any]:
-    started = _send_bulk(url, "bench/long", 1, {"steps": steps})
-    seconds = _wait_completed(url, "bench-long", 1, started, timeout=900)
+    started = send_bulk(url, "bench/long", 1, {"steps": steps})
+    seconds = wait_completed(url, "bench-long", 1, started, timeout=900)
     with psycopg.connect(url, autocommit=True) as conn:
         stamps = [
             r[0]
@@ -264,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{w4r['first_100_ms_per_step']}, last 100 {w4r['last_100_ms_per_step']} "
         f"(x{w4r['last_over_first']})"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_result("throughput.json", results)
     return 0
 
 

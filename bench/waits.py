@@ -30,13 +30,13 @@ from typing import Any
 import psycopg
 
 from bench.pickup import (
-    RESULTS,
     Daemon,
     create_database,
     drop_database,
     percentile,
     server_url,
     wait_for,
+    write_result,
 )
 from orchestrator import Context, Orchestrator, event
 from orchestrator.db import waits
@@ -186,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "daemon": config | {"exit_code": code},
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "waits.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("waits.json", result)
     print(f"{args.runs:,} runs waiting on payment/received ({kind} Postgres) in {to_waiting:.1f} s")
     print(
         f"  one event resolves exactly its run: p50 {result['single']['p50_ms']} ms, "
