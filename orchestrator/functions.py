@@ -318,13 +318,14 @@ def make_function(
         raise RegistrationError(
             f"function {function_id!r}: {fn.__qualname__} must take exactly one argument (ctx)"
         )
-    check_callable(function_id, fn)
+    tree = _source_tree(fn)  # None: no source to read (a lambda in a REPL, a built-in)
+    check_callable(function_id, fn, tree)
     for c in cancel:
         if not isinstance(c, CancelOn):
             raise RegistrationError(
                 f"function {function_id!r}: cancel_on entry {c!r} is not cancel_on(...)"
             )
-    check_step_expressions(function_id, fn)
+    check_step_expressions(function_id, tree)
     options = flow_options(function_id, flow or {}, has_cancel_on=bool(cancel))
     return FunctionDef(
         function_id,
@@ -338,8 +339,9 @@ def make_function(
     )
 
 
-def check_callable(function_id: str, fn: Callable[..., Any]) -> None:
-    """Refuse what cannot run as a function: a generator, and a plain `def` that awaits."""
+def check_callable(function_id: str, fn: Callable[..., Any], tree: ast.AST | None) -> None:
+    """Refuse what cannot run as a function: a generator, and a plain `def` that awaits
+    (`tree`: its source, parsed)."""
     where = f"function {function_id!r}: {getattr(fn, '__qualname__', fn)!r}"
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
@@ -347,14 +349,14 @@ def check_callable(function_id: str, fn: Callable[..., Any]) -> None:
             f"{where} is {kind} (it yields); a function returns its result once. Make each "
             "piece of work a step (`ctx.step.run`) and return the results, as a list if need be"
         )
-    if is_async_callable(fn):
+    if is_async_callable(fn) or tree is None:
         return
-    if (line := _awaits_a_step(fn)) is not None:
+    if (line := _awaits_a_step(tree)) is not None:
         raise RegistrationError(
             f"{where} is a plain def but awaits a step at line {line}; declare it "
             "`async def` so that its steps can be awaited"
         )
-    if (body := _async_body(fn)) is not None:
+    if (body := _async_body(fn, tree)) is not None:
         raise RegistrationError(
             f"{where} is a plain def, and its step {body[0]!r} has the async def body "
             f"{body[1]!r}, which it cannot await. Make the function `async def` and write "
@@ -362,20 +364,18 @@ def check_callable(function_id: str, fn: Callable[..., Any]) -> None:
         )
 
 
-def _awaits_a_step(fn: Callable[..., Any]) -> int | None:
-    """The line of an `await ...step.<kind>(...)` in `fn`'s source (in a nested async helper
-    of a plain function: it would run only if something awaited it), if any."""
-    tree = _source_tree(fn)
-    for node in ast.walk(tree) if tree is not None else ():
-        if isinstance(node, ast.Await) and _is_step_call(node.value):
+def _awaits_a_step(tree: ast.AST) -> int | None:
+    """The line of an `await ...step.<kind>(...)` (in a nested async helper of a plain
+    function: it would run only if something awaited it), if any."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Await) and _step_call(node.value) is not None:
             return int(node.lineno)
     return None
 
 
-def _async_body(fn: Callable[..., Any]) -> tuple[str, str] | None:
+def _async_body(fn: Callable[..., Any], tree: ast.AST) -> tuple[str, str] | None:
     """(step id, body name) of a `ctx.step.run("id", body)` in `fn` whose body is a name that
     `fn` sees as an async def function, if any (other bodies are checked when called)."""
-    tree = _source_tree(fn)
     names = dict(getattr(fn, "__globals__", {}))
     code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
     for name, cell in zip(code.co_freevars if code else (), cells, strict=False):
@@ -383,37 +383,39 @@ def _async_body(fn: Callable[..., Any]) -> tuple[str, str] | None:
             names[name] = cell.cell_contents
         except ValueError:  # a name the closure binds later: nothing to look at yet
             continue
-    for node in ast.walk(tree) if tree is not None else ():
-        if not (_is_step_call(node) and node.func.attr == "run" and len(node.args) >= 2):  # type: ignore[attr-defined]
+    for node in ast.walk(tree):
+        call = _step_call(node, "run")
+        if call is None or len(call.args) < 2:
             continue
-        step, body = node.args[0], node.args[1]  # type: ignore[attr-defined]
+        step, body = call.args[0], call.args[1]
         if isinstance(body, ast.Name) and is_async_callable(names.get(body.id)):
             label = step.value if isinstance(step, ast.Constant) else "?"
             return str(label), body.id
     return None
 
 
-def _is_step_call(node: ast.AST) -> bool:
-    return (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and isinstance(node.func.value, ast.Attribute)
-        and node.func.value.attr == "step"
-    )
+def _step_call(node: ast.AST, kind: str | None = None) -> ast.Call | None:
+    """`node` if it is a call `<anything>.step.<kind>(...)` (any kind if None)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return None
+    method = node.func
+    if not (isinstance(method.value, ast.Attribute) and method.value.attr == "step"):
+        return None
+    return node if kind is None or method.attr == kind else None
 
 
 def _source_tree(fn: Callable[..., Any]) -> ast.AST | None:
     try:
         return ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError):
-        return None  # no source to read (a lambda in a REPL, a built-in)
+        return None
 
 
-def check_step_expressions(function_id: str, fn: Callable[..., Any]) -> None:
-    """Compile the literal `if_` and `match` arguments of the function's `wait_for_event`
-    calls, so that a typo fails at registration rather than when a run reaches the wait."""
-    tree = _source_tree(fn)
-    for node in ast.walk(tree) if tree is not None else ():  # none: checked when called
+def check_step_expressions(function_id: str, tree: ast.AST | None) -> None:
+    """Compile the literal `if_` and `match` arguments of the `wait_for_event` calls in a
+    function's parsed source, so that a typo fails at registration rather than when a run
+    reaches the wait (without source, they are checked when called)."""
+    for node in ast.walk(tree) if tree is not None else ():
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         if node.func.attr != "wait_for_event":
