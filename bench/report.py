@@ -4,12 +4,12 @@ of the same run, and the target.
     python bench/report.py
 
 Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json, flow.json,
-retention.json and async_sleep.json (written by bench/throughput.py, bench/pickup.py,
-bench/waits.py, bench/flow.py, bench/retention.py and bench/async_sleep.py) and prints one
-table. Rates are
-divided by the 1-client pgbench rate; latencies and per-step costs are expressed in pgbench
-1-client commit times (1 / its rate), so both read as "how many single-row commits is this
-worth".
+retention.json, async_sleep.json and scale.json (written by bench/throughput.py,
+bench/pickup.py, bench/waits.py, bench/flow.py, bench/retention.py, bench/async_sleep.py and
+bench/scale.py) and prints one table. Rates are divided by the 1-client pgbench rate (the
+scale-out rows by the one bench/scale.py measured in its own run); latencies and per-step
+costs are expressed in pgbench 1-client commit times (1 / its rate), so both read as "how many
+single-row commits is this worth".
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def rows(
     *,
     retention: dict[str, Any] | None = None,
     async_sleep: dict[str, Any] | None = None,
+    scale: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str, str]]:
     base = float(tp["pgbench_1"])
     commit_ms = 1000.0 / base
@@ -181,6 +182,28 @@ def rows(
                 "report the time",
             )
         )
+    if scale:
+        out.extend(_scale_rows(scale))
+    return out
+
+
+def _scale_rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """One row per daemon count: W1 and W2 runs/s, against that run's own pgbench(1) and its
+    first setting (one daemon), and how the W1 runs were spread over the daemons."""
+    out = []
+    first = scale["settings"][0]["daemons"]
+    for s in scale["settings"]:
+        w1, w2 = s["W1"], s["W2"]
+        out.append(
+            (
+                f"scale-out, {s['daemons']} daemon(s): W1 / W2 runs/s",
+                f"{w1['runs_per_s']:,.1f} / {w2['runs_per_s']:,.1f} (x{w1['ratio_to_first']} / "
+                f"x{w2['ratio_to_first']} of {first}; W1 per daemon "
+                f"{'/'.join(map(str, w1['per_daemon']))})",
+                f"{w1['ratio_to_pgbench_1']:.3f} / {w2['ratio_to_pgbench_1']:.3f} x pgbench(1)",
+                "report the ratio",
+            )
+        )
     return out
 
 
@@ -217,6 +240,7 @@ def main() -> int:
         _load("flow.json"),
         retention=_load("retention.json"),
         async_sleep=_load("async_sleep.json"),
+        scale=_load("scale.json"),
     )
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     header = ("figure", "measured", "ratio to baseline", "target")
