@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.db import events, functions, runs, waits
 from orchestrator.db.database import Database
@@ -47,6 +46,20 @@ class Registry:
     triggers: dict[str, list[tuple[str, Expression | None]]] = field(default_factory=dict)
     watches: list[runs.CancelWatch] = field(default_factory=list)
     policies: dict[str, FlowPolicy] = field(default_factory=dict)
+
+
+class ClaimAlong(Protocol):
+    """The claim that rides in an ingest transaction: the dispatcher's, so that a new event's
+    run starts without a claim transaction of its own (runtime/dispatcher.py `IngestClaim`).
+
+    Called with the ingest's connection, after the batch's runs were created and woken, it
+    claims due runs for this daemon and returns their ids; their leases commit or roll back
+    with the ingest, and whatever it raises rolls the batch back. It keeps the claimed runs
+    itself: they may be handed to workers only once the ingest has committed, which only the
+    caller of `Ingester.tick` knows.
+    """
+
+    def __call__(self, conn: Any) -> set[str]: ...
 
 
 class Ingester:
@@ -83,18 +96,17 @@ class Ingester:
     def invalidate(self) -> None:
         self._registry_at = -_SUBSCRIPTIONS_TTL
 
-    def tick(self, *, then: Callable[[Any], set[str]] | None = None) -> int:
+    def tick(self, *, then: ClaimAlong | None = None) -> int:
         """Ingest one batch; returns how many events it took (a full batch means: call again).
 
         `then(conn)`, if given, runs inside the ingest transaction after the runs were
-        created and woken, so its writes commit or roll back with them: the daemon claims
-        there, and returns the ids it claimed. Other daemons are woken (NOTIFY) only if a
+        created and woken (see `ClaimAlong`). Other daemons are woken (NOTIFY) only if a
         created or woken run was left for them.
         """
         registry = self.registry()
         return self.direct.run(lambda conn: self._ingest(conn, registry, then), retry_for=0)
 
-    def _ingest(self, conn: Any, registry: Registry, then: Callable[[Any], set[str]] | None) -> int:
+    def _ingest(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
         # Pipelined: statements that need no answer share a round trip with the next one
         # that does.
         with conn.pipeline(), conn.transaction():

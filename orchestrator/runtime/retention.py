@@ -21,16 +21,15 @@ went past and had to keep (still referenced, locked, a failed run not yet as old
 `retain_failed`, a run that finished long after it was created) are read again by a full
 sweep from the start, every FULL_SWEEP_EVERY seconds.
 
-The daemon runs passes on a thread of its own (`Retention`), every `retention_interval`
-seconds while it leads, so that a long pass never holds up the scheduler loop; a pass stops
-between batches when leadership is lost or the daemon stops. `orchestrator gc` runs one pass
-(`Cleaner`) on demand.
+The daemon runs passes on a thread of its own (`Retention`, a service of runtime/service.py),
+every `retention_interval` seconds while it leads, so that a long pass never holds up the
+scheduler loop; a pass stops between batches when leadership is lost or the daemon stops.
+`orchestrator gc` runs one pass (`Cleaner`) on demand.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from orchestrator.db import retention
 from orchestrator.db.database import DatabaseError
 from orchestrator.db.direct import Direct
 from orchestrator.errors import first_line
+from orchestrator.runtime.service import OwnThread
 
 DAEMON_ROWS_KEPT = 86400.0  # a stopped or dead daemon's row stays a day, for post-mortems
 PAUSE_FACTOR = 3.0
@@ -281,8 +281,12 @@ class Cleaner:
             self.log.warning(message, batch_size=self.batch_size, error=first_line(exc))
 
 
-class Retention:
-    """The daemon's retention thread: a pass every `interval` seconds while `is_leader()`."""
+class Retention(OwnThread):
+    """The daemon's retention service: a pass every `interval` seconds while `is_leader()`,
+    on a thread of its own (runtime/service.py). A pass in progress stops between batches
+    when the service is stopped or leadership is lost."""
+
+    name = "retention"
 
     def __init__(
         self,
@@ -293,44 +297,29 @@ class Retention:
         is_leader: Callable[[], bool],
         log: Any,
     ) -> None:
+        super().__init__(interval)
         self.url = url
         self.policy = policy
-        self.interval = interval
         self.is_leader = is_leader
         self.log = log
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop after the batch in progress (bounded by the statement timeout)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        cleaner = Cleaner(
-            self.url, self.policy, keep_going=self._may_go_on, pause=self._stop.wait, log=self.log
+        self.cleaner = Cleaner(
+            url, policy, keep_going=self._may_go_on, pause=self.stopped.wait, log=log
         )
-        while not self._stop.wait(self.interval):
-            if not self.is_leader():
-                continue
-            try:
-                result = cleaner.run_pass()
-            except Exception:
-                # a bug here must not take the daemon (and every run it serves) down
-                self.log.exception("retention pass failed")
-                continue
-            level = self.log.info if result.deleted or result.interrupted else self.log.debug
-            level("retention pass", interrupted=result.interrupted, **result.counts())
+
+    def run(self, now: float) -> None:
+        if not self.is_leader():
+            return
+        try:
+            result = self.cleaner.run_pass()
+        except Exception:
+            # a bug here must not take the daemon (and every run it serves) down
+            self.log.exception("retention pass failed")
+            return
+        level = self.log.info if result.deleted or result.interrupted else self.log.debug
+        level("retention pass", interrupted=result.interrupted, **result.counts())
 
     def _may_go_on(self) -> bool:
-        return not self._stop.is_set() and self.is_leader()
+        return self.started and self.is_leader()
 
 
 def _call(statement: Callable[[Any, int], T], limit: int, conn: Any) -> T:
