@@ -318,6 +318,19 @@ def claim_due(
     return [ClaimedRun(*row) for row in rows]
 
 
+def _next_due_sql(condition: str) -> str:
+    return (
+        f"SELECT extract(epoch FROM min(d.due_at) - now()) "
+        f"FROM unnest(CAST(:p_fids AS text[])) AS f(id) CROSS JOIN LATERAL ("
+        f"SELECT due_at FROM orchestrator.runs WHERE {_DUE} AND function_id = f.id "
+        f"AND {condition} ORDER BY due_at LIMIT 1) AS d"
+    )
+
+
+_NEXT_DUE = _next_due_sql("true")
+_NEXT_FUTURE = _next_due_sql("due_at > now()")
+
+
 def seconds_until_next_due(
     conn: Connection, function_ids: list[str], *, future: bool = False
 ) -> float | None:
@@ -326,14 +339,11 @@ def seconds_until_next_due(
     held back by its limits: the claim of that function says when to look again)."""
     if not function_ids:
         return None
-    value = conn.execute(
-        text(
-            f"SELECT extract(epoch FROM min(due_at) - now()) FROM orchestrator.runs "
-            f"WHERE {_DUE} AND function_id = ANY(CAST(:p_fids AS text[])) "
-            f"AND (NOT :p_future OR due_at > now())"
-        ),
-        {"p_fids": function_ids, "p_future": future},
-    ).scalar()
+    # One probe of `runs_function_due` per function, each stopping at its first row: a
+    # min() over `function_id = ANY(...)` can read every idle run of those functions (half
+    # a second a pass with a million sleeping runs).
+    value = conn.execute(text(_NEXT_FUTURE if future else _NEXT_DUE), {"p_fids": function_ids})
+    value = value.scalar()
     return None if value is None else float(value)
 
 

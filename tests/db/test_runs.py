@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -228,6 +230,36 @@ def test_seconds_until_next_due__of_the_earliest_due_run(db: Database) -> None:
         )
         assert runs.seconds_until_next_due(conn, ["f"]) == 10.0
         assert runs.seconds_until_next_due(conn, ["f", "g"]) == 3.0
+
+
+def test_seconds_until_next_due__reads_one_row_per_function_however_many_sleep(
+    db: Database,
+) -> None:
+    queue_runs(db, 1, function_id="g")
+    execute(
+        db,
+        "INSERT INTO orchestrator.runs (function_id, status, due_at) SELECT 'f', 'sleeping', "
+        "now() + interval '1 year' + make_interval(secs => g) FROM generate_series(1, 5000) g",
+    )
+    execute(db, "ANALYZE orchestrator.runs")
+    with db.transaction() as conn:
+        for sql in (runs._NEXT_DUE, runs._NEXT_FUTURE):
+            (plan,) = conn.execute(
+                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"p_fids": ["f", "g"]}
+            ).scalar()
+            scans = list(_scans_of_runs(plan["Plan"]))
+            assert scans, plan
+            assert all(node["Index Name"] == "runs_function_due" for node in scans), scans
+            # at most one row read per function: the sleeping runs of 'f' are not walked
+            assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 2, scans
+        assert 3e7 < runs.seconds_until_next_due(conn, ["f"]) < 3.3e7  # about a year
+
+
+def _scans_of_runs(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if node.get("Relation Name") == "runs":
+        yield node
+    for child in node.get("Plans", ()):
+        yield from _scans_of_runs(child)
 
 
 def test_get__by_id_and_unambiguous_prefix(db: Database) -> None:
