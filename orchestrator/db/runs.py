@@ -342,8 +342,8 @@ def seconds_until_next_due(
     # One probe of `runs_function_due` per function, each stopping at its first row: a
     # min() over `function_id = ANY(...)` can read every idle run of those functions (half
     # a second a pass with a million sleeping runs).
-    value = conn.execute(text(_NEXT_FUTURE if future else _NEXT_DUE), {"p_fids": function_ids})
-    value = value.scalar()
+    sql = _NEXT_FUTURE if future else _NEXT_DUE
+    value = conn.execute(text(sql), {"p_fids": function_ids}).scalar()
     return None if value is None else float(value)
 
 
