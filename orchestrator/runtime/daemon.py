@@ -94,7 +94,7 @@ class Daemon:
             function_ids=self.function_ids,
             app_version=self.version,
             db=self.db,
-            leader=lambda: self.leadership.is_leader,
+            leader=self._leading,
             executing=self.pool.inflight,
             log=self.log,
         )
@@ -111,33 +111,7 @@ class Daemon:
 
     def _build_services(self) -> None:
         cfg, leading = self.cfg, self._leading
-        # flow-controlled functions are claimed one by one under their own lock (runtime/flow.py)
-        self.flow = FlowClaimer(
-            self.direct,
-            self.registry,
-            owner=self.id,
-            lease_seconds=cfg.lease_duration,
-            poll_interval=cfg.poll_interval,
-            log=self.log,
-        )
-        ingester = Ingester(
-            self.db,
-            self.direct,
-            batch_size=cfg.ingest_batch_size,
-            max_event_bytes=cfg.max_event_bytes,
-            log=self.log,
-        )
-        self.dispatcher = Dispatcher(
-            owner=self.id,
-            config=cfg,
-            registry=self.registry,
-            db=self.db,
-            direct=self.direct,
-            pool=self.pool,
-            ingester=ingester,
-            flow=self.flow,
-            metrics=self.metrics,
-        )
+        self.dispatcher = self._build_dispatcher()
         self.leadership = Leadership(
             self.db,
             daemon_id=self.id,
@@ -154,22 +128,7 @@ class Daemon:
             held=self.pool.held_leases,
             log=self.log,
         )
-        self.rescue = Rescue(
-            self.rescuer,
-            interval=cfg.rescue_interval,
-            is_leader=leading,
-            cron=self.cron,
-            upkeep=Upkeep(self.db, self.registry, self.log),
-            # warns about runs that wait for a function no live daemon serves
-            unserved=UnservedWatch(
-                self.db,
-                warn_after=cfg.unserved_warning_after,
-                report=self.metrics.set_unserved,
-                log=self.log,
-            ),
-            metrics=self.metrics,
-            on_work=self._work_appeared,
-        )
+        self.rescue = self._build_rescue()
         self.parking = Parking(
             self.rescuer, interval=max(5.0, 10 * cfg.rescue_interval), is_leader=leading
         )
@@ -207,6 +166,54 @@ class Daemon:
                 self.parking,
                 self.cancellations,
             ]
+        )
+
+    def _build_dispatcher(self) -> Dispatcher:
+        # flow-controlled functions are claimed one by one under their own lock (runtime/flow.py)
+        self.flow = FlowClaimer(
+            self.direct,
+            self.registry,
+            owner=self.id,
+            lease_seconds=self.cfg.lease_duration,
+            poll_interval=self.cfg.poll_interval,
+            log=self.log,
+        )
+        ingester = Ingester(
+            self.db,
+            self.direct,
+            batch_size=self.cfg.ingest_batch_size,
+            max_event_bytes=self.cfg.max_event_bytes,
+            log=self.log,
+        )
+        return Dispatcher(
+            owner=self.id,
+            config=self.cfg,
+            registry=self.registry,
+            db=self.db,
+            direct=self.direct,
+            pool=self.pool,
+            ingester=ingester,
+            flow=self.flow,
+            metrics=self.metrics,
+        )
+
+    def _build_rescue(self) -> Rescue:
+        # leader: warns about runs that wait for a function no live daemon serves
+        unserved = UnservedWatch(
+            self.db,
+            warn_after=self.cfg.unserved_warning_after,
+            report=self.metrics.set_unserved,
+            log=self.log,
+        )
+        return Rescue(
+            self.rescuer,
+            interval=self.cfg.rescue_interval,
+            is_leader=self._leading,
+            cron=self.cron,
+            upkeep=Upkeep(self.db, self.registry, self.log),
+            unserved=unserved,
+            metrics=self.metrics,
+            on_work=self._work_appeared,
         )
 
     def _leading(self) -> bool:
