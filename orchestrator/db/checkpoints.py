@@ -27,7 +27,8 @@ from orchestrator.db.steps import StepRecord
 
 @dataclass(frozen=True)
 class GroupWrite:
-    """One run's write under its lease: a step record, or a terminal status."""
+    """One run's write under its lease: a step record, a terminal status, or both (a run's
+    last step and its end, in one write)."""
 
     run_id: str
     token: str
@@ -46,9 +47,10 @@ WITH input AS MATERIALIZED (
         %(runs)s::uuid[], %(tokens)s::uuid[], %(steps)s::text[], %(positions)s::int[],
         %(kinds)s::text[], %(step_statuses)s::text[], %(attempts)s::int[],
         %(outputs)s::text[], %(errors)s::text[], %(wakes)s::timestamptz[],
-        %(durations)s::int[], %(finals)s::text[]
+        %(durations)s::int[], %(finals)s::text[], %(run_outputs)s::text[],
+        %(run_errors)s::text[]
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
-           wake_at, duration_ms, final)
+           wake_at, duration_ms, final, run_output, run_error)
 ),
 held AS MATERIALIZED (
     SELECT r.id FROM orchestrator.runs r
@@ -77,12 +79,12 @@ saved AS (
 ),
 finished AS (
     UPDATE orchestrator.runs r
-    SET status = i.final, output = i.output::jsonb,
+    SET status = i.final, output = i.run_output::jsonb,
         -- a run stopped by a cancellation keeps the reason it was given (db/runs.py)
         error = CASE WHEN i.final = 'cancelled' AND r.error ->> 'code' = 'cancelled'
                      THEN jsonb_set(r.error, '{message}', to_jsonb(concat_ws('; ',
-                          r.error ->> 'message', i.error::jsonb ->> 'message')))
-                     ELSE i.error::jsonb END,
+                          r.error ->> 'message', i.run_error::jsonb ->> 'message')))
+                     ELSE i.run_error::jsonb END,
         finished_at = now(), updated_at = now(),
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM input i JOIN held h ON h.id = i.run_id
@@ -118,7 +120,6 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
     if not writes:
         return {}
     steps = [w.step for w in writes]
-    pairs = list(zip(steps, writes, strict=True))
     params = {
         "runs": [w.run_id for w in writes],
         "tokens": [w.token for w in writes],
@@ -127,11 +128,13 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
         "kinds": [s.kind if s else None for s in steps],
         "step_statuses": [s.status if s else None for s in steps],
         "attempts": [s.attempt if s else None for s in steps],
-        "outputs": [s.output_json if s else w.output_json for s, w in pairs],
-        "errors": [s.error_json if s else w.error_json for s, w in pairs],
+        "outputs": [s.output_json if s else None for s in steps],
+        "errors": [s.error_json if s else None for s in steps],
         "wakes": [s.wake_at if s else None for s in steps],
         "durations": [s.duration_ms if s else None for s in steps],
         "finals": [w.final_status for w in writes],
+        "run_outputs": [w.output_json for w in writes],
+        "run_errors": [w.error_json for w in writes],
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()

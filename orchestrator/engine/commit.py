@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ class GroupCommitter:
         self._pending: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        # called on the committer thread after each group's futures are settled (a worker
+        # sends the daemon one message for the runs whose end the group committed)
+        self.after_group: Callable[[], None] | None = None
 
     def commit(self, write: GroupWrite) -> Future[tuple[bool, bool]]:
         """Commit `write` with whatever else is waiting. The future's result says whether its
@@ -74,7 +78,11 @@ class GroupCommitter:
                 group = [
                     self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))
                 ]
-            self._commit(group)
+            try:
+                self._commit(group)
+            finally:
+                if self.after_group is not None:
+                    self.after_group()
 
     def _commit(self, group: list[_Pending]) -> None:
         writes = [p.write for p in group]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
@@ -47,6 +47,7 @@ from orchestrator.functions import FunctionDef, is_async_callable
 # The step whose body this code runs inside (per thread and per asyncio task), to name it
 # when a step is called there.
 _BODY: ContextVar[str | None] = ContextVar("orchestrator_step_body", default=None)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Execution:
             None  # fails it
         )
         self._bodies: dict[object, str] = {}  # the step bodies running now
+        # A completed step's record not committed yet (see `checkpoint`): it is committed
+        # before anything else the run does with effects, or with the run's end.
+        self.pending: StepRecord | None = None
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
         self._position = 0
@@ -198,12 +202,13 @@ class Execution:
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
 
     async def boundary(self) -> None:
-        """Before executing new work: stop if the run was cancelled; give the run back if the
-        worker is draining."""
+        """Before executing new work: commit the step before it; stop if the run was
+        cancelled; give the run back if the worker is draining."""
+        await self.flush()
         if self.lease.run_id in self.cancelled:
             raise Cancelled(f"run {self.lease.run_id} was cancelled")
         if self.draining.is_set():
-            await self.face.io(self.store.release, self.lease)
+            await self.io(self.store.release, self.lease)
             raise Suspend("worker draining")
 
     # -- what every step kind shares ----------------------------------------------------
@@ -279,13 +284,39 @@ class Execution:
         )
         return record, delay
 
-    async def checkpoint(self, record: StepRecord) -> None:
-        """Commit a step record (raises `Cancelled` after it if the run was cancelled)."""
+    async def checkpoint(self, record: StepRecord, *, defer: bool = False) -> None:
+        """Commit a step record (raises `Cancelled` after it if the run was cancelled).
+
+        With `defer`, a completed step's record is kept until the run next does something
+        with effects (`flush`: a step body, a store call) or ends (its finish carries it, so
+        a one-step run costs one write). No step body ever runs before the steps before it
+        are durable; only the function's own code between steps, which re-runs on every
+        replay anyway, runs ahead of the commit."""
+        await self.flush()
+        if defer:
+            self.pending = record
+            return
         await self.face.settle(self.store.checkpoint(self.lease, record))
+
+    async def flush(self) -> None:
+        """Commit the deferred step record, if any."""
+        if self.pending is not None:
+            record, self.pending = self.pending, None
+            await self.face.settle(self.store.checkpoint(self.lease, record))
+
+    def take_pending(self) -> StepRecord | None:
+        """The deferred step record, for the run's finish to carry."""
+        record, self.pending = self.pending, None
+        return record
+
+    async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call, after the deferred step record is committed."""
+        await self.flush()
+        return await self.face.io(fn, *args, **kwargs)
 
     async def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
         """Suspend the run for `delay` seconds with these failed attempts recorded."""
-        due = await self.face.io(
+        due = await self.io(
             self.store.suspend, self.lease, status="queued", delay=delay, records=records
         )
         self.suspended_until = due

@@ -11,7 +11,8 @@ import inspect
 import json
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -53,9 +54,31 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How an execution stopped. A run that ended returns before its end is committed:
+    `commit` settles when it is (see `settled`), so a worker thread goes on to its next run
+    while the group committer writes this one's end with others."""
+
     run_id: str
-    status: str  # completed | failed | suspended | lease_lost | abandoned
+    status: str  # completed | failed | cancelled | suspended | lease_lost | abandoned
     due_at: datetime | None = None
+    commit: Future[None] | None = field(default=None, compare=False, repr=False)
+
+
+def settled(outcome: Outcome, log: Any) -> Outcome:
+    """The outcome once its commit has settled (call it from the commit's done callback, or
+    after waiting for it): `lease_lost` if the lease was lost meanwhile, `abandoned` if the
+    end could not be written (the run goes back; its lease expires otherwise)."""
+    commit = outcome.commit
+    if commit is None:
+        return outcome
+    error = commit.exception()
+    if error is None:
+        return Outcome(outcome.run_id, outcome.status, outcome.due_at)
+    if isinstance(error, LeaseLost):
+        log.warning("lease lost; abandoning run", run_id=outcome.run_id, reason=str(error))
+        return Outcome(outcome.run_id, "lease_lost")
+    log.error("could not record the run's end", run_id=outcome.run_id, exc_info=error)
+    return Outcome(outcome.run_id, "abandoned")
 
 
 async def execute(
@@ -118,7 +141,7 @@ async def _memo(task: Task, store: RunStore, face: Face | None) -> dict[str, Ste
 async def _drive(
     fdef: FunctionDef, ctx: Context, execution: Execution, *, limits: Limits, log: Any
 ) -> Outcome:
-    lease, face, store = execution.lease, execution.face, execution.store
+    lease, face = execution.lease, execution.face
     try:
         value = await face.call(fdef.fn, (ctx,), {})
         if inspect.isawaitable(value):  # a plain function's face does not await it
@@ -131,24 +154,51 @@ async def _drive(
         return Outcome(lease.run_id, "suspended", execution.suspended_until)
     except (Cancelled, asyncio.CancelledError) as exc:
         if not execution.passes(exc):  # user code's own CancelledError: its failure
-            return await _fail(execution, _error_of(exc), log)
+            return _fail(execution, _error_of(exc), log)
         error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
         if not error["message"]:
             error["message"] = f"run {lease.run_id} was cancelled"
-        await face.settle(
-            store.finish(lease, status="cancelled", output_json=None, error_json=json.dumps(error))
+        at = "an await" if face.is_async else "a step boundary"
+        return _finish(
+            execution, "cancelled", None, json.dumps(error), log=log, event="run cancelled", at=at
         )
-        log.info("run cancelled", at="an await" if face.is_async else "a step boundary")
-        return Outcome(lease.run_id, "cancelled")
     except (LeaseLost, KeyboardInterrupt):
         raise
     except BaseException as exc:  # whatever user code raised, SystemExit included
-        return await _fail(execution, _error_of(exc), log)
+        return _fail(execution, _error_of(exc), log)
     if execution.fatal is not None:  # user code swallowed a non-determinism error
-        return await _fail(execution, {}, log)
-    await face.settle(store.finish(lease, status="completed", output_json=text, error_json=None))
-    log.info("run completed", output_bytes=len(text), **payload(output=text))
-    return Outcome(lease.run_id, "completed")
+        return _fail(execution, {}, log)
+    said = {"output_bytes": len(text)} | payload(output=text)
+    return _finish(execution, "completed", text, None, log=log, event="run completed", **said)
+
+
+def _finish(
+    execution: Execution,
+    status: str,
+    output_json: str | None,
+    error_json: str | None,
+    *,
+    log: Any,
+    event: str,
+    level: str = "info",
+    **said: Any,
+) -> Outcome:
+    """Hand the run's end (with its last step, if that is not committed yet) to the group
+    committer; `event` is logged once it is committed."""
+    commit = execution.store.finish(
+        execution.lease,
+        status=status,
+        output_json=output_json,
+        error_json=error_json,
+        step=execution.take_pending(),
+    )
+
+    def committed(done: Future[None]) -> None:
+        if done.exception() is None:
+            getattr(log, level)(event, **said)
+
+    commit.add_done_callback(committed)
+    return Outcome(execution.lease.run_id, status, commit=commit)
 
 
 def _returned_coroutine(function_id: str) -> AsyncUsageError:
@@ -176,21 +226,22 @@ def _is_record(error: Any) -> bool:
     return isinstance(error, dict)
 
 
-async def _fail(execution: Execution, error: dict[str, Any], log: Any) -> Outcome:
+def _fail(execution: Execution, error: dict[str, Any], log: Any) -> Outcome:
     if execution.fatal is not None:  # it wins over whatever the code did after it
         error = error_dict(execution.fatal)
-    lease = execution.lease
-    await execution.face.settle(
-        execution.store.finish(
-            lease, status="failed", output_json=None, error_json=json.dumps(error)
-        )
-    )
     text = str(error.get("message") or "")
-    log.warning(
-        "run failed",
-        error_type=error.get("type"),
-        error_code=error.get("code"),
-        error=summary(text, str(error.get("type") or "")),
-        **payload(error_message=text),
+    said = {
+        "error_type": error.get("type"),
+        "error_code": error.get("code"),
+        "error": summary(text, str(error.get("type") or "")),
+    } | payload(error_message=text)
+    return _finish(
+        execution,
+        "failed",
+        None,
+        json.dumps(error),
+        log=log,
+        event="run failed",
+        level="warning",
+        **said,
     )
-    return Outcome(lease.run_id, "failed")

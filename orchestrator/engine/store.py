@@ -151,12 +151,20 @@ class RunStore:
         self.db.run(lambda conn: events.insert_many(conn, batch), retry_for=self.retry_for)
 
     def finish(
-        self, lease: Lease, *, status: str, output_json: str | None, error_json: str | None
+        self,
+        lease: Lease,
+        *,
+        status: str,
+        output_json: str | None,
+        error_json: str | None,
+        step: steps.StepRecord | None = None,
     ) -> Future[None]:
-        """Record the run's end; the future raises `LeaseLost` if the lease was lost."""
+        """Record the run's end, with `step` (its last step's record, not committed yet) in
+        the same write; the future raises `LeaseLost` if the lease was lost."""
         write = GroupWrite(
             lease.run_id,
             lease.token,
+            step=step,
             final_status=status,
             output_json=output_json,
             error_json=error_json,

@@ -262,16 +262,18 @@ class WorkerPool:
         if message[0] == "stats":
             self._stats(message[1])
             return
-        _, run_id, status, due, stats = message
-        self._stats(stats)  # before the run is seen done, so a scrape after it counts it
-        with self._lock:
-            token = worker.inflight.pop(run_id, None)
-            worker.async_runs.discard(run_id)
-        if status == "abandoned" and token is not None:
-            # the worker gave up (an engine or database error it could not get past): an
-            # interruption, but no crash to blame on the run
-            self.on_crash(worker.index, Handback(interrupted=[(run_id, token)], abandoned=True))
-        self.on_done(run_id, status, datetime.fromisoformat(due) if due else None)
+        _, done, stats = message
+        self._stats(stats)  # before the runs are seen done, so a scrape after it counts them
+        for run_id, status, due in done:
+            with self._lock:
+                token = worker.inflight.pop(run_id, None)
+                worker.async_runs.discard(run_id)
+            if status == "abandoned" and token is not None:
+                # the worker gave up (an engine or database error it could not get past): an
+                # interruption, but no crash to blame on the run
+                handback = Handback(interrupted=[(run_id, token)], abandoned=True)
+                self.on_crash(worker.index, handback)
+            self.on_done(run_id, status, datetime.fromisoformat(due) if due else None)
 
     def _stats(self, delta: TallyDelta | None) -> None:
         if delta is not None and self.on_stats is not None:

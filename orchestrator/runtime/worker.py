@@ -2,11 +2,12 @@
 hands it, and one event loop executing up to `async_concurrency` runs of async ones.
 
 Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("drain",) and ("stop",) and
-answers ("ready",) once, then ("done", run_id, status, due_at, counts) per run. `counts` is
-what its metrics tally counted since the last message (None when metrics are off or nothing
-was); ("stats", counts) carries them alone when they have waited long during a long run. It is
-forked from the daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the
-daemon; it ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
+answers ("ready",) once, then ("done", [(run_id, status, due_at), ...], counts) for the runs
+that stopped since its last message. `counts` is what its metrics tally counted since then
+(None when metrics are off or nothing was); ("stats", counts) carries them alone when they
+have waited long during a long run. It is forked from the daemon's fork server and dies with
+it (PR_SET_PDEATHSIG), which dies with the daemon; it ignores SIGINT/SIGTERM, which the
+daemon handles for the whole group.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from orchestrator import log as logging
 from orchestrator.config import Config
 from orchestrator.db.database import Database, DatabaseError
 from orchestrator.engine.execution import Limits
-from orchestrator.engine.executor import Outcome, Task, execute
+from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.observer import NOBODY
 from orchestrator.engine.store import RunStore
@@ -108,6 +109,8 @@ class Worker:
         self.cancelled: set[str] = set()  # runs here whose cancellation was requested
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.send_lock = threading.Lock()
+        self.outbox: list[tuple[str, str, str | None]] = []  # (run id, status, due) to send
+        store.committer.after_group = self.send_done
         # step and run counts for the daemon's metrics, only if it serves them
         self.tally = StepTally(on_stale=self._send_stats) if cfg.http_address else None
         self.loop = AsyncRuns(self) if any(f.is_async for f in functions.values()) else None
@@ -166,13 +169,40 @@ class Worker:
             self.finished(task, run_sync(self.execute(task, mark, SyncFace())))
 
     def finished(self, task: Task, outcome: Outcome) -> None:
+        """Tell the daemon how the run stopped. A run that ended is told once its end is
+        committed: the committer thread settles a group's runs, then sends one message
+        for them all (`send_done`)."""
+        commit = outcome.commit
+        if commit is None:
+            self._done(task, outcome, send=True)
+            return
+        here = threading.get_ident()
+
+        def committed(_: Any) -> None:
+            # on the committer thread, which sends after the whole group; or here, at once,
+            # if the commit was already done
+            self._done(task, settled(outcome, self.log), send=threading.get_ident() == here)
+
+        commit.add_done_callback(committed)
+
+    def _done(self, task: Task, outcome: Outcome, *, send: bool) -> None:
         self.cancelled.discard(task.run_id)
         due = outcome.due_at.isoformat() if outcome.due_at else None
-        counts = None
-        if self.tally is not None:
-            self.tally.run_finished(task.function_id, outcome.status)
-            counts = self.tally.take()
-        self._send(("done", outcome.run_id, outcome.status, due, counts))
+        with self.send_lock:
+            if self.tally is not None:
+                self.tally.run_finished(task.function_id, outcome.status)
+            self.outbox.append((outcome.run_id, outcome.status, due))
+        if send:
+            self.send_done()
+
+    def send_done(self) -> None:
+        """Send the runs that stopped since the last message, in one message."""
+        with self.send_lock:
+            if not self.outbox:
+                return
+            done, self.outbox = self.outbox, []
+            counts = self.tally.take() if self.tally is not None else None
+            self._send_locked(("done", done, counts))
 
     def _send_stats(self) -> None:
         counts = self.tally.take() if self.tally is not None else None
@@ -216,10 +246,13 @@ class Worker:
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self.send_lock:
-            try:
-                self.conn.send(message)
-            except (OSError, EOFError):
-                os._exit(1)
+            self._send_locked(message)
+
+    def _send_locked(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.conn.send(message)
+        except (OSError, EOFError):
+            os._exit(1)
 
 
 class AsyncRuns:

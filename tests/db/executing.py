@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from orchestrator import Orchestrator
@@ -17,7 +17,7 @@ from orchestrator import log as logging
 from orchestrator.db import runs, steps
 from orchestrator.db.database import Database
 from orchestrator.engine.execution import Limits
-from orchestrator.engine.executor import Outcome, Task, execute
+from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.store import RunStore
 from tests.db.helpers import claim
@@ -72,16 +72,20 @@ class Harness:
     async def execute(self, task: Task, face: Face) -> Outcome:
         if isinstance(face, AsyncFace):
             face.adopt()  # this task is the run's: the one its cancellation interrupts
-        return await execute(
+        log = logging.get("test")
+        outcome = await execute(
             task,
             self.app.functions[task.function_id],
             self.store,
             limits=Limits(),
             draining=threading.Event(),
-            log=logging.get("test"),
+            log=log,
             cancelled=self.cancelled,
             face=face,
         )
+        if outcome.commit is not None:  # the run's end, handed to the group committer
+            wait([outcome.commit], timeout=30)
+        return settled(outcome, log)
 
     def make_due(self, run_id: str) -> None:
         sql(

@@ -65,7 +65,7 @@ async def _run(
     record = StepRecord(
         sid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
     )
-    await execution.checkpoint(record)
+    await execution.checkpoint(record, defer=True)
     log.debug(
         "step completed", duration_ms=ms(started), output_bytes=len(text), **payload(output=text)
     )

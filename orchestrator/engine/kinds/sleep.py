@@ -49,7 +49,7 @@ async def _sleep(
         return
     # no drain check here: suspending already gives the run back, with its sleep recorded
     record = StepRecord(sid, position, "sleep", "sleeping", 1)
-    due = await execution.face.io(
+    due = await execution.io(
         execution.store.suspend,
         execution.lease,
         status="sleeping",

@@ -122,7 +122,7 @@ async def wait_or_suspend(
     """The event already received that ends the wait (recorded as the step's result), or
     the run suspended as waiting (`Suspend`)."""
     record = StepRecord(sid, position, kind, "waiting", 1)
-    found = await execution.face.io(
+    found = await execution.io(
         execution.store.wait, execution.lease, record, wait, accept=accept, child=child
     )
     if found is None:
@@ -153,14 +153,12 @@ async def timed_out(
     now = execution.db_now()
     store, lease = execution.store, execution.lease
     if row.wake_at is None or row.wake_at > now:
-        await execution.face.io(
-            store.suspend, lease, status="waiting", until=row.wake_at or FOREVER
-        )
+        await execution.io(store.suspend, lease, status="waiting", until=row.wake_at or FOREVER)
         execution.suspended_until = row.wake_at
         raise Suspend(f"{kind} '{sid}' still waiting")
     execution.since = max(execution.since, now)
     record = StepRecord(sid, position, kind, "completed", 1, output_json="null")
-    await execution.face.io(store.end_wait, lease, record, cancel_run=cancel_run)
+    await execution.io(store.end_wait, lease, record, cancel_run=cancel_run)
     execution.log.info(f"{kind} timed out", step=sid)
 
 
