@@ -1,16 +1,20 @@
 """Wait resolution: 10,000 runs waiting for `payment/received`, each on its own order id.
 
     python bench/waits.py [--runs 10000] [--singles 20] [--workers 2] [--concurrency 32]
+                          [--pgbench-seconds 10]
 
-Creates a fresh database (like bench/pickup.py), starts a real daemon, sends `--runs`
-`order/created` events in one INSERT and waits until every run is waiting. Then:
+Creates a fresh database (like bench/pickup.py) and measures pgbench's single-row INSERT with
+one client on it (the baseline every rate is divided by, from the same run). Then starts a
+real daemon, sends `--runs` `order/created` events in one INSERT and waits until every run is
+waiting (runs/s into their wait, from the INSERT to the last wait stored). Then:
 
 - single: one `payment/received` at a time, on an otherwise idle daemon, for `--singles`
   different orders; the latency is from the event INSERT's commit to the start of the step
   after the wait (the wait resolved, the run claimed and replayed), and the check that exactly
   that run, and no other, moved on;
 - bulk: matching events for every remaining run in one INSERT; the time until all runs have
-  completed, from the database clock.
+  completed, from the first payment's `received_at` to the last run's `finished_at` (the
+  database clock).
 
 Also prints the plan of the resolving query. Writes bench/results/waits.json.
 """
@@ -38,6 +42,7 @@ from bench.pickup import (
     wait_for,
     write_result,
 )
+from bench.throughput import pgbench
 from orchestrator import Context, Orchestrator, event
 from orchestrator.db import waits
 from tests.e2e.apps.common import _conn
@@ -137,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--singles", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--pgbench-seconds", type=int, default=10)
     args = parser.parse_args(argv)
 
     server, kind = server_url()
     name, url = create_database(server)
     config = {"workers": args.workers, "concurrency": args.concurrency}
     log_path = Path(tempfile.mkdtemp(prefix="waits-")) / "daemon.log"
+    try:
+        base = pgbench(url, 1, args.pgbench_seconds)
+    except BaseException:
+        drop_database(server, name)
+        raise
     daemon = Daemon(url, log_path, config, app=APP_PATH)
     try:
         daemon.wait_serving()
@@ -166,10 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         drop_database(server, name)
 
     ordered = sorted(single)
+    bulk_rate = bulk_n / bulk_s if bulk_s else None
+    waiting_rate = args.runs / to_waiting
     result = {
         "benchmark": "waits",
         "runs": args.runs,
+        "pgbench_1": base,
         "to_waiting_s": round(to_waiting, 3),
+        "to_waiting_runs_per_s": round(waiting_rate, 1),
+        "to_waiting_ratio_to_pgbench_1": round(waiting_rate / base, 3),
         "single": {
             "events": len(single),
             "p50_ms": round(percentile(ordered, 50), 3),
@@ -179,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "bulk": {
             "events": bulk_n,
             "seconds": round(bulk_s, 3),
-            "runs_per_s": round(bulk_n / bulk_s, 1) if bulk_s else None,
+            "runs_per_s": round(bulk_rate, 1) if bulk_rate else None,
+            "ratio_to_pgbench_1": round(bulk_rate / base, 3) if bulk_rate else None,
         },
         "plan_uses_index": "waits_match" in the_plan and "Seq Scan on waits" not in the_plan,
         "database": kind,
@@ -187,14 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = write_result("waits.json", result)
-    print(f"{args.runs:,} runs waiting on payment/received ({kind} Postgres) in {to_waiting:.1f} s")
+    print(f"baseline pgbench single-row INSERT, 1 client: {base:,.0f} tps ({kind} Postgres)")
+    print(
+        f"{args.runs:,} runs waiting on payment/received in {to_waiting:.1f} s "
+        f"({waiting_rate:,.0f} runs/s, {waiting_rate / base:.3f} x pgbench(1))"
+    )
     print(
         f"  one event resolves exactly its run: p50 {result['single']['p50_ms']} ms, "
         f"max {result['single']['max_ms']} ms over {len(single)} events (commit -> next step)"
     )
     print(
         f"  {bulk_n:,} matching events in one INSERT: all resolved and completed in "
-        f"{bulk_s:.2f} s ({result['bulk']['runs_per_s']} runs/s)"
+        f"{bulk_s:.2f} s ({result['bulk']['runs_per_s']} runs/s, "
+        f"{result['bulk']['ratio_to_pgbench_1']} x pgbench(1))"
     )
     print("  plan of the resolving query:")
     print("\n".join("    " + line for line in the_plan.splitlines()))
