@@ -34,6 +34,7 @@ from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VA
 from orchestrator.runtime.admission import Source, admit
 
 _SUBSCRIPTIONS_TTL = 2.0
+_NO_FLUSH_WAIT = {"synchronous_commit": "off"}
 _ENGINE_PREFIX = "orchestrator/"  # the engine's own events are not held to max_event_bytes
 _REPLACED = "replaced by a newer run of the same singleton key"
 
@@ -52,9 +53,10 @@ class ClaimAlong(Protocol):
     """The claim that rides in an ingest transaction: the dispatcher's, so that a new event's
     run starts without a claim transaction of its own (runtime/dispatcher.py `IngestClaim`).
 
-    Called with the ingest's connection, after the batch's runs were created and woken, it
-    claims due runs for this daemon and returns their ids; their leases commit or roll back
-    with the ingest, and whatever it raises rolls the batch back. It keeps the claimed runs
+    Called with the ingest's connection, in the round trip that creates the batch's runs (it
+    sees them; not the runs the batch's events wake from their waits, which are left to the
+    NOTIFY), it claims due runs for this daemon and returns their ids; their leases commit or
+    roll back with the ingest, and whatever it raises rolls the batch back. It keeps the claimed runs
     itself: they may be handed to workers only once the ingest has committed, which only the
     caller of `Ingester.tick` knows.
     """
@@ -113,8 +115,13 @@ class Ingester:
             pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
                 return 0
-            # the connection's settings pin the claim's plan; the other statements plan freely
-            set_local(conn, runs.PLANNER_DEFAULTS)
+            # The connection's settings pin the claim's plan; the other statements plan
+            # freely. The commit does not wait for its WAL flush: if a crash loses it, its
+            # events are pending again and are ingested again (the runs it made are made
+            # again, by their idempotency keys), and a worker's write to a run it claimed is
+            # refused by the fence; anything that saw this transaction commits after it in
+            # the WAL, so it is lost with it or not at all.
+            set_local(conn, runs.PLANNER_DEFAULTS | _NO_FLUSH_WAIT)
             accepted = [ev for ev in pending if self._acceptable(conn, ev)]
             waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
             payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]
@@ -133,7 +140,14 @@ class Ingester:
                 [ev.data for ev in accepted],
                 [ev.received_at for ev in accepted],
             )
-            created, found = creating(), finding()  # one round trip for both
+            # The claim goes in the same round trip: it sees the runs just made, not those
+            # the waits below wake (they are left to the NOTIFY, like any run not claimed).
+            claimed: set[str] = set()
+            if admitted.runs and then is not None:
+                set_local(conn, runs.CLAIM_SETTINGS)
+                claimed = then(conn)  # its fetch sends everything above at once
+                set_local(conn, runs.PLANNER_DEFAULTS)
+            created, found = creating(), finding()
             runs.create_many(conn, admitted.refused(created))
             resolutions, cancels = _decide(found, payloads)
             woken = waits.resolve(conn, resolutions)
@@ -141,8 +155,6 @@ class Ingester:
                 conn, cancels, reason="cancelled by a cancel_on event"
             )
             due = set(created) | set(woken)
-            set_local(conn, runs.CLAIM_SETTINGS)
-            claimed = then(conn) if due and then is not None else set()
             if not claimed.issuperset(due):
                 notify_runs(conn)  # sent at commit
         if created or woken or cancelled or admitted.buffered:
