@@ -56,9 +56,9 @@ class ClaimAlong(Protocol):
     Called with the ingest's connection, in the round trip that creates the batch's runs (it
     sees them; not the runs the batch's events wake from their waits, which are left to the
     NOTIFY), it claims due runs for this daemon and returns their ids; their leases commit or
-    roll back with the ingest, and whatever it raises rolls the batch back. It keeps the claimed runs
-    itself: they may be handed to workers only once the ingest has committed, which only the
-    caller of `Ingester.tick` knows.
+    roll back with the ingest, and whatever it raises rolls the batch back. It keeps the
+    claimed runs itself: they may be handed to workers only once the ingest has committed,
+    which only the caller of `Ingester.tick` knows.
     """
 
     def __call__(self, conn: Any) -> set[str]: ...
