@@ -44,11 +44,11 @@ class GroupWrite:
 _WRITE_GROUP_HEAD = """
 WITH input AS MATERIALIZED (
     SELECT * FROM unnest(
-        %(runs)s::uuid[], %(tokens)s::uuid[], %(steps)s::text[], %(positions)s::int[],
-        %(kinds)s::text[], %(step_statuses)s::text[], %(attempts)s::int[],
-        %(outputs)s::text[], %(errors)s::text[], %(wakes)s::timestamptz[],
-        %(durations)s::int[], %(finals)s::text[], %(run_outputs)s::text[],
-        %(run_errors)s::text[]
+        %(runs)b::uuid[], %(tokens)b::uuid[], %(steps)b::text[], %(positions)b::int[],
+        %(kinds)b::text[], %(step_statuses)b::text[], %(attempts)b::int[],
+        %(outputs)b::text[], %(errors)b::text[], %(wakes)b::timestamptz[],
+        %(durations)b::int[], %(finals)b::text[], %(run_outputs)b::text[],
+        %(run_errors)b::text[]
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
            wake_at, duration_ms, final, run_output, run_error)
 ),
@@ -61,7 +61,7 @@ held AS MATERIALIZED (
 ),
 cancels AS MATERIALIZED (  -- through the partial index of requested cancellations: ~free
     SELECT id FROM orchestrator.runs
-    WHERE id = ANY(%(runs)s::uuid[]) AND cancel_requested_at IS NOT NULL
+    WHERE id = ANY(%(runs)b::uuid[]) AND cancel_requested_at IS NOT NULL
       AND status IN ('queued', 'running', 'sleeping', 'waiting')
 ),
 saved AS (

@@ -177,7 +177,7 @@ def backfill_flow_keys(conn: Conn, function_id: str) -> int:
 _CLAIM_IDS = f"""
     WITH picked AS MATERIALIZED (
         SELECT id FROM orchestrator.runs
-        WHERE id = ANY(%(ids)s::uuid[]) AND {_DUE} AND due_at <= now()
+        WHERE id = ANY(%(ids)b::uuid[]) AND {_DUE} AND due_at <= now()
           AND cancel_requested_at IS NULL
         ORDER BY id
         FOR UPDATE SKIP LOCKED

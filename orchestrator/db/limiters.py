@@ -25,14 +25,14 @@ def load(
     if lock:
         cur.execute(
             "INSERT INTO orchestrator.limiters (function_id, kind, key, tat) "
-            "SELECT %(f)s, %(kind)s, k, %(never)s FROM unnest(%(keys)s::text[]) AS k "
+            "SELECT %(f)s, %(kind)s, k, %(never)s FROM unnest(%(keys)b::text[]) AS k "
             "ORDER BY k ON CONFLICT DO NOTHING",
             params,
         )
     lock_clause = " FOR UPDATE" if lock else ""
     row = cur.execute(
         "WITH found AS (SELECT key, tat FROM orchestrator.limiters WHERE function_id = %(f)s "
-        f"AND kind = %(kind)s AND key = ANY(%(keys)s::text[]) ORDER BY key{lock_clause}) "
+        f"AND kind = %(kind)s AND key = ANY(%(keys)b::text[]) ORDER BY key{lock_clause}) "
         "SELECT now(), array_agg(key), array_agg(tat) FROM found",
         params,
     ).fetchone()

@@ -164,10 +164,10 @@ _RESUME = """
 _WATCH = f"""
     {insert_cancel_watches("r", "now()")}
     FROM orchestrator.runs r
-    JOIN unnest(%(c_fids)s::text[], %(c_ns)s::int[], %(c_events)s::text[],
-                %(c_paths)s::text[], %(c_exprs)s::text[], %(c_timeouts)s::float8[])
+    JOIN unnest(%(c_fids)b::text[], %(c_ns)b::int[], %(c_events)b::text[],
+                %(c_paths)b::text[], %(c_exprs)b::text[], %(c_timeouts)b::float8[])
          AS c(fid, n, ev, path, expr, timeout) ON c.fid = r.function_id
-    WHERE r.id = ANY(%(ids)s::uuid[]) AND r.status = 'queued'
+    WHERE r.id = ANY(%(ids)b::uuid[]) AND r.status = 'queued'
     ON CONFLICT DO NOTHING
 """
 

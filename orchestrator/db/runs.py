@@ -139,16 +139,16 @@ _CREATE = f"""
              status, error, finished_at)
         SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
                -- a microsecond apart, in the order given, so runs made together are FIFO
-               now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
-               now() - (cardinality(%(fids)s::text[]) - n) * interval '1 microsecond',
+               now() - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
+               now() - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
                CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
                    ck::jsonb)) END,
                tk, sk, fk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
                CASE WHEN x IS NULL THEN NULL ELSE now() END
-        FROM unnest(%(ids)s::text[], %(fids)s::text[], %(eids)s::text[], %(events)s::text[],
-                    %(keys)s::text[], %(parents)s::text[], %(since)s::timestamptz[],
-                    %(priorities)s::int[], %(ckeys)s::text[], %(tkeys)s::text[],
-                    %(skeys)s::text[], %(fkeys)s::text[], %(skips)s::text[]) WITH ORDINALITY
+        FROM unnest(%(ids)b::text[], %(fids)b::text[], %(eids)b::text[], %(events)b::text[],
+                    %(keys)b::text[], %(parents)b::text[], %(since)b::timestamptz[],
+                    %(priorities)b::int[], %(ckeys)b::text[], %(tkeys)b::text[],
+                    %(skeys)b::text[], %(fkeys)b::text[], %(skips)b::text[]) WITH ORDINALITY
              AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, fk, x, n)
         ON CONFLICT DO NOTHING
         RETURNING id, function_id, events, idempotency_key, status
@@ -156,11 +156,11 @@ _CREATE = f"""
     watch AS (
         {insert_cancel_watches("m", "coalesce(t.s, now())")}
         FROM made m
-        JOIN unnest(%(ids)s::text[], %(fids)s::text[], %(keys)s::text[],
-                    %(since)s::timestamptz[]) AS t(i, f, k, s)
+        JOIN unnest(%(ids)b::text[], %(fids)b::text[], %(keys)b::text[],
+                    %(since)b::timestamptz[]) AS t(i, f, k, s)
           ON t.f = m.function_id AND (t.i::uuid = m.id OR t.k = m.idempotency_key)
-        JOIN unnest(%(c_fids)s::text[], %(c_ns)s::int[], %(c_events)s::text[],
-                    %(c_paths)s::text[], %(c_exprs)s::text[], %(c_timeouts)s::float8[])
+        JOIN unnest(%(c_fids)b::text[], %(c_ns)b::int[], %(c_events)b::text[],
+                    %(c_paths)b::text[], %(c_exprs)b::text[], %(c_timeouts)b::float8[])
              AS c(fid, n, ev, path, expr, timeout) ON c.fid = m.function_id
         WHERE m.status = 'queued'
     )
@@ -255,7 +255,7 @@ def _claim_sql(suspects: bool) -> str:
         WITH picked AS MATERIALIZED (
             SELECT id FROM orchestrator.runs
             WHERE {_DUE} AND due_at <= now() AND {which}
-              AND function_id = ANY(%(fids)s::text[]) AND cancel_requested_at IS NULL
+              AND function_id = ANY(%(fids)b::text[]) AND cancel_requested_at IS NULL
             ORDER BY due_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -646,7 +646,7 @@ def fail_unknown_functions(conn: Connection) -> list[RequeuedRun]:
 # at once; a running run is marked, and its worker stops it at the next step boundary.
 _CANCEL = f"""
     WITH RECURSIVE tree(id) AS (
-        SELECT unnest(%(ids)s::uuid[])
+        SELECT unnest(%(ids)b::uuid[])
         UNION
         SELECT c.id FROM orchestrator.runs c JOIN tree t ON c.parent_run_id = t.id
         WHERE c.{_ACTIVE}

@@ -12,6 +12,10 @@ name first — the worker a shared one, the ingest an exclusive one — so that 
 second sees what the first committed: the worker finds the event, or the ingest finds the
 wait. Waiting runs never queue behind each other (shared locks), and the lock is taken
 before any row lock, so it cannot take part in a deadlock.
+
+A worker stores the waits its runs reach at the same moment in one such transaction
+(`store_many`, see engine/waiter.py): the shared locks of all their names, one look back for
+all of them, then one fenced statement that suspends those that found nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator.db.direct import Conn, driver
+import psycopg
+
+from orchestrator.db import runs
+from orchestrator.db.direct import Conn, driver, set_local
+from orchestrator.db.events import event_payload
+from orchestrator.db.session import notify_runs
 from orchestrator.db.steps import StepRecord
 
 WAIT_LOCK_CLASS = 0x6F726377  # the first key of the event-name advisory locks
@@ -63,25 +72,139 @@ def lock_names(conn: Conn, names: list[str], *, shared: bool) -> None:
     fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
     driver(conn).execute(
         f"SELECT {fn}(%(cls)s, k) FROM (SELECT DISTINCT hashtext(n) AS k "
-        "FROM unnest(%(names)s::text[]) AS n ORDER BY k) keys",
+        "FROM unnest(%(names)b::text[]) AS n ORDER BY k) keys",
         {"cls": WAIT_LOCK_CLASS, "names": names},
         prepare=True,
     )
 
 
-# Suspend a running run on a wait, fenced on its lease, in one statement: the run waits until
-# the wait expires (or for good), its step is recorded as waiting, the wait is stored.
+@dataclass(frozen=True)
+class Storing:
+    """A running run that reached `wait`: unless an event already received ends it, suspend
+    the run (fenced on `token`) as waiting until `due`, with `record` and the wait stored.
+    `accept` is the wait's `if` condition on a matching event; `child`, an invoked run to
+    start first."""
+
+    wait: Wait
+    record: StepRecord
+    token: str
+    due: datetime
+    accept: Callable[[dict[str, Any]], bool]
+    child: runs.NewRun | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What became of a `Storing`: `found`, the first event received that ends the wait
+    (nothing was written for it), else `suspended`, False if the run's lease no longer held."""
+
+    found: dict[str, Any] | None
+    suspended: bool
+
+
+def store_many(conn: psycopg.Connection[Any], storing: list[Storing]) -> list[Stored]:
+    """Store these waits race-free (see the module doc), in one transaction on a direct
+    connection, in two round trips: the shared name locks, the children started, the look
+    back; then the suspensions and the commit. Each run appears at most once.
+
+    The commit does not wait for its WAL flush: if a crash loses it, each run is as it was
+    (running, its previous step durable), is rescued, and reaches its wait again; anything
+    that saw a wait commits after it in the WAL, so it is lost with it or not at all."""
+    with conn.pipeline(), conn.transaction():
+        set_local(conn, {"synchronous_commit": "off"})
+        lock_names(conn, sorted({s.wait.event_name for s in storing}), shared=True)
+        children = [s.child for s in storing if s.child is not None]
+        if children:
+            runs.create_many_sent(conn, children)
+            notify_runs(conn)  # any daemon may claim them (a limited one: see flow.py)
+        seen = look_back(conn, [s.wait for s in storing])  # the first round trip
+        found = [_first(s.accept, events) for s, events in zip(storing, seen, strict=True)]
+        suspending = _suspend_sent(
+            conn, [s for s, event in zip(storing, found, strict=True) if event is None]
+        )
+    held = suspending()  # sent with the commit, in the second round trip
+    return [
+        Stored(event, event is None and s.wait.run_id in held)
+        for s, event in zip(storing, found, strict=True)
+    ]
+
+
+def _first(
+    accept: Callable[[dict[str, Any]], bool], events: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    return next((event for event in events if accept(event)), None)
+
+
+# For each wait, the events called its name received since its `since` whose `match_path`
+# field equals its expected value, oldest first (an index range scan of
+# `events_name_received` per wait).
+_LOOK_BACK = """
+    SELECT w.idx::int, e.id, e.name, e.data, e.ts
+    FROM unnest(%(names)s::text[], %(since)s::timestamptz[], %(paths)s::text[],
+                %(values)s::jsonb[]) WITH ORDINALITY AS w(name, since, path, value, idx)
+    CROSS JOIN LATERAL (
+        SELECT ev.id, ev.name, ev.data, ev.ts, ev.seq FROM orchestrator.events ev
+        WHERE ev.name = w.name AND ev.received_at >= w.since AND ev.error IS NULL
+          AND CASE WHEN w.path IS NULL THEN true
+                   ELSE coalesce(ev.data #> (string_to_array(w.path, '.'))[2:], 'null'::jsonb)
+                        = w.value END
+        ORDER BY ev.seq
+        LIMIT %(limit)s
+    ) e
+    ORDER BY w.idx, e.seq
+    """
+
+
+def look_back(conn: Conn, waits: list[Wait], *, limit: int = 1000) -> list[list[dict[str, Any]]]:
+    """For each wait, the events already received that match it by name and `match`, oldest
+    first (at most `limit`), as functions receive them."""
+    seen: list[list[dict[str, Any]]] = [[] for _ in waits]
+    if not waits:
+        return seen
+    params = {
+        "names": [w.event_name for w in waits],
+        "since": [w.since for w in waits],
+        "paths": [w.match_path for w in waits],
+        "values": [w.match_value_json for w in waits],
+        "limit": limit,
+    }
+    for idx, *event in driver(conn).execute(_LOOK_BACK, params, prepare=True):
+        seen[idx - 1].append(event_payload(*event))
+    return seen
+
+
+# Suspend running runs on their waits, each fenced on its lease, in one statement: the runs
+# still held are locked in id order (like every multi-row lock here), each waits until its
+# wait expires (or for good), its step is recorded as waiting and its wait is stored.
 _SUSPEND = """
-    WITH held AS (
-        UPDATE orchestrator.runs
-        SET status = 'waiting', due_at = %(due)s, updated_at = now(),
+    WITH input AS MATERIALIZED (
+        SELECT * FROM unnest(
+            %(runs)s::uuid[], %(tokens)s::uuid[], %(dues)s::timestamptz[], %(steps)s::text[],
+            %(positions)s::int[], %(kinds)s::text[], %(names)s::text[], %(paths)s::text[],
+            %(values)s::jsonb[], %(exprs)s::text[], %(since)s::timestamptz[],
+            %(expires)s::timestamptz[]
+        ) AS t(run_id, token, due, step_id, position, kind, name, path, value, expr, since,
+               expires)
+    ),
+    locked AS MATERIALIZED (
+        SELECT r.id FROM orchestrator.runs r
+        JOIN input i ON r.id = i.run_id AND r.lease_token = i.token
+        WHERE r.status = 'running'
+        ORDER BY r.id
+        FOR NO KEY UPDATE OF r
+    ),
+    held AS (
+        UPDATE orchestrator.runs r
+        SET status = 'waiting', due_at = i.due, updated_at = now(),
             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-        WHERE id = %(run)s::uuid AND lease_token = %(token)s::uuid AND status = 'running'
-        RETURNING id
+        FROM input i JOIN locked l ON l.id = i.run_id
+        WHERE r.id = i.run_id
+        RETURNING r.id
     ),
     step AS (
         INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, wake_at)
-        SELECT id, %(step)s, %(position)s, %(kind)s, 'waiting', 1, %(expires)s FROM held
+        SELECT i.run_id, i.step_id, i.position, i.kind, 'waiting', 1, i.expires
+        FROM input i JOIN held h ON h.id = i.run_id
         ON CONFLICT (run_id, step_id) DO UPDATE SET
             kind = EXCLUDED.kind, status = EXCLUDED.status, wake_at = EXCLUDED.wake_at,
             updated_at = now()
@@ -89,33 +212,36 @@ _SUSPEND = """
     stored AS (
         INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path,
                                         match_value, expression, since, expires_at)
-        SELECT id, %(step)s, 'event', %(name)s, %(path)s, %(value)s::jsonb, %(expr)s,
-               %(since)s, %(expires)s
-        FROM held
+        SELECT i.run_id, i.step_id, 'event', i.name, i.path, i.value, i.expr, i.since,
+               i.expires
+        FROM input i JOIN held h ON h.id = i.run_id
         ON CONFLICT (run_id, step_id) DO NOTHING
     )
-    SELECT count(*) FROM held
+    SELECT id::text FROM held
     """
 
 
-def suspend(conn: Conn, wait: Wait, record: StepRecord, *, token: str, due: datetime) -> bool:
-    """Suspend the run on `wait` (see `_SUSPEND`); False if its lease no longer holds."""
+def _suspend_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
+    """Suspend these runs on their waits (see `_SUSPEND`), sent now; call the result for the
+    ids of the runs whose lease still held."""
+    if not storing:
+        return set
     params = {
-        "run": wait.run_id,
-        "token": token,
-        "due": due,
-        "step": wait.step_id,
-        "position": record.position,
-        "kind": record.kind,
-        "name": wait.event_name,
-        "path": wait.match_path or "",
-        "value": wait.match_value_json,
-        "expr": wait.expression,
-        "since": wait.since,
-        "expires": wait.expires_at,
+        "runs": [s.wait.run_id for s in storing],
+        "tokens": [s.token for s in storing],
+        "dues": [s.due for s in storing],
+        "steps": [s.wait.step_id for s in storing],
+        "positions": [s.record.position for s in storing],
+        "kinds": [s.record.kind for s in storing],
+        "names": [s.wait.event_name for s in storing],
+        "paths": [s.wait.match_path or "" for s in storing],
+        "values": [s.wait.match_value_json for s in storing],
+        "exprs": [s.wait.expression for s in storing],
+        "since": [s.wait.since for s in storing],
+        "expires": [s.wait.expires_at for s in storing],
     }
-    row = driver(conn).execute(_SUSPEND, params, prepare=True).fetchone()
-    return bool(row and row[0])
+    cursor = driver(conn).execute(_SUSPEND, params, prepare=True)
+    return lambda: {str(row[0]) for row in cursor.fetchall()}
 
 
 def remove(conn: Conn, run_id: str, step_id: str) -> None:
@@ -129,7 +255,7 @@ def remove(conn: Conn, run_id: str, step_id: str) -> None:
 # one probe per path), then one index lookup per (event, path) for the expected value.
 _CANDIDATES = """
     WITH ev AS MATERIALIZED (
-        SELECT * FROM unnest(%(names)s::text[], %(datas)s::jsonb[], %(received)s::timestamptz[])
+        SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[])
              WITH ORDINALITY AS t(name, data, received_at, idx)
     ),
     paths AS MATERIALIZED (
@@ -195,7 +321,7 @@ def candidates(
 # wait rows; a run no longer waiting, or a wait already resolved, is left alone.
 _RESOLVE = """
     WITH input AS MATERIALIZED (
-        SELECT * FROM unnest(%(runs)s::uuid[], %(steps)s::text[], %(events)s::jsonb[])
+        SELECT * FROM unnest(%(runs)b::uuid[], %(steps)b::text[], %(events)b::jsonb[])
              AS t(run_id, step_id, event)
     ),
     locked AS MATERIALIZED (
