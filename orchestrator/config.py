@@ -36,6 +36,7 @@ class Config:
     workers: int = 2
     concurrency: int = 32
     async_concurrency: int = 500
+    prefetch: int = 32
     poll_interval: float = 1.0
     lease_duration: float = 15.0
     heartbeat_interval: float = 1.0
@@ -64,6 +65,7 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "workers": (1, "at least 1 worker process"),
     "concurrency": (1, "at least 1 thread per worker"),
     "async_concurrency": (1, "at least 1 async run per worker"),
+    "prefetch": (0, "zero or more runs per worker"),
     "poll_interval": (0.01, "a positive number of seconds (e.g. 1.0)"),
     "lease_duration": (1.0, "at least 1 second (e.g. 15)"),
     "heartbeat_interval": (0.05, "a positive number of seconds (e.g. 1.0)"),

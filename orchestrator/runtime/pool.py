@@ -40,7 +40,10 @@ class _Worker:
     ready: bool = False
     eof: bool = False
     busy: Any = None  # shared memory: the run id each thread is executing a step body of
-    capacity: int = 1  # threads, for runs of plain functions
+    threads: int = 1  # for runs of plain functions
+    # runs of plain functions it may hold: its threads, plus those waiting for one
+    # (`prefetch`); a run whose end is being committed holds no thread but counts until done
+    capacity: int = 1
     async_capacity: int = 0  # runs of async functions at once on its loop
     async_runs: set[str] = field(default_factory=set)  # those of `inflight` on its loop
     quarantine: bool = False
@@ -94,16 +97,17 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         quarantine = index == self.quarantine_index
-        capacity = 1 if quarantine else self.config.concurrency
+        threads = 1 if quarantine else self.config.concurrency
+        capacity = threads if quarantine else threads + self.config.prefetch
         async_capacity = 0
         if self.async_ids:
             async_capacity = 1 if quarantine else self.config.async_concurrency
         config = asdict(self.config) | {
-            "concurrency": capacity,
+            "concurrency": threads,
             "async_concurrency": max(1, async_capacity),
         }
         parent_conn, child_conn = _CTX.Pipe()
-        busy = _CTX.RawArray(ctypes.c_char, capacity * SLOT)  # the threads' (see worker.py)
+        busy = _CTX.RawArray(ctypes.c_char, threads * SLOT)  # the threads' (see worker.py)
         process = _CTX.Process(
             target=worker_main,
             args=(WorkerSpec(index, self.app_path, self.url, config), child_conn, busy),
@@ -118,6 +122,7 @@ class WorkerPool:
                 process,
                 parent_conn,
                 busy=busy,
+                threads=threads,
                 capacity=capacity,
                 async_capacity=async_capacity,
                 quarantine=quarantine,
