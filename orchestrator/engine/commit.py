@@ -44,6 +44,7 @@ class GroupCommitter:
         # called on the committer thread after each group's futures are settled (a worker
         # sends the daemon one message for the runs whose end the group committed)
         self.after_group: Callable[[], None] | None = None
+        self._committing = False  # a group is being written
 
     def commit(self, write: GroupWrite) -> Future[tuple[bool, bool]]:
         """Commit `write` with whatever else is waiting. The future's result says whether its
@@ -65,6 +66,15 @@ class GroupCommitter:
         with self._cond:
             self._start()
 
+    def drain(self, timeout: float) -> bool:
+        """Wait until every write handed over so far is committed (or has failed), for at
+        most `timeout` seconds; False if some are still waiting. A worker that stops calls
+        it: a thread no longer waits for its run's end to commit."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._pending and not self._committing, timeout=timeout
+            )
+
     def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="committer", daemon=True)
@@ -78,11 +88,15 @@ class GroupCommitter:
                 group = [
                     self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))
                 ]
+                self._committing = True
             try:
                 self._commit(group)
             finally:
                 if self.after_group is not None:
                     self.after_group()
+                with self._cond:
+                    self._committing = False
+                    self._cond.notify_all()
 
     def _commit(self, group: list[_Pending]) -> None:
         writes = [p.write for p in group]

@@ -2,8 +2,9 @@
 
 A worker runs the function straight through. A step already recorded returns its recorded
 result without running; a new step runs, and its result is committed (fenced on the lease)
-before the run does anything more with effects (see `checkpoint`), at the latest with its end. The run suspends only at sleeps, waits and retry back-offs,
-so a function of N steps costs O(N) work.
+before the run does anything more with effects (see `checkpoint`), at the latest with its
+end. The run suspends only at sleeps, waits and retry back-offs, so a function of N steps
+costs O(N) work.
 
 This is what every step kind shares: step identity (ids, positions, the replay check), the
 step-body call, the failure record, and the run's clock. Each kind of step lives in its own

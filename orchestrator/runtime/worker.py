@@ -40,6 +40,7 @@ _PR_SET_PDEATHSIG = 1
 SLOT = 36  # bytes per run slot in the shared `busy` array (a run id); see pool.py
 IO_THREADS = 4  # the worker's pooled connections (twice that with overflow)
 BODY_THREADS = 32  # threads per worker for the plain step bodies of async functions
+STOP_COMMIT_TIMEOUT = 10.0  # seconds a stopping worker waits for the ends handed over
 
 
 def _die_with_parent() -> None:
@@ -135,6 +136,9 @@ class Worker:
             thread.join()
         if self.loop is not None:
             self.loop.stop()
+        # the ends the threads handed over: committed, and the daemon told, before exiting
+        if not self.store.committer.drain(timeout=STOP_COMMIT_TIMEOUT):
+            self.log.warning("runs' ends still uncommitted at stop; their leases go back")
 
     def _receive(self) -> tuple[Any, ...]:
         try:
