@@ -135,7 +135,8 @@ async def _memo(task: Task, store: RunStore, face: Face | None) -> dict[str, Ste
     # a first execution has no recorded steps, unless it is a fork's (copied ones)
     if task.attempts == 1 and task.origin != "fork":
         return {}
-    return await (face or SyncFace()).io(store.load, task.run_id)
+    # read with the other runs the worker resumes now (engine/loader.py)
+    return await (face or SyncFace()).settle(store.loading(task.run_id))
 
 
 async def _drive(

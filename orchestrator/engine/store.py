@@ -2,7 +2,9 @@
 transient connection errors (every write here is an idempotent upsert or a fenced update).
 
 Checkpoints and finishes, the writes on the hot path, go through the group committer: the
-concurrent runs of one worker process share their transactions (see engine/commit.py).
+concurrent runs of one worker process share their transactions (see engine/commit.py). So do
+the hot path's other two calls: the waits runs reach are stored together (engine/waiter.py),
+and the recorded steps of resumed runs are read together (engine/loader.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 from orchestrator.db import events, runs, steps, waits
 from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
-from orchestrator.db.direct import Direct, driver, set_local
-from orchestrator.db.session import notify_runs
+from orchestrator.db.direct import Direct
 from orchestrator.engine.commit import GroupCommitter
+from orchestrator.engine.loader import Memo, StepLoader
+from orchestrator.engine.waiter import Waiter
 from orchestrator.errors import Cancelled, LeaseLost
 
 
@@ -39,15 +42,34 @@ class RunStore:
         self.retry_for = retry_for
         direct = Direct(db.url, application_name=f"{db.application_name}-commit")
         self.committer = GroupCommitter(direct, retry_for=retry_for)
+        loads = Direct(db.url, application_name=f"{db.application_name}-load")
+        self.loader = StepLoader(loads, retry_for=retry_for)
+        waiting = Direct(db.url, application_name=f"{db.application_name}-wait")
+        self.waiter = Waiter(waiting, retry_for=retry_for)
 
     def warm(self) -> None:
         """Open the connections and plan the hot statements now, before the first run."""
         self.db.connect_now()
         self.committer.warm()
+        self.loader.warm()
+        self.waiter.warm()
 
-    def load(self, run_id: str) -> dict[str, steps.StepRow]:
-        rows = self.db.run(lambda conn: steps.load(conn, run_id), retry_for=self.retry_for)
-        return {row.step_id: row for row in rows}
+    def close(self) -> None:
+        """Close the direct connections (the pool's are the database handle's to dispose)."""
+        for direct in (
+            self.committer.direct,
+            self.loader.batcher.direct,
+            self.waiter.batcher.direct,
+        ):
+            direct.close()
+
+    def load(self, run_id: str) -> Memo:
+        """The run's recorded steps by step id."""
+        return self.loading(run_id).result()
+
+    def loading(self, run_id: str) -> Future[Memo]:
+        """`load`, as a future: read with the loads of the worker's other runs."""
+        return self.loader.load(run_id)
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> Future[None]:
         """Commit a step record. The future raises `LeaseLost` if the lease was lost, and
@@ -94,40 +116,40 @@ class RunStore:
         accept: Callable[[dict[str, Any]], bool],
         child: runs.NewRun | None = None,
     ) -> dict[str, Any] | None:
-        """Wait for an event, race-free (see db/waits.py), in one transaction: start `child`
-        (an invoked run) if given, then look back at the events received since `wait.since`;
-        return the first that matches and that `accept`s, writing nothing else; if none does,
-        suspend the run as waiting until `wait.expires_at` (or for good), with `record` and
-        the wait stored, and return None."""
+        """`waiting`, waited for."""
+        return self.waiting(lease, record, wait, accept=accept, child=child).result()
 
-        def write(conn: Any) -> tuple[bool, dict[str, Any] | None]:
-            # Two round trips: the name lock with the look back, then the suspension. The
-            # commit does not wait for its WAL flush: if a crash loses it, the run is as it
-            # was (running, its previous step durable), is rescued, and reaches the wait
-            # again; anything that saw the wait commits after it in the WAL, so it is lost
-            # with it or not at all.
-            with driver(conn).pipeline():
-                set_local(conn, {"synchronous_commit": "off"})
-                waits.lock_names(conn, [wait.event_name], shared=True)
-                if child is not None:
-                    runs.create_many(conn, [child])
-                    notify_runs(conn)  # any daemon may claim it (a limited one: see flow.py)
-                seen = events.matching_since(
-                    conn,
-                    wait.event_name,
-                    since=wait.since,
-                    match_path=wait.match_path,
-                    match_value_json=wait.match_value_json,
-                )
-                for payload in seen:
-                    if accept(payload):
-                        return True, payload
-                due = wait.expires_at or FOREVER
-                return waits.suspend(conn, wait, record, token=lease.token, due=due), None
+    def waiting(
+        self,
+        lease: Lease,
+        record: steps.StepRecord,
+        wait: waits.Wait,
+        *,
+        accept: Callable[[dict[str, Any]], bool],
+        child: runs.NewRun | None = None,
+    ) -> Future[dict[str, Any] | None]:
+        """Wait for an event, race-free (see db/waits.py), in one transaction with the waits
+        of the worker's other runs: start `child` (an invoked run) if given, then look back at
+        the events received since `wait.since`; the future holds the first that matches and
+        that `accept`s, with nothing else written; if none does, the run is suspended as
+        waiting until `wait.expires_at` (or for good), with `record` and the wait stored, and
+        the future holds None. It raises `LeaseLost` if the run's lease no longer held."""
+        due = wait.expires_at or FOREVER
+        storing = waits.Storing(wait, record, lease.token, due, accept, child)
+        stored = self.waiter.store(storing)
+        found: Future[dict[str, Any] | None] = Future()
 
-        ok, found = self.db.run(write, retry_for=self.retry_for)
-        if not ok:
-            raise LeaseLost(f"run {lease.run_id}: lease lost while storing wait '{wait.step_id}'")
+        def settle(stored: Future[waits.Stored]) -> None:
+            error = stored.exception()
+            if error is not None:
+                found.set_exception(error)
+            elif (outcome := stored.result()).found is None and not outcome.suspended:
+                lost = f"run {lease.run_id}: lease lost while storing wait '{wait.step_id}'"
+                found.set_exception(LeaseLost(lost))
+            else:
+                found.set_result(outcome.found)
+
+        stored.add_done_callback(settle)
         return found
 
     def end_wait(self, lease: Lease, record: steps.StepRecord, *, cancel_run: str | None) -> None:

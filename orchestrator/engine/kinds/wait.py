@@ -122,9 +122,10 @@ async def wait_or_suspend(
     """The event already received that ends the wait (recorded as the step's result), or
     the run suspended as waiting (`Suspend`)."""
     record = StepRecord(sid, position, kind, "waiting", 1)
-    found = await execution.io(
-        execution.store.wait, execution.lease, record, wait, accept=accept, child=child
-    )
+    await execution.flush()
+    # stored with the waits the worker's other runs reach now (engine/waiter.py)
+    stored = execution.store.waiting(execution.lease, record, wait, accept=accept, child=child)
+    found = await execution.face.settle(stored)
     if found is None:
         until = wait.expires_at
         execution.log.info(
