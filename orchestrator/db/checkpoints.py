@@ -52,8 +52,8 @@ WITH input AS MATERIALIZED (
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
            wake_at, duration_ms, final, run_output, run_error)
 ),
-held AS MATERIALIZED (
-    SELECT r.id FROM orchestrator.runs r
+held AS MATERIALIZED (  -- (id, token): a stale write of a held run is not made with it
+    SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
     JOIN input i ON r.id = i.run_id AND r.lease_token = i.token
     WHERE r.status = 'running'
     ORDER BY r.id
@@ -69,7 +69,7 @@ saved AS (
                                     output, error, wake_at, duration_ms)
     SELECT i.run_id, i.step_id, i.position, i.kind, i.step_status, i.attempt,
            i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms
-    FROM input i JOIN held h ON h.id = i.run_id
+    FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE i.step_id IS NOT NULL
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
@@ -87,7 +87,7 @@ finished AS (
                      ELSE i.run_error::jsonb END,
         finished_at = now(), updated_at = now(),
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-    FROM input i JOIN held h ON h.id = i.run_id
+    FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE r.id = i.run_id AND i.final IS NOT NULL AND r.status = 'running'
     RETURNING r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id
 )

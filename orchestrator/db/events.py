@@ -53,7 +53,7 @@ class EventRow:
 _INSERT_NEW = """
     INSERT INTO orchestrator.events (id, name, data, ts)
     SELECT i, n, d::jsonb, coalesce(t::timestamptz, now())
-    FROM unnest(%(ids)b::text[], %(names)b::text[], %(datas)b::text[], %(times)b::text[])
+    FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[], %(times)s::text[])
          WITH ORDINALITY AS e(i, n, d, t, o)
     ORDER BY o
     ON CONFLICT (id) DO NOTHING

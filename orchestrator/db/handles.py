@@ -56,15 +56,15 @@ _START = f"""
         INSERT INTO orchestrator.runs
             (id, function_id, events, priority, concurrency_keys, throttle_key, flow_key,
              due_at, awaited)
-        VALUES (%(id)s::uuid, %(fid)s, %(events)s::jsonb, %(priority)s, %(ckeys)b::text[],
+        VALUES (%(id)s::uuid, %(fid)s, %(events)s::jsonb, %(priority)s, %(ckeys)s::text[],
                 %(tkey)s, %(fkey)s, now() + make_interval(secs => %(delay)s::float8), true)
         ON CONFLICT DO NOTHING
         RETURNING id, events
     ),
     watch AS (
         {insert_cancel_watches("m", "now()")}
-        FROM made m, unnest(%(c_ns)b::int[], %(c_events)b::text[], %(c_paths)b::text[],
-                            %(c_exprs)b::text[], %(c_timeouts)b::float8[])
+        FROM made m, unnest(%(c_ns)s::int[], %(c_events)s::text[], %(c_paths)s::text[],
+                            %(c_exprs)s::text[], %(c_timeouts)s::float8[])
                      AS c(n, ev, path, expr, timeout)
     )
     SELECT id::text FROM made

@@ -646,7 +646,7 @@ def fail_unknown_functions(conn: Connection) -> list[RequeuedRun]:
 # at once; a running run is marked, and its worker stops it at the next step boundary.
 _CANCEL = f"""
     WITH RECURSIVE tree(id) AS (
-        SELECT unnest(%(ids)b::uuid[])
+        SELECT unnest(%(ids)s::uuid[])
         UNION
         SELECT c.id FROM orchestrator.runs c JOIN tree t ON c.parent_run_id = t.id
         WHERE c.{_ACTIVE}

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from orchestrator import log as logging
 from orchestrator.db.checkpoints import GroupWrite, prepare, write_group
 from orchestrator.db.database import DatabaseError, is_transient
 from orchestrator.db.direct import Direct
@@ -91,9 +92,11 @@ class GroupCommitter:
                 self._committing = True
             try:
                 self._commit(group)
-            finally:
                 if self.after_group is not None:
                     self.after_group()
+            except Exception:  # a bug: the committer must outlive it, or every write hangs
+                logging.get("committer").exception("group commit hook failed")
+            finally:
                 with self._cond:
                     self._committing = False
                     self._cond.notify_all()

@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -104,6 +105,7 @@ class Execution:
         # A completed step's record not committed yet (see `checkpoint`): it is committed
         # before anything else the run does with effects, or with the run's end.
         self.pending: StepRecord | None = None
+        self._flushing: Future[None] | None = None  # the deferred record's commit, in flight
         self.suspended_until: datetime | None = None
         self._seen: dict[str, int] = {}
         self._position = 0
@@ -295,15 +297,26 @@ class Execution:
         replay anyway, runs ahead of the commit."""
         await self.flush()
         if defer:
-            self.pending = record
+            self.pending = record  # nothing pending or committing: flush returned
             return
         await self.face.settle(self.store.checkpoint(self.lease, record))
 
     async def flush(self) -> None:
-        """Commit the deferred step record, if any."""
-        if self.pending is not None:
+        """Commit the deferred step record, if any. Returns only once nothing is pending or
+        being committed: steps gathered in an async function flush at the same time, and
+        each waits for the others' commits too."""
+        while self.pending is not None or self._flushing is not None:
+            if self._flushing is not None:
+                await self.face.settle(self._flushing)
+                continue
             record, self.pending = self.pending, None
-            await self.face.settle(self.store.checkpoint(self.lease, record))
+            assert record is not None
+            committing = self._flushing = self.store.checkpoint(self.lease, record)
+            try:
+                await self.face.settle(committing)
+            finally:
+                if self._flushing is committing:
+                    self._flushing = None
 
     def take_pending(self) -> StepRecord | None:
         """The deferred step record, for the run's finish to carry."""

@@ -73,6 +73,12 @@ class Dispatcher(Looper):
         self.lanes = {
             lane: [f for f in plain_ids if registry[f].is_async == lane] for lane in (False, True)
         }
+        # The ingest's claim leaves out functions with `cancel_on` conditions: it is sent
+        # before the batch's events are matched against them, and a run one of its own
+        # events cancels must end cancelled, not start. A NOTIFY brings them to the claim.
+        self.ingest_lanes = {
+            lane: [f for f in ids if not registry[f].cancel_on] for lane, ids in self.lanes.items()
+        }
         self.events_hint = threading.Event()  # an event arrived since the last ingest
         self.ingested_at = 0.0
         self.suspects_hint = threading.Event()  # a worker crash here made suspects
@@ -147,10 +153,10 @@ class Dispatcher(Looper):
         # flow-controlled functions and the others take turns at going first
         self.flow_first = not self.flow_first
         if self.flow_first:
-            self.submit(self.flow.claim(self.rooms()), suspects=False)
+            self.submit(self.flow.claim(self.rooms(ahead=False)), suspects=False)
         drained = self._claim_into_pool(suspects=False)
         if not self.flow_first:
-            self.submit(self.flow.claim(self.rooms()), suspects=False)
+            self.submit(self.flow.claim(self.rooms(ahead=False)), suspects=False)
         self.backlogged = any(ids and lane not in drained for lane, ids in self.lanes.items())
         self._claim_suspects()
         self.next_due_in = None  # a full lane: a run of it finishing wakes the loop
@@ -193,10 +199,13 @@ class Dispatcher(Looper):
         self.hold_until = None
         return False
 
-    def rooms(self, *, quarantine: bool = False) -> dict[bool, int]:
-        """Free slots by lane: False for plain functions' runs, True for async ones'."""
+    def rooms(self, *, quarantine: bool = False, ahead: bool = True) -> dict[bool, int]:
+        """Free slots by lane: False for plain functions' runs, True for async ones'. Without
+        `ahead`, idle threads only: a flow-controlled run is claimed only when it can start
+        at once, so its limits hold at its body's start (a throttle's spacing, a priority)."""
         return {
-            lane: self.pool.free_slots(quarantine=quarantine, is_async=lane) for lane in self.lanes
+            lane: self.pool.free_slots(quarantine=quarantine, is_async=lane, ahead=ahead)
+            for lane in self.lanes
         }
 
     def _claim_into_pool(self, *, suspects: bool) -> set[bool]:
@@ -218,14 +227,20 @@ class Dispatcher(Looper):
         return drained
 
     def claim(
-        self, conn: Any, limit: int, *, suspects: bool = False, is_async: bool = False
+        self,
+        conn: Any,
+        limit: int,
+        *,
+        suspects: bool = False,
+        is_async: bool = False,
+        function_ids: list[str] | None = None,
     ) -> list[runs.ClaimedRun]:
         return runs.claim_due(
             conn,
             owner=self.owner,
             limit=limit,
             lease_seconds=self.cfg.lease_duration,
-            function_ids=self.lanes[is_async],
+            function_ids=self.lanes[is_async] if function_ids is None else function_ids,
             suspects=suspects,
         )
 
@@ -263,6 +278,8 @@ class IngestClaim:
         self.claimed: list[runs.ClaimedRun] = []
 
     def __call__(self, conn: Any) -> set[str]:
-        for lane, free in self.dispatcher.rooms().items():
-            self.claimed.extend(self.dispatcher.claim(conn, free, is_async=lane))
+        dispatcher = self.dispatcher
+        for lane, free in dispatcher.rooms().items():
+            fids = dispatcher.ingest_lanes[lane]
+            self.claimed.extend(dispatcher.claim(conn, free, is_async=lane, function_ids=fids))
         return {c.id for c in self.claimed}

@@ -34,7 +34,6 @@ from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VA
 from orchestrator.runtime.admission import Source, admit
 
 _SUBSCRIPTIONS_TTL = 2.0
-_NO_FLUSH_WAIT = {"synchronous_commit": "off"}
 _ENGINE_PREFIX = "orchestrator/"  # the engine's own events are not held to max_event_bytes
 _REPLACED = "replaced by a newer run of the same singleton key"
 
@@ -115,13 +114,8 @@ class Ingester:
             pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
             if not pending:
                 return 0
-            # The connection's settings pin the claim's plan; the other statements plan
-            # freely. The commit does not wait for its WAL flush: if a crash loses it, its
-            # events are pending again and are ingested again (the runs it made are made
-            # again, by their idempotency keys), and a worker's write to a run it claimed is
-            # refused by the fence; anything that saw this transaction commits after it in
-            # the WAL, so it is lost with it or not at all.
-            set_local(conn, runs.PLANNER_DEFAULTS | _NO_FLUSH_WAIT)
+            # the connection's settings pin the claim's plan; the other statements plan freely
+            set_local(conn, runs.PLANNER_DEFAULTS)
             accepted = [ev for ev in pending if self._acceptable(conn, ev)]
             waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
             payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]

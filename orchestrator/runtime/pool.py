@@ -48,12 +48,13 @@ class _Worker:
     async_runs: set[str] = field(default_factory=set)  # those of `inflight` on its loop
     quarantine: bool = False
 
-    def free(self, *, is_async: bool = False) -> int:
+    def free(self, *, is_async: bool = False, ahead: bool = True) -> int:
         if not self.ready:
             return 0
         if is_async:
             return self.async_capacity - len(self.async_runs)
-        return self.capacity - (len(self.inflight) - len(self.async_runs))
+        room = self.capacity if ahead else self.threads
+        return max(0, room - (len(self.inflight) - len(self.async_runs)))
 
 
 class WorkerPool:
@@ -178,16 +179,19 @@ class WorkerPool:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def free_slots(self, *, quarantine: bool = False, is_async: bool = False) -> int:
+    def free_slots(
+        self, *, quarantine: bool = False, is_async: bool = False, ahead: bool = True
+    ) -> int:
         """Free slots in ready processes, for runs of plain functions (threads) or of async
         ones (`is_async`): in the regular processes, or in the quarantine process that runs
         suspects (runs that were inside a step body when a worker died) one at a time, away
-        from healthy runs."""
+        from healthy runs. Without `ahead`, only idle threads count, not the room for runs
+        claimed ahead (`prefetch`)."""
         with self._lock:
             if self._draining or self._stopping:
                 return 0
             return sum(
-                w.free(is_async=is_async)
+                w.free(is_async=is_async, ahead=ahead)
                 for w in self._workers.values()
                 if w.quarantine == quarantine
             )

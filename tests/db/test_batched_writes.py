@@ -5,6 +5,7 @@ written by one transaction carry the same time)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -123,3 +124,35 @@ def test_a_sleep_after_a_step__commits_the_step_first(harness: Harness) -> None:
         r=run_id,
     )
     assert steps == [("before", "completed"), ("nap", "sleeping")]
+
+
+def test_steps_gathered_in_an_async_function__each_record_is_kept(harness: Harness) -> None:
+    # 'a' ends first and its record waits; 'b' and 'c' end together while it is committed
+    async def body(name: str, seconds: float) -> str:
+        harness.count(name)
+        await asyncio.sleep(seconds)
+        return name
+
+    @harness.app.function("gathered")
+    async def gathered(ctx: AsyncContext) -> Any:
+        out = await asyncio.gather(
+            ctx.step.run("a", body, "a", 0.05),
+            ctx.step.run("b", body, "b", 0.15),
+            ctx.step.run("c", body, "c", 0.15),
+        )
+        await ctx.step.sleep("nap", 3600)
+        return out
+
+    run_id = harness.start("gathered")
+    assert harness.step("gathered").status == "suspended"
+    harness.make_due(run_id)
+    sql(harness.db, "UPDATE orchestrator.steps SET wake_at = now() WHERE step_id = 'nap'")
+    assert harness.step("gathered").status == "completed"
+
+    assert harness.calls == {"a": 1, "b": 1, "c": 1}  # no body ran twice
+    steps = sql(
+        harness.db,
+        "SELECT step_id FROM orchestrator.steps WHERE run_id = CAST(:r AS uuid) ORDER BY position",
+        r=run_id,
+    )
+    assert [row[0] for row in steps] == ["a", "b", "c", "nap"]

@@ -256,3 +256,26 @@ def test_write_group__finish_with_effects_notifies_parent_and_removes_waits(
     }
     names = execute(db, "SELECT id, name, data->>'run_id' FROM orchestrator.events")
     assert names == [(f"failed:{failing.id}", "orchestrator/function.failed", failing.id)]
+
+
+def test_write_group__a_lost_leases_write_beside_the_current_ones__is_refused(
+    db: Database, direct: Direct
+) -> None:
+    # a run claimed again by the same worker after its lease was lost: its old execution's
+    # late write and the new one's can share a group
+    queue_runs(db, 1)
+    (run,) = claim(db, str(uuid.uuid4()), limit=1)
+    late = StepRecord("late", 0, "run", "completed", 1, output_json='"late"', duration_ms=1)
+    current = StepRecord("b", 1, "run", "completed", 1, output_json="2", duration_ms=1)
+    made = write(
+        direct,
+        [
+            GroupWrite(
+                run.id, str(uuid.uuid4()), step=late, final_status="completed", output_json="0"
+            ),
+            GroupWrite(run.id, run.lease_token, step=current),
+        ],
+    )
+    assert made == {run.id}
+    assert execute(db, "SELECT step_id FROM orchestrator.steps") == [("b",)]
+    assert execute(db, "SELECT status, output FROM orchestrator.runs") == [("running", None)]

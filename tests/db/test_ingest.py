@@ -105,19 +105,3 @@ def test_ingest__wakes_other_daemons_only_for_runs_left_unclaimed(
         assert received == ["orchestrator_runs", "orchestrator_runs"]
         assert list(listener.notifies(timeout=0.3)) == []  # and no third one
     assert _statuses(db) == {"running": 3, "queued": 3}
-
-
-def test_ingest__its_commit_does_not_wait_for_the_wal_flush(
-    db: Database, ingester: Ingester
-) -> None:
-    # a lost ingest is made again from its events, which stay pending (see ingest.py)
-    _events(db, 1)
-    seen: list[str] = []
-
-    def look(conn: Any) -> set[str]:
-        seen.append(conn.execute("SELECT current_setting('synchronous_commit')").fetchone()[0])
-        return _claimer(1)(conn)
-
-    assert ingester.tick(then=look) == 1
-    assert seen == ["off"]
-    assert _statuses(db) == {"running": 1}

@@ -78,6 +78,17 @@ def sqlalchemy_session(url: str) -> Iterator[Caller]:
 
 
 @contextmanager
+def sqlalchemy_psycopg2_session(url: str) -> Iterator[Caller]:
+    engine = create_engine(sqlalchemy_url(url).replace("+psycopg:", "+psycopg2:", 1))
+    assert engine.dialect.driver == "psycopg2"
+    try:
+        with Session(engine) as session:
+            yield Caller(session, session.commit, session.rollback)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def sqlalchemy_scoped_session(url: str) -> Iterator[Caller]:
     engine = create_engine(sqlalchemy_url(url))
     sessions = scoped_session(sessionmaker(engine))
@@ -130,6 +141,7 @@ SYNC_KINDS = {
     "sqlalchemy-connection": sqlalchemy_connection,
     "sqlalchemy-session": sqlalchemy_session,
     "sqlalchemy-scoped-session": sqlalchemy_scoped_session,
+    "sqlalchemy-psycopg2-session": sqlalchemy_psycopg2_session,
 }
 ASYNC_KINDS = {
     "psycopg-async": psycopg_async_connection,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Orchestrator, event
+from orchestrator import Orchestrator, cancel_on, event
 from orchestrator.config import Config
 from orchestrator.db import daemons, functions, runs
 from orchestrator.db.database import Database
@@ -79,7 +79,9 @@ class _Pool:
         self.tasks: list[Task] = []
         self.held: set[str] = set()
 
-    def free_slots(self, *, quarantine: bool = False, is_async: bool = False) -> int:
+    def free_slots(
+        self, *, quarantine: bool = False, is_async: bool = False, ahead: bool = True
+    ) -> int:
         return 0 if quarantine or is_async else self.free - len(self.tasks)
 
     def submit(self, tasks: list[Task], *, quarantine: bool = False) -> None:
@@ -418,13 +420,15 @@ def direct(db: Database) -> Iterator[Direct]:
     conn.close()
 
 
-def _dispatcher(db: Database, direct: Direct, pool: _Pool) -> Dispatcher:
+def _dispatcher(
+    db: Database, direct: Direct, pool: _Pool, *, cancelled_by: str | None = None
+) -> Dispatcher:
     app = Orchestrator(database_url="postgresql://unused/x")
-    app.function("f", trigger=event("a"))(lambda ctx: None)
+    cancels = [cancel_on(cancelled_by)] if cancelled_by else []
+    app.function("f", trigger=event("a"), cancel_on=cancels)(lambda ctx: None)
     with db.transaction() as conn:
-        functions.upsert(
-            conn, "f", triggers=[{"type": "event", "name": "a"}], options={}, version="1"
-        )
+        desc = app.functions["f"].describe()
+        functions.upsert(conn, "f", triggers=desc.pop("triggers"), options=desc, version="1")
     log = _Log()
     config = Config(poll_interval=3600.0, workers=1, concurrency=4)
     return Dispatcher(
@@ -502,6 +506,23 @@ def test_ingest_claim__claims_in_the_ingest_and_keeps_the_runs_for_later(
     assert {c.id for c in along.claimed} == _mine(db)
     assert len(along.claimed) == 2  # the free slots
     assert pool.tasks == []  # handed over by the dispatcher, after the commit
+
+
+def test_dispatcher__a_run_its_own_batch_cancels__ends_cancelled_and_never_starts(
+    db: Database, direct: Direct
+) -> None:
+    pool = _Pool(free=4)
+    service = _dispatcher(db, direct, pool, cancelled_by="b")
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (name, received_at) VALUES "
+        "('a', now() - interval '1 second'), ('b', now())",
+    )
+    service.start()
+    service.notified("orchestrator_events")
+    service.tick(time.monotonic())  # ingests both; the claims after it find nothing due
+    assert execute(db, "SELECT status FROM orchestrator.runs") == [("cancelled",)]
+    assert pool.tasks == []
 
 
 def test_dispatcher__sleeps_until_the_next_run_falls_due(db: Database, direct: Direct) -> None:

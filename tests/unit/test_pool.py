@@ -3,7 +3,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 
-from orchestrator.runtime.pool import SLOT, Handback, _blame, _busy_runs
+from orchestrator.runtime.pool import SLOT, Handback, _blame, _busy_runs, _Worker
 
 
 def _busy(*run_ids: str) -> ctypes.Array[ctypes.c_char]:
@@ -30,3 +30,12 @@ def test_blame__everyone_interrupted_none_crashed_when_nobody_was_in_a_step_body
     leases = [("a", "ta"), ("b", "tb")]
     assert _blame(leases, set()) == Handback(interrupted=leases)
     assert _blame(leases, {"someone-else"}) == Handback(interrupted=leases)
+
+
+def test_worker_free__counts_prefetch_room_only_when_asked() -> None:
+    worker = _Worker(0, process=None, conn=None, ready=True, threads=2, capacity=5)  # type: ignore[arg-type]
+    worker.inflight = {"a": "ta", "b": "tb", "c": "tc"}  # three plain runs: one waits
+    assert worker.free() == 2  # room ahead for two more
+    assert worker.free(ahead=False) == 0  # but no idle thread: a flow-controlled run waits
+    worker.inflight = {"a": "ta"}
+    assert (worker.free(), worker.free(ahead=False)) == (4, 1)
