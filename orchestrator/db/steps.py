@@ -102,7 +102,7 @@ def load(conn: Connection, run_id: str) -> list[StepRow]:
 
 
 _LOAD_MANY = f"""
-    SELECT {_COLUMNS} FROM orchestrator.steps WHERE run_id = ANY(%(runs)s::uuid[])
+    SELECT {_COLUMNS} FROM orchestrator.steps WHERE run_id = ANY(%(runs)b::uuid[])
     ORDER BY run_id, position, step_id
     """
 

@@ -22,6 +22,7 @@ from orchestrator.db.steps import StepRecord
 from orchestrator.engine.waiter import Waiter
 from tests.conftest import eventually
 from tests.db.helpers import claim, execute, queue_runs
+from tests.db.plans import generic_plan, most_removed_by_join
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,3 +256,55 @@ def test_waiter__a_run_is_never_twice_in_one_transaction(db: Database, waiter: W
     assert pending.result(10).suspended
     assert [s.result(10).suspended for s in twice] == [True, False]  # the second: lease lost
     assert sizes == [1, 1, 1]
+
+
+def test_look_back__its_generic_plan_reads_the_name_index_not_every_event(db: Database) -> None:
+    """The look back is prepared: its generic plan walked `events_seq` from the start for its
+    ORDER BY, reading every event ever received once per wait."""
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (name, data) "
+        "SELECT 'other/name', '{}' FROM generate_series(1, 2000)",
+    )
+    execute(db, "ANALYZE orchestrator.events")
+    n = 50
+    args = {
+        "names": [NAME] * n,
+        "since": [datetime.now(UTC) - timedelta(minutes=1)] * n,
+        "paths": ["data.order_id"] * n,
+        "values": [str(i) for i in range(n)],
+        "limit": 1000,
+    }
+    types = {"names": "text[]", "since": "timestamptz[]", "paths": "text[]", "values": "jsonb[]"}
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        plan = generic_plan(conn, waits._LOOK_BACK, args, types | {"limit": "int"})
+    assert "events_name_received" in plan, plan
+    removed = [int(line.split(":")[1]) for line in plan.splitlines() if "Removed by Filter" in line]
+    assert max(removed, default=0) < 100, plan
+
+
+def test_store_many__its_suspension_generic_plan_compares_no_pairs(db: Database) -> None:
+    claimed = running(db, 200)
+    now = datetime.now(UTC)
+    n = len(claimed)
+    args = {
+        "runs": [c.id for c in claimed],
+        "tokens": [c.lease_token for c in claimed],
+        "dues": [now] * n,
+        "steps": ["paid"] * n,
+        "positions": [0] * n,
+        "kinds": ["wait"] * n,
+        "names": [NAME] * n,
+        "paths": ["data.order_id"] * n,
+        "values": [str(i) for i in range(n)],
+        "exprs": [None] * n,
+        "since": [now] * n,
+        "expires": [None] * n,
+    }
+    arrays = {"runs": "uuid", "tokens": "uuid", "dues": "timestamptz", "positions": "int"}
+    arrays |= {"values": "jsonb", "since": "timestamptz", "expires": "timestamptz"}
+    types = {name: f"{arrays.get(name, 'text')}[]" for name in args}
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        plan = generic_plan(conn, waits._SUSPEND, args, types)
+    assert "CTE Scan on held" in plan and f"rows={n}" in plan, plan
+    assert most_removed_by_join(plan) < n, plan

@@ -12,10 +12,12 @@ import psycopg
 import pytest
 
 from orchestrator.db import events, runs, waits
+from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from orchestrator.db.direct import driver
 from tests.conftest import eventually
 from tests.db.helpers import claim, execute
+from tests.db.plans import generic_plan, most_removed_by_join
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -268,24 +270,10 @@ def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -
     any length for ten rows: a join of two of the statement's CTEs was then a nested loop
     comparing every pair (250,000 comparisons for 500 events, most of the batch's time)."""
     ids = waiting_runs(db, 500)
-    stmt = waits._RESOLVE
-    for n, name in enumerate(("runs", "steps", "events"), start=1):
-        stmt = stmt.replace(f"%({name})b", f"${n}")
     event = json.dumps({"id": "e", "name": "payment/received", "data": {}, "ts": "t"})
-    with db.transaction() as conn:
-        raw = driver(conn)
-        raw.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        raw.execute(f"PREPARE resolving(uuid[], text[], jsonb[]) AS {stmt}")
-        rows = (
-            psycopg.ClientCursor(raw)  # values inlined: EXPLAIN cannot type parameters
-            .execute(
-                "EXPLAIN (ANALYZE) EXECUTE resolving(%s::uuid[], %s::text[], %s::jsonb[])",
-                (ids, ["paid"] * len(ids), [event] * len(ids)),
-            )
-            .fetchall()
-        )
-        raw.execute("ROLLBACK")
-    plan = "\n".join(str(r[0]) for r in rows)
-    assert "Update on runs" in plan and "rows=500 loops=1" in plan, plan
-    removed = [int(line.split(":")[1]) for line in plan.splitlines() if "Removed by Join" in line]
-    assert max(removed, default=0) < len(ids), plan
+    args = {"runs": ids, "steps": ["paid"] * len(ids), "events": [event] * len(ids)}
+    types = {"runs": "uuid[]", "steps": "text[]", "events": "jsonb[]"}
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        plan = generic_plan(conn, waits._RESOLVE, args, types)
+    assert "Update on runs" in plan and "rows=500" in plan, plan
+    assert most_removed_by_join(plan) < len(ids), plan
