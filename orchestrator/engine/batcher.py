@@ -11,7 +11,7 @@ storing of waits (engine/waiter.py) are built on it.
 A batch that fails with a transient error is retried whole (`Direct.run`): what is served
 must be safe to repeat. With `isolate`, a batch that fails otherwise is served again one
 request at a time, so that one bad request fails alone; without it, every request of the
-batch fails with the error.
+batch fails with the error. No error leaves a caller waiting, and none stops the thread.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Generic, TypeVar
 
-from orchestrator.db.database import DatabaseError, is_transient
+from orchestrator.db.database import is_transient
 from orchestrator.db.direct import Direct
 
 Req = TypeVar("Req")
@@ -109,23 +109,26 @@ class Batcher(Generic[Req, Res]):
                 lambda conn: self.serve(conn, requests), retry_for=self.retry_for
             )
             settled = list(zip(batch, results, strict=True))
-        except DatabaseError as exc:
+        except Exception as exc:  # a database error, or a bug: never leave callers waiting
             if self.isolate and len(batch) > 1 and not is_transient(exc):
                 for item in batch:
                     self._serve([item])
-                return
-            _fail(batch, exc)
-            return
-        except Exception as exc:  # a bug: fail the requests rather than leave callers waiting
-            _fail(batch, exc)
+            else:
+                for _, done in batch:
+                    _settle(done, error=exc)
             return
         for (_, done), result in settled:
+            _settle(done, result=result)
+
+
+def _settle(done: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    try:
+        if error is None:
             done.set_result(result)
-
-
-def _fail(batch: list[tuple[Any, Future[Any]]], error: BaseException) -> None:
-    for _, done in batch:
-        done.set_exception(error)
+        else:
+            done.set_exception(error)
+    except InvalidStateError:  # cancelled by its caller meanwhile: nobody waits for it
+        pass
 
 
 def _nothing(conn: Any) -> None:
