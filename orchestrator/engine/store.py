@@ -107,18 +107,6 @@ class RunStore:
             raise LeaseLost(f"run {lease.run_id}: lease lost while suspending")
         return due
 
-    def wait(
-        self,
-        lease: Lease,
-        record: steps.StepRecord,
-        wait: waits.Wait,
-        *,
-        accept: Callable[[dict[str, Any]], bool],
-        child: runs.NewRun | None = None,
-    ) -> dict[str, Any] | None:
-        """`waiting`, waited for."""
-        return self.waiting(lease, record, wait, accept=accept, child=child).result()
-
     def waiting(
         self,
         lease: Lease,

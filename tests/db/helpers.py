@@ -69,3 +69,13 @@ def wait_until_blocked(db: Database, holder_pid: int, what: str) -> list[int]:
     """Poll until some backend waits for a lock of `holder_pid`; returns the waiting pids.
     Releasing the lock only after this makes a test of waiting prove that it waited."""
     return eventually(lambda: blocked_by(db, holder_pid), timeout=20, what=what)
+
+
+def advisory_waiters(db: Database) -> int:
+    """How many transactions of this database wait for an advisory lock."""
+    (row,) = execute(
+        db,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    return int(row[0])

@@ -21,7 +21,7 @@ from orchestrator.db.direct import Direct
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.waiter import Waiter
 from tests.conftest import eventually
-from tests.db.helpers import claim, execute, queue_runs
+from tests.db.helpers import advisory_waiters, claim, execute, queue_runs
 from tests.db.plans import generic_plan, most_removed_by_join
 
 pytestmark = pytest.mark.timeout(60)
@@ -172,14 +172,7 @@ def test_store_many__an_ingest_waits_for_the_group_and_then_sees_its_waits(
     ingesting = threading.Thread(target=ingest)
     ingesting.start()
     eventually(
-        lambda: (
-            execute(
-                db,
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )[0][0]
-            == 1
-        ),
+        lambda: advisory_waiters(db) == 1,
         what="the ingest blocked on the name lock",
     )
     assert not found

@@ -16,7 +16,7 @@ from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from orchestrator.db.direct import driver
 from tests.conftest import eventually
-from tests.db.helpers import claim, execute
+from tests.db.helpers import advisory_waiters, claim, execute
 from tests.db.plans import generic_plan, most_removed_by_join
 
 pytestmark = pytest.mark.timeout(60)
@@ -148,14 +148,7 @@ def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Da
     i = threading.Thread(target=ingest)
     i.start()
     blocked = eventually(
-        lambda: (
-            execute(
-                db,
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )[0][0]
-            == 1
-        ),
+        lambda: advisory_waiters(db) == 1,
         what="the ingest blocked on the name lock",
     )
     assert blocked and not found
