@@ -102,7 +102,7 @@ def claim_latency(url: str, backlog: int) -> list[float]:
         for _ in range(20):
             claimer.poke()
             started = time.perf_counter()
-            claimed = claimer.claim(64)
+            claimed = claimer.claim({False: 64, True: 0})  # room for 64 runs of plain functions
             times.append((time.perf_counter() - started) * 1000)
             if len(claimed) != 64:
                 raise SystemExit(f"claimed {len(claimed)} of the backlog, expected 64")
