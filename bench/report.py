@@ -59,15 +59,15 @@ def rows(
             "W1 single-step runs/s",
             f"{tp['W1']['runs_per_s']:,.1f}",
             rate(tp["W1"]["runs_per_s"]),
-            "10,000",
+            ">= 2.0 x pgbench(1)",
         ),
         (
             "W2 three-step runs/s",
             f"{tp['W2']['runs_per_s']:,.1f}",
             rate(tp["W2"]["runs_per_s"]),
-            "2,000",
+            ">= 0.6 x pgbench(1)",
         ),
-        ("W2 steps/s", f"{tp['W2']['steps_per_s']:,.1f}", rate(tp["W2"]["steps_per_s"]), "6,000"),
+        ("W2 steps/s", f"{tp['W2']['steps_per_s']:,.1f}", rate(tp["W2"]["steps_per_s"]), ""),
     ]
     for w in ("W1", "W2"):
         if f"{w}_async" in tp:
@@ -96,7 +96,7 @@ def rows(
                 "W3 pickup p50 / p95 / p99 ms",
                 f"{pickup['p50_ms']} / {pickup['p95_ms']} / {pickup['p99_ms']}",
                 latency(pickup["p50_ms"]),
-                "1-2 ms median",
+                "p50 <= 2 ms, p99 <= 10 ms",
             )
         )
     if pickup and "async" in pickup:
@@ -146,7 +146,7 @@ def rows(
                 f"{bulk['events']:,} matching events in one INSERT: all resolved",
                 f"{bulk['seconds']} s ({bulk['runs_per_s']:,} runs/s)",
                 rate(bulk["runs_per_s"]),
-                "report the time",
+                ">= 5,000 runs/s",
             )
         )
     if flow:
