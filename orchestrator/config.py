@@ -36,7 +36,7 @@ class Config:
     workers: int = 2
     concurrency: int = 32
     async_concurrency: int = 500
-    prefetch: int = 32
+    prefetch: int = 0
     poll_interval: float = 1.0
     lease_duration: float = 15.0
     heartbeat_interval: float = 1.0
