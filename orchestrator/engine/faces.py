@@ -11,6 +11,10 @@ user's step body, make a store call, wait for a group commit, run parallel branc
   `ctx.step.run(...)` returns the step's coroutine for user code to await. An `async def`
   body is awaited on the loop; a plain one runs in a thread so that it cannot block the loop;
   store calls run in a small pool of I/O threads; a group commit is awaited as a future.
+
+A step body given a timeout (`call(..., timeout=...)`) that outlives it raises `TimedOut`:
+an `async def` body is cancelled at the timeout; a plain body, which cannot be stopped, runs
+on a thread of its own (engine/threads.py) that is left to finish by itself.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from typing import Any, Protocol, TypeVar
 
 from orchestrator.db.ops import complete
+from orchestrator.engine import threads
 from orchestrator.functions import is_async_callable
 
 T = TypeVar("T")
@@ -32,6 +37,15 @@ Step = Coroutine[Any, Any, T]
 
 
 run_sync = complete  # runs a coroutine of the sync face, which never suspends, to its end
+
+
+class TimedOut(Exception):
+    """A step body outlived its timeout; `left` is the future of the plain body's thread that
+    still runs (None: the body was stopped)."""
+
+    def __init__(self, left: Future[Any] | None) -> None:
+        super().__init__("the step body outlived its timeout")
+        self.left = left
 
 
 def discard(awaitable: Any) -> None:
@@ -49,9 +63,15 @@ class Face(Protocol):
         """What `ctx.step.<kind>(...)` returns for this step's coroutine."""
 
     async def call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
     ) -> Any:
-        """Call user code (a step body, or the function itself) and return its value."""
+        """Call user code (a step body, or the function itself) and return its value; with
+        `timeout` (seconds), raise `TimedOut` if it has not ended by then."""
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Make a blocking store call."""
@@ -71,9 +91,20 @@ class SyncFace:
         return run_sync(step)
 
     async def call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
     ) -> Any:
-        return fn(*args, **kwargs)
+        if timeout is None:
+            return fn(*args, **kwargs)
+        running = threads.start(fn, args, kwargs)
+        ended, _ = wait([running], timeout=timeout)
+        if not ended:
+            raise TimedOut(running)
+        return running.result()
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
@@ -120,6 +151,24 @@ class AsyncFace:
             self._root.cancel()
 
     async def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        if timeout is not None and not is_async_callable(fn):
+            return await self._on_own_thread(fn, args, kwargs, timeout)
+        async with asyncio.timeout(timeout) as limit:
+            try:
+                return await self._call(fn, args, kwargs)
+            except TimeoutError:
+                if not limit.expired():  # the body's own TimeoutError: its failure
+                    raise
+        raise TimedOut(None)
+
+    async def _call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if is_async_callable(fn):
@@ -127,6 +176,18 @@ class AsyncFace:
         else:
             run = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
             value = await asyncio.get_running_loop().run_in_executor(self._bodies, run)
+        while inspect.isawaitable(value):  # a plain callable (a lambda) returned a coroutine
+            value = await value
+        return value
+
+    async def _on_own_thread(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    ) -> Any:
+        running = threads.start(fn, args, kwargs)
+        ended, _ = await asyncio.wait([asyncio.wrap_future(running)], timeout=timeout)
+        if not ended:
+            raise TimedOut(running)
+        value = running.result()
         while inspect.isawaitable(value):  # a plain callable (a lambda) returned a coroutine
             value = await value
         return value

@@ -64,6 +64,7 @@ class Harness:
             claimed.created_at,
             claimed.parent_run_id,
             claimed.origin,
+            claimed.retries,
         )
 
     def async_face(self) -> AsyncFace:
