@@ -160,13 +160,14 @@ class AsyncFace:
     ) -> Any:
         if timeout is not None and not is_async_callable(fn):
             return await self._on_own_thread(fn, args, kwargs, timeout)
-        async with asyncio.timeout(timeout) as limit:
-            try:
+        limit = asyncio.timeout(timeout)
+        try:
+            async with limit:
                 return await self._call(fn, args, kwargs)
-            except TimeoutError:
-                if not limit.expired():  # the body's own TimeoutError: its failure
-                    raise
-        raise TimedOut(None)
+        except TimeoutError:
+            if limit.expired():  # else the body's own TimeoutError: its failure
+                raise TimedOut(None) from None
+            raise
 
     async def _call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
