@@ -83,6 +83,10 @@ class Face(Protocol):
         """Run these coroutines at once, until every one has ended (they raise nothing)."""
 
 
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
 class SyncFace:
     is_async = False
     cancelled = False
@@ -158,7 +162,9 @@ class AsyncFace:
         *,
         timeout: float | None = None,
     ) -> Any:
-        if timeout is not None and not is_async_callable(fn):
+        if timeout is None:
+            return await self._call(fn, args, kwargs)
+        if not is_async_callable(fn):
             return await self._on_own_thread(fn, args, kwargs, timeout)
         limit = asyncio.timeout(timeout)
         try:
@@ -184,13 +190,16 @@ class AsyncFace:
     async def _on_own_thread(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
     ) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         running = threads.start(fn, args, kwargs)
         ended, _ = await asyncio.wait([asyncio.wrap_future(running)], timeout=timeout)
         if not ended:
             raise TimedOut(running)
         value = running.result()
-        while inspect.isawaitable(value):  # a plain callable (a lambda) returned a coroutine
-            value = await value
+        if inspect.isawaitable(value):  # a plain callable (a lambda) returned a coroutine
+            left = max(deadline - loop.time(), 0.0)
+            return await self.call(_awaited, (value,), {}, timeout=left)
         return value
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -338,3 +338,18 @@ def test_plain_body_of_an_async_function_past_its_timeout__abandoned(harness: Ha
         assert (delta.abandoned, delta.abandoned_alive) == ({"stuck-async": 1}, {"stuck-async": 1})
     finally:
         gate.set()
+
+
+def test_plain_callable_returning_a_coroutine__its_await_is_bounded_by_the_timeout(
+    harness: Harness,
+) -> None:
+    @harness.app.function("lambda-async", retries=1, backoff=HOUR)
+    async def lambda_async(ctx: Any) -> None:
+        await ctx.step.run("nap", lambda: asyncio.sleep(30), timeout=0.2)
+
+    run_id = harness.start("lambda-async")
+    started = time.monotonic()
+
+    assert harness.step("lambda-async").status == "suspended"
+    assert time.monotonic() - started < 10
+    assert harness.steps(run_id)["nap"].error["code"] == "step_timeout"
