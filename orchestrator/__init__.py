@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         RunTimeoutError,
         StepError,
         StepNotFoundError,
+        StepTimeoutError,
         UnknownFunctionError,
     )
     from orchestrator.flow import (
@@ -74,6 +75,7 @@ _HOMES = {
         "RunTimeoutError",
         "StepError",
         "StepNotFoundError",
+        "StepTimeoutError",
         "UnknownFunctionError",
     ),
     "orchestrator.flow": (
@@ -142,6 +144,7 @@ __all__ = [
     "Step",
     "StepError",
     "StepNotFoundError",
+    "StepTimeoutError",
     "Throttle",
     "Timeouts",
     "UnknownFunctionError",

@@ -437,6 +437,7 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
         "status",
         "event_id",
         "attempts",
+        "retries",
         "recoveries",
         "created_at",
         "started_at",

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds import invoke, parallel, run, send_event, sleep, wait
+from orchestrator.engine.retry import RetryOn, step_policy
+from orchestrator.functions import Backoff
 
 T = TypeVar("T")
 
@@ -57,16 +59,63 @@ class Step:
         self._run_id = run_id
         self._complete = execution.face.complete  # the value, or the awaitable of it
 
-    def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def run(
+        self,
+        step_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        timeout: timedelta | float | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run `fn(*args, **kwargs)` once successfully and return its JSON result.
 
-        On failure the step is retried with exponential back-off (the function's `retries`);
-        when no retries are left, `StepError` is raised here. The result must be JSON (dicts
-        with string keys, lists, strings, numbers, booleans, None); what is returned is the
-        value as stored, so the first execution and a replay see the same thing. In an async
-        function `fn` may be `async def` (awaited on the loop) or plain (run in a thread).
+        On failure the step is retried with exponential back-off (the function's `retries`
+        and `backoff`); when no retries are left, `StepError` is raised here. The result must
+        be JSON (dicts with string keys, lists, strings, numbers, booleans, None); what is
+        returned is the value as stored, so the first execution and a replay see the same
+        thing. In an async function `fn` may be `async def` (awaited on the loop) or plain
+        (run in a thread).
+
+        The step's own policy overrides the function's. These four keyword names are
+        reserved: they are never passed to `fn` (pass such an argument through a lambda or
+        a partial). Bad values raise TypeError or ValueError naming the step, at the call.
+
+        - `retries`: retries after the first attempt (0-100).
+        - `backoff`: a `Backoff` (as `app.function` takes), e.g. `Backoff.of(base=1, max=60)`.
+        - `retry_on`: an exception type, a tuple of them, or a predicate `(exc) -> bool`.
+          An error it does not accept fails the step at once, as `NonRetriableError` does
+          (a predicate that raises accepts nothing). `NonRetriableError` always fails at
+          once; `StepTimeoutError` (a `TimeoutError`) is judged like any other error.
+        - `timeout`: seconds or a timedelta an attempt may run. An attempt that runs longer
+          fails with `StepTimeoutError` and is retried as the policy says.
+          An `async def` body is cancelled at the timeout. A plain body cannot be stopped:
+          with a timeout it runs on a new thread of its own, and at the timeout the step
+          stops waiting for it. The thread is then abandoned: it runs on until the body
+          returns or raises by itself, and whatever it returns or raises is dropped; a step
+          it calls is refused, and nothing it does can be recorded for the run (the run
+          released its lease when the attempt failed; the retry runs under a new lease token
+          and the database refuses writes under the old one). Its side effects are its own:
+          a body that may outlive its timeout should be safe to run again, or watch a
+          deadline itself. Abandoned threads are counted in the metrics
+          (`orchestrator_step_threads_abandoned_total`, and those still running in
+          `orchestrator_step_threads_abandoned`); they never hold up the worker's exit.
         """
-        result: T = self._complete(run.start(self._execution, step_id, fn, args, kwargs))
+        policy = None
+        overrides = (retries, backoff, retry_on, timeout)
+        if any(value is not None for value in overrides):
+            policy = step_policy(
+                step_id,
+                self._execution.policy,
+                retries=retries,
+                backoff=backoff,
+                retry_on=retry_on,
+                timeout=timeout,
+            )
+        step = run.start(self._execution, step_id, fn, args, kwargs, policy=policy)
+        result: T = self._complete(step)
         return result
 
     def sleep(self, step_id: str, duration: timedelta | float) -> None:
@@ -152,11 +201,27 @@ class AsyncStep(Protocol):
 
     @overload
     def run(
-        self, step_id: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+        self,
+        step_id: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        timeout: timedelta | float | None = None,
+        **kwargs: Any,
     ) -> Awaitable[T]: ...
     @overload
     def run(
-        self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+        self,
+        step_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        timeout: timedelta | float | None = None,
+        **kwargs: Any,
     ) -> Awaitable[T]: ...
     def sleep(self, step_id: str, duration: timedelta | float) -> Awaitable[None]: ...
     def sleep_until(self, step_id: str, until: datetime) -> Awaitable[None]: ...

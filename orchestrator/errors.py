@@ -182,13 +182,15 @@ class RecoveryCapError(OrchestratorError):
 
 
 class NonRetriableError(Exception):
-    """Raise from a step body to fail the step at once, without retries."""
+    """Raise from a step body to fail the step at once, without retries (raised by the
+    function outside any step, it fails the run at once)."""
 
     code = "non_retriable"
 
 
 class RetryAfterError(Exception):
-    """Raise from a step body to retry it after at least `delay` (counts as an attempt)."""
+    """Raise from a step body to retry it after at least `delay` (counts as an attempt);
+    raised by the function outside any step, the function is retried after `delay`."""
 
     code = "retry_after"
 
@@ -214,6 +216,22 @@ class StepError(OrchestratorError):
         self.error_type = str(error.get("type", "Exception"))
         self.error_message = str(error.get("message", ""))
         super().__init__(f"step '{step_id}' failed: {self.error_type}: {self.error_message}")
+
+
+class StepTimeoutError(OrchestratorError, TimeoutError):
+    """A step attempt ran longer than the `timeout` given to `ctx.step.run`: the attempt
+    failed (and is retried as the step's policy says). An `async def` body was cancelled at
+    the timeout; a plain body was left to finish on its own thread, and its result dropped."""
+
+    code = "step_timeout"
+
+    def __init__(self, step_id: str, timeout: float) -> None:
+        self.step_id = step_id
+        self.timeout = timeout
+        super().__init__(
+            f"step '{step_id}' ran longer than its timeout of {timeout:g}s; the attempt "
+            "failed. Raise the timeout, or make the step's body faster"
+        )
 
 
 class InvokeTimeoutError(OrchestratorError):

@@ -1,6 +1,10 @@
 """Function-level retries: a function that raises outside any step is retried.
 
-(Columns and tables: to be described here.)
+- `runs.retries`: how many function-level retries the run has taken (a retry re-executes the
+  function after its back-off; completed steps replay from their records). While such a retry
+  is pending (`status = 'queued' AND retries > 0`) and until the run ends, `runs.error` holds
+  the error of the failed attempt; the run's end replaces it (NULL once it completes).
+  `orchestrator runs resume` gives a resumed run a fresh budget (0).
 
 Revision ID: 0010
 Revises: 0009
@@ -15,9 +19,11 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = """
+ALTER TABLE orchestrator.runs ADD COLUMN retries integer NOT NULL DEFAULT 0;
 """
 
 DOWNGRADE = """
+ALTER TABLE orchestrator.runs DROP COLUMN retries;
 """
 
 

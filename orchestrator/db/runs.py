@@ -27,7 +27,8 @@ RUN_COLUMNS = (
     "id::text AS id, function_id, status, event_id, events, idempotency_key, "
     "parent_run_id::text AS parent_run_id, output, error, attempts, recoveries, due_at, "
     "lease_owner::text AS lease_owner, lease_expires_at, created_at, started_at, updated_at, "
-    "finished_at, cancel_requested_at, origin, origin_run_id::text AS origin_run_id, resumes"
+    "finished_at, cancel_requested_at, origin, origin_run_id::text AS origin_run_id, resumes, "
+    "retries"
 )
 
 
@@ -72,6 +73,7 @@ class ClaimedRun:
     created_at: datetime
     parent_run_id: str | None
     origin: str | None = None  # 'fork': it starts with steps copied from another run
+    retries: int = 0  # function-level retries taken before this claim
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class RunRow:
     origin: str | None
     origin_run_id: str | None
     resumes: int
+    retries: int = 0  # function-level retries taken
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,8 @@ CLAIM_SET = """
 """
 CLAIM_RETURNING = """
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
-                  r.recoveries, now(), r.created_at, r.parent_run_id::text, r.origin
+                  r.recoveries, now(), r.created_at, r.parent_run_id::text, r.origin,
+                  r.retries
 """
 
 
@@ -527,6 +531,28 @@ def suspend(
             "p_delay": delay_seconds,
             "p_until": until,
         },
+    ).scalar()
+
+
+def retry(
+    conn: Connection, run_id: str, token: str, *, delay_seconds: float, error_json: str
+) -> datetime | None:
+    """Release the lease and make the run due again in `delay_seconds` for a function-level
+    retry: `retries` goes up by one and `error` holds the failed attempt's error (a
+    cancellation's reason, already there, is kept). Returns the new due time, or None if the
+    lease was lost."""
+    return conn.execute(
+        text(
+            "UPDATE orchestrator.runs SET status = 'queued', retries = retries + 1, "
+            "due_at = now() + make_interval(secs => :p_delay), "
+            "error = CASE WHEN error ->> 'code' = 'cancelled' THEN error "
+            "             ELSE CAST(:p_error AS jsonb) END, "
+            "updated_at = now(), "
+            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
+            "AND status = 'running' RETURNING due_at"
+        ),
+        {"p_id": run_id, "p_token": token, "p_delay": delay_seconds, "p_error": error_json},
     ).scalar()
 
 

@@ -164,6 +164,9 @@ runs = Table(
     # someone awaits the run's end (RunHandle.result): the trigger runs_finished_notify
     # (migration 0009) sends pg_notify('orchestrator_run_finished', id) when it ends
     Column("awaited", Boolean, nullable=False, server_default=text("false")),
+    # function-level retries taken (migration 0010); runs.error holds the failed attempt's
+    # error while one is pending
+    Column("retries", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
     CheckConstraint(_in("origin", RUN_ORIGINS), name="runs_origin"),
     Index(

@@ -27,10 +27,11 @@ from typing import Any, TypeVar
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
-from orchestrator.engine.faces import Face, SyncFace, discard
+from orchestrator.engine import threads
+from orchestrator.engine.faces import Face, SyncFace, TimedOut, discard
 from orchestrator.engine.failures import error_dict
 from orchestrator.engine.observer import NOBODY, StepObserver
-from orchestrator.engine.retry import retry_delay
+from orchestrator.engine.retry import Policy
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import (
     Abort,
@@ -41,6 +42,7 @@ from orchestrator.errors import (
     NestedStepError,
     NonDeterminismError,
     PayloadError,
+    StepTimeoutError,
     Suspend,
 )
 from orchestrator.flow import FlowPolicy
@@ -102,6 +104,7 @@ class Execution:
             None  # fails it
         )
         self._bodies: dict[object, str] = {}  # the step bodies running now
+        self._abandoned: set[str] = set()  # steps whose bodies outlived their timeout
         # A completed step's record not committed yet (see `checkpoint`): it is committed
         # before anything else the run does with effects, or with the run's end.
         self.pending: StepRecord | None = None
@@ -136,6 +139,12 @@ class Execution:
         step is memoized, shifting every later step. In an async function, refuse one called
         from another task meanwhile: which of the two came first would depend on timing."""
         if not self._bodies:
+            if (abandoned := _BODY.get()) in self._abandoned:  # from a body left to run on
+                raise NestedStepError(
+                    f"ctx.step.{kind}('{step_id}') was called inside the body of step "
+                    f"'{abandoned}' after that body outlived its timeout; it was refused",
+                    step_id=abandoned,
+                )
             return
         # the caller's own body; a thread a body started is blamed on some running body
         inside = _BODY.get()
@@ -217,10 +226,18 @@ class Execution:
     # -- what every step kind shares ----------------------------------------------------
 
     async def body(
-        self, sid: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        sid: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
     ) -> tuple[str, Any]:
         """Call a step body; returns its result as stored (JSON text) and as decoded. A step
-        called inside the body fails the run (`Abort`), whatever the body did with the error."""
+        called inside the body fails the run (`Abort`), whatever the body did with the error.
+        A body that outlives `timeout` seconds raises `StepTimeoutError` (engine/faces.py
+        says what becomes of it)."""
         if not self.face.is_async and is_async_callable(fn):
             self._misuse(sid, f"its body {_name(fn)} is an async function")
         started = time.perf_counter()
@@ -228,7 +245,12 @@ class Execution:
         self._bodies[key] = sid
         inside = _BODY.set(sid)
         try:
-            value = await self.face.call(fn, args, kwargs)
+            value = await self.face.call(fn, args, kwargs, timeout=timeout)
+        except TimedOut as out:
+            assert timeout is not None
+            if out.left is not None:
+                self._abandon(sid, out.left)
+            raise StepTimeoutError(sid, timeout) from None
         except BaseException:
             if self.fatal is not None:
                 raise Abort(str(self.fatal)) from None
@@ -249,6 +271,15 @@ class Execution:
             value, what=f"step '{sid}' result", limit=self.limits.max_step_output_bytes
         )
 
+    def _abandon(self, sid: str, left: Future[Any]) -> None:
+        """A plain body's thread outlived its timeout: it is left to finish by itself (see
+        engine/threads.py); a step it calls from now on is refused (`_outside_bodies`)."""
+        self._abandoned.add(sid)
+        fid = self.fdef.id
+        self.observer.thread_abandoned(fid)
+        threads.abandon(left, lambda: self.observer.abandoned_thread_ended(fid))
+        self.log.warning("step body abandoned on its thread after its timeout", step=sid)
+
     def passes(self, exc: BaseException) -> bool:
         """What passes through a step untouched: the engine's signals, Ctrl-C, and the
         cancellation of this async run. Anything else a body raises (SystemExit from a
@@ -267,15 +298,25 @@ class Execution:
         )
         raise Abort(str(self.fatal))  # the run fails with it, and nothing is recorded
 
+    @property
+    def policy(self) -> Policy:
+        """The function's retry policy, which a step's own overrides (engine/retry.py)."""
+        return Policy(self.fdef.retries, self.fdef.backoff)
+
     def failure(
-        self, sid: str, position: int, attempt: int, exc: BaseException, *, started: float
+        self,
+        sid: str,
+        position: int,
+        attempt: int,
+        exc: BaseException,
+        *,
+        started: float,
+        policy: Policy | None = None,
     ) -> tuple[StepRecord, float | None]:
         """The record of a failed attempt, and the delay before the next (None: no more)."""
         error = error_dict(exc)
         retriable = not isinstance(exc, PayloadError)
-        delay = (
-            retry_delay(exc, self.fdef.backoff, attempt, self.fdef.retries) if retriable else None
-        )
+        delay = (policy or self.policy).delay(exc, attempt) if retriable else None
         record = StepRecord(
             sid,
             position,

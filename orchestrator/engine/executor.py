@@ -21,14 +21,18 @@ from orchestrator.context import AsyncContext, Context, Event, Step
 from orchestrator.db.steps import StepRow
 from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.faces import Face, SyncFace, discard
-from orchestrator.engine.failures import error_dict, summary
+from orchestrator.engine.failures import error_dict, first_line, message, summary, type_name
 from orchestrator.engine.observer import NOBODY, StepObserver
+from orchestrator.engine.retry import retry_delay
 from orchestrator.engine.store import Lease, RunStore
 from orchestrator.errors import (
     Abort,
     AsyncUsageError,
     Cancelled,
     LeaseLost,
+    NestedStepError,
+    NonDeterminismError,
+    PayloadError,
     StepError,
     Suspend,
 )
@@ -50,6 +54,7 @@ class Task:
     created_at: datetime
     parent_run_id: str | None = None
     origin: str | None = None
+    retries: int = 0  # function-level retries the run has taken
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ async def execute(
         step=Step(execution, task.run_id),
     )
     try:
-        return await _drive(fdef, ctx, execution, limits=limits, log=log)
+        return await _drive(fdef, ctx, execution, limits=limits, retries=task.retries, log=log)
     except LeaseLost as exc:
         log.warning("lease lost; abandoning run", reason=str(exc))
         return Outcome(task.run_id, "lease_lost")
@@ -140,7 +145,13 @@ async def _memo(task: Task, store: RunStore, face: Face | None) -> dict[str, Ste
 
 
 async def _drive(
-    fdef: FunctionDef, ctx: Context, execution: Execution, *, limits: Limits, log: Any
+    fdef: FunctionDef,
+    ctx: Context,
+    execution: Execution,
+    *,
+    limits: Limits,
+    retries: int,
+    log: Any,
 ) -> Outcome:
     lease, face = execution.lease, execution.face
     try:
@@ -155,22 +166,62 @@ async def _drive(
         return Outcome(lease.run_id, "suspended", execution.suspended_until)
     except (Cancelled, asyncio.CancelledError) as exc:
         if not execution.passes(exc):  # user code's own CancelledError: its failure
-            return _fail(execution, _error_of(exc), log)
-        error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
-        if not error["message"]:
-            error["message"] = f"run {lease.run_id} was cancelled"
-        at = "an await" if face.is_async else "a step boundary"
-        return _finish(
-            execution, "cancelled", None, json.dumps(error), log=log, event="run cancelled", at=at
-        )
+            return await _failed(execution, exc, retries=retries, log=log)
+        return _cancelled(execution, exc, log)
     except (LeaseLost, KeyboardInterrupt):
         raise
     except BaseException as exc:  # whatever user code raised, SystemExit included
-        return _fail(execution, _error_of(exc), log)
+        return await _failed(execution, exc, retries=retries, log=log)
     if execution.fatal is not None:  # user code swallowed a non-determinism error
         return _fail(execution, {}, log)
     said = {"output_bytes": len(text)} | payload(output=text)
     return _finish(execution, "completed", text, None, log=log, event="run completed", **said)
+
+
+def _cancelled(execution: Execution, exc: BaseException, log: Any) -> Outcome:
+    error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
+    if not error["message"]:
+        error["message"] = f"run {execution.lease.run_id} was cancelled"
+    at = "an await" if execution.face.is_async else "a step boundary"
+    return _finish(
+        execution, "cancelled", None, json.dumps(error), log=log, event="run cancelled", at=at
+    )
+
+
+# What the function raises that a retry would not change: a step that failed for good (a
+# replay raises its StepError again), the engine's fatal errors, a return value it refused.
+_NOT_RETRIED = (
+    StepError,
+    Abort,
+    AsyncUsageError,
+    NonDeterminismError,
+    NestedStepError,
+    PayloadError,
+)
+
+
+async def _failed(execution: Execution, exc: BaseException, *, retries: int, log: Any) -> Outcome:
+    """The function raised outside any step: retry the run after the function's back-off
+    (its completed steps replay), or fail it when the policy says no more."""
+    fdef = execution.fdef
+    delay = None
+    if execution.fatal is None and not isinstance(exc, _NOT_RETRIED):
+        delay = retry_delay(exc, fdef.backoff, retries + 1, fdef.retries)
+    if delay is None:
+        return _fail(execution, _error_of(exc), log)
+    error = json.dumps(error_dict(exc))
+    try:  # the last step's deferred record is committed first (`io` flushes it)
+        due = await execution.io(
+            execution.store.retry, execution.lease, delay=delay, error_json=error
+        )
+    except Cancelled as cancel:  # requested meanwhile: the run stops at this step boundary
+        return _cancelled(execution, cancel, log)
+    execution.observer.run_retrying(fdef.id)
+    said = {"error_type": type_name(exc), "error": first_line(exc)} | payload(
+        error_message=message(exc)
+    )
+    log.warning("run will retry", retry=retries + 1, delay=round(delay, 3), **said)
+    return Outcome(execution.lease.run_id, "suspended", due)
 
 
 def _finish(

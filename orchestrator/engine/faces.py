@@ -11,6 +11,10 @@ user's step body, make a store call, wait for a group commit, run parallel branc
   `ctx.step.run(...)` returns the step's coroutine for user code to await. An `async def`
   body is awaited on the loop; a plain one runs in a thread so that it cannot block the loop;
   store calls run in a small pool of I/O threads; a group commit is awaited as a future.
+
+A step body given a timeout (`call(..., timeout=...)`) that outlives it raises `TimedOut`:
+an `async def` body is cancelled at the timeout; a plain body, which cannot be stopped, runs
+on a thread of its own (engine/threads.py) that is left to finish by itself.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from typing import Any, Protocol, TypeVar
 
 from orchestrator.db.ops import complete
+from orchestrator.engine import threads
 from orchestrator.functions import is_async_callable
 
 T = TypeVar("T")
@@ -32,6 +37,15 @@ Step = Coroutine[Any, Any, T]
 
 
 run_sync = complete  # runs a coroutine of the sync face, which never suspends, to its end
+
+
+class TimedOut(Exception):
+    """A step body outlived its timeout; `left` is the future of the plain body's thread that
+    still runs (None: the body was stopped)."""
+
+    def __init__(self, left: Future[Any] | None) -> None:
+        super().__init__("the step body outlived its timeout")
+        self.left = left
 
 
 def discard(awaitable: Any) -> None:
@@ -49,9 +63,15 @@ class Face(Protocol):
         """What `ctx.step.<kind>(...)` returns for this step's coroutine."""
 
     async def call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
     ) -> Any:
-        """Call user code (a step body, or the function itself) and return its value."""
+        """Call user code (a step body, or the function itself) and return its value; with
+        `timeout` (seconds), raise `TimedOut` if it has not ended by then."""
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Make a blocking store call."""
@@ -63,6 +83,10 @@ class Face(Protocol):
         """Run these coroutines at once, until every one has ended (they raise nothing)."""
 
 
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
 class SyncFace:
     is_async = False
     cancelled = False
@@ -71,9 +95,20 @@ class SyncFace:
         return run_sync(step)
 
     async def call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
     ) -> Any:
-        return fn(*args, **kwargs)
+        if timeout is None:
+            return fn(*args, **kwargs)
+        running = threads.start(fn, args, kwargs)
+        ended, _ = wait([running], timeout=timeout)
+        if not ended:
+            raise TimedOut(running)
+        return running.result()
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
@@ -120,6 +155,27 @@ class AsyncFace:
             self._root.cancel()
 
     async def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        if timeout is None:
+            return await self._call(fn, args, kwargs)
+        if not is_async_callable(fn):
+            return await self._on_own_thread(fn, args, kwargs, timeout)
+        limit = asyncio.timeout(timeout)
+        try:
+            async with limit:
+                return await self._call(fn, args, kwargs)
+        except TimeoutError:
+            if limit.expired():  # else the body's own TimeoutError: its failure
+                raise TimedOut(None) from None
+            raise
+
+    async def _call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if is_async_callable(fn):
@@ -129,6 +185,21 @@ class AsyncFace:
             value = await asyncio.get_running_loop().run_in_executor(self._bodies, run)
         while inspect.isawaitable(value):  # a plain callable (a lambda) returned a coroutine
             value = await value
+        return value
+
+    async def _on_own_thread(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        running = threads.start(fn, args, kwargs)
+        ended, _ = await asyncio.wait([asyncio.wrap_future(running)], timeout=timeout)
+        if not ended:
+            raise TimedOut(running)
+        value = running.result()
+        if inspect.isawaitable(value):  # a plain callable (a lambda) returned a coroutine
+            left = max(deadline - loop.time(), 0.0)
+            return await self.call(_awaited, (value,), {}, timeout=left)
         return value
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -107,6 +107,19 @@ class RunStore:
             raise LeaseLost(f"run {lease.run_id}: lease lost while suspending")
         return due
 
+    def retry(self, lease: Lease, *, delay: float, error_json: str) -> datetime:
+        """Make the run due again in `delay` seconds for a function-level retry, with the
+        failed attempt's error in `runs.error`; raises `LeaseLost` if the lease was lost."""
+        due = self.db.run(
+            lambda conn: runs.retry(
+                conn, lease.run_id, lease.token, delay_seconds=delay, error_json=error_json
+            ),
+            retry_for=self.retry_for,
+        )
+        if due is None:
+            raise LeaseLost(f"run {lease.run_id}: lease lost while scheduling its retry")
+        return due
+
     def waiting(
         self,
         lease: Lease,

@@ -257,6 +257,7 @@ class Dispatcher(Looper):
                 c.created_at,
                 c.parent_run_id,
                 c.origin,
+                c.retries,
             )
             for c in claimed
         ]

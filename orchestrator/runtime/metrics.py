@@ -4,7 +4,8 @@ tally of steps.
 Every count is the daemon's own bookkeeping, never a scan of the tables:
 
 - runs started: the claims the scheduler hands to workers (a run's first claim);
-- runs finished, step durations and step retries: counted inside each worker process by a
+- runs finished, step durations, step retries, function retries and abandoned step threads
+  (plain bodies left running past their timeout): counted inside each worker process by a
   `StepTally` (the engine reports every step body and every scheduled retry to it) and handed
   to the daemon as deltas riding on the messages workers already send, one per finished or
   suspended run (plus one at most every `FLUSH_EVERY` seconds during a long run), so the hot
@@ -79,6 +80,9 @@ class TallyDelta:
     steps: dict[str, tuple[list[int], float]] = field(default_factory=dict)  # buckets, sum
     retries: dict[str, int] = field(default_factory=dict)
     finished: dict[tuple[str, str], int] = field(default_factory=dict)  # (function, status)
+    run_retries: dict[str, int] = field(default_factory=dict)
+    abandoned: dict[str, int] = field(default_factory=dict)  # step threads abandoned
+    abandoned_alive: dict[str, int] = field(default_factory=dict)  # change in those running
 
 
 class StepTally:
@@ -118,6 +122,23 @@ class StepTally:
             self._delta.retries[function_id] = self._delta.retries.get(function_id, 0) + count
             self._started()
 
+    def run_retrying(self, function_id: str) -> None:
+        self._add(self._delta.run_retries, function_id, 1)
+
+    def thread_abandoned(self, function_id: str) -> None:
+        with self._lock:
+            _bump(self._delta.abandoned, function_id, 1)
+            _bump(self._delta.abandoned_alive, function_id, 1)
+            self._started()
+
+    def abandoned_thread_ended(self, function_id: str) -> None:
+        self._add(self._delta.abandoned_alive, function_id, -1)
+
+    def _add(self, counts: dict[str, int], function_id: str, by: int) -> None:
+        with self._lock:
+            _bump(counts, function_id, by)
+            self._started()
+
     def run_finished(self, function_id: str, status: str) -> None:
         """A run ended here with this status (only completed, failed and cancelled count)."""
         if status not in FINISHED:
@@ -140,6 +161,10 @@ class StepTally:
         if self._since is None:
             self._since = now
         return now - self._since >= self.flush_every
+
+
+def _bump(counts: dict[str, int], key: str, by: int) -> None:
+    counts[key] = counts.get(key, 0) + by
 
 
 class DaemonMetrics:
@@ -218,6 +243,26 @@ class DaemonMetrics:
             "Failed step attempts this daemon's workers scheduled to run again.",
             ("function",),
         )
+        self.run_retries = r.counter(
+            "orchestrator_run_retries_total",
+            "Runs whose function raised outside any step and that this daemon's workers "
+            "scheduled to run again (function-level retries).",
+            ("function",),
+        )
+        self.abandoned = r.counter(
+            "orchestrator_step_threads_abandoned_total",
+            "Plain step bodies that outlived their step's timeout and were left to finish "
+            "on their own thread (their results are dropped).",
+            ("function",),
+        )
+        self._abandoned_alive: dict[tuple[str, ...], float] = {}
+        r.gauge(
+            "orchestrator_step_threads_abandoned",
+            "Abandoned step body threads still running in this daemon's worker processes, as "
+            "of the workers' latest reports.",
+            ("function",),
+            read=lambda: dict(self._abandoned_alive),
+        )
         self.rescues = r.counter(
             "orchestrator_runs_rescued_total",
             "Runs this daemon put back in the queue (or failed at the recovery cap) after an "
@@ -255,6 +300,9 @@ class DaemonMetrics:
         for fid in function_ids:
             self.started.touch(fid)
             self.retries.touch(fid)
+            self.run_retries.touch(fid)
+            self.abandoned.touch(fid)
+            self._abandoned_alive[(fid,)] = 0.0
             self.step_seconds.touch(fid)
             for status in FINISHED:
                 self.finished.touch(fid, status)
@@ -288,6 +336,13 @@ class DaemonMetrics:
             self.retries.inc(fid, by=n)
         for (fid, status), n in delta.finished.items():
             self.finished.inc(fid, status, by=n)
+        for fid, n in delta.run_retries.items():
+            self.run_retries.inc(fid, by=n)
+        for fid, n in delta.abandoned.items():
+            self.abandoned.inc(fid, by=n)
+        for fid, n in delta.abandoned_alive.items():
+            alive = self._abandoned_alive.get((fid,), 0.0) + n
+            self._abandoned_alive[(fid,)] = max(alive, 0.0)
 
     def set_backlog(self, backlog: Sequence[Backlog], at_unix: float) -> None:
         self.due.replace({(b.function_id,): b.depth for b in backlog})

@@ -19,6 +19,7 @@ from orchestrator.db.database import Database
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
+from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.store import RunStore
 from tests.db.helpers import claim
 from tests.db.helpers import execute as sql
@@ -34,6 +35,7 @@ class Harness:
         self.threads = ThreadPoolExecutor(8)
         self.cancelled: set[str] = set()  # as a worker is told by its daemon
         self.calls: dict[str, int] = {}
+        self.observer: StepObserver = NOBODY  # what counts steps for the metrics
 
     def count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -64,6 +66,7 @@ class Harness:
             claimed.created_at,
             claimed.parent_run_id,
             claimed.origin,
+            claimed.retries,
         )
 
     def async_face(self) -> AsyncFace:
@@ -81,6 +84,7 @@ class Harness:
             draining=threading.Event(),
             log=log,
             cancelled=self.cancelled,
+            observer=self.observer,
             face=face,
         )
         if outcome.commit is not None:  # the run's end, handed to the group committer

@@ -106,16 +106,20 @@ def test_broken_str_in_a_step__recorded_with_its_type_and_retried(harness: Harne
     )
 
 
-def test_broken_str_outside_steps__fails_the_run_after_one_execution(harness: Harness) -> None:
-    @harness.app.function("broken-body", retries=3)
+def test_broken_str_outside_steps__retried_then_fails_the_run(harness: Harness) -> None:
+    @harness.app.function("broken-body", retries=1, backoff=FAST)
     def broken_body(ctx: Context) -> None:
         harness.count("function")
         raise BrokenStr()
 
     run_id = harness.start("broken-body")
 
+    assert harness.step("broken-body").status == "suspended"
+    run = harness.run(run_id)  # the retry is pending, with the attempt's error recorded
+    assert (run["status"], run["error"]["type"]) == ("queued", "BrokenStr")
+    harness.make_due(run_id)
     assert harness.step("broken-body").status == "failed"
-    assert harness.calls["function"] == 1
+    assert harness.calls["function"] == 2
     run = harness.run(run_id)
     assert (run["status"], run["error"]["type"]) == ("failed", "BrokenStr")
     assert "could not be rendered" in run["error"]["message"]

@@ -2,8 +2,9 @@
 
 Replay: a completed step returns its recorded result; a failed one raises `StepError` again.
 A new attempt runs the body and checkpoints its result before the function continues; a
-failure is retried after the function's back-off (the run suspends meanwhile) until no
-retries are left, when `StepError` is raised in the function.
+failure is retried after the back-off (the run suspends meanwhile) until no retries are left,
+when `StepError` is raised in the function. The policy is the function's, or the step's own
+(`retries`, `backoff`, `retry_on`, `timeout`: engine/retry.py `Policy`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution, ms
 from orchestrator.engine.failures import first_line, message
+from orchestrator.engine.retry import Policy
 from orchestrator.errors import StepError, Suspend
 from orchestrator.log import payload
 
@@ -26,9 +29,12 @@ def start(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
+    policy: Policy | None = None,
 ) -> Coroutine[Any, Any, Any]:
     sid, position = execution.next_id(step_id, kind="run")
-    return _run(execution, sid, position, fn, args=args, kwargs=kwargs)
+    policy = policy or execution.policy
+    return _run(execution, sid, position, fn, args=args, kwargs=kwargs, policy=policy)
 
 
 async def _run(
@@ -39,6 +45,7 @@ async def _run(
     *,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    policy: Policy,
 ) -> Any:
     row = execution.recorded(sid, "run", position)
     if row is not None and row.status == "completed":
@@ -54,13 +61,14 @@ async def _run(
     try:
         execution.on_body(execution.lease.run_id)
         try:
-            text, decoded = await execution.body(sid, fn, args, kwargs)
+            text, decoded = await execution.body(sid, fn, args, kwargs, timeout=policy.timeout)
         finally:
             execution.on_body(None)
     except BaseException as exc:
         if execution.passes(exc):
             raise
-        await _failed(execution, sid, position, attempt, exc, started=started, log=log)
+        failed = Failed(sid, position, attempt, policy, started)
+        await _failed(execution, failed, exc, log=log)
     execution.since = max(execution.since, began)
     record = StepRecord(
         sid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
@@ -72,25 +80,30 @@ async def _run(
     return decoded
 
 
-async def _failed(
-    execution: Execution,
-    sid: str,
-    position: int,
-    attempt: int,
-    exc: BaseException,
-    *,
-    started: float,
-    log: Any,
-) -> None:
+@dataclass(frozen=True)
+class Failed:
+    """A failed attempt of a step."""
+
+    sid: str
+    position: int
+    attempt: int
+    policy: Policy
+    started: float  # perf_counter when the attempt began
+
+
+async def _failed(execution: Execution, failed: Failed, exc: BaseException, *, log: Any) -> None:
     """Record a failed attempt, then raise: `StepError` when no retries are left, else
     `Suspend` until the retry is due."""
-    record, delay = execution.failure(sid, position, attempt, exc, started=started)
+    sid = failed.sid
+    record, delay = execution.failure(
+        sid, failed.position, failed.attempt, exc, started=failed.started, policy=failed.policy
+    )
     error = json.loads(record.error_json or "{}")
     said = {"error_type": error["type"], "error": first_line(exc)}
     said |= payload(error_message=message(exc))
     if delay is None:
         await execution.checkpoint(record)
-        log.warning("step failed", retries=execution.fdef.retries, **said)
+        log.warning("step failed", retries=failed.policy.retries, **said)
         raise StepError(sid, error) from exc
     await execution.retry_later(delay, (record,))
     log.warning("step will retry", delay=round(delay, 3), **said)
