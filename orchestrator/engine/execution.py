@@ -18,7 +18,7 @@ import inspect
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
+from orchestrator.engine.cancelled import CancelledRuns
 from orchestrator.engine.faces import Face, SyncFace, discard
 from orchestrator.engine.failures import error_dict
 from orchestrator.engine.observer import NOBODY, StepObserver
@@ -75,7 +76,7 @@ class Execution:
         draining: threading.Event,
         log: Any,
         on_body: Callable[[str | None], None] | None = None,
-        cancelled: Collection[str] = (),
+        cancelled: CancelledRuns | None = None,
         policies: Mapping[str, FlowPolicy] | None = None,
         observer: StepObserver = NOBODY,
         face: Face | None = None,
@@ -84,7 +85,8 @@ class Execution:
         self.lease = lease
         self.observer = observer  # counts step bodies and retries for the metrics
         self.policies = policies or {}  # flow control of the functions it may invoke
-        self.cancelled = cancelled  # runs whose cancellation the daemon passed on
+        # runs whose cancellation the daemon passed on
+        self.cancelled = cancelled if cancelled is not None else CancelledRuns()
         self.on_body = on_body or _ignore
         self.fdef = fdef
         self.store = store

@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import json
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator import codec
 from orchestrator.context import AsyncContext, Context, Event, Step
 from orchestrator.db.steps import StepRow
+from orchestrator.engine.cancelled import CancelledRuns
 from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.faces import Face, SyncFace, discard
 from orchestrator.engine.failures import error_dict, summary
@@ -59,7 +60,9 @@ class Outcome:
     while the group committer writes this one's end with others."""
 
     run_id: str
-    status: str  # completed | failed | cancelled | suspended | lease_lost | abandoned
+    # completed | failed | suspended | lease_lost | abandoned, or stopped: a cancellation
+    # ended the run (its end is the cancellation's, recorded by the statement that made it)
+    status: str
     due_at: datetime | None = None
     commit: Future[None] | None = field(default=None, compare=False, repr=False)
 
@@ -74,6 +77,8 @@ def settled(outcome: Outcome, log: Any) -> Outcome:
     error = commit.exception()
     if error is None:
         return Outcome(outcome.run_id, outcome.status, outcome.due_at)
+    if isinstance(error, Cancelled):  # its end was refused: the run stays cancelled
+        return stopped(outcome.run_id, log, at="its end")
     if isinstance(error, LeaseLost):
         log.warning("lease lost; abandoning run", run_id=outcome.run_id, reason=str(error))
         return Outcome(outcome.run_id, "lease_lost")
@@ -90,7 +95,7 @@ async def execute(
     draining: threading.Event,
     log: Any,
     on_body: Callable[[str | None], None] | None = None,
-    cancelled: Collection[str] = (),
+    cancelled: CancelledRuns | None = None,
     policies: Mapping[str, FlowPolicy] | None = None,
     observer: StepObserver = NOBODY,
     face: Face | None = None,
@@ -127,8 +132,17 @@ async def execute(
     try:
         return await _drive(fdef, ctx, execution, limits=limits, log=log)
     except LeaseLost as exc:
+        if task.run_id in execution.cancelled:  # a write refused after the run was cancelled
+            return stopped(task.run_id, log, at="a write")
         log.warning("lease lost; abandoning run", reason=str(exc))
         return Outcome(task.run_id, "lease_lost")
+
+
+def stopped(run_id: str, log: Any, *, at: str) -> Outcome:
+    """A cancellation ended the run while this execution ran it: it stops, quietly (nothing
+    went wrong; the run's end, `cancelled` with its reason, is already recorded)."""
+    log.info("run cancelled; execution stopped", run_id=run_id, at=at)
+    return Outcome(run_id, "stopped")
 
 
 async def _memo(task: Task, store: RunStore, face: Face | None) -> dict[str, StepRow]:
@@ -156,13 +170,7 @@ async def _drive(
     except (Cancelled, asyncio.CancelledError) as exc:
         if not execution.passes(exc):  # user code's own CancelledError: its failure
             return _fail(execution, _error_of(exc), log)
-        error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
-        if not error["message"]:
-            error["message"] = f"run {lease.run_id} was cancelled"
-        at = "an await" if face.is_async else "a step boundary"
-        return _finish(
-            execution, "cancelled", None, json.dumps(error), log=log, event="run cancelled", at=at
-        )
+        return stopped(lease.run_id, log, at="an await" if face.is_async else "a step boundary")
     except (LeaseLost, KeyboardInterrupt):
         raise
     except BaseException as exc:  # whatever user code raised, SystemExit included
