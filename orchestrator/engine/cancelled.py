@@ -22,7 +22,7 @@ class CancelledRuns:
     def __contains__(self, run_id: object) -> bool:
         return run_id in self._ids
 
-    def add(self, run_ids: Iterable[str]) -> None:
+    def mark(self, run_ids: Iterable[str]) -> None:
         with self._changed:
             self._ids.update(run_ids)
             self._changed.notify_all()

@@ -155,7 +155,7 @@ class Worker:
             for task in message[1]:
                 self._dispatch(task)
         elif message[0] == "cancel":
-            self.cancelled.add(message[1])
+            self.cancelled.mark(message[1])
             if self.loop is not None:
                 self.loop.cancel(message[1])
         elif message[0] == "drain":
