@@ -210,11 +210,14 @@ class Execution:
         """Before executing new work: commit the step before it; stop if the run was
         cancelled; give the run back if the worker is draining."""
         await self.flush()
-        if self.lease.run_id in self.cancelled:
-            raise Cancelled(f"run {self.lease.run_id} was cancelled")
+        self._stop_if_cancelled()
         if self.draining.is_set():
             await self.io(self.store.release, self.lease)
             raise Suspend("worker draining")
+
+    def _stop_if_cancelled(self) -> None:
+        if self.lease.run_id in self.cancelled:
+            raise Cancelled(f"run {self.lease.run_id} was cancelled")
 
     # -- what every step kind shares ----------------------------------------------------
 
@@ -296,7 +299,9 @@ class Execution:
         with effects (`flush`: a step body, a store call) or ends (its finish carries it, so
         a one-step run costs one write). No step body ever runs before the steps before it
         are durable; only the function's own code between steps, which re-runs on every
-        replay anyway, runs ahead of the commit."""
+        replay anyway, runs ahead of the commit. A run cancelled meanwhile (its body ran on
+        after the cancellation) stops here: its record would be refused."""
+        self._stop_if_cancelled()
         await self.flush()
         if defer:
             self.pending = record  # nothing pending or committing: flush returned
