@@ -225,8 +225,11 @@ def test_write_group__refuses_and_reports_the_writes_of_a_cancelled_run(
     first, second, third = claim(db, OWNER)
     with db.transaction() as conn:
         runs.cancel(conn, [second.id], reason="stop")
-    execute(db, "UPDATE orchestrator.runs SET lease_token = NULL WHERE id = CAST(:r AS uuid)",
-            r=third.id)  # lost otherwise (rescued)
+    execute(
+        db,
+        "UPDATE orchestrator.runs SET lease_token = NULL WHERE id = CAST(:r AS uuid)",
+        r=third.id,
+    )  # lost otherwise (rescued)
     record = StepRecord("s", 0, "run", "completed", 1, output_json="1")
     writes = [
         GroupWrite(first.id, first.lease_token, step=record),
@@ -236,8 +239,11 @@ def test_write_group__refuses_and_reports_the_writes_of_a_cancelled_run(
     made = direct.run(lambda c: write_group(c, writes), retry_for=0)
     assert made == {first.id: True, second.id: False}  # the third's lease was lost
     assert step_rows(db, second.id) == []
-    status = execute(db, "SELECT status, error->>'message' FROM orchestrator.runs "
-                     "WHERE id = CAST(:r AS uuid)", r=second.id)
+    status = execute(
+        db,
+        "SELECT status, error->>'message' FROM orchestrator.runs WHERE id = CAST(:r AS uuid)",
+        r=second.id,
+    )
     assert status == [("cancelled", "stop")]
 
 
