@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from tests.conftest import eventually
-from tests.e2e.harness import DaemonProcess, effects, scalar, send, sql
+from tests.e2e.harness import DaemonProcess, cli, effects, scalar, send, sql
 from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -178,6 +178,16 @@ def test_cancel_running__children_false_leaves_the_child_running_to_completion(
     eventually(lambda: run_row(url, child)["status"] == "completed", what="the child completed")
     assert run_row(url, parent)["status"] == "cancelled"
     assert recorded_steps(url, parent) == [("child", "waiting")]  # nobody resolved it
+
+
+def test_cancel_running__cli_no_children__leaves_the_child_running(served: Served) -> None:
+    url = served.url
+    parent, child, gate = invoked_child(url)
+    result = cli(url, "runs", "cancel", "--no-children", parent)
+    assert result.stdout.strip() == f"{parent}: cancelled"
+    assert run_row(url, child)["status"] == "running"
+    open_gate(url, gate)
+    eventually(lambda: run_row(url, child)["status"] == "completed", what="the child completed")
 
 
 def test_cancel_running__by_default_cascades_to_the_executing_child(
