@@ -5,6 +5,7 @@ hand)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from typing import Any
@@ -13,11 +14,13 @@ import psycopg
 import pytest
 
 from orchestrator.context import Context
-from orchestrator.db import flow, runs
+from orchestrator.db import flow, runs, waits
 from orchestrator.db.database import Database
+from orchestrator.db.steps import StepRecord
 from orchestrator.engine.faces import SyncFace, run_sync
 from orchestrator.engine.store import Lease
 from orchestrator.errors import LeaseLost
+from orchestrator.functions import FINISHED_EVENT_NAME
 from tests.db.executing import Harness
 from tests.db.helpers import claim, execute, queue_runs
 
@@ -244,3 +247,33 @@ def test_cancelled_among__finds_the_executed_runs_a_cancellation_ended(db: Datab
     with db.transaction() as conn:
         assert runs.cancelled_among(conn, {a.id, b.id}) == {a.id}
         assert runs.cancelled_among(conn, set()) == set()
+
+
+def test_cancel__an_invoke_after_the_cancellation_starts_no_child(harness: Harness) -> None:
+    queue_runs(harness.db, 2)
+    cancelled, live = claim(harness.db, OWNER, limit=2)
+    with harness.db.transaction() as conn:
+        runs.cancel(conn, [cancelled.id], reason="stop")
+    kids = {cancelled.id: str(uuid.uuid4()), live.id: str(uuid.uuid4())}
+    futures = {}
+    for run in (cancelled, live):
+        wait = waits.Wait(
+            run.id,
+            "child",
+            FINISHED_EVENT_NAME,
+            "data.run_id",
+            json.dumps(kids[run.id]),
+            None,
+            run.claimed_at,
+            None,
+        )
+        record = StepRecord("child", 0, "invoke", "waiting", 1)
+        child = runs.NewRun("k", [{}], id=kids[run.id], parent_run_id=run.id)
+        futures[run.id] = harness.store.waiting(
+            Lease(run.id, run.lease_token), record, wait, accept=lambda e: True, child=child
+        )
+    with pytest.raises(LeaseLost):
+        futures[cancelled.id].result(timeout=30)
+    assert futures[live.id].result(timeout=30) is None  # suspended, waiting for its child
+    started = execute(harness.db, "SELECT id::text FROM orchestrator.runs WHERE function_id = 'k'")
+    assert started == [(kids[live.id],)]
