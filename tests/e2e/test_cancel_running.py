@@ -113,7 +113,17 @@ def test_cancel_running__frees_the_slot_at_once__b_starts_while_a_body_is_blocke
     started_in = time.monotonic() - cancelled_at
     # structurally: A's body is still held at its gate (it records `returned` only after)
     assert effects(url, a) == {"work": 1}
-    print(f"\ncancel -> B's step body started: {started_in * 1000:.1f} ms")
+    [(claimed_after, body_after)] = sql(  # by the database clock, from A's cancellation
+        url,
+        "SELECT extract(epoch FROM b.started_at - a.finished_at), "
+        "extract(epoch FROM (SELECT min(at) FROM public.effects WHERE run_id = %s) - a.finished_at) "
+        "FROM orchestrator.runs a, orchestrator.runs b WHERE a.id = %s AND b.id = %s",
+        (b, a, b),
+    )
+    print(
+        f"\ncancel -> B claimed {float(claimed_after) * 1000:.1f} ms, B's body started "
+        f"{float(body_after) * 1000:.1f} ms (seen by the test after {started_in * 1000:.1f} ms)"
+    )
 
     open_gate(url, gate)
     eventually(lambda: effects(url, a).get("returned") == 1, what="A's body returned")
