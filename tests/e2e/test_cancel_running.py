@@ -116,7 +116,8 @@ def test_cancel_running__frees_the_slot_at_once__b_starts_while_a_body_is_blocke
     [(claimed_after, body_after)] = sql(  # by the database clock, from A's cancellation
         url,
         "SELECT extract(epoch FROM b.started_at - a.finished_at), "
-        "extract(epoch FROM (SELECT min(at) FROM public.effects WHERE run_id = %s) - a.finished_at) "
+        "extract(epoch FROM (SELECT min(at) FROM public.effects WHERE run_id = %s) "
+        "- a.finished_at) "
         "FROM orchestrator.runs a, orchestrator.runs b WHERE a.id = %s AND b.id = %s",
         (b, a, b),
     )
