@@ -16,6 +16,7 @@ import pytest
 from orchestrator.context import Context
 from orchestrator.db import flow, runs, waits
 from orchestrator.db.database import Database
+from orchestrator.db.direct import driver
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.faces import SyncFace, run_sync
 from orchestrator.engine.store import Lease
@@ -277,3 +278,15 @@ def test_cancel__an_invoke_after_the_cancellation_starts_no_child(harness: Harne
     assert futures[live.id].result(timeout=30) is None  # suspended, waiting for its child
     started = execute(harness.db, "SELECT id::text FROM orchestrator.runs WHERE function_id = 'k'")
     assert started == [(kids[live.id],)]
+
+
+def test_cancel_requested__reads_the_partial_index_of_requested_cancellations(
+    db: Database,
+) -> None:
+    queue_runs(db, 5000)
+    execute(db, "ANALYZE orchestrator.runs")
+    with db.transaction() as conn:
+        plan = "\n".join(
+            row[0] for row in driver(conn).execute("EXPLAIN " + runs._REQUESTED, {"limit": 500})
+        )
+    assert "runs_cancel_requested" in plan, plan
