@@ -315,29 +315,35 @@ class Orchestrator:
         run_id: str,
         *,
         reason: str = "cancelled by request",
+        children: bool = True,
         conn: OutboxConnection | None = None,
     ) -> str:
-        """Cancel a run and its unfinished invoked children; returns the run's status after.
+        """Cancel a run and, unless `children=False`, its unfinished invoked runs; returns
+        the run's status after (`cancelled`, or the status of a run that had already ended).
 
-        A queued, sleeping or waiting run is `cancelled` at once; a running run stops at its
-        next step boundary (the status returned is then `running`). A finished run is left
-        as it is. Raises `RunNotFoundError` for an unknown id. `conn` as for `send`.
+        Any active run is `cancelled` at once, an executing one too: its flow-control slots
+        are free for the next run, and its execution stops (an async function's task is
+        cancelled; a plain function stops at its next step, and anything it still writes is
+        refused). With `children=False` the runs it invoked keep running; their ends are
+        recorded as usual, and nobody awaits them. Raises `RunNotFoundError` for an unknown
+        id. `conn` as for `send` (the cancellation takes effect when it commits).
         """
         from orchestrator import client
 
-        return self._execute(lambda: client.cancel_op(run_id, reason), conn)
+        return self._execute(lambda: client.cancel_op(run_id, reason, children), conn)
 
     async def cancel_async(
         self,
         run_id: str,
         *,
         reason: str = "cancelled by request",
+        children: bool = True,
         conn: AsyncOutboxConnection | None = None,
     ) -> str:
         """`cancel` for asyncio; `conn` as for `send_async`."""
         from orchestrator import client
 
-        return await self._execute_async(client.cancel_op(run_id, reason), conn)
+        return await self._execute_async(client.cancel_op(run_id, reason, children), conn)
 
     def start(
         self,

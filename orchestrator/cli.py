@@ -7,7 +7,7 @@
     orchestrator send --jsonl FILE|-        (one {"name": ..., "data": ..., "id": ...} a line)
     orchestrator runs list [--status S] [--function F] [--limit N]
     orchestrator runs show RUN_ID
-    orchestrator runs cancel RUN_ID
+    orchestrator runs cancel RUN_ID [--no-children]
     orchestrator runs replay|resume RUN_ID   (or in bulk: --function F --status S --since 2h)
     orchestrator runs fork RUN_ID --from-step STEP_ID [--data JSON]
     orchestrator functions [remove NAME [--cancel-runs] [--yes]]
@@ -114,9 +114,17 @@ def _parser() -> argparse.ArgumentParser:
     show = runs_sub.add_parser("show", parents=[common], help="one run and its steps")
     show.add_argument("run_id", help="run id (or an unambiguous prefix)")
     cancel = runs_sub.add_parser(
-        "cancel", parents=[common], help="cancel a run and its unfinished invoked runs"
+        "cancel",
+        parents=[common],
+        help="cancel a run (an executing one too) and its unfinished invoked runs",
     )
     cancel.add_argument("run_id", help="run id (or an unambiguous prefix)")
+    cancel.add_argument(
+        "--no-children",
+        dest="children",
+        action="store_false",
+        help="leave the runs it invoked running (by default they are cancelled with it)",
+    )
     cancel.add_argument(
         "--reason",
         default="cancelled from the command line",
@@ -397,18 +405,19 @@ def _cmd_runs_cancel(db: Any, args: argparse.Namespace) -> int:
 
     with db.transaction() as conn:
         run = find_run(conn, args.run_id)
-        changed = runs.cancel(conn, [run.id], reason=args.reason)
-    status = next((c.status for c in changed if c.id == run.id), run.status)
+        changed = runs.cancel(conn, [run.id], reason=args.reason, children=args.children)
+    mine = next((c for c in changed if c.id == run.id), None)
+    status = mine.status if mine is not None else run.status
     children = sum(c.id != run.id for c in changed)
     if args.json:
         print(json.dumps({"id": run.id, "status": status, "children_cancelled": children}))
         return 0
-    if status == "running":
-        print(f"{run.id}: cancellation requested; it stops at its next step boundary")
-    elif status == "cancelled" and any(c.id == run.id for c in changed):
-        print(f"{run.id}: cancelled")
-    else:
+    if mine is None:
         print(f"{run.id}: already {status}; nothing to cancel")
+    elif mine.was == "running":
+        print(f"{run.id}: cancelled; its execution stops")
+    else:
+        print(f"{run.id}: cancelled")
     if children:
         print(f"{children} invoked run(s) cancelled with it")
     return 0

@@ -141,7 +141,7 @@ def _trigger_text(trigger: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Removed:
     cancelled: int  # runs cancelled (with the runs they invoked)
-    stopping: int  # executing runs that stop at their next step boundary
+    stopping: int  # executing runs cancelled (their executions stop)
     dropped: int  # buffered events dropped
 
 
@@ -170,7 +170,7 @@ def retire(conn: Any, name: str, *, cancel_runs: bool) -> Removed:
         reason = CANCEL_REASON.format(name=name)
         changed = runs.cancel(conn, functions.active_run_ids(conn, name), reason=reason)
     dropped = functions.remove(conn, name)
-    stopping = sum(c.status == "running" for c in changed)
+    stopping = sum(c.was == "running" for c in changed)
     return Removed(len(changed) - stopping, stopping, dropped)
 
 
@@ -216,6 +216,6 @@ def _report(args: argparse.Namespace, removed: Removed) -> None:
     if removed.cancelled:
         print(f"{removed.cancelled} run(s) cancelled")
     if removed.stopping:
-        print(f"{removed.stopping} executing run(s) stop at their next step boundary")
+        print(f"{removed.stopping} executing run(s) cancelled; their executions stop")
     if removed.dropped:
         print(f"{removed.dropped} buffered event(s) dropped")

@@ -85,11 +85,12 @@ def send_op(items: list[events.NewEvent]) -> Op[list[str]]:
     return [item.id for item in items]
 
 
-def cancel_op(run_id: str, reason: str) -> Op[str]:
-    """Cancel a run and its unfinished invoked children; returns the run's status after."""
+def cancel_op(run_id: str, reason: str, children: bool = True) -> Op[str]:
+    """Cancel a run, and with `children` its unfinished invoked runs; returns the run's
+    status after."""
     run = yield from runs.get_op(run_id)
     if run is None:
         raise RunNotFoundError(f"no run with id {run_id!r}")
-    changed = yield from runs.cancel_op([run.id], reason=reason)
+    changed = yield from runs.cancel_op([run.id], reason=reason, children=children)
     mine = [c.status for c in changed if c.id == run.id]
     return mine[0] if mine else run.status

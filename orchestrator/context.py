@@ -249,6 +249,15 @@ class Context:
     - `attempt`: how many times this run has been picked up by a worker (1 on the first)
     - `log`: a structlog logger bound to `run_id` and `function_id`
     - `step`: the durable step API
+    - `cancelled`: True once the run was cancelled (`app.cancel`, a `cancel_on` event, …)
+      while this execution runs it; `wait_cancelled(timeout)` blocks until then
+
+    A cancellation ends the run at once, even while one of its step bodies runs: the run is
+    `cancelled`, its flow-control slots are free, and nothing its execution writes afterwards
+    is kept (a step result, its end). An async function's task is cancelled where it awaits;
+    a plain function's step body runs on until it returns, and may look at `ctx.cancelled` or
+    wait on `ctx.wait_cancelled(timeout)` to stop early: whatever it returns is refused, and
+    the function stops at its next step.
     """
 
     def __init__(
@@ -268,6 +277,17 @@ class Context:
         self.attempt = attempt
         self.log = log
         self.step = step
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this run was cancelled (the worker executing it was told)."""
+        return self.run_id in self.step._execution.cancelled
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block until this run is cancelled, or for `timeout` seconds (None: for good);
+        returns `cancelled`. For a plain function's step body; an async function's task is
+        cancelled where it awaits anyway."""
+        return self.step._execution.cancelled.wait(self.run_id, timeout)
 
 
 class AsyncContext(Context):

@@ -260,7 +260,7 @@ class Abort(ControlSignal):
 
 
 class Cancelled(ControlSignal):
-    """The run was cancelled; it stops at this step boundary."""
+    """A cancellation ended the run (db/runs.py): its execution stops here, writing nothing."""
 
 
 class LeaseLost(ControlSignal):

@@ -167,8 +167,8 @@ class Idempotency:
 @dataclass(frozen=True)
 class Singleton:
     """At most one active run (per `key`). `mode="skip"`: a new run is recorded as `skipped`;
-    `mode="cancel"`: the new run replaces the old one, which is cancelled (if it is executing,
-    at its next step boundary)."""
+    `mode="cancel"`: the new run replaces the old one, which is cancelled (an executing one
+    too: its execution stops)."""
 
     key: str | None = None
     mode: str = "skip"
@@ -182,8 +182,8 @@ class Singleton:
 @dataclass(frozen=True)
 class Timeouts:
     """`start`: a run not started within this time of its creation is cancelled. `finish`: a
-    run not finished within this time of its start is cancelled (at its next step boundary,
-    if it is executing)."""
+    run not finished within this time of its start is cancelled (an executing one too: its
+    execution stops)."""
 
     start: timedelta | float | None = None
     finish: timedelta | float | None = None

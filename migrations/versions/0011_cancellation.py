@@ -1,6 +1,14 @@
 """Cancellation that stops work: slots released at once; cancel without children.
 
-(Columns and tables: to be described here.)
+- `runs.cancel_children` (boolean, default true): whether a cancellation cascades to the
+  run's unfinished invoked runs. `app.cancel(run_id, children=False)` records false; an
+  operator who requests a cancellation by hand sets it with `cancel_requested_at`:
+  `UPDATE orchestrator.runs SET cancel_requested_at = now(), cancel_children = false
+  WHERE id = ...` leaves the invoked runs running.
+
+A cancellation now ends a running run too (status `cancelled`, lease cleared) in the
+statement that cancels idle ones; no schema change is needed for that. Adding a column with a
+constant default rewrites nothing (PostgreSQL 11+).
 
 Revision ID: 0011
 Revises: 0010
@@ -15,17 +23,17 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = """
+ALTER TABLE orchestrator.runs ADD COLUMN cancel_children boolean NOT NULL DEFAULT true;
 """
 
 DOWNGRADE = """
+ALTER TABLE orchestrator.runs DROP COLUMN cancel_children;
 """
 
 
 def upgrade() -> None:
-    if UPGRADE.strip():
-        op.execute(UPGRADE)
+    op.execute(UPGRADE)
 
 
 def downgrade() -> None:
-    if DOWNGRADE.strip():
-        op.execute(DOWNGRADE)
+    op.execute(DOWNGRADE)

@@ -12,7 +12,9 @@ the group durable. It
 3. records the terminal status of those runs that finished, with what ending a run entails
    (db/finish.py);
 
-and returns the ids of the runs whose write was made. A run appears at most once in a group.
+and returns the ids of the runs whose write was made, and of those whose write was refused
+because a cancellation ended the run (its execution stops quietly: nothing went wrong). A run
+appears at most once in a group.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class GroupWrite:
     run_id: str
     token: str
     step: StepRecord | None = None
-    final_status: str | None = None  # completed | failed | cancelled
+    final_status: str | None = None  # completed | failed
     output_json: str | None = None  # the run's output, with final_status
     error_json: str | None = None  # the run's error, with final_status
     # the finish has effects beyond the run's row (db/finish.py): the run failed or was
@@ -59,10 +61,11 @@ held AS MATERIALIZED (  -- (id, token): a stale write of a held run is not made 
     ORDER BY r.id
     FOR NO KEY UPDATE OF r
 ),
-cancels AS MATERIALIZED (  -- through the partial index of requested cancellations: ~free
-    SELECT id FROM orchestrator.runs
-    WHERE id = ANY(%(runs)b::uuid[]) AND cancel_requested_at IS NOT NULL
-      AND status IN ('queued', 'running', 'sleeping', 'waiting')
+refused AS MATERIALIZED (  -- runs not held because a cancellation ended them (db/runs.py)
+    SELECT i.run_id AS id FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.id = i.run_id)
+      AND EXISTS (SELECT 1 FROM orchestrator.runs r
+                  WHERE r.id = i.run_id AND r.status = 'cancelled')
 ),
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
@@ -80,11 +83,7 @@ saved AS (
 finished AS (
     UPDATE orchestrator.runs r
     SET status = i.final, output = i.run_output::jsonb,
-        -- a run stopped by a cancellation keeps the reason it was given (db/runs.py)
-        error = CASE WHEN i.final = 'cancelled' AND r.error ->> 'code' = 'cancelled'
-                     THEN jsonb_set(r.error, '{message}', to_jsonb(concat_ws('; ',
-                          r.error ->> 'message', i.run_error::jsonb ->> 'message')))
-                     ELSE i.run_error::jsonb END,
+        error = i.run_error::jsonb,
         finished_at = now(), updated_at = now(),
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
@@ -95,7 +94,7 @@ finished AS (
 # Every held run's write is made (the upsert and the update cannot skip a held run), and
 # the data-modifying CTEs run whether or not the result reads them.
 _WRITE_GROUP_TAIL = """
-SELECT h.id::text, c.id IS NOT NULL FROM held h LEFT JOIN cancels c ON c.id = h.id
+SELECT id::text, true FROM held UNION ALL SELECT id::text, false FROM refused
 """
 _WRITE_GROUP = _WRITE_GROUP_HEAD + _WRITE_GROUP_TAIL
 # Only when a finish in the group has effects: they cost a fifth of the throughput of
@@ -115,8 +114,8 @@ def prepare(conn: Conn) -> None:
 
 
 def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
-    """Make every write whose lease still holds; returns the ids of those runs, each with
-    whether its cancellation was requested (the worker stops it at this step boundary)."""
+    """Make every write whose lease still holds; returns the ids of those runs (True), and
+    of the runs whose write was refused because a cancellation ended them (False)."""
     if not writes:
         return {}
     steps = [w.step for w in writes]

@@ -1,7 +1,7 @@
 """What every statement that ends runs also does, as CTEs to append to it.
 
-A run ends in several statements: the workers' group write (completed, failed, cancelled at a
-step boundary), cancellation of idle runs, the recovery cap, unknown functions. Each of them
+A run ends in several statements: the workers' group write (completed, failed), cancellation
+(of any active run, an executing one too), the recovery cap, unknown functions. Each of them
 appends `after_finish(source)`, where `source` is a CTE of the changed runs with the columns
 `id, function_id, status, output, error, events, parent_run_id`. For the runs of `source`
 that ended, in the same transaction:

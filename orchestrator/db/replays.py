@@ -153,7 +153,8 @@ _RESUME = """
     )
     UPDATE orchestrator.runs r
     SET status = 'queued', due_at = now(), output = NULL, error = NULL, finished_at = NULL,
-        recoveries = 0, crashes = 0, retries = 0, cancel_requested_at = NULL, lease_owner = NULL,
+        recoveries = 0, crashes = 0, retries = 0, cancel_requested_at = NULL,
+        cancel_children = true, lease_owner = NULL,
         lease_token = NULL, lease_expires_at = NULL, resumes = r.resumes + 1,
         updated_at = now()
     FROM target t WHERE r.id = t.id

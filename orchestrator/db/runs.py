@@ -20,6 +20,7 @@ from orchestrator.db.finish import after_finish
 from orchestrator.db.ops import Op, Query
 
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
+CANCEL_CHANNEL = "orchestrator_cancels"  # NOTIFY: a running run was cancelled
 _ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
 # what db/finish.py reads of the runs a statement ended (`r` is the updated table's alias)
 _ENDED_COLUMNS = "r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id"
@@ -668,17 +669,25 @@ def fail_unknown_functions(conn: Connection) -> list[RequeuedRun]:
     return [RequeuedRun(*row) for row in conn.execute(_FAIL_UNKNOWN, {"p_ids": unknown})]
 
 
-# Cancellation: the runs and their unfinished descendants (invoked children). Idle runs end
-# at once; a running run is marked, and its worker stops it at the next step boundary.
+# Cancellation: the runs and, for those given with `children`, their unfinished descendants
+# (invoked runs). Every one ends `cancelled` at once, a running one too: its lease is revoked
+# (owner and token cleared), so anything its execution still writes is refused by the fence,
+# and it leaves `running`, so its flow-control slots are free at once. The NOTIFY tells the
+# daemons: theirs stops executing it (runtime/cancellations.py), and any may claim a run that
+# waited for its slot.
 _CANCEL = f"""
-    WITH RECURSIVE tree(id) AS (
-        SELECT unnest(%(ids)s::uuid[])
+    WITH RECURSIVE tree(id, deep) AS (
+        SELECT * FROM unnest(%(ids)s::uuid[], %(children)s::bool[])
         UNION
-        SELECT c.id FROM orchestrator.runs c JOIN tree t ON c.parent_run_id = t.id
-        WHERE c.{_ACTIVE}
+        SELECT c.id, true FROM orchestrator.runs c JOIN tree t ON c.parent_run_id = t.id
+        WHERE t.deep AND c.{_ACTIVE}
+    ),
+    given AS (
+        SELECT id, bool_or(deep) AS deep FROM unnest(%(ids)s::uuid[], %(children)s::bool[])
+            AS g(id, deep) GROUP BY id
     ),
     picked AS MATERIALIZED (
-        SELECT r.id FROM orchestrator.runs r
+        SELECT r.id, r.status AS was FROM orchestrator.runs r
         WHERE r.id IN (SELECT id FROM tree) AND r.{_ACTIVE}
         ORDER BY r.id
         FOR UPDATE
@@ -686,56 +695,72 @@ _CANCEL = f"""
     changed AS (
         UPDATE orchestrator.runs r
         SET cancel_requested_at = coalesce(r.cancel_requested_at, now()),
-            status = CASE WHEN r.status = 'running' THEN r.status ELSE 'cancelled' END,
-            finished_at = CASE WHEN r.status = 'running' THEN NULL ELSE now() END,
-            -- the first reason given is kept; a running run ends with it (db/checkpoints.py)
+            cancel_children = coalesce((SELECT g.deep FROM given g WHERE g.id = r.id), true),
+            status = 'cancelled', finished_at = now(),
+            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+            -- the first reason given is kept
             error = CASE WHEN r.error ->> 'code' = 'cancelled' THEN r.error ELSE
                 jsonb_build_object('type', 'RunCancelledError', 'code', 'cancelled',
                                    'message', %(reason)s::text) END,
             updated_at = now()
         FROM picked p WHERE r.id = p.id
-        RETURNING {_ENDED_COLUMNS}
+        RETURNING {_ENDED_COLUMNS}, p.was
     )
     {after_finish("changed")}
-    SELECT id::text, function_id, status FROM changed
+    SELECT id::text, function_id, status, was FROM changed
     """
+_NOTIFY_CANCELLED = f"SELECT pg_notify('{CANCEL_CHANNEL}', '')"
 
-# Cancellations requested by hand (`UPDATE runs SET cancel_requested_at = now()`): idle runs
-# end; a running one stops at its next step boundary by itself, and only its unfinished
-# children are cancelled here (so it is not rewritten on every pass).
+# Cancellations requested by hand (`UPDATE runs SET cancel_requested_at = now()`, and
+# `cancel_children = false` to leave invoked runs running): applied as above, by the
+# Cancellations service of any daemon, through the partial index `runs_cancel_requested`.
 _REQUESTED = f"""
-    (SELECT id::text FROM orchestrator.runs
-     WHERE cancel_requested_at IS NOT NULL AND {_DUE}
-     LIMIT %(limit)s)
-    UNION ALL
-    (SELECT c.id::text FROM orchestrator.runs p
-     JOIN orchestrator.runs c ON c.parent_run_id = p.id
-     WHERE p.cancel_requested_at IS NOT NULL AND p.status = 'running'
-       AND c.{_ACTIVE} AND c.cancel_requested_at IS NULL
-     LIMIT %(limit)s)
+    SELECT id::text, cancel_children FROM orchestrator.runs
+    WHERE cancel_requested_at IS NOT NULL AND {_ACTIVE}
+    ORDER BY id LIMIT %(limit)s
     """
 
 
-def cancelling(conn: Conn, *, owner: str) -> set[str]:
-    """Runs leased by `owner` whose cancellation was requested."""
+@dataclass(frozen=True)
+class CancelledRun:
+    """A run a cancellation ended; `was` its status before (`running`: an execution stops)."""
+
+    id: str
+    function_id: str
+    status: str
+    was: str
+
+
+def cancelled_among(conn: Conn, run_ids: Collection[str]) -> set[str]:
+    """Those of these runs (the ones a daemon executes) that a cancellation ended."""
+    if not run_ids:
+        return set()
     rows = driver(conn).execute(
-        "SELECT id::text FROM orchestrator.runs WHERE cancel_requested_at IS NOT NULL "
-        "AND status = 'running' AND lease_owner = %s::uuid",
-        (owner,),
+        "SELECT id::text FROM orchestrator.runs WHERE id = ANY(%s::uuid[]) "
+        "AND status = 'cancelled'",
+        (sorted(run_ids),),
     )
     return {row[0] for row in rows}
 
 
-def cancel(conn: Conn, run_ids: list[str], *, reason: str) -> list[RequeuedRun]:
-    """Cancel runs and their unfinished descendants; returns each changed run with its new
-    status (`cancelled`, or `running` for a run that stops at its next step boundary)."""
-    return outbox.run(cancel_op(run_ids, reason=reason), conn) if run_ids else []
+def cancel(
+    conn: Conn, run_ids: list[str], *, reason: str, children: bool = True
+) -> list[CancelledRun]:
+    """Cancel runs, and with `children` their unfinished descendants (invoked runs); returns
+    each run ended, with its status before."""
+    if not run_ids:
+        return []
+    return outbox.run(cancel_op(run_ids, reason=reason, children=children), conn)
 
 
-def cancel_requested(conn: Conn, *, limit: int = 500) -> list[RequeuedRun]:
+def cancel_requested(conn: Conn, *, limit: int = 500) -> list[CancelledRun]:
     """Apply the cancellations requested with an UPDATE (see `_REQUESTED`)."""
-    ids = [row[0] for row in driver(conn).execute(_REQUESTED, {"limit": limit}).fetchall()]
-    return cancel(conn, ids, reason="run was cancelled (cancel_requested_at was set)")
+    rows = driver(conn).execute(_REQUESTED, {"limit": limit}).fetchall()
+    if not rows:
+        return []
+    reason = "run was cancelled (cancel_requested_at was set)"
+    op = cancel_op([r[0] for r in rows], reason=reason, children=[bool(r[1]) for r in rows])
+    return outbox.run(op, conn)
 
 
 # -- the same statements as operations (db/ops.py), for both faces of the client ---------------
@@ -752,7 +777,14 @@ def get_op(run_id: str) -> Op[RunRow | None]:
     return RunRow(*rows[0]) if len(rows) == 1 else None
 
 
-def cancel_op(run_ids: list[str], *, reason: str) -> Op[list[RequeuedRun]]:
-    """`cancel` as an operation: each run changed, with its new status."""
-    rows = yield Query(_CANCEL, {"ids": run_ids, "reason": reason})
-    return [RequeuedRun(*row) for row in rows]
+def cancel_op(
+    run_ids: list[str], *, reason: str, children: bool | list[bool] = True
+) -> Op[list[CancelledRun]]:
+    """`cancel` as an operation: each run ended, with its status before. `children` applies
+    to every run given, or one flag per run."""
+    flags = children if isinstance(children, list) else [children] * len(run_ids)
+    rows = yield Query(_CANCEL, {"ids": run_ids, "children": flags, "reason": reason})
+    ended = [CancelledRun(*row) for row in rows]
+    if any(run.was == "running" for run in ended):  # delivered when the transaction commits
+        yield Query(_NOTIFY_CANCELLED, {})
+    return ended

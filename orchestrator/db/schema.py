@@ -153,6 +153,8 @@ runs = Table(
     _ts("updated_at", nullable=False, default_now=True),
     _ts("finished_at"),
     _ts("cancel_requested_at"),
+    # false: a cancellation requested by UPDATE leaves the run's invoked runs running
+    Column("cancel_children", Boolean, nullable=False, server_default=text("true")),
     Column("priority", Integer, nullable=False, server_default=text("0")),
     Column("concurrency_keys", ARRAY(Text)),
     Column("throttle_key", Text),

@@ -17,7 +17,12 @@ from orchestrator.db.connect import libpq_url
 from orchestrator.db.daemons import DAEMON_LOCK_CLASS
 from orchestrator.db.direct import Conn, driver
 
-CHANNELS = ("orchestrator_events", "orchestrator_runs", "orchestrator_functions")
+CHANNELS = (
+    "orchestrator_events",
+    "orchestrator_runs",
+    "orchestrator_functions",
+    "orchestrator_cancels",  # a running run was cancelled (db/runs.py CANCEL_CHANNEL)
+)
 _KEEPALIVE = {
     "keepalives": 1,
     "keepalives_idle": 5,

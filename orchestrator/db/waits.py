@@ -105,7 +105,8 @@ class Stored:
 def store_many(conn: psycopg.Connection[Any], storing: list[Storing]) -> list[Stored]:
     """Store these waits race-free (see the module doc), in one transaction on a direct
     connection, in two round trips: the shared name locks, the children started, the look
-    back; then the suspensions and the commit. Each run appears at most once.
+    back; then the suspensions and the commit (one more first, when runs invoke: the children
+    are started only for the runs whose lease holds). Each run appears at most once.
 
     The commit does not wait for its WAL flush: if a crash loses it, each run is as it was
     (running, its previous step durable), is rescued, and reaches its wait again; anything
@@ -113,7 +114,9 @@ def store_many(conn: psycopg.Connection[Any], storing: list[Storing]) -> list[St
     with conn.pipeline(), conn.transaction():
         set_local(conn, {"synchronous_commit": "off"})
         lock_names(conn, sorted({s.wait.event_name for s in storing}), shared=True)
-        children = [s.child for s in storing if s.child is not None]
+        parents = [s for s in storing if s.child is not None]
+        held = _held_sent(conn, parents)() if parents else set()  # a round trip, for invokes
+        children = [s.child for s in parents if s.child is not None and s.wait.run_id in held]
         if children:
             runs.create_many_sent(conn, children)
             notify_runs(conn)  # any daemon may claim them (a limited one: see flow.py)
@@ -127,6 +130,25 @@ def store_many(conn: psycopg.Connection[Any], storing: list[Storing]) -> list[St
         Stored(event, event is None and s.wait.run_id in held)
         for s, event in zip(storing, found, strict=True)
     ]
+
+
+# The runs (of those about to invoke) whose lease still holds, locked until the commit: a child
+# is started only for them, so a run cancelled meanwhile (its lease revoked) starts none, and
+# a cancellation that comes later waits for this commit and then finds the child to cancel.
+_HELD = """
+    SELECT r.id::text FROM orchestrator.runs r
+    JOIN unnest(%(runs)b::uuid[], %(tokens)b::uuid[]) AS t(id, token)
+      ON r.id = t.id AND r.lease_token = t.token
+    WHERE r.status = 'running'
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
+    """
+
+
+def _held_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
+    params = {"runs": [s.wait.run_id for s in storing], "tokens": [s.token for s in storing]}
+    cursor = driver(conn).execute(_HELD, params, prepare=True)
+    return lambda: {str(row[0]) for row in cursor.fetchall()}
 
 
 def _first(

@@ -30,8 +30,8 @@ from orchestrator.db.direct import Direct
 @dataclass(eq=False)
 class _Pending:
     write: GroupWrite
-    # (whether its lease still held, whether the run's cancellation was requested)
-    done: Future[tuple[bool, bool]] = field(default_factory=Future)
+    # True: made; False: refused, a cancellation ended the run; None: refused, lease lost
+    done: Future[bool | None] = field(default_factory=Future)
 
 
 class GroupCommitter:
@@ -47,9 +47,10 @@ class GroupCommitter:
         self.after_group: Callable[[], None] | None = None
         self._committing = False  # a group is being written
 
-    def commit(self, write: GroupWrite) -> Future[tuple[bool, bool]]:
-        """Commit `write` with whatever else is waiting. The future's result says whether its
-        lease still held and whether the run's cancellation was requested; its exception is
+    def commit(self, write: GroupWrite) -> Future[bool | None]:
+        """Commit `write` with whatever else is waiting. The future's result is True if it was
+        made, False if it was refused because a cancellation ended the run, None if it was
+        refused because the lease was lost otherwise; its exception is
         the database error if the write could not be committed (after retrying transient
         errors for `retry_for` seconds)."""
         pending = _Pending(write)
@@ -116,8 +117,7 @@ class GroupCommitter:
             _settle(group, error=exc)
             return
         for pending in group:
-            run_id = pending.write.run_id
-            pending.done.set_result((run_id in made, made.get(run_id, False)))
+            pending.done.set_result(made.get(pending.write.run_id))
 
 
 def _settle(group: list[_Pending], *, error: BaseException) -> None:

@@ -18,7 +18,7 @@ import inspect
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
 from orchestrator.engine import threads
+from orchestrator.engine.cancelled import CancelledRuns
 from orchestrator.engine.faces import Face, SyncFace, TimedOut, discard
 from orchestrator.engine.failures import error_dict
 from orchestrator.engine.observer import NOBODY, StepObserver
@@ -77,7 +78,7 @@ class Execution:
         draining: threading.Event,
         log: Any,
         on_body: Callable[[str | None], None] | None = None,
-        cancelled: Collection[str] = (),
+        cancelled: CancelledRuns | None = None,
         policies: Mapping[str, FlowPolicy] | None = None,
         observer: StepObserver = NOBODY,
         face: Face | None = None,
@@ -86,7 +87,8 @@ class Execution:
         self.lease = lease
         self.observer = observer  # counts step bodies and retries for the metrics
         self.policies = policies or {}  # flow control of the functions it may invoke
-        self.cancelled = cancelled  # runs whose cancellation the daemon passed on
+        # runs whose cancellation the daemon passed on
+        self.cancelled = cancelled if cancelled is not None else CancelledRuns()
         self.on_body = on_body or _ignore
         self.fdef = fdef
         self.store = store
@@ -217,11 +219,14 @@ class Execution:
         """Before executing new work: commit the step before it; stop if the run was
         cancelled; give the run back if the worker is draining."""
         await self.flush()
-        if self.lease.run_id in self.cancelled:
-            raise Cancelled(f"run {self.lease.run_id} was cancelled")
+        self._stop_if_cancelled()
         if self.draining.is_set():
             await self.io(self.store.release, self.lease)
             raise Suspend("worker draining")
+
+    def _stop_if_cancelled(self) -> None:
+        if self.lease.run_id in self.cancelled:
+            raise Cancelled(f"run {self.lease.run_id} was cancelled")
 
     # -- what every step kind shares ----------------------------------------------------
 
@@ -335,7 +340,9 @@ class Execution:
         with effects (`flush`: a step body, a store call) or ends (its finish carries it, so
         a one-step run costs one write). No step body ever runs before the steps before it
         are durable; only the function's own code between steps, which re-runs on every
-        replay anyway, runs ahead of the commit."""
+        replay anyway, runs ahead of the commit. A run cancelled meanwhile (its body ran on
+        after the cancellation) stops here: its record would be refused."""
+        self._stop_if_cancelled()
         await self.flush()
         if defer:
             self.pending = record  # nothing pending or committing: flush returned

@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import json
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator import codec
 from orchestrator.context import AsyncContext, Context, Event, Step
 from orchestrator.db.steps import StepRow
+from orchestrator.engine.cancelled import CancelledRuns
 from orchestrator.engine.execution import Execution, Limits
 from orchestrator.engine.faces import Face, SyncFace, discard
 from orchestrator.engine.failures import error_dict, first_line, message, summary, type_name
@@ -64,7 +65,9 @@ class Outcome:
     while the group committer writes this one's end with others."""
 
     run_id: str
-    status: str  # completed | failed | cancelled | suspended | lease_lost | abandoned
+    # completed | failed | suspended | lease_lost | abandoned, or stopped: a cancellation
+    # ended the run (its end is the cancellation's, recorded by the statement that made it)
+    status: str
     due_at: datetime | None = None
     commit: Future[None] | None = field(default=None, compare=False, repr=False)
 
@@ -79,6 +82,8 @@ def settled(outcome: Outcome, log: Any) -> Outcome:
     error = commit.exception()
     if error is None:
         return Outcome(outcome.run_id, outcome.status, outcome.due_at)
+    if isinstance(error, Cancelled):  # its end was refused: the run stays cancelled
+        return stopped(outcome.run_id, log, at="its end")
     if isinstance(error, LeaseLost):
         log.warning("lease lost; abandoning run", run_id=outcome.run_id, reason=str(error))
         return Outcome(outcome.run_id, "lease_lost")
@@ -95,7 +100,7 @@ async def execute(
     draining: threading.Event,
     log: Any,
     on_body: Callable[[str | None], None] | None = None,
-    cancelled: Collection[str] = (),
+    cancelled: CancelledRuns | None = None,
     policies: Mapping[str, FlowPolicy] | None = None,
     observer: StepObserver = NOBODY,
     face: Face | None = None,
@@ -132,8 +137,17 @@ async def execute(
     try:
         return await _drive(fdef, ctx, execution, limits=limits, retries=task.retries, log=log)
     except LeaseLost as exc:
+        if task.run_id in execution.cancelled:  # a write refused after the run was cancelled
+            return stopped(task.run_id, log, at="a write")
         log.warning("lease lost; abandoning run", reason=str(exc))
         return Outcome(task.run_id, "lease_lost")
+
+
+def stopped(run_id: str, log: Any, *, at: str) -> Outcome:
+    """A cancellation ended the run while this execution ran it: it stops, quietly (nothing
+    went wrong; the run's end, `cancelled` with its reason, is already recorded)."""
+    log.info("run cancelled; execution stopped", run_id=run_id, at=at)
+    return Outcome(run_id, "stopped")
 
 
 async def _memo(task: Task, store: RunStore, face: Face | None) -> dict[str, StepRow]:
@@ -167,7 +181,7 @@ async def _drive(
     except (Cancelled, asyncio.CancelledError) as exc:
         if not execution.passes(exc):  # user code's own CancelledError: its failure
             return await _failed(execution, exc, retries=retries, log=log)
-        return _cancelled(execution, exc, log)
+        return stopped(lease.run_id, log, at="an await" if face.is_async else "a step boundary")
     except (LeaseLost, KeyboardInterrupt):
         raise
     except BaseException as exc:  # whatever user code raised, SystemExit included
@@ -176,16 +190,6 @@ async def _drive(
         return _fail(execution, {}, log)
     said = {"output_bytes": len(text)} | payload(output=text)
     return _finish(execution, "completed", text, None, log=log, event="run completed", **said)
-
-
-def _cancelled(execution: Execution, exc: BaseException, log: Any) -> Outcome:
-    error = {"type": "RunCancelledError", "code": "cancelled", "message": str(exc)}
-    if not error["message"]:
-        error["message"] = f"run {execution.lease.run_id} was cancelled"
-    at = "an await" if execution.face.is_async else "a step boundary"
-    return _finish(
-        execution, "cancelled", None, json.dumps(error), log=log, event="run cancelled", at=at
-    )
 
 
 # What the function raises that a retry would not change: a step that failed for good (a
@@ -214,8 +218,8 @@ async def _failed(execution: Execution, exc: BaseException, *, retries: int, log
         due = await execution.io(
             execution.store.retry, execution.lease, delay=delay, error_json=error
         )
-    except Cancelled as cancel:  # requested meanwhile: the run stops at this step boundary
-        return _cancelled(execution, cancel, log)
+    except Cancelled:  # a cancellation ended the run meanwhile: the retry was refused
+        return stopped(execution.lease.run_id, log, at="a function retry")
     execution.observer.run_retrying(fdef.id)
     said = {"error_type": type_name(exc), "error": first_line(exc)} | payload(
         error_message=message(exc)

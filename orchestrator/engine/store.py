@@ -72,13 +72,11 @@ class RunStore:
         return self.loader.load(run_id)
 
     def checkpoint(self, lease: Lease, record: steps.StepRecord) -> Future[None]:
-        """Commit a step record. The future raises `LeaseLost` if the lease was lost, and
-        `Cancelled` after the commit if the run's cancellation was requested: the run stops
-        at this step boundary."""
+        """Commit a step record. The future raises `Cancelled` if a cancellation ended the run
+        (the record is refused), `LeaseLost` if the lease was lost otherwise."""
         write = GroupWrite(lease.run_id, lease.token, step=record)
         lost = f"run {lease.run_id}: lease lost before step '{record.step_id}'"
-        cancelled = f"run {lease.run_id} was cancelled after step '{record.step_id}'"
-        return _fenced(self.committer.commit(write), lost=lost, cancelled=cancelled)
+        return _fenced(self.committer.commit(write), lease, lost=lost)
 
     def suspend(
         self,
@@ -169,9 +167,18 @@ class RunStore:
         if not self.db.run(write, retry_for=self.retry_for):
             raise LeaseLost(f"run {lease.run_id}: lease lost while ending '{record.step_id}'")
 
-    def send_events(self, batch: list[tuple[str, str, str]]) -> None:
-        """Insert (id, name, data JSON) events; ids already sent are skipped."""
-        self.db.run(lambda conn: events.insert_many(conn, batch), retry_for=self.retry_for)
+    def send_events(self, lease: Lease, batch: list[tuple[str, str, str]]) -> None:
+        """Insert (id, name, data JSON) events, fenced on the lease; ids already sent are
+        skipped."""
+
+        def write(conn: Any) -> bool:
+            if runs.hold(conn, lease.run_id, lease.token) is None:
+                return False
+            events.insert_many(conn, batch)
+            return True
+
+        if not self.db.run(write, retry_for=self.retry_for):
+            raise LeaseLost(f"run {lease.run_id}: lease lost before sending events")
 
     def finish(
         self,
@@ -183,7 +190,9 @@ class RunStore:
         step: steps.StepRecord | None = None,
     ) -> Future[None]:
         """Record the run's end, with `step` (its last step's record, not committed yet) in
-        the same write; the future raises `LeaseLost` if the lease was lost."""
+        the same write; the future raises `Cancelled` if a cancellation ended the run
+        meanwhile (its end stays the cancellation's), `LeaseLost` if the lease was lost
+        otherwise."""
         write = GroupWrite(
             lease.run_id,
             lease.token,
@@ -194,7 +203,7 @@ class RunStore:
             effects=lease.ties or status != "completed",
         )
         lost = f"run {lease.run_id}: lease lost before it could finish"
-        return _fenced(self.committer.commit(write), lost=lost, cancelled=None)
+        return _fenced(self.committer.commit(write), lease, lost=lost)
 
     def release(self, lease: Lease) -> None:
         self.db.run(
@@ -203,18 +212,18 @@ class RunStore:
         )
 
 
-def _fenced(commit: Future[tuple[bool, bool]], *, lost: str, cancelled: str | None) -> Future[None]:
+def _fenced(commit: Future[bool | None], lease: Lease, *, lost: str) -> Future[None]:
     """The outcome of a group commit as the run sees it: done, or a signal to stop."""
     done: Future[None] = Future()
 
-    def settle(commit: Future[tuple[bool, bool]]) -> None:
+    def settle(commit: Future[bool | None]) -> None:
         error = commit.exception()
         if error is None:
-            ok, cancel = commit.result()
-            if not ok:
+            made = commit.result()
+            if made is False:
+                error = Cancelled(f"run {lease.run_id} was cancelled")
+            elif made is None:
                 error = LeaseLost(lost)
-            elif cancel and cancelled is not None:
-                error = Cancelled(cancelled)
         if error is None:
             done.set_result(None)
         else:

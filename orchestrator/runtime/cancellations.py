@@ -1,9 +1,12 @@
-"""Applying requested cancellations, every `poll_interval`.
+"""Applying requested cancellations, and stopping the executions of cancelled runs.
 
-A cancellation is requested by setting `runs.cancel_requested_at` (with an UPDATE, the CLI,
-`app.cancel`, or by another daemon). Idle runs (queued, sleeping, waiting) end here at once;
-the workers executing runs of this daemon whose cancellation was requested are told, and stop
-them at their next step boundary.
+A cancellation ends a run at once, a running one too (db/runs.py): `app.cancel`, the CLI, a
+`cancel_on` event, a timeout. One requested by hand (`UPDATE runs SET cancel_requested_at =
+now()`) is applied here, every `poll_interval`. Then the runs this daemon's workers execute
+that a cancellation ended are looked up, and their workers told: an async run's task is
+cancelled at once, a plain one stops at its next step boundary. A statement that ends a
+running run notifies `orchestrator_cancels`, which makes this service due at once (the
+daemon's `_on_notify`), so its worker learns within a pass of the loop.
 """
 
 from __future__ import annotations
@@ -24,28 +27,28 @@ class Cancellations(Looper):
         self,
         db: Database,
         *,
-        owner: str,
         interval: float,
+        executing: Callable[[], set[str]],
         stop_runs: Callable[[set[str]], None],
         metrics: DaemonMetrics,
         log: Any,
     ) -> None:
         super().__init__()
         self.db = db
-        self.owner = owner
         self.interval = interval
+        self.executing = executing  # the runs this daemon's workers execute (not told yet)
         self.stop_runs = stop_runs  # tells the workers executing these runs
         self.metrics = metrics
         self.log = log
 
     def run(self, now: float) -> None:
-        changed, running = self.db.run(self._apply)
-        self.metrics.runs_ended(changed)  # the idle ones end here; the others at a boundary
-        if running:
-            self.stop_runs(running)
+        changed, ended = self.db.run(self._apply)
+        self.metrics.runs_ended(changed)
+        if ended:
+            self.stop_runs(ended)
         for run in changed:
-            if run.status == "cancelled":
-                self.log.info("run cancelled", run_id=run.id, function_id=run.function_id)
+            self.log.info("run cancelled", run_id=run.id, function_id=run.function_id)
 
-    def _apply(self, conn: Any) -> tuple[list[runs.RequeuedRun], set[str]]:
-        return runs.cancel_requested(conn), runs.cancelling(conn, owner=self.owner)
+    def _apply(self, conn: Any) -> tuple[list[runs.CancelledRun], set[str]]:
+        changed = runs.cancel_requested(conn)
+        return changed, runs.cancelled_among(conn, self.executing())

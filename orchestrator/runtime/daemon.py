@@ -134,8 +134,8 @@ class Daemon:
         )
         self.cancellations = Cancellations(
             self.db,
-            owner=self.id,
             interval=cfg.poll_interval,
+            executing=self.pool.held_leases,
             stop_runs=self.pool.cancel,
             metrics=self.metrics,
             log=self.log,
@@ -343,7 +343,9 @@ class Daemon:
         self.crashes.requeue(worker, handback)
 
     def _on_notify(self, channel: str) -> None:
-        self.dispatcher.notified(channel)
+        self.dispatcher.notified(channel)  # a cancelled run's slot may be free: claim again
+        if channel == runs.CANCEL_CHANNEL:  # tell the workers executing cancelled runs now
+            self.ticker.due_now(self.cancellations)
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:

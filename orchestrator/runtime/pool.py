@@ -46,6 +46,7 @@ class _Worker:
     capacity: int = 1
     async_capacity: int = 0  # runs of async functions at once on its loop
     async_runs: set[str] = field(default_factory=set)  # those of `inflight` on its loop
+    cancelled: set[str] = field(default_factory=set)  # those of `inflight` told of a cancel
     quarantine: bool = False
 
     def free(self, *, is_async: bool = False, ahead: bool = True) -> int:
@@ -201,8 +202,10 @@ class WorkerPool:
             return sum(len(w.inflight) for w in self._workers.values())
 
     def held_leases(self) -> set[str]:
+        """The runs executing here whose leases should hold (not those a cancellation
+        ended, whose executions are stopping)."""
         with self._lock:
-            return {rid for w in self._workers.values() for rid in w.inflight}
+            return {rid for w in self._workers.values() for rid in w.inflight.keys() - w.cancelled}
 
     def submit(self, tasks: list[Task], *, quarantine: bool = False) -> None:
         """Hand tasks to the ready processes (of the kind asked for) with the most free slots,
@@ -221,13 +224,16 @@ class WorkerPool:
             self._send(workers[index], ("run", batch))
 
     def cancel(self, run_ids: set[str]) -> None:
-        """Tell the processes executing these runs that their cancellation was requested:
-        each stops at its next step boundary."""
+        """Tell the processes executing these runs that a cancellation ended them: an async
+        run's task is cancelled at once, a plain one stops at its next step boundary (its
+        step body can watch `ctx.cancelled`). Each run is told once."""
         batches: dict[int, list[str]] = {}
         with self._lock:
             workers = dict(self._workers)
             for worker in workers.values():
-                batches[worker.index] = [rid for rid in run_ids if rid in worker.inflight]
+                batch = [rid for rid in run_ids if rid in worker.inflight.keys() - worker.cancelled]
+                worker.cancelled.update(batch)
+                batches[worker.index] = batch
         for index, batch in batches.items():
             if batch:
                 self._send(workers[index], ("cancel", batch))
@@ -277,6 +283,7 @@ class WorkerPool:
             with self._lock:
                 token = worker.inflight.pop(run_id, None)
                 worker.async_runs.discard(run_id)
+                worker.cancelled.discard(run_id)
             if status == "abandoned" and token is not None:
                 # the worker gave up (an engine or database error it could not get past): an
                 # interruption, but no crash to blame on the run
@@ -302,6 +309,7 @@ class WorkerPool:
             if respawn:
                 worker.inflight.clear()
                 worker.async_runs.clear()
+                worker.cancelled.clear()
         worker.process.join(1)
         if respawn:
             handback = _blame(leases, _busy_runs(worker.busy))

@@ -55,7 +55,7 @@ class Rescue(Looper):
             dead = self.rescuer.rescue_dead_daemons()
             self.metrics.rescued("dead_daemon", dead)
             rescued += len(dead) + self.cron.tick()
-            self.metrics.runs_ended(self.upkeep.tick())  # a running one ends at a boundary
+            self.metrics.runs_ended(self.upkeep.tick())  # an executing one too
             self.unserved.tick()
         if rescued:
             self.on_work()

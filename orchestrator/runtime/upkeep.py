@@ -1,7 +1,7 @@
 """Leader duty: flow-control upkeep.
 
 - `timeouts`: a run not started within `start` of its creation, or not finished within
-  `finish` of its start, is cancelled (an executing one at its next step boundary);
+  `finish` of its start, is cancelled (an executing one too: its execution stops);
 - expired idempotency keys and spent throttle or rate-limit states are deleted, a batch at a
   time, every PURGE_EVERY seconds.
 """
@@ -25,9 +25,9 @@ class Upkeep:
         self.log = log
         self.purged_at = time.monotonic()
 
-    def tick(self) -> list[runs.RequeuedRun]:
-        """Cancel the runs past their timeouts; returns those it ended or asked to stop."""
-        cancelled: list[runs.RequeuedRun] = []
+    def tick(self) -> list[runs.CancelledRun]:
+        """Cancel the runs past their timeouts; returns those it ended."""
+        cancelled: list[runs.CancelledRun] = []
         if self.timeouts:
             cancelled = self.db.run(self._cancel_late)
         if time.monotonic() - self.purged_at >= PURGE_EVERY:
@@ -35,8 +35,8 @@ class Upkeep:
             self.db.run(lambda conn: idempotency.purge(conn) + limiters.purge(conn))
         return cancelled
 
-    def _cancel_late(self, conn: Any) -> list[runs.RequeuedRun]:
-        cancelled: list[runs.RequeuedRun] = []
+    def _cancel_late(self, conn: Any) -> list[runs.CancelledRun]:
+        cancelled: list[runs.CancelledRun] = []
         for fid, t in sorted(self.timeouts.items()):
             late = flow.past_timeouts(conn, fid, start=_s(t.start), finish=_s(t.finish))
             for which, seconds in (("start", t.start), ("finish", t.finish)):

@@ -1,7 +1,8 @@
 """A worker process: `concurrency` threads executing the runs of plain functions its daemon
 hands it, and one event loop executing up to `async_concurrency` runs of async ones.
 
-Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("drain",) and ("stop",) and
+Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("cancel", [run id, ...])
+(a cancellation ended these runs: their executions stop), ("drain",) and ("stop",) and
 answers ("ready",) once, then ("done", [(run_id, status, due_at), ...], counts) for the runs
 that stopped since its last message. `counts` is what its metrics tally counted since then
 (None when metrics are off or nothing was); ("stats", counts) carries them alone when they
@@ -26,6 +27,7 @@ from typing import Any
 from orchestrator import log as logging
 from orchestrator.config import Config
 from orchestrator.db.database import Database, DatabaseError
+from orchestrator.engine.cancelled import CancelledRuns
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
@@ -107,7 +109,7 @@ class Worker:
         self.log = log
         self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes)
         self.draining = threading.Event()
-        self.cancelled: set[str] = set()  # runs here whose cancellation was requested
+        self.cancelled = CancelledRuns()  # runs here that a cancellation ended
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.send_lock = threading.Lock()
         self.outbox: list[tuple[str, str, str | None]] = []  # (run id, status, due) to send
@@ -153,7 +155,7 @@ class Worker:
             for task in message[1]:
                 self._dispatch(task)
         elif message[0] == "cancel":
-            self.cancelled.update(message[1])
+            self.cancelled.mark(message[1])
             if self.loop is not None:
                 self.loop.cancel(message[1])
         elif message[0] == "drain":

@@ -16,6 +16,7 @@ from orchestrator import Orchestrator
 from orchestrator import log as logging
 from orchestrator.db import runs, steps
 from orchestrator.db.database import Database
+from orchestrator.engine.cancelled import CancelledRuns
 from orchestrator.engine.execution import Limits
 from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
@@ -33,7 +34,7 @@ class Harness:
         self.app = Orchestrator()
         self.store = RunStore(db, retry_for=5.0)
         self.threads = ThreadPoolExecutor(8)
-        self.cancelled: set[str] = set()  # as a worker is told by its daemon
+        self.cancelled = CancelledRuns()  # as a worker is told by its daemon
         self.calls: dict[str, int] = {}
         self.observer: StepObserver = NOBODY  # what counts steps for the metrics
 

@@ -67,13 +67,36 @@ def test_cancel_async__the_same_answers_as_cancel(app: Orchestrator, db: Databas
 
     statuses = [app.cancel(queued[0]), asyncio.run(cancel_async(queued[1]))]
     statuses += [app.cancel(queued[2]), asyncio.run(cancel_async(queued[3]))]
-    assert statuses == ["running", "running", "cancelled", "cancelled"]
+    assert statuses == ["cancelled"] * 4  # running ones too
     assert asyncio.run(cancel_async(queued[3])) == "cancelled"  # ended: left as it is
     for unknown in ["00000000-0000-0000-0000-0000000000ff", "not-an-id"]:
         with pytest.raises(RunNotFoundError, match="no run with id"):
             app.cancel(unknown)
         with pytest.raises(RunNotFoundError, match="no run with id"):
             asyncio.run(cancel_async(unknown))
+
+
+def test_cancel_async__children_false_leaves_invoked_runs(app: Orchestrator, db: Database) -> None:
+    from orchestrator.db import runs
+
+    [parent, other] = queue_runs(db, 2)
+    with db.transaction() as conn:
+        children = runs.create_many(
+            conn, [runs.NewRun("f", [{}], parent_run_id=p) for p in (parent, other)]
+        )
+
+    async def both() -> tuple[str, str]:
+        alone = await app.cancel_async(parent, children=False)
+        return alone, await app.cancel_async(other)
+
+    assert asyncio.run(both()) == ("cancelled", "cancelled")
+    statuses = execute(
+        db,
+        "SELECT status FROM orchestrator.runs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY "
+        "array_position(CAST(:ids AS uuid[]), id)",
+        ids=children,
+    )
+    assert statuses == [("queued",), ("cancelled",)]
 
 
 def test_send_async__does_not_block_the_event_loop(

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator import Context
 from orchestrator.context import AsyncContext
+from orchestrator.db import runs
 from orchestrator.functions import Backoff
 from tests.db.executing import Harness
 from tests.db.helpers import execute as sql
@@ -138,7 +139,8 @@ def test_async_step_failure__retried__then_step_error_fails_the_run(harness: Har
 
 
 def cancel_while_in_body(harness: Harness, function_id: str, started: Any) -> Any:
-    """Execute the run on a loop, cancel it (as the worker does) once its body has started."""
+    """Execute the run on a loop; once its body has started, cancel it (as `app.cancel`
+    does) and tell its execution (as the worker is told)."""
 
     async def main() -> Any:
         task = harness.task(function_id)
@@ -152,7 +154,9 @@ def cancel_while_in_body(harness: Harness, function_id: str, started: Any) -> An
         running = asyncio.create_task(run())
         await face_ready.wait()
         await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
-        harness.cancelled.add(task.run_id)
+        with harness.db.transaction() as conn:
+            runs.cancel(conn, [task.run_id], reason="by the test")
+        harness.cancelled.mark([task.run_id])
         face.cancel()
         return await running
 
@@ -177,11 +181,12 @@ def test_async_cancel__interrupts_the_await_of_an_async_body_at_once(harness: Ha
         harness.count("after")
 
     run_id = harness.start("long")
-    assert cancel_while_in_body(harness, "long", started).status == "cancelled"
+    assert cancel_while_in_body(harness, "long", started).status == "stopped"
     assert seen == ["cancelled"]
     assert "after" not in harness.calls
     run = harness.run(run_id)
     assert (run["status"], run["error"]["code"]) == ("cancelled", "cancelled")
+    assert run["error"]["message"] == "by the test"
     assert "wait" not in harness.steps(run_id)  # nothing recorded for the interrupted step
 
 
@@ -201,7 +206,7 @@ def test_async_cancel__a_plain_body_blocked_in_its_thread__the_run_stops_at_once
 
     run_id = harness.start("blocked")
     try:
-        assert cancel_while_in_body(harness, "blocked", started).status == "cancelled"
+        assert cancel_while_in_body(harness, "blocked", started).status == "stopped"
         assert not returned.is_set()  # the body's thread is still blocked: the run did not wait
     finally:
         release.set()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from orchestrator.db import runs
 from orchestrator.db.checkpoints import GroupWrite, write_group
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
@@ -217,22 +218,33 @@ def test_write_group__empty_input_touches_nothing() -> None:
     assert write_group(Untouchable(), []) == {}
 
 
-def test_write_group__reports_requested_cancellations(db: Database, direct: Direct) -> None:
-    queue_runs(db, 2)
-    first, second = claim(db, OWNER)
+def test_write_group__refuses_and_reports_the_writes_of_a_cancelled_run(
+    db: Database, direct: Direct
+) -> None:
+    queue_runs(db, 3)
+    first, second, third = claim(db, OWNER)
+    with db.transaction() as conn:
+        runs.cancel(conn, [second.id], reason="stop")
     execute(
         db,
-        "UPDATE orchestrator.runs SET cancel_requested_at = now() WHERE id = CAST(:r AS uuid)",
-        r=second.id,
-    )
+        "UPDATE orchestrator.runs SET lease_token = NULL WHERE id = CAST(:r AS uuid)",
+        r=third.id,
+    )  # lost otherwise (rescued)
     record = StepRecord("s", 0, "run", "completed", 1, output_json="1")
     writes = [
         GroupWrite(first.id, first.lease_token, step=record),
         GroupWrite(second.id, second.lease_token, step=record),
+        GroupWrite(third.id, third.lease_token, final_status="completed", output_json="1"),
     ]
     made = direct.run(lambda c: write_group(c, writes), retry_for=0)
-    assert made == {first.id: False, second.id: True}  # both written; the second is to stop
-    assert len(step_rows(db, second.id)) == 1
+    assert made == {first.id: True, second.id: False}  # the third's lease was lost
+    assert step_rows(db, second.id) == []
+    status = execute(
+        db,
+        "SELECT status, error->>'message' FROM orchestrator.runs WHERE id = CAST(:r AS uuid)",
+        r=second.id,
+    )
+    assert status == [("cancelled", "stop")]
 
 
 def test_write_group__finish_with_effects_notifies_parent_and_removes_waits(

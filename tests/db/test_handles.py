@@ -205,7 +205,7 @@ def finish(db: Database, claimed: runs.ClaimedRun, status: str, **fields: Any) -
     write = GroupWrite(claimed.id, claimed.lease_token, final_status=status, **fields)
     direct = Direct(db.url, application_name="test-worker")
     try:
-        assert direct.run(lambda c: write_group(c, [write]), retry_for=0) == {claimed.id: False}
+        assert direct.run(lambda c: write_group(c, [write]), retry_for=0) == {claimed.id: True}
     finally:
         direct.close()
 

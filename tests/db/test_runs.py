@@ -113,7 +113,7 @@ def test_checkpoint__fenced_by_lease_token(db: Database) -> None:
         assert not write_group(conn, [GroupWrite(run.id, str(uuid.uuid4()), step=record)])
     with db.transaction() as conn:
         assert write_group(conn, [GroupWrite(run.id, run.lease_token, step=record)]) == {
-            run.id: False
+            run.id: True
         }
     with db.transaction() as conn:
         [row] = steps.load(conn, run.id)

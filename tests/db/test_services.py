@@ -282,32 +282,39 @@ def test_lease_renewer__extends_the_leases_it_holds_and_not_the_others(db: Datab
 # -- cancellations ----------------------------------------------------------------------------
 
 
-def test_cancellations__end_idle_runs_and_tell_the_pool_about_running_ones(
+def test_cancellations__end_requested_runs_and_tell_the_pool_about_its_own(
     db: Database,
 ) -> None:
-    queue_runs(db, 2)
-    running, untouched = (c.id for c in claim(db, ME, limit=2))
+    queue_runs(db, 3)
+    running, untouched, elsewhere = (c.id for c in claim(db, ME, limit=3))
     [idle] = queue_runs(db, 1)
     execute(
         db,
         "UPDATE orchestrator.runs SET cancel_requested_at = now() "
-        "WHERE id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
+        "WHERE id IN (CAST(:a AS uuid), CAST(:b AS uuid), CAST(:c AS uuid))",
         a=idle,
         b=running,
+        c=elsewhere,
     )
     stop_runs, log = _Calls(), _Log()
     service = Cancellations(
-        db, owner=ME, interval=1.0, stop_runs=stop_runs, metrics=_metrics(), log=log
+        db,
+        interval=1.0,
+        executing=lambda: {running, untouched},  # `elsewhere`: another daemon executes it
+        stop_runs=stop_runs,
+        metrics=_metrics(),
+        log=log,
     )
     service.tick(time.monotonic())  # stopped: nothing happens
     assert _statuses(db, [idle]) == ["queued"]
     service.start()
     service.tick(time.monotonic())
-    assert _statuses(db, [idle, running, untouched]) == sorted_statuses(
-        {idle: "cancelled", running: "running", untouched: "running"}
+    assert _statuses(db, [idle, running, untouched, elsewhere]) == sorted_statuses(
+        {idle: "cancelled", running: "cancelled", untouched: "running", elsewhere: "cancelled"}
     )
     assert stop_runs.args == [({running},)]
-    assert log.said("run cancelled") == [{"run_id": idle, "function_id": "f"}]
+    said = sorted(log.said("run cancelled"), key=lambda d: d["run_id"])
+    assert said == [{"run_id": r, "function_id": "f"} for r in sorted([idle, running, elsewhere])]
 
 
 def sorted_statuses(by_id: dict[str, str]) -> list[str]:
@@ -571,7 +578,9 @@ def _every_service(db: Database, db_url: str, direct: Direct) -> list[Service]:
         LeaseRenewer(db, owner=ME, lease_seconds=30, held=set, log=log),
         _rescue(db, never, _Calls()),
         Parking(rescuer, interval=5.0, is_leader=never.is_set),
-        Cancellations(db, owner=ME, interval=1.0, stop_runs=_Calls(), metrics=_metrics(), log=log),
+        Cancellations(
+            db, interval=1.0, executing=set, stop_runs=_Calls(), metrics=_metrics(), log=log
+        ),
         _crashes(db, log, _Calls(), _Calls()),
         Retention(db_url, Policy(None, None, None), interval=0.01, is_leader=never.is_set, log=log),
     ]

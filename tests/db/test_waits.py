@@ -177,7 +177,7 @@ def test_matching_since__sees_events_received_before_the_wait(db: Database) -> N
     assert [e["id"] for e in seen] == ["new"]
 
 
-def test_cancel__idle_runs_end_running_ones_are_marked_children_follow(db: Database) -> None:
+def test_cancel__idle_and_running_runs_end_children_follow(db: Database) -> None:
     parent = str(uuid.uuid4())
     with db.transaction() as conn:
         runs.create_many(conn, [runs.NewRun("f", [{}], id=parent)])
@@ -189,7 +189,7 @@ def test_cancel__idle_runs_end_running_ones_are_marked_children_follow(db: Datab
         runs.create_many(conn, [runs.NewRun("g", [{}], id=grandchild, parent_run_id=child)])
     with db.transaction() as conn:
         changed = {r.id: r.status for r in runs.cancel(conn, [parent], reason="test")}
-    assert changed == {parent: "running", child: "cancelled", grandchild: "cancelled"}
+    assert changed == {parent: "cancelled", child: "cancelled", grandchild: "cancelled"}
     rows = dict(
         execute(db, "SELECT id::text, cancel_requested_at IS NOT NULL FROM orchestrator.runs")
     )
@@ -198,7 +198,7 @@ def test_cancel__idle_runs_end_running_ones_are_marked_children_follow(db: Datab
     names = execute(db, "SELECT id FROM orchestrator.events ORDER BY id")
     assert [n[0] for n in names] == sorted([f"finished:{child}", f"finished:{grandchild}"])
     with db.transaction() as conn:  # again: nothing more changes
-        assert [r.status for r in runs.cancel(conn, [parent], reason="test")] == ["running"]
+        assert runs.cancel(conn, [parent], reason="test") == []
     # a run whose cancellation was requested is never claimed again
     execute(
         db, "UPDATE orchestrator.runs SET status = 'queued', due_at = now() WHERE id = :p", p=parent
@@ -230,7 +230,7 @@ def test_create_many__records_cancel_on_conditions_with_the_triggers_value(db: D
     assert expires == timedelta(seconds=60)
 
 
-def test_cancel_requested__ends_idle_runs_and_children_of_running_ones_once(
+def test_cancel_requested__ends_idle_and_running_runs_and_their_children_once(
     db: Database,
 ) -> None:
     parent, child, idle = (str(uuid.uuid4()) for _ in range(3))
@@ -249,13 +249,15 @@ def test_cancel_requested__ends_idle_runs_and_children_of_running_ones_once(
     )
     with db.transaction() as conn:
         changed = {r.id: r.status for r in runs.cancel_requested(conn)}
-    assert changed == {child: "cancelled", idle: "cancelled"}
-    with db.transaction() as conn:  # the running parent is left to its worker, not rewritten
+    assert changed == {parent: "cancelled", child: "cancelled", idle: "cancelled"}
+    with db.transaction() as conn:  # applied once
         assert runs.cancel_requested(conn) == []
-    [(status,)] = execute(
-        db, "SELECT status FROM orchestrator.runs WHERE id = CAST(:p AS uuid)", p=parent
+    [(status, token)] = execute(
+        db,
+        "SELECT status, lease_token FROM orchestrator.runs WHERE id = CAST(:p AS uuid)",
+        p=parent,
     )
-    assert status == "running"
+    assert (status, token) == ("cancelled", None)
 
 
 def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -> None:

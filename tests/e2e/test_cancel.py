@@ -208,26 +208,31 @@ def test_cancel__sql_update_of_cancel_requested_at__cancels_sleeping_run(served:
 
 
 @pytest.mark.timeout(60)
-def test_cancel__running_run__stops_at_next_step_boundary(served: Served, client):
+def test_cancel__running_run__ends_at_once__its_step_result_is_refused(served: Served, client):
     e2e_url = served.url
     run_id = run_of(e2e_url, send(e2e_url, "long/start", {}), "long-steps")
     eventually(lambda: effects(e2e_url, run_id).get("one") == 1, what="step one's body started")
 
-    assert client.cancel(run_id) == "running"
-    requested = row(e2e_url, run_id)
-    assert requested["status"] == "running"
-    assert requested["cancel_requested_at"] is not None
-    assert requested["finished_at"] is None
+    assert client.cancel(run_id) == "cancelled"
+    ended = row(e2e_url, run_id)  # ended by the call itself, while step one's body runs
+    assert_cancelled(ended)
 
     sql(e2e_url, "INSERT INTO gates (name) VALUES (%s)", (run_id,))
-    assert_cancelled(wait_status(e2e_url, run_id, "cancelled"))
+    eventually(
+        lambda: any(
+            e.get("event") == "run cancelled; execution stopped" and e.get("run_id") == run_id
+            for e in served.daemons[0].log_events()
+        ),
+        what="the execution stopped",
+    )
+    assert row(e2e_url, run_id) == ended
     assert effects(e2e_url, run_id) == {"one": 1}
     recorded = sql(
         e2e_url,
         "SELECT step_id, status FROM orchestrator.steps WHERE run_id = %s ORDER BY position",
         (run_id,),
     )
-    assert recorded == [("one", "completed")]
+    assert recorded == []  # step one's result came after the cancellation: refused
 
 
 @pytest.mark.timeout(90)

@@ -33,7 +33,7 @@ async def _send_event(
     await execution.boundary()
     rows = _rows(execution, sid, batch)
     began = execution.db_now()
-    await execution.io(execution.store.send_events, rows)
+    await execution.io(execution.store.send_events, execution.lease, rows)
     execution.since = max(execution.since, began)
     sent = [r[0] for r in rows]
     await execution.checkpoint(
