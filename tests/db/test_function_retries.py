@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Context, NonRetriableError, RetryAfterError
+from orchestrator.db import runs
 from orchestrator.functions import Backoff
 from tests.db.executing import Harness
 from tests.db.helpers import execute as sql
@@ -215,22 +216,20 @@ def test_non_determinism__not_retried(harness: Harness) -> None:
     assert (run["retries"], run["error"]["code"]) == (1, "non_determinism")
 
 
-def test_cancellation_requested_while_running__the_run_ends_cancelled_not_retried(
+def test_cancelled_while_running__the_retry_is_refused_and_the_run_stays_cancelled(
     harness: Harness,
 ) -> None:
     @harness.app.function("doomed", retries=3, backoff=FAST)
     def doomed(ctx: Context) -> None:
-        ctx.step.run("first", lambda: 1)  # its record is deferred: the retry commits it
-        sql(
-            harness.db,
-            "UPDATE orchestrator.runs SET cancel_requested_at = now() WHERE id = CAST(:r AS uuid)",
-            r=ctx.run_id,
-        )
-        raise ConnectionError("fails while its cancellation is requested")
+        ctx.step.run("first", lambda: 1)  # its record is deferred: the retry would commit it
+        with harness.db.transaction() as conn:
+            runs.cancel(conn, [ctx.run_id], reason="no longer wanted")
+        raise ConnectionError("fails after its run was cancelled")
 
     run_id = harness.start("doomed")
 
-    assert harness.step("doomed").status == "cancelled"
+    assert harness.step("doomed").status == "stopped"
     run = run_row(harness, run_id)
     assert (run["status"], run["retries"], run["error"]["code"]) == ("cancelled", 0, "cancelled")
-    assert harness.steps(run_id)["first"].status == "completed"
+    assert run["error"]["message"] == "no longer wanted"
+    assert "first" not in harness.steps(run_id)  # refused with the retry: the run had ended
