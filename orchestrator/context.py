@@ -232,9 +232,10 @@ class Context:
         flight. Plain in sync and async functions alike: it writes nothing itself; the run's
         next write (a step's checkpoint, a sleep or wait, its end) carries it, so the state
         is never ahead of the steps before it, and a replay repeats the calls whose write
-        was lost. Keys set earlier stay. The whole state is limited to 64 KiB of JSON:
-        `StateTooLargeError` (naming the key) past it, `PayloadError` for a value that is
-        not JSON, `InvalidStateError` for a key that is not a 1-200 character string."""
+        was lost. Keys set earlier stay. The whole state is limited to `max_state_bytes` of
+        JSON (64 KiB by default): `StateTooLargeError` (naming the key) past it,
+        `PayloadError` for a value that is not JSON, `InvalidStateError` for a key that is
+        not a 1-200 character string."""
         self.step._execution.set_state(key, value)
 
 

@@ -5,7 +5,7 @@
   `run_id` (deleted with its run), `name` (1 to 200 characters), `data` (a JSON object, `{}`
   when none), `sent_at`, and once a `wait_for_signal` step took it, `consumed_at` and
   `consumed_by` (that step's id). `signals_pending` finds the oldest unconsumed signal of a
-  name for a run.
+  name for a run; `signals_run` serves the cascade when runs are deleted (retention).
 - The trigger `signals_sent` (BEFORE INSERT, per row) locks the run's row, refuses a signal
   to a finished run (a check violation of `signals_run_unfinished`), and wakes the run if it
   waits for a signal of that name (queued, due now, NOTIFY `orchestrator_runs`). Taking the
@@ -46,6 +46,7 @@ CREATE TABLE orchestrator.signals (
 );
 CREATE INDEX signals_pending ON orchestrator.signals (run_id, name, id)
     WHERE consumed_at IS NULL;
+CREATE INDEX signals_run ON orchestrator.signals (run_id);
 
 CREATE FUNCTION orchestrator.signal_sent() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE

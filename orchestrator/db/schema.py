@@ -298,6 +298,7 @@ signals = Table(
     CheckConstraint("length(name) BETWEEN 1 AND 200", name="signals_name_length"),
     CheckConstraint("jsonb_typeof(data) = 'object'", name="signals_data_is_object"),
     Index("signals_pending", "run_id", "name", "id", postgresql_where=text("consumed_at IS NULL")),
+    Index("signals_run", "run_id"),  # the cascade from runs (retention) without a scan
 )
 
 limiters = Table(

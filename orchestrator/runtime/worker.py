@@ -105,7 +105,7 @@ class Worker:
         self.cfg = cfg
         self.conn = conn
         self.log = log
-        self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes)
+        self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes, cfg.max_state_bytes)
         self.draining = threading.Event()
         self.cancelled: set[str] = set()  # runs here whose cancellation was requested
         self.tasks: queue.Queue[Task | None] = queue.Queue()

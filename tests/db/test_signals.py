@@ -5,8 +5,8 @@ protocol with the sender's trigger that makes it race-free."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from orchestrator.errors import (
 from tests.db.executing import Harness
 from tests.db.helpers import claim, wait_until_blocked
 from tests.db.helpers import execute as sql
+from tests.db.plans import generic_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -233,7 +234,7 @@ def test_take__two_concurrent_consumers_take_each_signal_once(db: Database) -> N
         got: list[tuple[str, int]] = []
         for i in range(100):
             step = f"{prefix}{i}"
-            taken = db.run(lambda conn: signals.take(conn, taking(run_id, token, step)))
+            taken = db.run(lambda conn, step=step: signals.take(conn, taking(run_id, token, step)))
             if taken.outcome != "signal":
                 return got
             assert taken.data is not None
@@ -296,3 +297,26 @@ def test_take__a_wait_stored_while_a_signal_is_inserted_finds_it(db: Database) -
             sender.commit()
             assert took.result(10) == signals.Taken("signal", {})
     assert sql(db, "SELECT status FROM orchestrator.runs")[0][0] == "running"
+
+
+def test_take__finds_the_oldest_pending_signal_through_its_index(db: Database) -> None:
+    """Many runs with many signals, most of them consumed: the take reads one index entry."""
+    run_id, _ = running_run(db)
+    sql(
+        db,
+        "INSERT INTO orchestrator.runs (function_id, status) "
+        "SELECT 'f', 'queued' FROM generate_series(1, 2000)",
+    )
+    sql(
+        db,
+        "INSERT INTO orchestrator.signals (run_id, name, consumed_at) "
+        "SELECT r.id, 'go', CASE WHEN i % 10 > 0 THEN now() END "
+        "FROM orchestrator.runs r CROSS JOIN generate_series(1, 10) i",
+    )
+    sql(db, "ANALYZE orchestrator.signals")
+    args = {"run": run_id, "name": "go", "step": "s"}
+    types = {"run": "uuid", "name": "text", "step": "text"}
+    with psycopg.connect(libpq_url(db.url)) as conn:
+        plan = generic_plan(conn, signals._TAKE, args, types)
+    assert "Index Scan using signals_pending on signals" in plan, plan
+    assert "Seq Scan on signals" not in plan, plan

@@ -35,7 +35,8 @@ def status(url: str, run_id: str) -> str:
 def completed(url: str, run_ids: list[str]) -> bool:
     done = scalar(
         url,
-        "SELECT count(*) FROM orchestrator.runs WHERE id = ANY(%s::uuid[]) AND status = 'completed'",
+        "SELECT count(*) FROM orchestrator.runs "
+        "WHERE id = ANY(%s::uuid[]) AND status = 'completed'",
         (run_ids,),
     )
     return bool(done == len(run_ids))
@@ -53,11 +54,13 @@ def test_signals__1000_to_100_runs_in_order_once_each_across_a_kill9(
     for n in range(TAKES):
         if n == TAKES // 2:
             eventually(
-                lambda: scalar(
-                    e2e_url,
-                    "SELECT count(*) FROM orchestrator.signals WHERE consumed_at IS NOT NULL",
-                )
-                >= 100,
+                lambda: (
+                    scalar(
+                        e2e_url,
+                        "SELECT count(*) FROM orchestrator.signals WHERE consumed_at IS NOT NULL",
+                    )
+                    >= 100
+                ),
                 what="runs taking signals",
             )
             daemon.kill9()  # in the middle of taking them
@@ -73,7 +76,7 @@ def test_signals__1000_to_100_runs_in_order_once_each_across_a_kill9(
         (run_ids,),
     )
     expected = [{"n": n} for n in range(TAKES)]
-    assert {run_id: output for run_id, output, _ in rows} == {r: expected for r in run_ids}
+    assert {run_id: output for run_id, output, _ in rows} == dict.fromkeys(run_ids, expected)
     assert all(state == {"taken": TAKES} for _, _, state in rows)
     taken = sql(
         e2e_url,
