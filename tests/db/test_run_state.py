@@ -112,12 +112,13 @@ def test_set_state__async_function_and_async_client(h: Harness) -> None:
 
     async def client() -> dict[str, Any]:
         try:
-            return await h.app.run_state_async(run_id)
+            state = await h.app.run_state_async(run_id)
+            await h.app.signal_async(run_id, "go", {"k": 1})
+            return state
         finally:
             await h.app.aclose()
 
     assert asyncio.run(client()) == {"phase": "waiting"}  # written with the wait
-    h.app.signal(run_id, "go")
     assert h.step("async-progress").status == "completed"
     assert h.app.run_state(run_id) == {"phase": "done"}
 

@@ -171,6 +171,19 @@ def test_signal__bad_input_gets_a_typed_error_and_writes_nothing(app_harness: Ha
     assert sql(h.db, "SELECT count(*) FROM orchestrator.signals")[0][0] == 0
 
 
+def test_signal__in_the_callers_transaction_with_conn(app_harness: Harness) -> None:
+    h = app_harness
+    h.app.function("f")(lambda ctx: None)
+    run_id = h.start("f")
+    with psycopg.connect(libpq_url(h.db.url)) as conn:
+        h.app.signal(run_id, "kept", conn=conn)
+        conn.commit()
+        h.app.signal(run_id, "dropped", conn=conn)
+        conn.rollback()
+    names = sql(h.db, "SELECT name FROM orchestrator.signals")
+    assert [row[0] for row in names] == ["kept"]
+
+
 def test_signal__refused_by_sql_for_a_finished_run_or_a_bad_row(db: Database) -> None:
     [run_id] = [str(uuid.uuid4())]
     sql(
