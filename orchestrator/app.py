@@ -345,6 +345,58 @@ class Orchestrator:
 
         return await self._execute_async(client.cancel_op(run_id, reason, children), conn)
 
+    def signal(
+        self,
+        run_id: str,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        conn: OutboxConnection | None = None,
+    ) -> int:
+        """Send signal `name` with `data` (a JSON object; None sends `{}`) to one run, whose
+        `ctx.step.wait_for_signal(..., name)` returns it; returns the signal's id (its place
+        in the order of sending).
+
+        Kept until a wait takes it, so the run need not wait yet; each signal is taken once,
+        in the order of sending. Raises `RunNotFoundError` for an unknown run,
+        `RunFinishedError` for a run that has finished, `InvalidSignalError` for an empty or
+        overlong name or data that is not a dict, `PayloadError` / `PayloadTooLargeError` for
+        data that is not JSON or larger than `max_event_bytes`. `conn` as for `send`.
+        """
+        from orchestrator import client
+
+        data_json = client.signal_data(name, data, self.config.max_event_bytes)
+        return self._execute(lambda: client.signal_op(run_id, name, data_json), conn)
+
+    async def signal_async(
+        self,
+        run_id: str,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        conn: AsyncOutboxConnection | None = None,
+    ) -> int:
+        """`signal` for asyncio; `conn` as for `send_async`."""
+        from orchestrator import client
+
+        data_json = client.signal_data(name, data, await self._max_event_bytes())
+        return await self._execute_async(client.signal_op(run_id, name, data_json), conn)
+
+    def run_state(self, run_id: str, *, conn: OutboxConnection | None = None) -> dict[str, Any]:
+        """The state run `run_id` published with `ctx.set_state` (`{}` if none), as of its
+        last write to the database. Raises `RunNotFoundError` for an unknown run."""
+        from orchestrator import client
+
+        return self._execute(lambda: client.run_state_op(run_id), conn)
+
+    async def run_state_async(
+        self, run_id: str, *, conn: AsyncOutboxConnection | None = None
+    ) -> dict[str, Any]:
+        """`run_state` for asyncio."""
+        from orchestrator import client
+
+        return await self._execute_async(client.run_state_op(run_id), conn)
+
     def start(
         self,
         function_id: str,

@@ -131,8 +131,10 @@ def _parser() -> argparse.ArgumentParser:
         help="recorded as the run's cancellation reason",
     )
     from orchestrator.cli_recovery import add_parsers
+    from orchestrator.cli_signal import add_parser as add_signal
 
     add_parsers(runs_sub, common)
+    add_signal(runs_sub, common)
 
     from orchestrator.cli_functions import add_parser as add_functions
 
@@ -258,6 +260,7 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             "list": lambda: _cmd_runs_list(db, args),
             "show": lambda: _cmd_runs_show(db, args),
             "cancel": lambda: _cmd_runs_cancel(db, args),
+            "signal": lambda: _cmd_runs_signal(db, cfg, args),
             "replay": lambda: _cmd_recovery(db, cfg, args),
             "resume": lambda: _cmd_recovery(db, cfg, args),
             "fork": lambda: _cmd_recovery(db, cfg, args),
@@ -399,6 +402,12 @@ def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs_signal(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.cli_signal import command
+
+    return command(db, cfg.max_event_bytes, args)
+
+
 def _cmd_runs_cancel(db: Any, args: argparse.Namespace) -> int:
     from orchestrator.cli_lookup import find_run
     from orchestrator.db import runs
@@ -464,6 +473,8 @@ def _cmd_runs_show(db: Any, args: argparse.Namespace) -> int:
         print(f"{'output':<12} {_short(json.dumps(run.output))}")
     if run.error is not None:
         print(f"{'error':<12} {run.error.get('type')}: {run.error.get('message')}")
+    for key, value in run.state.items():  # what it published with ctx.set_state
+        print(f"{'state':<12} {key} = {_short(json.dumps(value))}")
     print()
     table = [
         (

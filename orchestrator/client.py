@@ -1,6 +1,7 @@
 """What the application-side calls decide, written once for their sync and async faces.
 
-`Orchestrator.send`, `send_many` and `cancel` and their `*_async` twins are thin: they check
+`Orchestrator.send`, `send_many`, `cancel`, `signal` and `run_state` and their `*_async`
+twins are thin: they check
 their input here, get an operation here (statements chained by plain code, see
 orchestrator/db/ops.py), and hand it to the sync or the async runner of
 orchestrator/db/outbox.py with a connection, the caller's or the library's own.
@@ -17,9 +18,14 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from orchestrator.db import events, runs
+from orchestrator.db import events, runs, signals
 from orchestrator.db.ops import Op
-from orchestrator.errors import InvalidEventError, OrchestratorError, RunNotFoundError
+from orchestrator.errors import (
+    InvalidEventError,
+    InvalidSignalError,
+    OrchestratorError,
+    RunNotFoundError,
+)
 
 BATCH_ROWS = 1000  # events per INSERT statement
 BATCH_CHARS = 8 * 1024 * 1024  # and characters of data, so that a statement stays a sane size
@@ -94,3 +100,31 @@ def cancel_op(run_id: str, reason: str, children: bool = True) -> Op[str]:
     changed = yield from runs.cancel_op([run.id], reason=reason, children=children)
     mine = [c.status for c in changed if c.id == run.id]
     return mine[0] if mine else run.status
+
+
+def signal_data(name: Any, data: Any, limit: int) -> str:
+    """Check a signal before it is sent; returns its data as JSON text (`{}` for None)."""
+    from orchestrator.codec import encode
+    from orchestrator.engine.kinds.signal import check_name
+
+    check_name(name)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidSignalError(
+            f"signal data must be a JSON object (a dict) or None, got {type(data).__name__}"
+        )
+    return encode(data, what=f"signal '{name}' data", limit=limit)
+
+
+def signal_op(run_id: str, name: str, data_json: str) -> Op[int]:
+    """Send a signal to an unfinished run; returns its id."""
+    return signals.send_op(run_id, name, data_json)
+
+
+def run_state_op(run_id: str) -> Op[dict[str, Any]]:
+    """The state a run published with `ctx.set_state`."""
+    run = yield from runs.get_op(run_id)
+    if run is None:
+        raise RunNotFoundError(f"no run with id {run_id!r}")
+    return run.state

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from orchestrator.engine.execution import Execution
-from orchestrator.engine.kinds import invoke, parallel, run, send_event, sleep, wait
+from orchestrator.engine.kinds import invoke, parallel, run, send_event, signal, sleep, wait
 from orchestrator.engine.retry import RetryOn, step_policy
 from orchestrator.functions import Backoff
 
@@ -157,6 +157,24 @@ class Step:
         result: Event | None = self._complete(found)
         return result
 
+    def wait_for_signal(
+        self, step_id: str, name: str, *, timeout: timedelta | float | None
+    ) -> dict[str, Any] | None:
+        """Take the oldest signal called `name` sent to this run and return its data (a
+        dict, `{}` for a signal sent without data); if none is pending, suspend until one is
+        sent, or return None after `timeout` (a timedelta or seconds; None waits for good).
+
+        Signals are sent with `app.signal(run_id, name, data)` (or an INSERT into
+        `orchestrator.signals`) and kept until a wait takes them: one sent before the run
+        reaches its wait is taken by it. Each signal is taken by one wait, in the order of
+        sending. The run holds no worker while it waits.
+        """
+        seconds = wait.seconds(timeout)
+        taken: dict[str, Any] | None = self._complete(
+            signal.start(self._execution, step_id, name, seconds)
+        )
+        return taken
+
     def invoke(
         self,
         step_id: str,
@@ -226,6 +244,9 @@ class AsyncStep(Protocol):
     def sleep(self, step_id: str, duration: timedelta | float) -> Awaitable[None]: ...
     def sleep_until(self, step_id: str, until: datetime) -> Awaitable[None]: ...
     def wait_for_event(self, step_id: str, **options: Any) -> Awaitable[Event | None]: ...
+    def wait_for_signal(
+        self, step_id: str, name: str, *, timeout: timedelta | float | None
+    ) -> Awaitable[dict[str, Any] | None]: ...
     def invoke(self, step_id: str, **options: Any) -> Awaitable[Any]: ...
     def send_event(self, step_id: str, events: Any) -> Awaitable[list[str]]: ...
     def parallel(self, step_id: str, branches: Sequence[Any]) -> Awaitable[list[Any]]: ...
@@ -258,6 +279,7 @@ class Context:
     a plain function's step body runs on until it returns, and may look at `ctx.cancelled` or
     wait on `ctx.wait_cancelled(timeout)` to stop early: whatever it returns is refused, and
     the function stops at its next step.
+    - `set_state(key, value)`: publish progress that `app.run_state(run_id)` reads
     """
 
     def __init__(
@@ -288,6 +310,18 @@ class Context:
         returns `cancelled`. For a plain function's step body; an async function's task is
         cancelled where it awaits anyway."""
         return self.step._execution.cancelled.wait(self.run_id, timeout)
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Publish `value` (JSON) under `key` in the run's state (`runs.state`), which
+        `app.run_state(run_id)`, `orchestrator runs show` and SQL read while the run is in
+        flight. Plain in sync and async functions alike: it writes nothing itself; the run's
+        next write (a step's checkpoint, a sleep or wait, its end) carries it, so the state
+        is never ahead of the steps before it, and a replay repeats the calls whose write
+        was lost. Keys set earlier stay. The whole state is limited to `max_state_bytes` of
+        JSON (64 KiB by default): `StateTooLargeError` (naming the key) past it,
+        `PayloadError` for a value that is not JSON, `InvalidStateError` for a key that is
+        not a 1-200 character string."""
+        self.step._execution.set_state(key, value)
 
 
 class AsyncContext(Context):

@@ -110,6 +110,30 @@ class RunStateError(OrchestratorError):
     code = "invalid_run_state"
 
 
+class RunFinishedError(RunStateError):
+    """A signal was sent to a run that has finished: nothing will ever consume it."""
+
+    code = "run_finished"
+
+
+class InvalidSignalError(OrchestratorError):
+    """A signal's name or data is malformed (empty or overlong name, data not a dict)."""
+
+    code = "invalid_signal"
+
+
+class InvalidStateError(OrchestratorError):
+    """`ctx.set_state` was given a key that is not a 1-200 character string."""
+
+    code = "invalid_state"
+
+
+class StateTooLargeError(PayloadTooLargeError):
+    """`ctx.set_state` would make the run's state object larger than its limit."""
+
+    code = "state_too_large"
+
+
 class StepNotFoundError(OrchestratorError):
     """A fork names a step the run did not record."""
 

@@ -11,6 +11,8 @@ the group durable. It
 2. upserts the step records of those runs;
 3. records the terminal status of those runs that finished, with what ending a run entails
    (db/finish.py);
+4. merges the state a write carries (`ctx.set_state`, see engine/execution.py) into its
+   run's `state`, with the finish or, for a run that goes on, by itself;
 
 and returns the ids of the runs whose write was made, and of those whose write was refused
 because a cancellation ended the run (its execution stops quietly: nothing went wrong). A run
@@ -41,6 +43,8 @@ class GroupWrite:
     # the finish has effects beyond the run's row (db/finish.py): the run failed or was
     # cancelled, has a parent, or has cancellation conditions to remove
     effects: bool = False
+    # the keys the run set with ctx.set_state (a JSON object), merged into runs.state
+    state_json: str | None = None
 
 
 _WRITE_GROUP_HEAD = """
@@ -50,9 +54,9 @@ WITH input AS MATERIALIZED (
         %(kinds)b::text[], %(step_statuses)b::text[], %(attempts)b::int[],
         %(outputs)b::text[], %(errors)b::text[], %(wakes)b::timestamptz[],
         %(durations)b::int[], %(finals)b::text[], %(run_outputs)b::text[],
-        %(run_errors)b::text[]
+        %(run_errors)b::text[], %(states)b::text[]
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
-           wake_at, duration_ms, final, run_output, run_error)
+           wake_at, duration_ms, final, run_output, run_error, state)
 ),
 held AS MATERIALIZED (  -- (id, token): a stale write of a held run is not made with it
     SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
@@ -85,10 +89,16 @@ finished AS (
     SET status = i.final, output = i.run_output::jsonb,
         error = i.run_error::jsonb,
         finished_at = now(), updated_at = now(),
-        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+        state = coalesce(r.state || i.state::jsonb, r.state)
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE r.id = i.run_id AND i.final IS NOT NULL AND r.status = 'running'
     RETURNING r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id
+),
+stated AS (  -- a run that goes on: its state alone (a finish carries its own, above)
+    UPDATE orchestrator.runs r SET state = r.state || i.state::jsonb
+    FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
+    WHERE r.id = i.run_id AND i.final IS NULL AND i.state IS NOT NULL
 )
 """
 # Every held run's write is made (the upsert and the update cannot skip a held run), and
@@ -134,6 +144,7 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
         "finals": [w.final_status for w in writes],
         "run_outputs": [w.output_json for w in writes],
         "run_errors": [w.error_json for w in writes],
+        "states": [w.state_json for w in writes],
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()

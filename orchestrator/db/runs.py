@@ -29,7 +29,7 @@ RUN_COLUMNS = (
     "parent_run_id::text AS parent_run_id, output, error, attempts, recoveries, due_at, "
     "lease_owner::text AS lease_owner, lease_expires_at, created_at, started_at, updated_at, "
     "finished_at, cancel_requested_at, origin, origin_run_id::text AS origin_run_id, resumes, "
-    "retries"
+    "state, retries"
 )
 
 
@@ -101,6 +101,7 @@ class RunRow:
     origin: str | None
     origin_run_id: str | None
     resumes: int
+    state: dict[str, Any]  # what the run published with ctx.set_state
     retries: int = 0  # function-level retries taken
 
 
@@ -509,8 +510,10 @@ def suspend(
     status: str,
     delay_seconds: float = 0.0,
     until: datetime | None = None,
+    state_json: str | None = None,
 ) -> datetime | None:
     """Release the lease; the run is due at `until`, or `delay_seconds` from the database's now.
+    `state_json` (an object, or None) is merged into the run's state.
 
     Returns the new due time, or None if the lease was lost. Locks the run row, so the caller
     may write step rows in the same transaction without a further fence.
@@ -520,7 +523,7 @@ def suspend(
             "UPDATE orchestrator.runs SET status = :p_status, "
             "due_at = coalesce(CAST(:p_until AS timestamptz), "
             "                  now() + make_interval(secs => :p_delay)), "
-            "updated_at = now(), "
+            "updated_at = now(), state = coalesce(state || CAST(:p_state AS jsonb), state), "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
             "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
             "AND status = 'running' RETURNING due_at"
@@ -531,6 +534,7 @@ def suspend(
             "p_status": status,
             "p_delay": delay_seconds,
             "p_until": until,
+            "p_state": state_json,
         },
     ).scalar()
 
@@ -567,6 +571,20 @@ def hold(conn: Connection, run_id: str, token: str) -> str | None:
         {"p_id": run_id, "p_token": token},
     ).scalar()
     return status
+
+
+def merge_state(conn: Connection, run_id: str, state_json: str | None) -> None:
+    """Merge the keys of `state_json` (an object; None: nothing) into the run's state, when
+    this transaction already holds the run row (after `hold`)."""
+    if state_json is None:
+        return
+    conn.execute(
+        text(
+            "UPDATE orchestrator.runs SET state = state || CAST(:p_state AS jsonb) "
+            "WHERE id = CAST(:p_id AS uuid)"
+        ),
+        {"p_id": run_id, "p_state": state_json},
+    )
 
 
 def _uuid_bounds(prefix: str) -> tuple[str, str] | None:

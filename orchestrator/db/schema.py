@@ -169,7 +169,10 @@ runs = Table(
     # function-level retries taken (migration 0010); runs.error holds the failed attempt's
     # error while one is pending
     Column("retries", Integer, nullable=False, server_default=text("0")),
+    # what the run published with ctx.set_state (migration 0013)
+    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
+    CheckConstraint("jsonb_typeof(state) = 'object'", name="runs_state_is_object"),
     CheckConstraint(_in("origin", RUN_ORIGINS), name="runs_origin"),
     Index(
         "runs_due",
@@ -252,6 +255,7 @@ steps = Table(
     Column("duration_ms", Integer),
     _ts("created_at", nullable=False, default_now=True),
     _ts("updated_at", nullable=False, default_now=True),
+    Column("signal", Text),  # the signal a waiting wait_for_signal step waits for
     PrimaryKeyConstraint("run_id", "step_id", name="steps_pkey"),
     CheckConstraint(_in("status", STEP_STATUSES), name="steps_status"),
 )
@@ -277,6 +281,29 @@ waits = Table(
     PrimaryKeyConstraint("run_id", "step_id", name="waits_pkey"),
     CheckConstraint(_in("kind", WAIT_KINDS), name="waits_kind"),
     Index("waits_match", "event_name", "match_path", "match_value"),
+)
+
+# Signals to one run (migration 0013). The trigger `signals_sent` locks the run's row, refuses
+# a finished run and wakes a run waiting for the signal's name.
+signals = Table(
+    "signals",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column(
+        "run_id",
+        UUID(as_uuid=False),
+        ForeignKey("orchestrator.runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", Text, nullable=False),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _ts("sent_at", nullable=False, default_now=True),
+    _ts("consumed_at"),
+    Column("consumed_by", Text),
+    CheckConstraint("length(name) BETWEEN 1 AND 200", name="signals_name_length"),
+    CheckConstraint("jsonb_typeof(data) = 'object'", name="signals_data_is_object"),
+    Index("signals_pending", "run_id", "name", "id", postgresql_where=text("consumed_at IS NULL")),
+    Index("signals_run", "run_id"),  # the cascade from runs (retention) without a scan
 )
 
 limiters = Table(

@@ -91,6 +91,7 @@ class Storing:
     due: datetime
     accept: Callable[[dict[str, Any]], bool]
     child: runs.NewRun | None = None
+    state_json: str | None = None  # merged into the run's state if it suspends
 
 
 @dataclass(frozen=True)
@@ -212,9 +213,9 @@ _SUSPEND = """
             %(runs)b::uuid[], %(tokens)b::uuid[], %(dues)b::timestamptz[], %(steps)b::text[],
             %(positions)b::int[], %(kinds)b::text[], %(names)b::text[], %(paths)b::text[],
             %(values)b::jsonb[], %(exprs)b::text[], %(since)b::timestamptz[],
-            %(expires)b::timestamptz[]
+            %(expires)b::timestamptz[], %(states)b::jsonb[]
         ) AS t(run_id, token, due, step_id, position, kind, name, path, value, expr, since,
-               expires)
+               expires, state)
     ),
     locked AS MATERIALIZED (
         SELECT i.* FROM (SELECT * FROM input ORDER BY run_id) i
@@ -227,7 +228,8 @@ _SUSPEND = """
     held AS (
         UPDATE orchestrator.runs r
         SET status = 'waiting', due_at = l.due, updated_at = now(),
-            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+            state = coalesce(r.state || l.state, r.state)
         FROM locked l
         WHERE r.id = l.run_id
         RETURNING r.id
@@ -269,6 +271,7 @@ def _suspend_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
         "exprs": [s.wait.expression for s in storing],
         "since": [s.wait.since for s in storing],
         "expires": [s.wait.expires_at for s in storing],
+        "states": [s.state_json for s in storing],
     }
     cursor = driver(conn).execute(_SUSPEND, params, prepare=True)
     return lambda: {str(row[0]) for row in cursor.fetchall()}

@@ -40,9 +40,11 @@ from orchestrator.errors import (
     Cancelled,
     ConcurrentStepError,
     ControlSignal,
+    InvalidStateError,
     NestedStepError,
     NonDeterminismError,
     PayloadError,
+    StateTooLargeError,
     StepTimeoutError,
     Suspend,
 )
@@ -59,6 +61,7 @@ T = TypeVar("T")
 class Limits:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_event_bytes: int = 1024 * 1024
+    max_state_bytes: int = 64 * 1024  # the run's ctx.set_state object, as JSON
 
 
 class Execution:
@@ -112,6 +115,10 @@ class Execution:
         self.pending: StepRecord | None = None
         self._flushing: Future[None] | None = None  # the deferred record's commit, in flight
         self.suspended_until: datetime | None = None
+        # The keys ctx.set_state set in this execution, merged into `runs.state` by the run's
+        # next write (see `set_state`); `_state_unwritten`: some changed since the last one.
+        self.state: dict[str, Any] = {}
+        self._state_unwritten = False
         self._seen: dict[str, int] = {}
         self._position = 0
         self._positions: dict[int, StepRow] | None = None  # the memo by position
@@ -227,6 +234,41 @@ class Execution:
     def _stop_if_cancelled(self) -> None:
         if self.lease.run_id in self.cancelled:
             raise Cancelled(f"run {self.lease.run_id} was cancelled")
+
+    # -- run state (ctx.set_state) -------------------------------------------------------
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Publish `value` under `key` in the run's state. Nothing is written now: the run's
+        next write (a checkpoint, a suspension, its end) carries it, so the state is never
+        ahead of the steps before it; a replay re-runs the code between steps, and with it
+        the set_state calls whose write a crash lost."""
+        if not codec.storable_text(key, 200):
+            raise InvalidStateError(
+                f"state key {key!r} is invalid; use a non-empty string of at most 200 "
+                "characters without NUL"
+            )
+        _, stored = codec.roundtrip(value, what=f"state key '{key}'")
+        state = self.state | {key: stored}
+        size = len(codec.encode(state, what="the run's state").encode("utf-8"))
+        limit = self.limits.max_state_bytes
+        if size > limit:
+            raise StateTooLargeError(
+                f"state key '{key}' would make the run's state {size} bytes, over the "
+                f"{limit}-byte limit; publish a summary (counts, a reference) instead"
+            )
+        self.state = state
+        self._state_unwritten = True
+
+    def state_json(self) -> str | None:
+        """The state for a write that ends the execution (a suspension), or None if nothing
+        changed since the last write."""
+        return codec.encode(self.state, what="the run's state") if self._state_unwritten else None
+
+    def take_state(self) -> str | None:
+        """The state for a write after which the execution goes on (it is then written)."""
+        text = self.state_json()
+        self._state_unwritten = False
+        return text
 
     # -- what every step kind shares ----------------------------------------------------
 
@@ -347,7 +389,8 @@ class Execution:
         if defer:
             self.pending = record  # nothing pending or committing: flush returned
             return
-        await self.face.settle(self.store.checkpoint(self.lease, record))
+        committing = self.store.checkpoint(self.lease, record, state_json=self.take_state())
+        await self.face.settle(committing)
 
     async def flush(self) -> None:
         """Commit the deferred step record, if any. Returns only once nothing is pending or
@@ -359,7 +402,9 @@ class Execution:
                 continue
             record, self.pending = self.pending, None
             assert record is not None
-            committing = self._flushing = self.store.checkpoint(self.lease, record)
+            committing = self._flushing = self.store.checkpoint(
+                self.lease, record, state_json=self.take_state()
+            )
             try:
                 await self.face.settle(committing)
             finally:
@@ -379,7 +424,12 @@ class Execution:
     async def retry_later(self, delay: float, records: tuple[StepRecord, ...]) -> None:
         """Suspend the run for `delay` seconds with these failed attempts recorded."""
         due = await self.io(
-            self.store.suspend, self.lease, status="queued", delay=delay, records=records
+            self.store.suspend,
+            self.lease,
+            status="queued",
+            delay=delay,
+            records=records,
+            state_json=self.state_json(),
         )
         self.suspended_until = due
         self.observer.steps_retrying(self.fdef.id, len(records))

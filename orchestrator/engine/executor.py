@@ -247,6 +247,7 @@ def _finish(
         output_json=output_json,
         error_json=error_json,
         step=execution.take_pending(),
+        state_json=execution.take_state(),
     )
 
     def committed(done: Future[None]) -> None:

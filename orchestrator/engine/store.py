@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.db import events, runs, steps, waits
+from orchestrator.db import events, runs, signals, steps, waits
 from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
@@ -71,10 +71,13 @@ class RunStore:
         """`load`, as a future: read with the loads of the worker's other runs."""
         return self.loader.load(run_id)
 
-    def checkpoint(self, lease: Lease, record: steps.StepRecord) -> Future[None]:
-        """Commit a step record. The future raises `Cancelled` if a cancellation ended the run
-        (the record is refused), `LeaseLost` if the lease was lost otherwise."""
-        write = GroupWrite(lease.run_id, lease.token, step=record)
+    def checkpoint(
+        self, lease: Lease, record: steps.StepRecord, *, state_json: str | None = None
+    ) -> Future[None]:
+        """Commit a step record (and merge `state_json` into the run's state). The future
+        raises `Cancelled` if a cancellation ended the run (the record is refused),
+        `LeaseLost` if the lease was lost otherwise."""
+        write = GroupWrite(lease.run_id, lease.token, step=record, state_json=state_json)
         lost = f"run {lease.run_id}: lease lost before step '{record.step_id}'"
         return _fenced(self.committer.commit(write), lease, lost=lost)
 
@@ -87,14 +90,21 @@ class RunStore:
         until: datetime | None = None,
         record: steps.StepRecord | None = None,
         records: tuple[steps.StepRecord, ...] = (),
+        state_json: str | None = None,
     ) -> datetime:
         """Make the run due later and record `record` (and `records`) with its wake time,
-        atomically."""
+        and merge `state_json` into its state, atomically."""
         written = (record, *records) if record is not None else records
 
         def write(conn: Any) -> datetime | None:
             due = runs.suspend(
-                conn, lease.run_id, lease.token, status=status, delay_seconds=delay, until=until
+                conn,
+                lease.run_id,
+                lease.token,
+                status=status,
+                delay_seconds=delay,
+                until=until,
+                state_json=state_json,
             )
             for rec in written if due is not None else ():
                 steps.save_locked(conn, lease.run_id, replace(rec, wake_at=due))
@@ -126,15 +136,17 @@ class RunStore:
         *,
         accept: Callable[[dict[str, Any]], bool],
         child: runs.NewRun | None = None,
+        state_json: str | None = None,
     ) -> Future[dict[str, Any] | None]:
         """Wait for an event, race-free (see db/waits.py), in one transaction with the waits
         of the worker's other runs: start `child` (an invoked run) if given, then look back at
         the events received since `wait.since`; the future holds the first that matches and
         that `accept`s, with nothing else written; if none does, the run is suspended as
         waiting until `wait.expires_at` (or for good), with `record` and the wait stored, and
-        the future holds None. It raises `LeaseLost` if the run's lease no longer held."""
+        the future holds None (`state_json` is merged into its state then). It raises
+        `LeaseLost` if the run's lease no longer held."""
         due = wait.expires_at or FOREVER
-        storing = waits.Storing(wait, record, lease.token, due, accept, child)
+        storing = waits.Storing(wait, record, lease.token, due, accept, child, state_json)
         stored = self.waiter.store(storing)
         found: Future[dict[str, Any] | None] = Future()
 
@@ -151,21 +163,38 @@ class RunStore:
         stored.add_done_callback(settle)
         return found
 
-    def end_wait(self, lease: Lease, record: steps.StepRecord, *, cancel_run: str | None) -> None:
+    def end_wait(
+        self,
+        lease: Lease,
+        record: steps.StepRecord,
+        *,
+        cancel_run: str | None,
+        state_json: str | None = None,
+    ) -> None:
         """A wait timed out: remove it and record the step (and cancel `cancel_run`, an invoked
-        run that is no longer awaited), fenced on the lease."""
+        run that is no longer awaited, and merge `state_json`), fenced on the lease."""
 
         def write(conn: Any) -> bool:
             if runs.hold(conn, lease.run_id, lease.token) is None:
                 return False
             waits.remove(conn, lease.run_id, record.step_id)
             steps.save_locked(conn, lease.run_id, record)
+            runs.merge_state(conn, lease.run_id, state_json)
             if cancel_run is not None:
                 runs.cancel(conn, [cancel_run], reason="the run that invoked it timed out")
             return True
 
         if not self.db.run(write, retry_for=self.retry_for):
             raise LeaseLost(f"run {lease.run_id}: lease lost while ending '{record.step_id}'")
+
+    def take_signal(self, taking: signals.Taking) -> signals.Taken:
+        """Take a signal for a `wait_for_signal` step, record its timeout, or suspend the run
+        waiting for one: one fenced transaction (see db/signals.py). Raises `LeaseLost` if
+        the lease no longer held."""
+        taken = self.db.run(lambda conn: signals.take(conn, taking), retry_for=self.retry_for)
+        if taken.outcome == "lost":
+            raise LeaseLost(f"run {taking.run_id}: lease lost at signal wait '{taking.step_id}'")
+        return taken
 
     def send_events(self, lease: Lease, batch: list[tuple[str, str, str]]) -> None:
         """Insert (id, name, data JSON) events, fenced on the lease; ids already sent are
@@ -188,11 +217,12 @@ class RunStore:
         output_json: str | None,
         error_json: str | None,
         step: steps.StepRecord | None = None,
+        state_json: str | None = None,
     ) -> Future[None]:
-        """Record the run's end, with `step` (its last step's record, not committed yet) in
-        the same write; the future raises `Cancelled` if a cancellation ended the run
-        meanwhile (its end stays the cancellation's), `LeaseLost` if the lease was lost
-        otherwise."""
+        """Record the run's end, with `step` (its last step's record, not committed yet) and
+        `state_json` (merged into its state) in the same write; the future raises
+        `Cancelled` if a cancellation ended the run meanwhile (its end stays the
+        cancellation's), `LeaseLost` if the lease was lost otherwise."""
         write = GroupWrite(
             lease.run_id,
             lease.token,
@@ -201,6 +231,7 @@ class RunStore:
             output_json=output_json,
             error_json=error_json,
             effects=lease.ties or status != "completed",
+            state_json=state_json,
         )
         lost = f"run {lease.run_id}: lease lost before it could finish"
         return _fenced(self.committer.commit(write), lease, lost=lost)

@@ -107,7 +107,7 @@ class Worker:
         self.cfg = cfg
         self.conn = conn
         self.log = log
-        self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes)
+        self.limits = Limits(cfg.max_step_output_bytes, cfg.max_event_bytes, cfg.max_state_bytes)
         self.draining = threading.Event()
         self.cancelled = CancelledRuns()  # runs here that a cancellation ended
         self.tasks: queue.Queue[Task | None] = queue.Queue()

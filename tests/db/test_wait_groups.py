@@ -293,9 +293,11 @@ def test_store_many__its_suspension_generic_plan_compares_no_pairs(db: Database)
         "exprs": [None] * n,
         "since": [now] * n,
         "expires": [None] * n,
+        "states": ['{"progress": 1}'] * n,
     }
     arrays = {"runs": "uuid", "tokens": "uuid", "dues": "timestamptz", "positions": "int"}
     arrays |= {"values": "jsonb", "since": "timestamptz", "expires": "timestamptz"}
+    arrays |= {"states": "jsonb"}
     types = {name: f"{arrays.get(name, 'text')}[]" for name in args}
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
         plan = generic_plan(conn, waits._SUSPEND, args, types)

@@ -56,6 +56,7 @@ async def _sleep(
         delay=seconds or 0.0,
         until=until,
         record=record,
+        state_json=execution.state_json(),
     )
     execution.log.info("run sleeping", step=sid, until=due.isoformat())
     execution.suspended_until = due

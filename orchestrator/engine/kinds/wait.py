@@ -124,7 +124,14 @@ async def wait_or_suspend(
     record = StepRecord(sid, position, kind, "waiting", 1)
     await execution.flush()
     # stored with the waits the worker's other runs reach now (engine/waiter.py)
-    stored = execution.store.waiting(execution.lease, record, wait, accept=accept, child=child)
+    stored = execution.store.waiting(
+        execution.lease,
+        record,
+        wait,
+        accept=accept,
+        child=child,
+        state_json=execution.state_json(),  # written if it suspends, else with the checkpoint
+    )
     found = await execution.face.settle(stored)
     if found is None:
         until = wait.expires_at
@@ -154,12 +161,16 @@ async def timed_out(
     now = execution.db_now()
     store, lease = execution.store, execution.lease
     if row.wake_at is None or row.wake_at > now:
-        await execution.io(store.suspend, lease, status="waiting", until=row.wake_at or FOREVER)
+        until = row.wake_at or FOREVER
+        state = execution.state_json()
+        await execution.io(store.suspend, lease, status="waiting", until=until, state_json=state)
         execution.suspended_until = row.wake_at
         raise Suspend(f"{kind} '{sid}' still waiting")
     execution.since = max(execution.since, now)
     record = StepRecord(sid, position, kind, "completed", 1, output_json="null")
-    await execution.io(store.end_wait, lease, record, cancel_run=cancel_run)
+    await execution.flush()
+    state = execution.take_state()
+    await execution.io(store.end_wait, lease, record, cancel_run=cancel_run, state_json=state)
     execution.log.info(f"{kind} timed out", step=sid)
 
 
