@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.app import Orchestrator
-    from orchestrator.context import AsyncContext, Context, Event, Step
+    from orchestrator.context import Arrival, AsyncContext, Context, Event, Step
+    from orchestrator.engine.kinds.wait_any import OnEvent, OnInvoke
     from orchestrator.errors import (
         AsyncUsageError,
         CancelledRunError,
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
         ExpressionError,
         FunctionInUseError,
         InvalidRunIdError,
+        InvalidStepOptionError,
         NestedStepError,
         NonDeterminismError,
         NonRetriableError,
@@ -52,7 +54,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "orchestrator.app": ("Orchestrator",),
-    "orchestrator.context": ("AsyncContext", "Context", "Event", "Step"),
+    "orchestrator.context": ("Arrival", "AsyncContext", "Context", "Event", "Step"),
+    "orchestrator.engine.kinds.wait_any": ("OnEvent", "OnInvoke"),
     "orchestrator.errors": (
         "AsyncUsageError",
         "CancelledRunError",
@@ -60,6 +63,7 @@ _HOMES = {
         "ExpressionError",
         "FunctionInUseError",
         "InvalidRunIdError",
+        "InvalidStepOptionError",
         "NestedStepError",
         "NonDeterminismError",
         "NonRetriableError",
@@ -107,6 +111,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Arrival",
     "AsyncContext",
     "AsyncUsageError",
     "Backoff",
@@ -122,9 +127,12 @@ __all__ = [
     "FunctionInUseError",
     "Idempotency",
     "InvalidRunIdError",
+    "InvalidStepOptionError",
     "NestedStepError",
     "NonDeterminismError",
     "NonRetriableError",
+    "OnEvent",
+    "OnInvoke",
     "Orchestrator",
     "OrchestratorError",
     "Priority",

@@ -48,9 +48,9 @@ WITH input AS MATERIALIZED (
         %(kinds)b::text[], %(step_statuses)b::text[], %(attempts)b::int[],
         %(outputs)b::text[], %(errors)b::text[], %(wakes)b::timestamptz[],
         %(durations)b::int[], %(finals)b::text[], %(run_outputs)b::text[],
-        %(run_errors)b::text[]
+        %(run_errors)b::text[], %(event_ids)b::text[]
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
-           wake_at, duration_ms, final, run_output, run_error)
+           wake_at, duration_ms, final, run_output, run_error, event_id)
 ),
 held AS MATERIALIZED (  -- (id, token): a stale write of a held run is not made with it
     SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
@@ -66,15 +66,15 @@ cancels AS MATERIALIZED (  -- through the partial index of requested cancellatio
 ),
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
-                                    output, error, wake_at, duration_ms)
+                                    output, error, wake_at, duration_ms, event_id)
     SELECT i.run_id, i.step_id, i.position, i.kind, i.step_status, i.attempt,
-           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms
+           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms, i.event_id
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE i.step_id IS NOT NULL
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
-        duration_ms = EXCLUDED.duration_ms, updated_at = now()
+        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = now()
     RETURNING run_id
 ),
 finished AS (
@@ -135,6 +135,7 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
         "finals": [w.final_status for w in writes],
         "run_outputs": [w.output_json for w in writes],
         "run_errors": [w.error_json for w in writes],
+        "event_ids": [s.event_id if s else None for s in steps],
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()

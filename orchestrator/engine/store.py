@@ -9,7 +9,6 @@ and the recorded steps of resumed runs are read together (engine/loader.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -108,24 +107,19 @@ class RunStore:
         return due
 
     def waiting(
-        self,
-        lease: Lease,
-        record: steps.StepRecord,
-        wait: waits.Wait,
-        *,
-        accept: Callable[[dict[str, Any]], bool],
-        child: runs.NewRun | None = None,
-    ) -> Future[dict[str, Any] | None]:
+        self, lease: Lease, record: steps.StepRecord, branches: tuple[waits.Branch, ...]
+    ) -> Future[tuple[int, dict[str, Any]] | None]:
         """Wait for an event, race-free (see db/waits.py), in one transaction with the waits
-        of the worker's other runs: start `child` (an invoked run) if given, then look back at
-        the events received since `wait.since`; the future holds the first that matches and
-        that `accept`s, with nothing else written; if none does, the run is suspended as
-        waiting until `wait.expires_at` (or for good), with `record` and the wait stored, and
-        the future holds None. It raises `LeaseLost` if the run's lease no longer held."""
+        of the worker's other runs: look back at the events received since each branch's
+        `wait.since`; the future holds the first received that matches a branch and that its
+        `accept`s, with its branch, with nothing else written; if none does, the run is
+        suspended as waiting until the waits expire (or for good), with `record` and the waits
+        stored and the branches' children started, and the future holds None. It raises
+        `LeaseLost` if the run's lease no longer held."""
+        wait = branches[0].wait
         due = wait.expires_at or FOREVER
-        storing = waits.Storing(wait, record, lease.token, due, accept, child)
-        stored = self.waiter.store(storing)
-        found: Future[dict[str, Any] | None] = Future()
+        stored = self.waiter.store(waits.Storing(branches, record, lease.token, due))
+        found: Future[tuple[int, dict[str, Any]] | None] = Future()
 
         def settle(stored: Future[waits.Stored]) -> None:
             error = stored.exception()
@@ -135,22 +129,25 @@ class RunStore:
                 lost = f"run {lease.run_id}: lease lost while storing wait '{wait.step_id}'"
                 found.set_exception(LeaseLost(lost))
             else:
-                found.set_result(outcome.found)
+                event = outcome.found
+                found.set_result(None if event is None else (outcome.branch, event))
 
         stored.add_done_callback(settle)
         return found
 
-    def end_wait(self, lease: Lease, record: steps.StepRecord, *, cancel_run: str | None) -> None:
-        """A wait timed out: remove it and record the step (and cancel `cancel_run`, an invoked
-        run that is no longer awaited), fenced on the lease."""
+    def end_wait(
+        self, lease: Lease, record: steps.StepRecord, *, cancel_runs: tuple[str, ...]
+    ) -> None:
+        """A wait timed out: remove its waits and record the step (and cancel `cancel_runs`,
+        invoked runs no longer awaited), fenced on the lease."""
 
         def write(conn: Any) -> bool:
             if runs.hold(conn, lease.run_id, lease.token) is None:
                 return False
             waits.remove(conn, lease.run_id, record.step_id)
             steps.save_locked(conn, lease.run_id, record)
-            if cancel_run is not None:
-                runs.cancel(conn, [cancel_run], reason="the run that invoked it timed out")
+            if cancel_runs:
+                runs.cancel(conn, list(cancel_runs), reason="the run that invoked it timed out")
             return True
 
         if not self.db.run(write, retry_for=self.retry_for):

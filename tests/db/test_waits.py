@@ -94,9 +94,10 @@ def test_resolve__an_event_resolves_a_wait_once(db: Database) -> None:
     [run_id] = waiting_runs(db, 1)
     event = {"id": "e1", "name": "payment/received", "data": {"order_id": 0}, "ts": "t"}
     with db.transaction() as conn:
-        assert waits.resolve(conn, [(run_id, "paid", event)]) == [run_id]
+        assert waits.resolve(conn, [waits.Resolution(run_id, "paid", event)]).woken == [run_id]
     with db.transaction() as conn:
-        assert waits.resolve(conn, [(run_id, "paid", {**event, "id": "e2"})]) == []
+        again = waits.Resolution(run_id, "paid", {**event, "id": "e2"})
+        assert waits.resolve(conn, [again]).woken == []
     [(status, output)] = execute(
         db,
         "SELECT status, output FROM orchestrator.steps WHERE run_id = CAST(:r AS uuid)",
@@ -111,7 +112,7 @@ def test_resolve__leaves_a_run_that_is_no_longer_waiting(db: Database) -> None:
     [run_id] = waiting_runs(db, 1)
     execute(db, "UPDATE orchestrator.runs SET status = 'running'")
     with db.transaction() as conn:
-        assert waits.resolve(conn, [(run_id, "paid", {"id": "e"})]) == []
+        assert waits.resolve(conn, [waits.Resolution(run_id, "paid", {"id": "e"})]).woken == []
     assert execute(db, "SELECT status FROM orchestrator.steps")[0][0] == "waiting"
 
 
@@ -265,7 +266,9 @@ def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -
     ids = waiting_runs(db, 500)
     event = json.dumps({"id": "e", "name": "payment/received", "data": {}, "ts": "t"})
     args = {"runs": ids, "steps": ["paid"] * len(ids), "events": [event] * len(ids)}
-    types = {"runs": "uuid[]", "steps": "text[]", "events": "jsonb[]"}
+    args |= {"branches": [0] * len(ids), "finished": "orchestrator/function.finished"}
+    types = {"runs": "uuid[]", "steps": "text[]", "events": "jsonb[]", "branches": "int[]"}
+    types["finished"] = "text"
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
         plan = generic_plan(conn, waits._RESOLVE, args, types)
     assert "Update on runs" in plan and "rows=500" in plan, plan

@@ -1,0 +1,168 @@
+"""`ctx.step.wait_for_any`: wait for whichever of several things comes first, as one step.
+
+Each entry is an event (`OnEvent`: a name, `match`, `if_` and `lookback`, as for
+`wait_for_event`) or an invoked run's end (`OnInvoke`: a child run started like `invoke`'s).
+The step stores one wait per entry (its `branch`, db/waits.py) and is resolved once, by the
+first event received that ends one of them: ingest deletes all of the step's waits under the
+run's lock, so a second event arriving at the same moment finds nothing to resolve. An event
+that matches several entries ends the lowest. On a timeout the step returns None.
+
+Replay: the step's record, `{"index": i, "event": e}` (or null on a timeout), gives the same
+answer again: the entry's index and key, with the event (`OnEvent`), or the child's output
+(`OnInvoke`; its failure raises `StepError`, as `invoke` does).
+
+The runs that losing `OnInvoke` entries started are cancelled when the step ends otherwise:
+by the ingest that resolves it, or by the timeout. Children are started only when the step
+begins to wait: an event already received (with `lookback`) ends it before any starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from orchestrator.db.waits import Branch
+from orchestrator.engine.execution import Execution
+from orchestrator.engine.kinds import invoke
+from orchestrator.engine.kinds.wait import (
+    WaitFor,
+    acceptor,
+    event_wait,
+    lookback_of,
+    timed_out,
+    wait_or_suspend,
+)
+from orchestrator.errors import InvalidStepOptionError, NonDeterminismError
+
+MAX_ENTRIES = 32
+
+
+@dataclass(frozen=True)
+class OnEvent:
+    """An entry of `wait_for_any`: an event called `event`, as `wait_for_event` waits for it
+    (`match`, `if_`, `lookback`). `key` names the entry in the result (default: `event`)."""
+
+    event: str
+    match: str | None = None
+    if_: str | None = None
+    lookback: timedelta | float | Literal["run"] | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class OnInvoke:
+    """An entry of `wait_for_any`: run `function` as a child run with `data` (as `invoke`
+    does) and win when it ends. `key` names the entry in the result (default: `function`)."""
+
+    function: str
+    data: dict[str, Any] | None = None
+    key: str | None = None
+
+
+Entry = OnEvent | OnInvoke
+
+
+def key_of(entry: Entry) -> str:
+    if isinstance(entry, OnEvent):
+        return entry.key or entry.event
+    return entry.key or entry.function
+
+
+def start(
+    execution: Execution, step_id: str, entries: Sequence[Any], timeout: float | None
+) -> Coroutine[Any, Any, tuple[int, Any] | None]:
+    sid, position = execution.next_id(step_id, kind="wait_for_any")
+    checked = _checked(sid, entries)
+    return _wait_for_any(execution, sid, position, checked, timeout)
+
+
+def _checked(sid: str, entries: Sequence[Any]) -> tuple[Entry, ...]:
+    where = f"wait_for_any '{sid}'"
+    if isinstance(entries, str | bytes) or not isinstance(entries, Sequence):
+        raise InvalidStepOptionError(
+            f"{where}: events must be a list of OnEvent and OnInvoke entries, not "
+            f"{type(entries).__name__}"
+        )
+    if not 1 <= len(entries) <= MAX_ENTRIES:
+        raise InvalidStepOptionError(
+            f"{where}: give between 1 and {MAX_ENTRIES} entries, not {len(entries)}"
+        )
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, OnEvent | OnInvoke):
+            raise InvalidStepOptionError(
+                f"{where}: entry {i} is {type(entry).__name__} {entry!r}; use "
+                'OnEvent("name", ...) or OnInvoke("function", ...)'
+            )
+        if isinstance(entry, OnEvent):
+            lookback_of(entry.lookback, f"{where} entry {i}")
+    return tuple(entries)
+
+
+async def _wait_for_any(
+    execution: Execution, sid: str, position: int, entries: tuple[Entry, ...], timeout: float | None
+) -> tuple[int, Any] | None:
+    """(index of the entry that came first, its value), or None on timeout."""
+    row = execution.recorded(sid, "wait_any", position)
+    if row is not None and row.status == "completed":
+        execution.replayed(row)
+        return _result(sid, entries, row.output)
+    children = {
+        i: invoke.child_run_id(execution, sid, i)
+        for i, entry in enumerate(entries)
+        if isinstance(entry, OnInvoke)
+    }
+    specs = {
+        i: _spec(entry, timeout) for i, entry in enumerate(entries) if isinstance(entry, OnEvent)
+    }
+    where = f"wait_for_any '{sid}'"
+    accepts = {i: acceptor(execution, spec, f"{where} entry {i}") for i, spec in specs.items()}
+    if row is not None:  # still waiting: the run was picked up because the wait timed out
+        await timed_out(
+            execution, sid, position, row, kind="wait_any", cancel_runs=tuple(children.values())
+        )
+        return None
+    await execution.boundary()
+    at = execution.db_now()
+    branches = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, OnInvoke):
+            child = invoke.child_run(execution, sid, children[i], entry.function, entry.data)
+            wait = invoke.finish_wait(execution, sid, children[i], timeout, branch=i)
+            branches.append(Branch(wait, _any, child))
+        else:
+            wait = event_wait(execution, sid, specs[i], f"{where} entry {i}", at=at, branch=i)
+            branches.append(Branch(wait, accepts[i]))
+    found = await wait_or_suspend(
+        execution, sid, position, tuple(branches), kind="wait_any", output=_recorded
+    )
+    return _result(sid, entries, None if found is None else _recorded(*found))
+
+
+def _spec(entry: OnEvent, timeout: float | None) -> WaitFor:
+    lookback = lookback_of(entry.lookback, "")  # checked when called
+    return WaitFor(entry.event, entry.match, entry.if_, timeout, lookback)
+
+
+def _any(event: dict[str, Any]) -> bool:
+    return True
+
+
+def _recorded(branch: int, event: dict[str, Any]) -> dict[str, Any]:
+    return {"index": branch, "event": event}
+
+
+def _result(sid: str, entries: tuple[Entry, ...], output: Any) -> tuple[int, Any] | None:
+    if output is None:
+        return None
+    index, event = int(output["index"]), output["event"]
+    if index >= len(entries):
+        raise NonDeterminismError(
+            f"step '{sid}' was recorded as ended by its entry {index}, but the code now gives "
+            f"it {len(entries)} entries; the function changed while this run was in flight",
+            step_id=sid,
+        )
+    if isinstance(entries[index], OnInvoke):
+        return index, invoke.outcome(sid, event)
+    return index, event
