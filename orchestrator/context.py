@@ -157,9 +157,8 @@ class Step:
         entries ends the lowest), and replays the same answer. The children of the entries
         that did not win are cancelled.
         """
-        entries = list(events) if isinstance(events, Sequence) else events
-        found = wait_any.start(self._execution, step_id, entries, wait.seconds(timeout))
-        arrival = _then(found, lambda won: _arrival(entries, won))
+        found = wait_any.start(self._execution, step_id, events, wait.seconds(timeout))
+        arrival = _then(found, _arrival)
         result: Arrival | None = self._complete(arrival)
         return result
 
@@ -217,11 +216,10 @@ def _event_or_none(found: dict[str, Any] | None) -> Event | None:
     return None if found is None else Event.from_json(found)
 
 
-def _arrival(entries: Sequence[Any], won: tuple[int, Any] | None) -> Arrival | None:
+def _arrival(won: wait_any.Won | None) -> Arrival | None:
     if won is None:
         return None
-    index, value = won
-    entry = entries[index]
+    index, entry, value = won
     if isinstance(entry, OnEvent):
         value = Event.from_json(value)
     return Arrival(index, wait_any.key_of(entry), value)

@@ -224,9 +224,11 @@ def look_back(
 
 # Suspend running runs on their waits, each fenced on its lease, in one statement: the runs
 # still held are locked in id order (like every multi-row lock here), each waits until its
-# wait expires (or for good), its step is recorded as waiting and its waits are stored. The
-# input has a row per wait (a wait_for_any step has several, branch 0 always among them);
-# the run and step are written from branch 0's row, so no two CTEs are joined. As in
+# wait expires (or for good), its step is recorded as waiting and its waits are stored. A
+# wait_for_any step's waits after the first travel as a JSON array in its run's row (`more`):
+# a row per wait would lock its run once per wait, and a CTE is read lazily, so a later lock
+# would come after the run's update and skip it; joining a CTE of them to `locked` instead
+# would compare every pair in the generic plan. As in
 # `_RESOLVE`, each run row is locked by its own index probe, and the writes read the locked
 # rows alone: the statement is prepared, and a generic plan joining two of its CTEs compares
 # every pair.
@@ -236,9 +238,9 @@ _SUSPEND = """
             %(runs)b::uuid[], %(tokens)b::uuid[], %(dues)b::timestamptz[], %(steps)b::text[],
             %(positions)b::int[], %(kinds)b::text[], %(names)b::text[], %(paths)b::text[],
             %(values)b::jsonb[], %(exprs)b::text[], %(since)b::timestamptz[],
-            %(expires)b::timestamptz[], %(branches)b::int[]
+            %(expires)b::timestamptz[], %(more)b::jsonb[]
         ) AS t(run_id, token, due, step_id, position, kind, name, path, value, expr, since,
-               expires, branch)
+               expires, more)
     ),
     locked AS MATERIALIZED (
         SELECT i.* FROM (SELECT * FROM input ORDER BY run_id) i
@@ -253,13 +255,12 @@ _SUSPEND = """
         SET status = 'waiting', due_at = l.due, updated_at = now(),
             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
         FROM locked l
-        WHERE r.id = l.run_id AND l.branch = 0
+        WHERE r.id = l.run_id
         RETURNING r.id
     ),
     step AS (
         INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, wake_at)
         SELECT l.run_id, l.step_id, l.position, l.kind, 'waiting', 1, l.expires FROM locked l
-        WHERE l.branch = 0
         ON CONFLICT (run_id, step_id) DO UPDATE SET
             kind = EXCLUDED.kind, status = EXCLUDED.status, wake_at = EXCLUDED.wake_at,
             updated_at = now()
@@ -267,9 +268,17 @@ _SUSPEND = """
     stored AS (
         INSERT INTO orchestrator.waits (run_id, step_id, branch, kind, event_name, match_path,
                                         match_value, expression, since, expires_at)
-        SELECT l.run_id, l.step_id, l.branch, 'event', l.name, l.path, l.value, l.expr,
-               l.since, l.expires
+        SELECT l.run_id, l.step_id, 0, 'event', l.name, l.path, l.value, l.expr, l.since,
+               l.expires
         FROM locked l
+        UNION ALL
+        SELECT l.run_id, l.step_id, m.branch, 'event', m.name, m.path,
+               coalesce(m.value, 'null'::jsonb), m.expr,
+               m.since, l.expires
+        FROM locked l
+        CROSS JOIN LATERAL jsonb_to_recordset(l.more)
+             AS m(branch int, name text, path text, value jsonb, expr text, since timestamptz)
+        WHERE l.more IS NOT NULL
         ON CONFLICT (run_id, step_id, branch) DO NOTHING
     )
     SELECT id::text FROM held
@@ -279,26 +288,45 @@ _SUSPEND = """
 def _suspend_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
     """Suspend these runs on their waits (see `_SUSPEND`), sent now; call the result for the
     ids of the runs whose lease still held."""
-    rows = [(s, b.wait) for s in storing for b in s.branches]
-    if not rows:
+    if not storing:
         return set
+    firsts = [s.branches[0].wait for s in storing]
     params = {
-        "runs": [w.run_id for _, w in rows],
-        "tokens": [s.token for s, _ in rows],
-        "dues": [s.due for s, _ in rows],
-        "steps": [w.step_id for _, w in rows],
-        "positions": [s.record.position for s, _ in rows],
-        "kinds": [s.record.kind for s, _ in rows],
-        "names": [w.event_name for _, w in rows],
-        "paths": [w.match_path or "" for _, w in rows],
-        "values": [w.match_value_json for _, w in rows],
-        "exprs": [w.expression for _, w in rows],
-        "since": [w.since for _, w in rows],
-        "expires": [w.expires_at for _, w in rows],
-        "branches": [w.branch for _, w in rows],
+        "runs": [s.run_id for s in storing],
+        "tokens": [s.token for s in storing],
+        "dues": [s.due for s in storing],
+        "steps": [w.step_id for w in firsts],
+        "positions": [s.record.position for s in storing],
+        "kinds": [s.record.kind for s in storing],
+        "names": [w.event_name for w in firsts],
+        "paths": [w.match_path or "" for w in firsts],
+        "values": [w.match_value_json for w in firsts],
+        "exprs": [w.expression for w in firsts],
+        "since": [w.since for w in firsts],
+        "expires": [w.expires_at for w in firsts],
+        "more": [_more(s.branches[1:]) for s in storing],
     }
     cursor = driver(conn).execute(_SUSPEND, params, prepare=True)
     return lambda: {str(row[0]) for row in cursor.fetchall()}
+
+
+def _more(branches: tuple[Branch, ...]) -> str | None:
+    """A step's waits after its first, as `_SUSPEND` reads them."""
+    if not branches:
+        return None
+    return json.dumps(
+        [
+            {
+                "branch": b.wait.branch,
+                "name": b.wait.event_name,
+                "path": b.wait.match_path or "",
+                "value": json.loads(b.wait.match_value_json),
+                "expr": b.wait.expression,
+                "since": b.wait.since.isoformat(),
+            }
+            for b in branches
+        ]
+    )
 
 
 def remove(conn: Conn, run_id: str, step_id: str) -> None:

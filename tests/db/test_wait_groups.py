@@ -295,10 +295,10 @@ def test_store_many__its_suspension_generic_plan_compares_no_pairs(db: Database)
         "exprs": [None] * n,
         "since": [now] * n,
         "expires": [None] * n,
-        "branches": [0] * n,
+        "more": [None] * n,
     }
     arrays = {"runs": "uuid", "tokens": "uuid", "dues": "timestamptz", "positions": "int"}
-    arrays["branches"] = "int"
+    arrays["more"] = "jsonb"
     arrays |= {"values": "jsonb", "since": "timestamptz", "expires": "timestamptz"}
     types = {name: f"{arrays.get(name, 'text')}[]" for name in args}
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:

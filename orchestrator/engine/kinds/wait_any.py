@@ -70,15 +70,18 @@ def key_of(entry: Entry) -> str:
     return entry.key or entry.function
 
 
+Won = tuple[int, Entry, Any]  # the index of the entry that came first, the entry, its value
+
+
 def start(
-    execution: Execution, step_id: str, entries: Sequence[Any], timeout: float | None
-) -> Coroutine[Any, Any, tuple[int, Any] | None]:
+    execution: Execution, step_id: str, entries: Any, timeout: float | None
+) -> Coroutine[Any, Any, Won | None]:
     sid, position = execution.next_id(step_id, kind="wait_for_any")
     checked = _checked(sid, entries)
     return _wait_for_any(execution, sid, position, checked, timeout)
 
 
-def _checked(sid: str, entries: Sequence[Any]) -> tuple[Entry, ...]:
+def _checked(sid: str, entries: Any) -> tuple[Entry, ...]:
     where = f"wait_for_any '{sid}'"
     if isinstance(entries, str | bytes) or not isinstance(entries, Sequence):
         raise InvalidStepOptionError(
@@ -102,8 +105,8 @@ def _checked(sid: str, entries: Sequence[Any]) -> tuple[Entry, ...]:
 
 async def _wait_for_any(
     execution: Execution, sid: str, position: int, entries: tuple[Entry, ...], timeout: float | None
-) -> tuple[int, Any] | None:
-    """(index of the entry that came first, its value), or None on timeout."""
+) -> Won | None:
+    """The entry that came first and its value, or None on timeout."""
     row = execution.recorded(sid, "wait_any", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
@@ -153,7 +156,7 @@ def _recorded(branch: int, event: dict[str, Any]) -> dict[str, Any]:
     return {"index": branch, "event": event}
 
 
-def _result(sid: str, entries: tuple[Entry, ...], output: Any) -> tuple[int, Any] | None:
+def _result(sid: str, entries: tuple[Entry, ...], output: Any) -> Won | None:
     if output is None:
         return None
     index, event = int(output["index"]), output["event"]
@@ -163,6 +166,7 @@ def _result(sid: str, entries: tuple[Entry, ...], output: Any) -> tuple[int, Any
             f"it {len(entries)} entries; the function changed while this run was in flight",
             step_id=sid,
         )
-    if isinstance(entries[index], OnInvoke):
-        return index, invoke.outcome(sid, event)
-    return index, event
+    entry = entries[index]
+    if isinstance(entry, OnInvoke):
+        return index, entry, invoke.outcome(sid, event)
+    return index, entry, event
