@@ -173,6 +173,7 @@ def plan(url: str) -> str:
         "names": ["payment/received"],
         "datas": [json.dumps({"order_id": 1})],
         "received": [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())],
+        "ids": ["e"],
     }
     with psycopg.connect(url) as conn:
         rows = conn.execute("EXPLAIN " + waits._CANDIDATES, params).fetchall()

@@ -337,11 +337,14 @@ def remove(conn: Conn, run_id: str, step_id: str) -> None:
 
 
 # For each event: the distinct match paths in use for its name (a skip scan of the index,
-# one probe per path), then one index lookup per (event, path) for the expected value.
+# one probe per path), then one index lookup per (event, path) for the expected value. A wait
+# that looks back may have been stored after a step of its run consumed the event by its own
+# look back, before the ingest saw it: a probe of `steps_event` leaves it out.
 _CANDIDATES = """
     WITH ev AS MATERIALIZED (
-        SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[])
-             WITH ORDINALITY AS t(name, data, received_at, idx)
+        SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[],
+                             %(ids)b::text[])
+             WITH ORDINALITY AS t(name, data, received_at, id, idx)
     ),
     paths AS MATERIALIZED (
         SELECT n.name, p.match_path
@@ -360,7 +363,7 @@ _CANDIDATES = """
         ) p
     ),
     keys AS MATERIALIZED (
-        SELECT e.idx, e.name, e.received_at, p.match_path,
+        SELECT e.idx, e.name, e.received_at, e.id, p.match_path,
                CASE WHEN p.match_path = '' THEN 'null'::jsonb
                     ELSE coalesce(e.data #> (string_to_array(p.match_path, '.'))[2:],
                                   'null'::jsonb) END AS match_value
@@ -376,22 +379,30 @@ _CANDIDATES = """
     WHERE w.since <= k.received_at
       AND (w.expires_at IS NULL OR w.expires_at > k.received_at)
       AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
+      AND NOT EXISTS (SELECT 1 FROM orchestrator.steps s
+                      WHERE s.run_id = w.run_id AND s.event_id = k.id
+                        AND s.event_id IS NOT NULL)
     """
 
 
 def candidates(
-    conn: Conn, names: list[str], datas: list[Any], received: list[datetime]
+    conn: Conn,
+    names: list[str],
+    datas: list[Any],
+    received: list[datetime],
+    ids: list[str] | None = None,
 ) -> Callable[[], list[Candidate]]:
-    """The waits that events (given in order) match by name and `match`, for a later
-    evaluation of their expressions; `event_index` is the position in the input. Sent now;
-    call the result for the rows (in pipeline mode, it shares a round trip with what was
-    sent before it)."""
+    """The waits that events (given in order, with their `ids`) match by name and `match`,
+    and whose runs did not consume them yet, for a later evaluation of their expressions;
+    `event_index` is the position in the input. Sent now; call the result for the rows (in
+    pipeline mode, it shares a round trip with what was sent before it)."""
     if not names:
         return list
     params = {
         "names": names,
         "datas": [json.dumps(d, separators=(",", ":")) for d in datas],
         "received": received,
+        "ids": ids if ids is not None else [""] * len(names),
     }
     cursor = driver(conn).execute(_CANDIDATES, params, prepare=True)
 

@@ -136,6 +136,7 @@ class Ingester:
                 [ev.name for ev in accepted],
                 [ev.data for ev in accepted],
                 [ev.received_at for ev in accepted],
+                [ev.id for ev in accepted],
             )
             # The claim goes in the same round trip: it sees the runs just made, not those
             # the waits below wake (they are left to the NOTIFY, like any run not claimed).

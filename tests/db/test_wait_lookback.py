@@ -239,3 +239,22 @@ def runs_with_consumed_steps(db: Database, n: int, *, consumed: int) -> list[str
         c=consumed,
     )
     return ids
+
+
+def test_lookback__an_event_a_step_consumed_before_its_ingest_does_not_end_the_next_wait(
+    harness: Harness, ingester: Ingester
+) -> None:
+    """The first wait finds e1 by looking back before the ingest has seen it; the second wait,
+    stored looking back past e1, is not resolved by e1's ingest, only by a new event."""
+    two_waits(harness, "run")
+    run_id = harness.start("twice")
+    send(harness.db, "e1")
+    assert harness.step("twice").status == "suspended"  # e1 ended 'first'; 'second' waits
+    assert consumed(harness.db, run_id) == {"first": "e1", "second": None}
+    assert ingester.tick() == 1  # e1 reaches the ingest only now
+
+    assert harness.run(run_id)["status"] == "waiting"
+    send(harness.db, "e2")
+    assert ingester.tick() == 1
+    assert harness.step("twice").status == "completed"
+    assert output(harness.db, run_id) == ["e1", "e2"]

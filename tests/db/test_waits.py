@@ -80,6 +80,7 @@ def test_candidates__plan_uses_the_match_index_not_a_scan(db: Database) -> None:
         "names": ["payment/received"],
         "datas": [json.dumps({"order_id": 17})],
         "received": [datetime.now(UTC)],
+        "ids": ["e"],
     }
     with db.transaction() as conn:
         rows = driver(conn).execute("EXPLAIN " + waits._CANDIDATES, params).fetchall()
@@ -273,3 +274,35 @@ def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -
         plan = generic_plan(conn, waits._RESOLVE, args, types)
     assert "Update on runs" in plan and "rows=500" in plan, plan
     assert most_removed_by_join(plan) < len(ids), plan
+
+
+def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Database) -> None:
+    """The check that a run did not consume the event already is a probe of `steps_event`
+    per candidate, not a scan of every step."""
+    ids = waiting_runs(db, 2000)
+    execute(
+        db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, event_id) "
+        "SELECT r, 's' || k, k, 'wait', 'completed', 'old' || k "
+        "FROM unnest(CAST(:ids AS uuid[])) AS r, generate_series(1, 5) AS k",
+        ids=ids,
+    )
+    execute(
+        db,
+        "UPDATE orchestrator.steps SET event_id = 'e7' WHERE step_id = 's1' "
+        "AND run_id = CAST(:r AS uuid)",
+        r=ids[7],
+    )
+    execute(db, "ANALYZE orchestrator.steps")
+    n = 500
+    args = {
+        "names": ["payment/received"] * n,
+        "datas": [json.dumps({"order_id": i}) for i in range(n)],
+        "received": [datetime.now(UTC)] * n,
+        "ids": [f"e{i}" for i in range(n)],
+    }
+    types = {"names": "text[]", "datas": "jsonb[]", "received": "timestamptz[]", "ids": "text[]"}
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        plan = generic_plan(conn, waits._CANDIDATES, args, types)
+    assert "steps_event" in plan and "Seq Scan on steps" not in plan, plan
+    assert "rows=499" in plan.splitlines()[0], plan  # every order but 7, consumed by its run
