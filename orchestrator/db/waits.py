@@ -44,6 +44,7 @@ from orchestrator.db.session import notify_runs
 from orchestrator.db.steps import StepRecord
 
 FINISHED_EVENT_NAME = "orchestrator/function.finished"  # as orchestrator/functions.py names it
+LOST_RACE = "the wait_for_any step that invoked it ended on another entry"  # a child's reason
 
 WAIT_LOCK_CLASS = 0x6F726377  # the first key of the event-name advisory locks
 

@@ -153,6 +153,12 @@ class RunStore:
         if not self.db.run(write, retry_for=self.retry_for):
             raise LeaseLost(f"run {lease.run_id}: lease lost while ending '{record.step_id}'")
 
+    def cancel(self, run_ids: list[str], *, reason: str) -> None:
+        """Cancel runs (and their unfinished descendants) that no step awaits any more."""
+        self.db.run(
+            lambda conn: runs.cancel(conn, run_ids, reason=reason), retry_for=self.retry_for
+        )
+
     def send_events(self, batch: list[tuple[str, str, str]]) -> None:
         """Insert (id, name, data JSON) events; ids already sent are skipped."""
         self.db.run(lambda conn: events.insert_many(conn, batch), retry_for=self.retry_for)

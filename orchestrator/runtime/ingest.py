@@ -38,7 +38,6 @@ from orchestrator.runtime.admission import Source, admit
 _SUBSCRIPTIONS_TTL = 2.0
 _ENGINE_PREFIX = "orchestrator/"  # the engine's own events are not held to max_event_bytes
 _REPLACED = "replaced by a newer run of the same singleton key"
-LOST_RACE = "the wait_for_any step that invoked it ended on another entry"
 
 
 @dataclass
@@ -154,7 +153,7 @@ class Ingester:
                 conn, cancels, reason="cancelled by a cancel_on event"
             )
             if resolved.losers:
-                runs.cancel(conn, resolved.losers, reason=LOST_RACE)
+                runs.cancel(conn, resolved.losers, reason=waits.LOST_RACE)
             due = set(created) | set(woken)
             if not claimed.issuperset(due):
                 notify_runs(conn)  # sent at commit

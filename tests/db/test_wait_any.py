@@ -232,3 +232,35 @@ def test_wait_for_any__bad_entries_fail_the_run_naming_the_step(
     error = harness.run(run_id)["error"]
     assert error["code"] == "invalid_step_option", error
     assert "wait_for_any 'first'" in error["message"] and said in error["message"], error
+
+
+def test_wait_for_any__found_by_looking_back__cancels_a_child_an_earlier_attempt_started(
+    harness: Harness,
+) -> None:
+    """An attempt started the child and lost its lease as it suspended (arranged in SQL: the
+    child is there, the run's wait is not); the next attempt finds an event already received,
+    and the child, which nothing awaits, is cancelled."""
+
+    @harness.app.function("slow")
+    def slow(ctx: Context) -> str:
+        return "late"
+
+    racing(harness, [OnInvoke("slow"), OnEvent("pay/a", lookback="run")])
+    run_id = harness.start("race")
+    assert harness.step("race").status == "suspended"
+    sql(harness.db, "DELETE FROM orchestrator.waits")
+    sql(harness.db, "DELETE FROM orchestrator.steps")
+    sql(
+        harness.db,
+        "UPDATE orchestrator.runs SET status = 'queued', due_at = now() "
+        "WHERE id = CAST(:r AS uuid)",
+        r=run_id,
+    )
+    send(harness.db, "a1", "pay/a")
+
+    assert harness.step("race").status == "suspended"  # the race is over, the nap begins
+    [(status,)] = sql(harness.db, "SELECT status FROM orchestrator.runs WHERE function_id = 'slow'")
+    assert status == "cancelled"
+    harness.make_due(run_id)
+    assert harness.step("race").status == "completed"
+    assert output(harness.db, run_id) == [1, "pay/a", "a1"]

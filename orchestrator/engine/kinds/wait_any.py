@@ -13,7 +13,8 @@ answer again: the entry's index and key, with the event (`OnEvent`), or the chil
 
 The runs that losing `OnInvoke` entries started are cancelled when the step ends otherwise:
 by the ingest that resolves it, or by the timeout. Children are started only when the step
-begins to wait: an event already received (with `lookback`) ends it before any starts.
+begins to wait: an event already received (with `lookback`) ends it before any starts (and
+cancels any that an earlier attempt, whose lease was lost as it suspended, started).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from orchestrator.db.waits import Branch
+from orchestrator.db.waits import LOST_RACE, Branch
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds import invoke
 from orchestrator.engine.kinds.wait import (
@@ -140,7 +141,11 @@ async def _wait_for_any(
     found = await wait_or_suspend(
         execution, sid, position, tuple(branches), kind="wait_any", output=_recorded
     )
-    return _result(sid, entries, None if found is None else _recorded(*found))
+    assert found is not None  # else it suspended
+    losers = [child for i, child in children.items() if i != found[0]]
+    if losers:  # started by an earlier attempt whose lease was lost as it suspended
+        await execution.io(execution.store.cancel, losers, reason=LOST_RACE)
+    return _result(sid, entries, _recorded(*found))
 
 
 def _spec(entry: OnEvent, timeout: float | None) -> WaitFor:
