@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from orchestrator import AsyncContext, Context, OnEvent, OnInvoke
+from orchestrator import AsyncContext, Context, NonRetriableError, OnEvent, OnInvoke, StepError
 from orchestrator.db import runs, waits
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
@@ -264,3 +264,27 @@ def test_wait_for_any__found_by_looking_back__cancels_a_child_an_earlier_attempt
     harness.make_due(run_id)
     assert harness.step("race").status == "completed"
     assert output(harness.db, run_id) == [1, "pay/a", "a1"]
+
+
+def test_wait_for_any__a_failed_child_that_ends_first_raises_step_error(
+    harness: Harness, ingester: Ingester
+) -> None:
+    @harness.app.function("broken")
+    def broken(ctx: Context) -> None:
+        raise NonRetriableError("no card")
+
+    @harness.app.function("catches")
+    def catches(ctx: Context) -> Any:
+        try:
+            ctx.step.wait_for_any("first", events=[OnInvoke("broken")], timeout=60)
+        except StepError as error:
+            return {"failed": error.step_id}
+        return "no error"
+
+    run_id = harness.start("catches")
+    assert harness.step("catches").status == "suspended"
+    assert harness.step("broken").status == "failed"
+    eventually(lambda: ingester.tick() >= 0 and harness.run(run_id)["status"] == "queued")
+
+    assert harness.step("catches").status == "completed"
+    assert output(harness.db, run_id) == {"failed": "first"}

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import structlog
 
-from orchestrator import Context
+from orchestrator import AsyncContext, Context
 from orchestrator.db import runs, waits
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
@@ -257,4 +257,20 @@ def test_lookback__an_event_a_step_consumed_before_its_ingest_does_not_end_the_n
     send(harness.db, "e2")
     assert ingester.tick() == 1
     assert harness.step("twice").status == "completed"
+    assert output(harness.db, run_id) == ["e1", "e2"]
+
+
+def test_lookback__in_an_async_function(harness: Harness) -> None:
+    @harness.app.function("async-twice")
+    async def twice(ctx: AsyncContext) -> list[str | None]:
+        seen = []
+        for step in ("first", "second"):
+            got = await ctx.step.wait_for_event(step, event=NAME, timeout=60, lookback="run")
+            seen.append(got.id if got else None)
+        return seen
+
+    run_id = harness.start("async-twice")
+    send(harness.db, "e1")
+    send(harness.db, "e2")
+    assert harness.step("async-twice").status == "completed"
     assert output(harness.db, run_id) == ["e1", "e2"]
