@@ -54,8 +54,8 @@ async def _invoke(
     await execution.boundary()
     child = child_run(execution, sid, child_id, function_id, data)
     branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
-    found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
-    return outcome(sid, None if found is None else found[1])
+    _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+    return outcome(sid, found)
 
 
 def _any(event: dict[str, Any]) -> bool:

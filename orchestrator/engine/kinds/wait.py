@@ -64,8 +64,8 @@ async def _wait_for_event(
         return None
     await execution.boundary()
     branch = Branch(event_wait(execution, sid, spec, where, at=execution.db_now()), accept)
-    found = await wait_or_suspend(execution, sid, position, (branch,), kind="wait")
-    return None if found is None else found[1]
+    _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="wait")
+    return found
 
 
 def acceptor(execution: Execution, spec: WaitFor, where: str) -> Callable[[dict[str, Any]], bool]:
@@ -157,7 +157,7 @@ async def wait_or_suspend(
     *,
     kind: str,
     output: Callable[[int, dict[str, Any]], Any] = _as_recorded,
-) -> tuple[int, dict[str, Any]] | None:
+) -> tuple[int, dict[str, Any]]:
     """The event already received that ends one of the step's waits, with the index of its
     branch (recorded as the step's result: `output(branch, event)`), or the run suspended as
     waiting (`Suspend`)."""

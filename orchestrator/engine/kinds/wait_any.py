@@ -19,7 +19,7 @@ cancels any that an earlier attempt, whose lease was lost as it suspended, start
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -117,17 +117,37 @@ async def _wait_for_any(
         for i, entry in enumerate(entries)
         if isinstance(entry, OnInvoke)
     }
-    specs = {
-        i: _spec(entry, timeout) for i, entry in enumerate(entries) if isinstance(entry, OnEvent)
-    }
-    where = f"wait_for_any '{sid}'"
-    accepts = {i: acceptor(execution, spec, f"{where} entry {i}") for i, spec in specs.items()}
+    accepts = {
+        i: acceptor(execution, _spec(entry, timeout), f"wait_for_any '{sid}' entry {i}")
+        for i, entry in enumerate(entries)
+        if isinstance(entry, OnEvent)
+    }  # an `if_` that does not compile fails the run here, as a wait_for_event's does
     if row is not None:  # still waiting: the run was picked up because the wait timed out
         await timed_out(
             execution, sid, position, row, kind="wait_any", cancel_runs=tuple(children.values())
         )
         return None
     await execution.boundary()
+    branches = _branches(execution, sid, entries, timeout, children=children, accepts=accepts)
+    found = await wait_or_suspend(
+        execution, sid, position, branches, kind="wait_any", output=_recorded
+    )
+    losers = [child for i, child in children.items() if i != found[0]]
+    if losers:  # started by an earlier attempt whose lease was lost as it suspended
+        await execution.io(execution.store.cancel, losers, reason=LOST_RACE)
+    return _result(sid, entries, _recorded(*found))
+
+
+def _branches(
+    execution: Execution,
+    sid: str,
+    entries: tuple[Entry, ...],
+    timeout: float | None,
+    *,
+    children: dict[int, str],
+    accepts: dict[int, Callable[[dict[str, Any]], bool]],
+) -> tuple[Branch, ...]:
+    """The step's waits, one per entry (its index is its branch), begun now."""
     at = execution.db_now()
     branches = []
     for i, entry in enumerate(entries):
@@ -136,16 +156,10 @@ async def _wait_for_any(
             wait = invoke.finish_wait(execution, sid, children[i], timeout, branch=i)
             branches.append(Branch(wait, _any, child))
         else:
-            wait = event_wait(execution, sid, specs[i], f"{where} entry {i}", at=at, branch=i)
+            where = f"wait_for_any '{sid}' entry {i}"
+            wait = event_wait(execution, sid, _spec(entry, timeout), where, at=at, branch=i)
             branches.append(Branch(wait, accepts[i]))
-    found = await wait_or_suspend(
-        execution, sid, position, tuple(branches), kind="wait_any", output=_recorded
-    )
-    assert found is not None  # else it suspended
-    losers = [child for i, child in children.items() if i != found[0]]
-    if losers:  # started by an earlier attempt whose lease was lost as it suspended
-        await execution.io(execution.store.cancel, losers, reason=LOST_RACE)
-    return _result(sid, entries, _recorded(*found))
+    return tuple(branches)
 
 
 def _spec(entry: OnEvent, timeout: float | None) -> WaitFor:
