@@ -53,9 +53,15 @@ def test_lookback__two_waits_in_a_row__second_event_early__kill9_between(e2e_url
     daemon = daemon_factory(APP)
     run_id = run_of(e2e_url, send(e2e_url, "doc/submitted", {"doc": 7}))
     eventually(lambda: status(e2e_url, run_id) == "waiting", what="waiting at 'first'")
-    # both approvals arrive while the first wait is pending, before the second wait begins
-    e1 = send(e2e_url, "doc/approved", {"doc": 7})
-    e2 = send(e2e_url, "doc/approved", {"doc": 7})
+    # both approvals arrive at once (one INSERT) while the first wait is pending: the second
+    # before the first wait is resolved, and before the second wait begins
+    [(e1,), (e2,)] = sql(
+        e2e_url,
+        "INSERT INTO orchestrator.events (name, data) SELECT 'doc/approved', "
+        "jsonb_build_object('doc', 7, 'n', n) FROM generate_series(1, 2) AS n ORDER BY n "
+        "RETURNING id",
+    )
+    assert scalar(e2e_url, "SELECT data FROM orchestrator.events WHERE id = %s", (e1,))["n"] == 1
     eventually(lambda: effects(e2e_url, run_id).get("between") == 1, what="inside 'between'")
     assert (
         scalar(
