@@ -340,7 +340,8 @@ def remove(conn: Conn, run_id: str, step_id: str) -> None:
 # For each event: the distinct match paths in use for its name (a skip scan of the index,
 # one probe per path), then one index lookup per (event, path) for the expected value. A wait
 # that looks back may have been stored after a step of its run consumed the event by its own
-# look back, before the ingest saw it: a probe of `steps_event` leaves it out.
+# look back, before the ingest saw it: a probe of `steps_event` leaves it out (a `cancel_on`
+# condition still sees it: a wait that consumed the event does not stop it cancelling).
 _CANDIDATES = """
     WITH ev AS MATERIALIZED (
         SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[],
@@ -380,9 +381,9 @@ _CANDIDATES = """
     WHERE w.since <= k.received_at
       AND (w.expires_at IS NULL OR w.expires_at > k.received_at)
       AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
-      AND NOT EXISTS (SELECT 1 FROM orchestrator.steps s
-                      WHERE s.run_id = w.run_id AND s.event_id = k.id
-                        AND s.event_id IS NOT NULL)
+      AND (w.kind = 'cancel' OR NOT EXISTS (SELECT 1 FROM orchestrator.steps s
+                                            WHERE s.run_id = w.run_id AND s.event_id = k.id
+                                              AND s.event_id IS NOT NULL))
     """
 
 
