@@ -305,4 +305,5 @@ def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Databas
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
         plan = generic_plan(conn, waits._CANDIDATES, args, types)
     assert "steps_event" in plan and "Seq Scan on steps" not in plan, plan
+    assert "hashed SubPlan" not in plan, plan  # a probe per candidate, not a read of them all
     assert "rows=499" in plan.splitlines()[0], plan  # every order but 7, consumed by its run
