@@ -16,6 +16,13 @@ waiting (runs/s into their wait, from the INSERT to the last wait stored). Then:
   completed, from the first payment's `received_at` to the last run's `finished_at` (the
   database clock).
 
+- lookback: on the same database afterwards (every run completed, each of its
+  `payment/received` events consumed by its run's wait), the look back a worker makes when it
+  stores waits, for `--lookback-waits` waits of existing runs at once: as a plain wait makes it
+  (since now: nothing in the window) and as a wait with `lookback="run"` makes it (the window
+  holds every event of the name, and each run's own event is skipped as consumed). Medians of
+  `--lookback-rounds` rounds, per wait, and their ratio.
+
 Also prints the plan of the resolving query. Writes bench/results/waits.json.
 """
 
@@ -125,11 +132,48 @@ def bulk(conn: psycopg.Connection[Any], total: int, done: set[int]) -> tuple[flo
     return float(row[0]) if row else 0.0, len(rest)
 
 
+def lookback_cost(url: str, n: int, rounds: int) -> dict[str, Any]:
+    """The look back of `n` waits, plain and with `lookback="run"` (see the module doc)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id::text, (events -> 0 -> 'data' ->> 'order_id')::int, created_at, now() "
+            "FROM orchestrator.runs ORDER BY random() LIMIT %s",
+            (n,),
+        ).fetchall()
+
+        def batch(back: bool) -> list[waits.Wait]:
+            return [
+                waits.Wait(
+                    run_id, "paid", "payment/received", "data.order_id", str(order), None,
+                    since=created if back else now, expires_at=None,
+                )
+                for run_id, order, created, now in rows
+            ]  # fmt: skip
+
+        timings: dict[str, list[float]] = {"plain": [], "lookback": []}
+        found = {"plain": 0, "lookback": 0}
+        for _ in range(rounds + 1):  # the first round plans the statement
+            for name, back in (("plain", False), ("lookback", True)):
+                started = time.perf_counter()
+                seen = waits.look_back(conn, batch(back))
+                timings[name].append((time.perf_counter() - started) * 1e6 / len(rows))
+                found[name] = sum(len(events) for events in seen)
+    plain, back = (statistics.median(timings[k][1:]) for k in ("plain", "lookback"))
+    return {
+        "waits": len(rows),
+        "plain_us_per_wait": round(plain, 1),
+        "lookback_us_per_wait": round(back, 1),
+        "ratio": round(back / plain, 2),
+        "found": found,  # 0 and 0: the window of a plain wait is empty, the rest was consumed
+    }
+
+
 def plan(url: str) -> str:
     params = {
         "names": ["payment/received"],
         "datas": [json.dumps({"order_id": 1})],
         "received": [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())],
+        "ids": ["e"],
     }
     with psycopg.connect(url) as conn:
         rows = conn.execute("EXPLAIN " + waits._CANDIDATES, params).fetchall()
@@ -143,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--pgbench-seconds", type=int, default=10)
+    parser.add_argument("--lookback-waits", type=int, default=500)
+    parser.add_argument("--lookback-rounds", type=int, default=5)
     args = parser.parse_args(argv)
 
     server, kind = server_url()
@@ -172,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             done = {(k * 7919) % args.runs for k in range(args.singles)}
             bulk_s, bulk_n = bulk(conn, args.runs, done)
         the_plan = plan(url)
+        back = lookback_cost(url, args.lookback_waits, args.lookback_rounds)
     finally:
         code = daemon.stop()
         drop_database(server, name)
@@ -198,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs_per_s": round(bulk_rate, 1) if bulk_rate else None,
             "ratio_to_pgbench_1": round(bulk_rate / base, 3) if bulk_rate else None,
         },
+        "lookback": back,
         "plan_uses_index": "waits_match" in the_plan and "Seq Scan on waits" not in the_plan,
         "database": kind,
         "daemon": config | {"exit_code": code},
@@ -217,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  {bulk_n:,} matching events in one INSERT: all resolved and completed in "
         f"{bulk_s:.2f} s ({result['bulk']['runs_per_s']} runs/s, "
         f"{result['bulk']['ratio_to_pgbench_1']} x pgbench(1))"
+    )
+    print(
+        f"  look back of {back['waits']} waits at once, {args.runs:,} events of the name: "
+        f'plain {back["plain_us_per_wait"]} us/wait, lookback="run" '
+        f"{back['lookback_us_per_wait']} us/wait ({back['ratio']} x plain; found "
+        f"{back['found']['plain']} and {back['found']['lookback']}: each run's event consumed)"
     )
     print("  plan of the resolving query:")
     print("\n".join("    " + line for line in the_plan.splitlines()))

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.app import Orchestrator
-    from orchestrator.context import AsyncContext, Context, Event, Step
+    from orchestrator.context import Arrival, AsyncContext, Context, Event, Step
+    from orchestrator.engine.kinds.wait_any import OnEvent, OnInvoke
     from orchestrator.errors import (
         AsyncUsageError,
         CancelledRunError,
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
         FunctionInUseError,
         InvalidRunIdError,
         InvalidSignalError,
+        InvalidStepOptionError,
         NestedStepError,
         NonDeterminismError,
         NonRetriableError,
@@ -56,7 +58,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "orchestrator.app": ("Orchestrator",),
-    "orchestrator.context": ("AsyncContext", "Context", "Event", "Step"),
+    "orchestrator.context": ("Arrival", "AsyncContext", "Context", "Event", "Step"),
+    "orchestrator.engine.kinds.wait_any": ("OnEvent", "OnInvoke"),
     "orchestrator.errors": (
         "AsyncUsageError",
         "CancelledRunError",
@@ -65,6 +68,7 @@ _HOMES = {
         "FunctionInUseError",
         "InvalidRunIdError",
         "InvalidSignalError",
+        "InvalidStepOptionError",
         "NestedStepError",
         "NonDeterminismError",
         "NonRetriableError",
@@ -115,6 +119,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Arrival",
     "AsyncContext",
     "AsyncUsageError",
     "Backoff",
@@ -131,9 +136,12 @@ __all__ = [
     "Idempotency",
     "InvalidRunIdError",
     "InvalidSignalError",
+    "InvalidStepOptionError",
     "NestedStepError",
     "NonDeterminismError",
     "NonRetriableError",
+    "OnEvent",
+    "OnInvoke",
     "Orchestrator",
     "OrchestratorError",
     "Priority",

@@ -18,10 +18,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from orchestrator.engine.execution import Execution
-from orchestrator.engine.kinds import invoke, parallel, run, send_event, signal, sleep, wait
+from orchestrator.engine.kinds import (
+    invoke,
+    parallel,
+    run,
+    send_event,
+    signal,
+    sleep,
+    wait,
+    wait_any,
+)
+from orchestrator.engine.kinds.wait_any import OnEvent, OnInvoke
 from orchestrator.engine.retry import RetryOn, step_policy
 from orchestrator.functions import Backoff
 
@@ -45,6 +55,17 @@ class Event:
             obj.get("data") or {},
             str(obj.get("ts", "")),
         )
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What `wait_for_any` returns when one of its entries came first: its `index` in the
+    list, its `key`, and its `value`: the event (`Event`) for an `OnEvent` entry, the child
+    run's output for an `OnInvoke` entry."""
+
+    index: int
+    key: str
+    value: Any
 
 
 class Step:
@@ -141,6 +162,7 @@ class Step:
         timeout: timedelta | float | None,
         match: str | None = None,
         if_: str | None = None,
+        lookback: timedelta | float | Literal["run"] | None = None,
     ) -> Event | None:
         """Suspend until an event called `event` arrives, and return it; None on `timeout`
         (a timedelta or seconds; None waits for good).
@@ -148,11 +170,16 @@ class Step:
         - `match="data.order_id"`: the event's `data.order_id` equals the triggering event's.
         - `if_`: a CEL expression over the triggering event `event` and the incoming one
           `async`, such as `"async.data.amount >= event.data.amount"`.
+        - `lookback`: also count the events received in this window (a timedelta or
+          seconds) before the step began; `"run"`: every event since the run was created.
 
         Every matching event received since the previous step began counts, including one
-        that arrived before the run reached the wait. The run holds no worker while it waits.
+        that arrived before the run reached the wait. An event that ended an earlier step of
+        this run never ends another; of the rest, the first received wins. The run holds no
+        worker while it waits.
         """
-        spec = wait.WaitFor(event, match, if_, wait.seconds(timeout))
+        lookback = wait.lookback_of(lookback, f"wait_for_event '{step_id}'")
+        spec = wait.WaitFor(event, match, if_, wait.seconds(timeout), lookback)
         found = _then(wait.start(self._execution, step_id, spec), _event_or_none)
         result: Event | None = self._complete(found)
         return result
@@ -188,6 +215,28 @@ class Step:
         `timeout` raises `StepError` here. The child's `parent_run_id` is this run."""
         seconds = wait.seconds(timeout)
         return self._complete(invoke.start(self._execution, step_id, function, data, seconds))
+
+    def wait_for_any(
+        self,
+        step_id: str,
+        *,
+        events: Sequence[OnEvent | OnInvoke],
+        timeout: timedelta | float | None,
+    ) -> Arrival | None:
+        """Suspend until the first of several things happens, and say which: an event
+        (`OnEvent("payment/received", match="data.order_id")`, with the options of
+        `wait_for_event`) or the end of a child run (`OnInvoke("charge", data={...})`, started
+        as `invoke` starts one). Returns an `Arrival` (the entry's index and key, and the event
+        or the child's output; a failed child raises `StepError`), or None on `timeout`.
+
+        It is one step: it ends once, with the first to arrive (an event matching several
+        entries ends the lowest), and replays the same answer. The children of the entries
+        that did not win are cancelled.
+        """
+        found = wait_any.start(self._execution, step_id, events, wait.seconds(timeout))
+        arrival = _then(found, _arrival)
+        result: Arrival | None = self._complete(arrival)
+        return result
 
     def send_event(
         self, step_id: str, events: dict[str, Any] | Sequence[dict[str, Any]]
@@ -248,6 +297,7 @@ class AsyncStep(Protocol):
         self, step_id: str, name: str, *, timeout: timedelta | float | None
     ) -> Awaitable[dict[str, Any] | None]: ...
     def invoke(self, step_id: str, **options: Any) -> Awaitable[Any]: ...
+    def wait_for_any(self, step_id: str, **options: Any) -> Awaitable[Arrival | None]: ...
     def send_event(self, step_id: str, events: Any) -> Awaitable[list[str]]: ...
     def parallel(self, step_id: str, branches: Sequence[Any]) -> Awaitable[list[Any]]: ...
     def idempotency_key(self, step_id: str) -> str: ...
@@ -259,6 +309,15 @@ async def _then(step: Coroutine[Any, Any, Any], convert: Callable[[Any], T]) -> 
 
 def _event_or_none(found: dict[str, Any] | None) -> Event | None:
     return None if found is None else Event.from_json(found)
+
+
+def _arrival(won: wait_any.Won | None) -> Arrival | None:
+    if won is None:
+        return None
+    index, entry, value = won
+    if isinstance(entry, OnEvent):
+        value = Event.from_json(value)
+    return Arrival(index, wait_any.key_of(entry), value)
 
 
 class Context:

@@ -258,6 +258,14 @@ class StepTimeoutError(OrchestratorError, TimeoutError):
         )
 
 
+class InvalidStepOptionError(OrchestratorError):
+    """A step was called with an option of the wrong type or out of range (a negative
+    `lookback`, an entry of `wait_for_any` that is not `OnEvent` or `OnInvoke`); the message
+    names the step."""
+
+    code = "invalid_step_option"
+
+
 class InvokeTimeoutError(OrchestratorError):
     """An invoked run did not finish within the `timeout` given to `ctx.step.invoke`."""
 

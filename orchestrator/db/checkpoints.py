@@ -54,9 +54,9 @@ WITH input AS MATERIALIZED (
         %(kinds)b::text[], %(step_statuses)b::text[], %(attempts)b::int[],
         %(outputs)b::text[], %(errors)b::text[], %(wakes)b::timestamptz[],
         %(durations)b::int[], %(finals)b::text[], %(run_outputs)b::text[],
-        %(run_errors)b::text[], %(states)b::text[]
+        %(run_errors)b::text[], %(states)b::text[], %(event_ids)b::text[]
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
-           wake_at, duration_ms, final, run_output, run_error, state)
+           wake_at, duration_ms, final, run_output, run_error, state, event_id)
 ),
 held AS MATERIALIZED (  -- (id, token): a stale write of a held run is not made with it
     SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
@@ -73,15 +73,15 @@ refused AS MATERIALIZED (  -- runs not held because a cancellation ended them (d
 ),
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
-                                    output, error, wake_at, duration_ms)
+                                    output, error, wake_at, duration_ms, event_id)
     SELECT i.run_id, i.step_id, i.position, i.kind, i.step_status, i.attempt,
-           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms
+           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms, i.event_id
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE i.step_id IS NOT NULL
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
-        duration_ms = EXCLUDED.duration_ms, updated_at = now()
+        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = now()
     RETURNING run_id
 ),
 finished AS (
@@ -145,6 +145,7 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
         "run_outputs": [w.output_json for w in writes],
         "run_errors": [w.error_json for w in writes],
         "states": [w.state_json for w in writes],
+        "event_ids": [s.event_id if s else None for s in steps],
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()

@@ -256,8 +256,10 @@ steps = Table(
     _ts("created_at", nullable=False, default_now=True),
     _ts("updated_at", nullable=False, default_now=True),
     Column("signal", Text),  # the signal a waiting wait_for_signal step waits for
+    Column("event_id", Text),  # the event that ended a wait, invoke or wait_for_any step
     PrimaryKeyConstraint("run_id", "step_id", name="steps_pkey"),
     CheckConstraint(_in("status", STEP_STATUSES), name="steps_status"),
+    Index("steps_event", "run_id", "event_id", postgresql_where=text("event_id IS NOT NULL")),
 )
 
 waits = Table(
@@ -278,7 +280,8 @@ waits = Table(
     _ts("since", nullable=False),
     _ts("expires_at"),
     _ts("created_at", nullable=False, default_now=True),
-    PrimaryKeyConstraint("run_id", "step_id", name="waits_pkey"),
+    Column("branch", Integer, nullable=False, server_default=text("0")),  # wait_for_any entry
+    PrimaryKeyConstraint("run_id", "step_id", "branch", name="waits_pkey"),
     CheckConstraint(_in("kind", WAIT_KINDS), name="waits_kind"),
     Index("waits_match", "event_name", "match_path", "match_value"),
 )

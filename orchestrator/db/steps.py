@@ -28,6 +28,7 @@ class StepRecord:
     error_json: str | None = None
     duration_ms: int | None = None
     wake_at: datetime | None = None
+    event_id: str | None = None  # the event that ended a waiting step (`steps.event_id`)
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,17 @@ _COLUMNS = (
 _VALUES = """
     SELECT CAST(:p_run AS uuid), :p_step, :p_position, :p_kind, :p_status, :p_attempt,
            CAST(:p_output AS jsonb), CAST(:p_error AS jsonb), CAST(:p_wake AS timestamptz),
-           :p_duration
+           :p_duration, :p_event
 """
 _UPSERT_TAIL = """
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
-        duration_ms = EXCLUDED.duration_ms, updated_at = now()
+        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = now()
 """
 _INSERT = (
     "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, "
-    "output, error, wake_at, duration_ms)"
+    "output, error, wake_at, duration_ms, event_id)"
 )
 
 _UNFENCED = text(f"{_INSERT} {_VALUES} {_UPSERT_TAIL}")
@@ -82,6 +83,7 @@ def _params(run_id: str, step: StepRecord) -> dict[str, Any]:
         "p_error": step.error_json,
         "p_wake": step.wake_at,
         "p_duration": step.duration_ms,
+        "p_event": step.event_id,
     }
 
 

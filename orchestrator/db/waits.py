@@ -16,6 +16,15 @@ before any row lock, so it cannot take part in a deadlock.
 A worker stores the waits its runs reach at the same moment in one such transaction
 (`store_many`, see engine/waiter.py): the shared locks of all their names, one look back for
 all of them, then one fenced statement that suspends those that found nothing.
+
+Look back and consumption. A wait's `since` may lie before its step began (`lookback=`); the
+look back then skips every event that an earlier step of the same run consumed
+(`steps.event_id`, probed through the index `steps_event`), so an event ends at most one wait
+of a run. The first remaining event, in the order received (`events.seq`), wins.
+
+Waits for any of several events (`wait_for_any`) store one row per entry (`branch`). All of
+a step's rows are deleted when it is resolved, under the lock of its run row, so of two
+events that arrive at once for two of its entries only the first resolves it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from orchestrator.db.events import event_payload
 from orchestrator.db.session import notify_runs
 from orchestrator.db.steps import StepRecord
 
+FINISHED_EVENT_NAME = "orchestrator/function.finished"  # as orchestrator/functions.py names it
+LOST_RACE = "the wait_for_any step that invoked it ended on another entry"  # a child's reason
+
 WAIT_LOCK_CLASS = 0x6F726377  # the first key of the event-name advisory locks
 
 
@@ -49,6 +61,7 @@ class Wait:
     expression: str | None
     since: datetime
     expires_at: datetime | None
+    branch: int = 0  # the entry of a wait_for_any step; 0 for any other wait
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class Candidate:
     kind: str  # event | cancel
     expression: str | None
     trigger: dict[str, Any] | None
+    branch: int = 0
 
 
 def lock_names(conn: Conn, names: list[str], *, shared: bool) -> None:
@@ -79,57 +93,76 @@ def lock_names(conn: Conn, names: list[str], *, shared: bool) -> None:
 
 
 @dataclass(frozen=True)
-class Storing:
-    """A running run that reached `wait`: unless an event already received ends it, suspend
-    the run (fenced on `token`) as waiting until `due`, with `record` and the wait stored.
-    `accept` is the wait's `if` condition on a matching event; `child`, an invoked run to
-    start first."""
+class Branch:
+    """One of the waits of a step (a `wait_for_event` or `invoke` step has one, a
+    `wait_for_any` step one per entry): `wait`, its `if` condition `accept` on a matching
+    event, and `child`, an invoked run to start with it."""
 
     wait: Wait
+    accept: Callable[[dict[str, Any]], bool]
+    child: runs.NewRun | None = None
+
+
+@dataclass(frozen=True)
+class Storing:
+    """A running run that reached a waiting step: unless an event already received ends one
+    of its `branches`, suspend the run (fenced on `token`) as waiting until `due`, with
+    `record` and the waits stored, and start the branches' children."""
+
+    branches: tuple[Branch, ...]
     record: StepRecord
     token: str
     due: datetime
-    accept: Callable[[dict[str, Any]], bool]
-    child: runs.NewRun | None = None
     state_json: str | None = None  # merged into the run's state if it suspends
+
+    @property
+    def run_id(self) -> str:
+        return self.branches[0].wait.run_id
 
 
 @dataclass(frozen=True)
 class Stored:
-    """What became of a `Storing`: `found`, the first event received that ends the wait
-    (nothing was written for it), else `suspended`, False if the run's lease no longer held."""
+    """What became of a `Storing`: `found`, the first event received that ends one of its
+    waits, and `branch`, which (nothing was written for it); else `suspended`, False if the
+    run's lease no longer held."""
 
     found: dict[str, Any] | None
     suspended: bool
+    branch: int = 0
 
 
 def store_many(conn: psycopg.Connection[Any], storing: list[Storing]) -> list[Stored]:
     """Store these waits race-free (see the module doc), in one transaction on a direct
-    connection, in two round trips: the shared name locks, the children started, the look
-    back; then the suspensions and the commit (one more first, when runs invoke: the children
-    are started only for the runs whose lease holds). Each run appears at most once.
+    connection, in two round trips: the shared name locks and the look back; then the
+    children started and the suspensions of the runs that found nothing, and the commit (one
+    more before them, when runs invoke: the children are started only for the runs whose
+    lease holds). Each run appears at most once. (A child cannot have finished before it
+    starts: looking back first is safe, and starts no child for a wait that is over.)
 
     The commit does not wait for its WAL flush: if a crash loses it, each run is as it was
     (running, its previous step durable), is rescued, and reaches its wait again; anything
     that saw a wait commits after it in the WAL, so it is lost with it or not at all."""
     with conn.pipeline(), conn.transaction():
         set_local(conn, {"synchronous_commit": "off"})
-        lock_names(conn, sorted({s.wait.event_name for s in storing}), shared=True)
-        parents = [s for s in storing if s.child is not None]
+        names = sorted({b.wait.event_name for s in storing for b in s.branches})
+        lock_names(conn, names, shared=True)
+        seen = iter(look_back(conn, [b.wait for s in storing for b in s.branches]))
+        # the first round trip
+        found = [_first(s.branches, [next(seen) for _ in s.branches]) for s in storing]
+        waiting = [s for s, first in zip(storing, found, strict=True) if first is None]
+        parents = [s for s in waiting if any(b.child is not None for b in s.branches)]
         held = _held_sent(conn, parents)() if parents else set()  # a round trip, for invokes
-        children = [s.child for s in parents if s.child is not None and s.wait.run_id in held]
+        children = [
+            b.child for s in parents if s.run_id in held for b in s.branches if b.child is not None
+        ]
         if children:
             runs.create_many_sent(conn, children)
             notify_runs(conn)  # any daemon may claim them (a limited one: see flow.py)
-        seen = look_back(conn, [s.wait for s in storing])  # the first round trip
-        found = [_first(s.accept, events) for s, events in zip(storing, seen, strict=True)]
-        suspending = _suspend_sent(
-            conn, [s for s, event in zip(storing, found, strict=True) if event is None]
-        )
+        suspending = _suspend_sent(conn, waiting)
     held = suspending()  # sent with the commit, in the second round trip
     return [
-        Stored(event, event is None and s.wait.run_id in held)
-        for s, event in zip(storing, found, strict=True)
+        Stored(None, s.run_id in held) if first is None else Stored(first[2], False, first[1])
+        for s, first in zip(storing, found, strict=True)
     ]
 
 
@@ -147,26 +180,33 @@ _HELD = """
 
 
 def _held_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
-    params = {"runs": [s.wait.run_id for s in storing], "tokens": [s.token for s in storing]}
+    params = {"runs": [s.run_id for s in storing], "tokens": [s.token for s in storing]}
     cursor = driver(conn).execute(_HELD, params, prepare=True)
     return lambda: {str(row[0]) for row in cursor.fetchall()}
 
 
 def _first(
-    accept: Callable[[dict[str, Any]], bool], events: list[dict[str, Any]]
-) -> dict[str, Any] | None:
-    return next((event for event in events if accept(event)), None)
+    branches: tuple[Branch, ...], seen: list[list[tuple[int, dict[str, Any]]]]
+) -> tuple[int, int, dict[str, Any]] | None:
+    """The event received first (seq, branch, event) that one of these branches accepts."""
+    firsts = [
+        next(((seq, b.wait.branch, event) for seq, event in events if b.accept(event)), None)
+        for b, events in zip(branches, seen, strict=True)
+    ]
+    return min((f for f in firsts if f is not None), default=None, key=lambda f: f[0])
 
 
 # For each wait, the events called its name received since its `since` whose `match_path`
-# field equals its expected value, oldest first: a range scan of `events_name_received` per
-# wait. The subquery is fenced (OFFSET 0) so that its ORDER BY cannot pick the plan: the
+# field equals its expected value and that no step of its run consumed, oldest first: a range
+# scan of `events_name_received` per wait, and a probe of `steps_event` per event in range.
+# The subquery is fenced (OFFSET 0) so that its ORDER BY cannot pick the plan: the
 # statement is prepared, and its generic plan walked `events_seq` from the start for the
 # order instead, reading every event received (1 ms per wait with 10,000 events).
 _LOOK_BACK = """
-    SELECT w.idx::int, e.id, e.name, e.data, e.ts
-    FROM unnest(%(names)b::text[], %(since)b::timestamptz[], %(paths)b::text[],
-                %(values)b::jsonb[]) WITH ORDINALITY AS w(name, since, path, value, idx)
+    SELECT w.idx::int, e.seq, e.id, e.name, e.data, e.ts
+    FROM unnest(%(runs)b::uuid[], %(names)b::text[], %(since)b::timestamptz[],
+                %(paths)b::text[], %(values)b::jsonb[])
+         WITH ORDINALITY AS w(run_id, name, since, path, value, idx)
     CROSS JOIN LATERAL (
         SELECT m.* FROM (
             SELECT ev.id, ev.name, ev.data, ev.ts, ev.seq FROM orchestrator.events ev
@@ -174,6 +214,9 @@ _LOOK_BACK = """
               AND CASE WHEN w.path IS NULL THEN true
                        ELSE coalesce(ev.data #> (string_to_array(w.path, '.'))[2:],
                                      'null'::jsonb) = w.value END
+              AND NOT EXISTS (SELECT 1 FROM orchestrator.steps s
+                              WHERE s.run_id = w.run_id AND s.event_id = ev.id
+                                AND s.event_id IS NOT NULL)
             OFFSET 0
         ) m
         ORDER BY m.seq
@@ -183,27 +226,35 @@ _LOOK_BACK = """
     """
 
 
-def look_back(conn: Conn, waits: list[Wait], *, limit: int = 1000) -> list[list[dict[str, Any]]]:
-    """For each wait, the events already received that match it by name and `match`, oldest
-    first (at most `limit`), as functions receive them."""
-    seen: list[list[dict[str, Any]]] = [[] for _ in waits]
+def look_back(
+    conn: Conn, waits: list[Wait], *, limit: int = 1000
+) -> list[list[tuple[int, dict[str, Any]]]]:
+    """For each wait, the events already received that match it by name and `match` and that
+    no step of its run consumed, oldest first (at most `limit`): each as (seq, the event as
+    functions receive it)."""
+    seen: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in waits]
     if not waits:
         return seen
     params = {
+        "runs": [w.run_id for w in waits],
         "names": [w.event_name for w in waits],
         "since": [w.since for w in waits],
         "paths": [w.match_path for w in waits],
         "values": [w.match_value_json for w in waits],
         "limit": limit,
     }
-    for idx, *event in driver(conn).execute(_LOOK_BACK, params, prepare=True):
-        seen[idx - 1].append(event_payload(*event))
+    for idx, seq, *event in driver(conn).execute(_LOOK_BACK, params, prepare=True):
+        seen[idx - 1].append((seq, event_payload(*event)))
     return seen
 
 
 # Suspend running runs on their waits, each fenced on its lease, in one statement: the runs
 # still held are locked in id order (like every multi-row lock here), each waits until its
-# wait expires (or for good), its step is recorded as waiting and its wait is stored. As in
+# wait expires (or for good), its step is recorded as waiting and its waits are stored. A
+# wait_for_any step's waits after the first travel as a JSON array in its run's row (`more`):
+# a row per wait would lock its run once per wait, and a CTE is read lazily, so a later lock
+# would come after the run's update and skip it; joining a CTE of them to `locked` instead
+# would compare every pair in the generic plan. As in
 # `_RESOLVE`, each run row is locked by its own index probe, and the writes read the locked
 # rows alone: the statement is prepared, and a generic plan joining two of its CTEs compares
 # every pair.
@@ -213,9 +264,9 @@ _SUSPEND = """
             %(runs)b::uuid[], %(tokens)b::uuid[], %(dues)b::timestamptz[], %(steps)b::text[],
             %(positions)b::int[], %(kinds)b::text[], %(names)b::text[], %(paths)b::text[],
             %(values)b::jsonb[], %(exprs)b::text[], %(since)b::timestamptz[],
-            %(expires)b::timestamptz[], %(states)b::jsonb[]
+            %(expires)b::timestamptz[], %(more)b::jsonb[], %(states)b::jsonb[]
         ) AS t(run_id, token, due, step_id, position, kind, name, path, value, expr, since,
-               expires, state)
+               expires, more, state)
     ),
     locked AS MATERIALIZED (
         SELECT i.* FROM (SELECT * FROM input ORDER BY run_id) i
@@ -242,12 +293,20 @@ _SUSPEND = """
             updated_at = now()
     ),
     stored AS (
-        INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path,
+        INSERT INTO orchestrator.waits (run_id, step_id, branch, kind, event_name, match_path,
                                         match_value, expression, since, expires_at)
-        SELECT l.run_id, l.step_id, 'event', l.name, l.path, l.value, l.expr, l.since,
+        SELECT l.run_id, l.step_id, 0, 'event', l.name, l.path, l.value, l.expr, l.since,
                l.expires
         FROM locked l
-        ON CONFLICT (run_id, step_id) DO NOTHING
+        UNION ALL
+        SELECT l.run_id, l.step_id, m.branch, 'event', m.name, m.path,
+               coalesce(m.value, 'null'::jsonb), m.expr,
+               m.since, l.expires
+        FROM locked l
+        CROSS JOIN LATERAL jsonb_to_recordset(l.more)
+             AS m(branch int, name text, path text, value jsonb, expr text, since timestamptz)
+        WHERE l.more IS NOT NULL
+        ON CONFLICT (run_id, step_id, branch) DO NOTHING
     )
     SELECT id::text FROM held
     """
@@ -258,23 +317,44 @@ def _suspend_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
     ids of the runs whose lease still held."""
     if not storing:
         return set
+    firsts = [s.branches[0].wait for s in storing]
     params = {
-        "runs": [s.wait.run_id for s in storing],
+        "runs": [s.run_id for s in storing],
         "tokens": [s.token for s in storing],
         "dues": [s.due for s in storing],
-        "steps": [s.wait.step_id for s in storing],
+        "steps": [w.step_id for w in firsts],
         "positions": [s.record.position for s in storing],
         "kinds": [s.record.kind for s in storing],
-        "names": [s.wait.event_name for s in storing],
-        "paths": [s.wait.match_path or "" for s in storing],
-        "values": [s.wait.match_value_json for s in storing],
-        "exprs": [s.wait.expression for s in storing],
-        "since": [s.wait.since for s in storing],
-        "expires": [s.wait.expires_at for s in storing],
+        "names": [w.event_name for w in firsts],
+        "paths": [w.match_path or "" for w in firsts],
+        "values": [w.match_value_json for w in firsts],
+        "exprs": [w.expression for w in firsts],
+        "since": [w.since for w in firsts],
+        "expires": [w.expires_at for w in firsts],
+        "more": [_more(s.branches[1:]) for s in storing],
         "states": [s.state_json for s in storing],
     }
     cursor = driver(conn).execute(_SUSPEND, params, prepare=True)
     return lambda: {str(row[0]) for row in cursor.fetchall()}
+
+
+def _more(branches: tuple[Branch, ...]) -> str | None:
+    """A step's waits after its first, as `_SUSPEND` reads them."""
+    if not branches:
+        return None
+    return json.dumps(
+        [
+            {
+                "branch": b.wait.branch,
+                "name": b.wait.event_name,
+                "path": b.wait.match_path or "",
+                "value": json.loads(b.wait.match_value_json),
+                "expr": b.wait.expression,
+                "since": b.wait.since.isoformat(),
+            }
+            for b in branches
+        ]
+    )
 
 
 def remove(conn: Conn, run_id: str, step_id: str) -> None:
@@ -285,11 +365,15 @@ def remove(conn: Conn, run_id: str, step_id: str) -> None:
 
 
 # For each event: the distinct match paths in use for its name (a skip scan of the index,
-# one probe per path), then one index lookup per (event, path) for the expected value.
+# one probe per path), then one index lookup per (event, path) for the expected value. A wait
+# that looks back may have been stored after a step of its run consumed the event by its own
+# look back, before the ingest saw it: a probe of `steps_event` leaves it out (a `cancel_on`
+# condition still sees it: a wait that consumed the event does not stop it cancelling).
 _CANDIDATES = """
     WITH ev AS MATERIALIZED (
-        SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[])
-             WITH ORDINALITY AS t(name, data, received_at, idx)
+        SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[],
+                             %(ids)b::text[])
+             WITH ORDINALITY AS t(name, data, received_at, id, idx)
     ),
     paths AS MATERIALIZED (
         SELECT n.name, p.match_path
@@ -308,14 +392,14 @@ _CANDIDATES = """
         ) p
     ),
     keys AS MATERIALIZED (
-        SELECT e.idx, e.name, e.received_at, p.match_path,
+        SELECT e.idx, e.name, e.received_at, e.id, p.match_path,
                CASE WHEN p.match_path = '' THEN 'null'::jsonb
                     ELSE coalesce(e.data #> (string_to_array(p.match_path, '.'))[2:],
                                   'null'::jsonb) END AS match_value
         FROM ev e JOIN paths p ON p.name = e.name
     )
     SELECT k.idx::int, w.run_id::text, w.step_id, w.kind, w.expression,
-           CASE WHEN w.expression IS NOT NULL THEN r.events -> 0 END
+           CASE WHEN w.expression IS NOT NULL THEN r.events -> 0 END, w.branch
     FROM keys k
     JOIN orchestrator.waits w
       ON w.event_name = k.name AND w.match_path = k.match_path
@@ -324,28 +408,36 @@ _CANDIDATES = """
     WHERE w.since <= k.received_at
       AND (w.expires_at IS NULL OR w.expires_at > k.received_at)
       AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
+      AND (w.kind = 'cancel' OR NOT EXISTS (SELECT 1 FROM orchestrator.steps s
+                                            WHERE s.run_id = w.run_id AND s.event_id = k.id
+                                              AND s.event_id IS NOT NULL))
     """
 
 
 def candidates(
-    conn: Conn, names: list[str], datas: list[Any], received: list[datetime]
+    conn: Conn,
+    names: list[str],
+    datas: list[Any],
+    received: list[datetime],
+    ids: list[str] | None = None,
 ) -> Callable[[], list[Candidate]]:
-    """The waits that events (given in order) match by name and `match`, for a later
-    evaluation of their expressions; `event_index` is the position in the input. Sent now;
-    call the result for the rows (in pipeline mode, it shares a round trip with what was
-    sent before it)."""
+    """The waits that events (given in order, with their `ids`) match by name and `match`,
+    and whose runs did not consume them yet, for a later evaluation of their expressions;
+    `event_index` is the position in the input. Sent now; call the result for the rows (in
+    pipeline mode, it shares a round trip with what was sent before it)."""
     if not names:
         return list
     params = {
         "names": names,
         "datas": [json.dumps(d, separators=(",", ":")) for d in datas],
         "received": received,
+        "ids": ids if ids is not None else [""] * len(names),
     }
     cursor = driver(conn).execute(_CANDIDATES, params, prepare=True)
 
     def fetch() -> list[Candidate]:
         found = [Candidate(idx - 1, *rest) for idx, *rest in cursor.fetchall()]
-        return sorted(found, key=lambda c: (c.event_index, c.run_id, c.step_id))
+        return sorted(found, key=lambda c: (c.event_index, c.run_id, c.step_id, c.branch))
 
     return fetch
 
@@ -358,13 +450,19 @@ def candidates(
 # of the input with `runs` can be one too when the statistics think few runs wait. The run
 # rows are therefore locked one probe per input row (a lateral subquery that locks is never
 # flattened into a join), in the input's sorted order.
+#
+# Every wait row of the step goes (a wait_for_any step has one per entry): the step records
+# the winning branch's event (with its index, for wait_for_any) and its id (`event_id`); the
+# runs that losing entries invoked (their waits are for `finished` with the child's id as
+# match value) are returned to be cancelled.
 _RESOLVE = """
     WITH input AS MATERIALIZED (
-        SELECT * FROM unnest(%(runs)b::uuid[], %(steps)b::text[], %(events)b::jsonb[])
-             AS t(run_id, step_id, event)
+        SELECT * FROM unnest(%(runs)b::uuid[], %(steps)b::text[], %(events)b::jsonb[],
+                             %(branches)b::int[])
+             AS t(run_id, step_id, event, branch)
     ),
     locked AS MATERIALIZED (
-        SELECT i.run_id, i.step_id, i.event
+        SELECT i.run_id, i.step_id, i.event, i.branch
         FROM (SELECT * FROM input ORDER BY run_id) i
         CROSS JOIN LATERAL (
             SELECT 1 FROM orchestrator.runs r
@@ -372,32 +470,65 @@ _RESOLVE = """
             FOR UPDATE
         ) r
     ),
-    gone AS (
+    gone AS MATERIALIZED (
         DELETE FROM orchestrator.waits w USING locked l
         WHERE w.run_id = l.run_id AND w.step_id = l.step_id
-        RETURNING w.run_id, w.step_id, l.event
+        RETURNING w.run_id, w.step_id, w.branch, w.event_name, w.match_value,
+                  l.branch AS won, l.event
     ),
     stepped AS (
         UPDATE orchestrator.steps s
-        SET status = 'completed', output = g.event, updated_at = now()
+        SET status = 'completed', event_id = g.event ->> 'id', updated_at = now(),
+            output = CASE WHEN s.kind = 'wait_any'
+                          THEN jsonb_build_object('index', g.branch, 'event', g.event)
+                          ELSE g.event END
         FROM gone g
-        WHERE s.run_id = g.run_id AND s.step_id = g.step_id AND s.status = 'waiting'
+        WHERE s.run_id = g.run_id AND s.step_id = g.step_id AND g.branch = g.won
+          AND s.status = 'waiting'
         RETURNING s.run_id
+    ),
+    woken AS (
+        UPDATE orchestrator.runs r SET status = 'queued', due_at = now(), updated_at = now()
+        FROM stepped s WHERE r.id = s.run_id
+        RETURNING r.id
     )
-    UPDATE orchestrator.runs r SET status = 'queued', due_at = now(), updated_at = now()
-    FROM stepped s WHERE r.id = s.run_id
-    RETURNING r.id::text
+    SELECT true, id::text FROM woken
+    UNION ALL
+    SELECT false, match_value #>> '{}' FROM gone
+    WHERE branch <> won AND event_name = %(finished)s AND jsonb_typeof(match_value) = 'string'
     """
 
 
-def resolve(conn: Conn, resolutions: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+@dataclass(frozen=True)
+class Resolution:
+    """A waiting step to complete with `event`, which ended its wait `branch`."""
+
+    run_id: str
+    step_id: str
+    event: dict[str, Any]
+    branch: int = 0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The runs woken, and the runs that the losing entries of resolved wait_for_any steps
+    invoked (to be cancelled)."""
+
+    woken: list[str]
+    losers: list[str]
+
+
+def resolve(conn: Conn, resolutions: list[Resolution]) -> Resolved:
     """Complete waiting steps with the event that resolved each, and make their runs due
-    now; returns the ids of the runs woken. Each (run, step) appears at most once."""
+    now. Each (run, step) appears at most once."""
     if not resolutions:
-        return []
+        return Resolved([], [])
     params = {
-        "runs": [r for r, _, _ in resolutions],
-        "steps": [s for _, s, _ in resolutions],
-        "events": [json.dumps(e, separators=(",", ":")) for _, _, e in resolutions],
+        "runs": [r.run_id for r in resolutions],
+        "steps": [r.step_id for r in resolutions],
+        "events": [json.dumps(r.event, separators=(",", ":")) for r in resolutions],
+        "branches": [r.branch for r in resolutions],
+        "finished": FINISHED_EVENT_NAME,
     }
-    return [str(row[0]) for row in driver(conn).execute(_RESOLVE, params, prepare=True)]
+    rows = driver(conn).execute(_RESOLVE, params, prepare=True).fetchall()
+    return Resolved([r for woke, r in rows if woke], [r for woke, r in rows if not woke])

@@ -102,6 +102,7 @@ class Execution:
         # Waits see the events received since the previous step began (the run's creation
         # for a first step): this is that moment, by the database clock.
         self.since = created_at
+        self.created_at = created_at
         self.limits = limits
         self.draining = draining
         self.log = log

@@ -9,7 +9,6 @@ and the recorded steps of resumed runs are read together (engine/loader.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -132,23 +131,21 @@ class RunStore:
         self,
         lease: Lease,
         record: steps.StepRecord,
-        wait: waits.Wait,
+        branches: tuple[waits.Branch, ...],
         *,
-        accept: Callable[[dict[str, Any]], bool],
-        child: runs.NewRun | None = None,
         state_json: str | None = None,
-    ) -> Future[dict[str, Any] | None]:
+    ) -> Future[tuple[int, dict[str, Any]] | None]:
         """Wait for an event, race-free (see db/waits.py), in one transaction with the waits
-        of the worker's other runs: start `child` (an invoked run) if given, then look back at
-        the events received since `wait.since`; the future holds the first that matches and
-        that `accept`s, with nothing else written; if none does, the run is suspended as
-        waiting until `wait.expires_at` (or for good), with `record` and the wait stored, and
-        the future holds None (`state_json` is merged into its state then). It raises
-        `LeaseLost` if the run's lease no longer held."""
+        of the worker's other runs: look back at the events received since each branch's
+        `wait.since`; the future holds the first received that matches a branch and that its
+        `accept`s, with its branch, with nothing else written; if none does, the run is
+        suspended as waiting until the waits expire (or for good), with `record` and the waits
+        stored, the branches' children started and `state_json` merged into its state, and
+        the future holds None. It raises `LeaseLost` if the run's lease no longer held."""
+        wait = branches[0].wait
         due = wait.expires_at or FOREVER
-        storing = waits.Storing(wait, record, lease.token, due, accept, child, state_json)
-        stored = self.waiter.store(storing)
-        found: Future[dict[str, Any] | None] = Future()
+        stored = self.waiter.store(waits.Storing(branches, record, lease.token, due, state_json))
+        found: Future[tuple[int, dict[str, Any]] | None] = Future()
 
         def settle(stored: Future[waits.Stored]) -> None:
             error = stored.exception()
@@ -158,7 +155,8 @@ class RunStore:
                 lost = f"run {lease.run_id}: lease lost while storing wait '{wait.step_id}'"
                 found.set_exception(LeaseLost(lost))
             else:
-                found.set_result(outcome.found)
+                event = outcome.found
+                found.set_result(None if event is None else (outcome.branch, event))
 
         stored.add_done_callback(settle)
         return found
@@ -168,11 +166,11 @@ class RunStore:
         lease: Lease,
         record: steps.StepRecord,
         *,
-        cancel_run: str | None,
+        cancel_runs: tuple[str, ...],
         state_json: str | None = None,
     ) -> None:
-        """A wait timed out: remove it and record the step (and cancel `cancel_run`, an invoked
-        run that is no longer awaited, and merge `state_json`), fenced on the lease."""
+        """A wait timed out: remove its waits and record the step (and cancel `cancel_runs`,
+        invoked runs no longer awaited, and merge `state_json`), fenced on the lease."""
 
         def write(conn: Any) -> bool:
             if runs.hold(conn, lease.run_id, lease.token) is None:
@@ -180,8 +178,8 @@ class RunStore:
             waits.remove(conn, lease.run_id, record.step_id)
             steps.save_locked(conn, lease.run_id, record)
             runs.merge_state(conn, lease.run_id, state_json)
-            if cancel_run is not None:
-                runs.cancel(conn, [cancel_run], reason="the run that invoked it timed out")
+            if cancel_runs:
+                runs.cancel(conn, list(cancel_runs), reason="the run that invoked it timed out")
             return True
 
         if not self.db.run(write, retry_for=self.retry_for):
@@ -195,6 +193,12 @@ class RunStore:
         if taken.outcome == "lost":
             raise LeaseLost(f"run {taking.run_id}: lease lost at signal wait '{taking.step_id}'")
         return taken
+
+    def cancel(self, run_ids: list[str], *, reason: str) -> None:
+        """Cancel runs (and their unfinished descendants) that no step awaits any more."""
+        self.db.run(
+            lambda conn: runs.cancel(conn, run_ids, reason=reason), retry_for=self.retry_for
+        )
 
     def send_events(self, lease: Lease, batch: list[tuple[str, str, str]]) -> None:
         """Insert (id, name, data JSON) events, fenced on the lease; ids already sent are

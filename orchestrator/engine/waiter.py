@@ -33,7 +33,7 @@ class Waiter:
             retry_for=retry_for,
             max_batch=max_batch,
             isolate=True,
-            key=lambda storing: storing.wait.run_id,  # a run at most once per transaction
+            key=lambda storing: storing.run_id,  # a run at most once per transaction
         )
 
     def store(self, storing: waits.Storing) -> Future[waits.Stored]:
@@ -54,9 +54,12 @@ def _never(event: dict[str, Any]) -> bool:
 
 _NOTHING = "00000000-0000-0000-0000-000000000000"
 _NOBODY = waits.Storing(
-    waits.Wait(_NOTHING, "-", "-", None, "null", None, datetime.now(UTC), None),
+    (
+        waits.Branch(
+            waits.Wait(_NOTHING, "-", "-", None, "null", None, datetime.now(UTC), None), _never
+        ),
+    ),
     StepRecord("-", 0, "wait", "waiting", 1),
     token=_NOTHING,
     due=datetime.now(UTC),
-    accept=_never,
 )

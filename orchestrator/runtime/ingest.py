@@ -10,7 +10,9 @@ Events are locked with SKIP LOCKED and, in one transaction with them being marke
    singletons, debouncing and batching decide first whether and how (runtime/admission.py);
 2. the waits the event matches are found by index (db/waits.py), their expressions evaluated
    here, and each wait is resolved by the first event that matches it; one event may resolve
-   many waits;
+   many waits. A `wait_for_any` step is resolved once, by the first event that matches one
+   of its entries (the lowest entry if one event matches several), and the runs its other
+   entries invoked are cancelled;
 3. runs whose `cancel_on` condition the event matches are cancelled.
 
 The ingest holds the exclusive advisory lock of each event name in its batch, which makes
@@ -133,6 +135,7 @@ class Ingester:
                 [ev.name for ev in accepted],
                 [ev.data for ev in accepted],
                 [ev.received_at for ev in accepted],
+                [ev.id for ev in accepted],
             )
             # The claim goes in the same round trip: it sees the runs just made, not those
             # the waits below wake (they are left to the NOTIFY, like any run not claimed).
@@ -144,10 +147,13 @@ class Ingester:
             created, found = creating(), finding()
             runs.create_many(conn, admitted.refused(created))
             resolutions, cancels = _decide(found, payloads)
-            woken = waits.resolve(conn, resolutions)
+            resolved = waits.resolve(conn, resolutions)
+            woken = resolved.woken
             cancelled = replaced + runs.cancel(
                 conn, cancels, reason="cancelled by a cancel_on event"
             )
+            if resolved.losers:
+                runs.cancel(conn, resolved.losers, reason=waits.LOST_RACE)
             due = set(created) | set(woken)
             if not claimed.issuperset(due):
                 notify_runs(conn)  # sent at commit
@@ -211,10 +217,11 @@ def _failed_run(ev: events.PendingEvent) -> str | None:
 
 def _decide(
     found: list[waits.Candidate], payloads: list[dict[str, Any]]
-) -> tuple[list[tuple[str, str, dict[str, Any]]], list[str]]:
-    """Which waits the events resolve (each by the first event, in order, that satisfies its
-    expression) and which runs they cancel."""
-    resolved: dict[tuple[str, str], dict[str, Any]] = {}
+) -> tuple[list[waits.Resolution], list[str]]:
+    """Which waiting steps the events resolve (each by the first event, in order, that
+    satisfies the expression of one of its waits: of a wait_for_any step, the lowest entry it
+    satisfies) and which runs they cancel."""
+    resolved: dict[tuple[str, str], waits.Resolution] = {}
     cancels: list[str] = []
     for cand in found:
         key = (cand.run_id, cand.step_id)
@@ -229,8 +236,8 @@ def _decide(
         if cand.kind == "cancel":
             cancels.append(cand.run_id)
         else:
-            resolved[key] = incoming
-    return [(r, s, e) for (r, s), e in resolved.items()], cancels
+            resolved[key] = waits.Resolution(cand.run_id, cand.step_id, incoming, cand.branch)
+    return list(resolved.values()), cancels
 
 
 def _expression(source: str | None, allowed: tuple[str, ...]) -> Expression | None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from orchestrator import Context, RetryAfterError, StepError
+from orchestrator import Context, OnEvent, RetryAfterError, StepError
 from orchestrator.functions import Backoff
 from tests.db.executing import Harness
 from tests.db.helpers import execute as sql
@@ -178,6 +178,7 @@ NESTED: dict[str, Callable[[Context], Any]] = {
     "sleep": lambda ctx: ctx.step.sleep("inner", timedelta(seconds=1)),
     "wait_for_event": lambda ctx: ctx.step.wait_for_event("inner", event="x/y", timeout=1),
     "invoke": lambda ctx: ctx.step.invoke("inner", function="other"),
+    "wait_for_any": lambda ctx: ctx.step.wait_for_any("inner", events=[OnEvent("x/y")], timeout=1),
     "send_event": lambda ctx: ctx.step.send_event("inner", {"name": "x/y", "data": {}}),
     "parallel": lambda ctx: ctx.step.parallel("inner", [lambda: 1]),
 }

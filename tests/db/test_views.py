@@ -21,6 +21,7 @@ RUN_OVERVIEW = [
 WAITING_RUNS = [
     "run_id", "function_id", "status", "step_id", "kind", "event_name", "match_path",
     "match_value", "expression", "since", "expires_at", "waiting_since", "waiting_for",
+    "branch",
 ]  # fmt: skip
 
 

@@ -55,7 +55,7 @@ def storing(
     )
     record = StepRecord("paid", 0, "wait", "waiting", 1)
     due = datetime(9999, 12, 31, tzinfo=UTC)
-    return waits.Storing(wait, record, token or run.lease_token, due, accept)
+    return waits.Storing((waits.Branch(wait, accept),), record, token or run.lease_token, due)
 
 
 def store(db: Database, batch: list[waits.Storing]) -> list[waits.Stored]:
@@ -262,6 +262,7 @@ def test_look_back__its_generic_plan_reads_the_name_index_not_every_event(db: Da
     execute(db, "ANALYZE orchestrator.events")
     n = 50
     args = {
+        "runs": [str(uuid.uuid4()) for _ in range(n)],
         "names": [NAME] * n,
         "since": [datetime.now(UTC) - timedelta(minutes=1)] * n,
         "paths": ["data.order_id"] * n,
@@ -269,6 +270,7 @@ def test_look_back__its_generic_plan_reads_the_name_index_not_every_event(db: Da
         "limit": 1000,
     }
     types = {"names": "text[]", "since": "timestamptz[]", "paths": "text[]", "values": "jsonb[]"}
+    types["runs"] = "uuid[]"
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
         plan = generic_plan(conn, waits._LOOK_BACK, args, types | {"limit": "int"})
     assert "events_name_received" in plan, plan
@@ -294,8 +296,10 @@ def test_store_many__its_suspension_generic_plan_compares_no_pairs(db: Database)
         "since": [now] * n,
         "expires": [None] * n,
         "states": ['{"progress": 1}'] * n,
+        "more": [None] * n,
     }
     arrays = {"runs": "uuid", "tokens": "uuid", "dues": "timestamptz", "positions": "int"}
+    arrays["more"] = "jsonb"
     arrays |= {"values": "jsonb", "since": "timestamptz", "expires": "timestamptz"}
     arrays |= {"states": "jsonb"}
     types = {name: f"{arrays.get(name, 'text')}[]" for name in args}

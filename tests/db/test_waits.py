@@ -80,6 +80,7 @@ def test_candidates__plan_uses_the_match_index_not_a_scan(db: Database) -> None:
         "names": ["payment/received"],
         "datas": [json.dumps({"order_id": 17})],
         "received": [datetime.now(UTC)],
+        "ids": ["e"],
     }
     with db.transaction() as conn:
         rows = driver(conn).execute("EXPLAIN " + waits._CANDIDATES, params).fetchall()
@@ -94,9 +95,10 @@ def test_resolve__an_event_resolves_a_wait_once(db: Database) -> None:
     [run_id] = waiting_runs(db, 1)
     event = {"id": "e1", "name": "payment/received", "data": {"order_id": 0}, "ts": "t"}
     with db.transaction() as conn:
-        assert waits.resolve(conn, [(run_id, "paid", event)]) == [run_id]
+        assert waits.resolve(conn, [waits.Resolution(run_id, "paid", event)]).woken == [run_id]
     with db.transaction() as conn:
-        assert waits.resolve(conn, [(run_id, "paid", {**event, "id": "e2"})]) == []
+        again = waits.Resolution(run_id, "paid", {**event, "id": "e2"})
+        assert waits.resolve(conn, [again]).woken == []
     [(status, output)] = execute(
         db,
         "SELECT status, output FROM orchestrator.steps WHERE run_id = CAST(:r AS uuid)",
@@ -111,7 +113,7 @@ def test_resolve__leaves_a_run_that_is_no_longer_waiting(db: Database) -> None:
     [run_id] = waiting_runs(db, 1)
     execute(db, "UPDATE orchestrator.runs SET status = 'running'")
     with db.transaction() as conn:
-        assert waits.resolve(conn, [(run_id, "paid", {"id": "e"})]) == []
+        assert waits.resolve(conn, [waits.Resolution(run_id, "paid", {"id": "e"})]).woken == []
     assert execute(db, "SELECT status FROM orchestrator.steps")[0][0] == "waiting"
 
 
@@ -267,8 +269,43 @@ def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -
     ids = waiting_runs(db, 500)
     event = json.dumps({"id": "e", "name": "payment/received", "data": {}, "ts": "t"})
     args = {"runs": ids, "steps": ["paid"] * len(ids), "events": [event] * len(ids)}
-    types = {"runs": "uuid[]", "steps": "text[]", "events": "jsonb[]"}
+    args |= {"branches": [0] * len(ids), "finished": "orchestrator/function.finished"}
+    types = {"runs": "uuid[]", "steps": "text[]", "events": "jsonb[]", "branches": "int[]"}
+    types["finished"] = "text"
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
         plan = generic_plan(conn, waits._RESOLVE, args, types)
     assert "Update on runs" in plan and "rows=500" in plan, plan
     assert most_removed_by_join(plan) < len(ids), plan
+
+
+def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Database) -> None:
+    """The check that a run did not consume the event already is a probe of `steps_event`
+    per candidate, not a scan of every step."""
+    ids = waiting_runs(db, 2000)
+    execute(
+        db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, event_id) "
+        "SELECT r, 's' || k, k, 'wait', 'completed', 'old' || k "
+        "FROM unnest(CAST(:ids AS uuid[])) AS r, generate_series(1, 5) AS k",
+        ids=ids,
+    )
+    execute(
+        db,
+        "UPDATE orchestrator.steps SET event_id = 'e7' WHERE step_id = 's1' "
+        "AND run_id = CAST(:r AS uuid)",
+        r=ids[7],
+    )
+    execute(db, "ANALYZE orchestrator.steps")
+    n = 500
+    args = {
+        "names": ["payment/received"] * n,
+        "datas": [json.dumps({"order_id": i}) for i in range(n)],
+        "received": [datetime.now(UTC)] * n,
+        "ids": [f"e{i}" for i in range(n)],
+    }
+    types = {"names": "text[]", "datas": "jsonb[]", "received": "timestamptz[]", "ids": "text[]"}
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        plan = generic_plan(conn, waits._CANDIDATES, args, types)
+    assert "steps_event" in plan and "Seq Scan on steps" not in plan, plan
+    assert "hashed SubPlan" not in plan, plan  # a probe per candidate, not a read of them all
+    assert "rows=499" in plan.splitlines()[0], plan  # every order but 7, consumed by its run

@@ -1,5 +1,5 @@
 """The step kinds, one module each: `run`, `sleep` (and `sleep_until`), `wait` (for an
-event), `invoke`, `send_event`, `parallel`.
+event), `invoke`, `wait_any` (`wait_for_any`), `send_event`, `parallel`.
 
 Each module owns its kind's replay rule (what a recorded step returns), its suspension (when
 the run stops here) and its store calls. Each is written once, as coroutines over an

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator import codec
 from orchestrator.db.runs import NewRun
+from orchestrator.db.waits import Branch, Wait
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds.wait import new_wait, timed_out, wait_or_suspend
 from orchestrator.errors import InvokeTimeoutError, StepError
@@ -45,14 +46,33 @@ async def _invoke(
     row = execution.recorded(sid, "invoke", position)
     if row is not None and row.status == "completed":
         execution.replayed(row)
-        return _result(sid, row.output)
-    child_id = str(uuid.uuid5(_CHILD_IDS, f"{execution.lease.run_id}:{sid}"))
+        return outcome(sid, row.output)
+    child_id = child_run_id(execution, sid)
     if row is not None:
-        await timed_out(execution, sid, position, row, kind="invoke", cancel_run=child_id)
-        return _result(sid, None)
+        await timed_out(execution, sid, position, row, kind="invoke", cancel_runs=(child_id,))
+        return outcome(sid, None)
     await execution.boundary()
-    child = _child(execution, sid, child_id, function_id, data)
-    wait = new_wait(
+    child = child_run(execution, sid, child_id, function_id, data)
+    branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
+    _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+    return outcome(sid, found)
+
+
+def _any(event: dict[str, Any]) -> bool:
+    return True
+
+
+def child_run_id(execution: Execution, sid: str, branch: int | None = None) -> str:
+    """The id of the run that step `sid` invokes (its entry `branch`, for wait_for_any)."""
+    name = f"{execution.lease.run_id}:{sid}" + ("" if branch is None else f":{branch}")
+    return str(uuid.uuid5(_CHILD_IDS, name))
+
+
+def finish_wait(
+    execution: Execution, sid: str, child_id: str, timeout: float | None, *, branch: int = 0
+) -> Wait:
+    """The wait for the end of run `child_id`."""
+    return new_wait(
         execution,
         sid,
         name=FINISHED_EVENT_NAME,
@@ -60,12 +80,11 @@ async def _invoke(
         expected=child_id,
         expression=None,
         timeout=timeout,
+        branch=branch,
     )
-    found = await wait_or_suspend(execution, sid, position, wait, kind="invoke", child=child)
-    return _result(sid, found)
 
 
-def _child(execution: Execution, sid: str, child_id: str, function_id: str, data: Any) -> NewRun:
+def child_run(execution: Execution, sid: str, child_id: str, function_id: str, data: Any) -> NewRun:
     payload = codec.encode(data if data is not None else {}, what=f"invoke '{sid}' data")
     child_event = {
         "id": f"invoke:{child_id}",
@@ -84,7 +103,9 @@ def _child(execution: Execution, sid: str, child_id: str, function_id: str, data
     )
 
 
-def _result(sid: str, finished: dict[str, Any] | None) -> Any:
+def outcome(sid: str, finished: dict[str, Any] | None) -> Any:
+    """What an invoke returns for the child's `finished` event: its output, or `StepError`
+    for its failure (or for no event: the invoke timed out)."""
     if finished is None:
         error = InvokeTimeoutError(f"the run invoked by step '{sid}' did not finish in time")
         raise StepError(
