@@ -476,15 +476,27 @@ _RESOLVE = """
         RETURNING w.run_id, w.step_id, w.branch, w.event_name, w.match_value,
                   l.branch AS won, l.event
     ),
+    -- the waiting step of each wait that won, found by its key one at a time (LIMIT keeps
+    -- the lookup a parameterized index probe: joined directly, a generic plan may compare
+    -- every pair of a step scan and the deleted waits)
+    targets AS MATERIALIZED (
+        SELECT g.run_id, g.step_id, g.branch, g.event
+        FROM gone g
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM orchestrator.steps s
+            WHERE s.run_id = g.run_id AND s.step_id = g.step_id AND s.status = 'waiting'
+            LIMIT 1
+        ) s
+        WHERE g.branch = g.won
+    ),
     stepped AS (
         UPDATE orchestrator.steps s
-        SET status = 'completed', event_id = g.event ->> 'id', updated_at = now(),
+        SET status = 'completed', event_id = t.event ->> 'id', updated_at = now(),
             output = CASE WHEN s.kind = 'wait_any'
-                          THEN jsonb_build_object('index', g.branch, 'event', g.event)
-                          ELSE g.event END
-        FROM gone g
-        WHERE s.run_id = g.run_id AND s.step_id = g.step_id AND g.branch = g.won
-          AND s.status = 'waiting'
+                          THEN jsonb_build_object('index', t.branch, 'event', t.event)
+                          ELSE t.event END
+        FROM targets t
+        WHERE s.run_id = t.run_id AND s.step_id = t.step_id
         RETURNING s.run_id
     ),
     woken AS (

@@ -270,9 +270,8 @@ def test_cancel__an_invoke_after_the_cancellation_starts_no_child(harness: Harne
         )
         record = StepRecord("child", 0, "invoke", "waiting", 1)
         child = runs.NewRun("k", [{}], id=kids[run.id], parent_run_id=run.id)
-        futures[run.id] = harness.store.waiting(
-            Lease(run.id, run.lease_token), record, wait, accept=lambda e: True, child=child
-        )
+        branch = waits.Branch(wait, accept=lambda e: True, child=child)
+        futures[run.id] = harness.store.waiting(Lease(run.id, run.lease_token), record, (branch,))
     with pytest.raises(LeaseLost):
         futures[cancelled.id].result(timeout=30)
     assert futures[live.id].result(timeout=30) is None  # suspended, waiting for its child
