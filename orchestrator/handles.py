@@ -220,7 +220,7 @@ def plan_start(
         options=None if fdef is None else fdef.describe(),
         data=json.loads(text),
         delay=seconds(delay, "delay") or 0.0,
-        ts=datetime.now(UTC),
+        ts=clock.current() or datetime.now(UTC),
     )
 
 
