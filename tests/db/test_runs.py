@@ -245,7 +245,7 @@ def test_seconds_until_next_due__reads_one_row_per_function_however_many_sleep(
     with db.transaction() as conn:
         for sql in (runs._NEXT_DUE, runs._NEXT_FUTURE):
             (plan,) = conn.execute(
-                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"p_fids": ["f", "g"]}
+                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"p_fids": ["f", "g"], "p_now": None}
             ).scalar()
             scans = list(_scans_of_runs(plan["Plan"]))
             assert scans, plan
