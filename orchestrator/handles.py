@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.db import handles as db
 from orchestrator.db import clock, outbox
+from orchestrator.db import handles as db
 from orchestrator.db.ops import Op, Pause
 from orchestrator.db.runs import CancelWatch, NewRun
 from orchestrator.errors import (
