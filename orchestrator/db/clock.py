@@ -17,9 +17,9 @@ What a parameter cannot reach keeps the real clock:
 
 - Column defaults (`DEFAULT now()` in migrations/versions): a row inserted by hand, or by a
   statement that does not name the column, gets the database's time.
-- The trigger of migration 0013 (a signal sent by hand wakes its waiting run: `due_at =
-  now()`): a hand-written INSERT is not the engine's, so the real time is right for it; a
-  run made due in the real past is due under any virtual time at or after it.
+- Triggers: the one that wakes the run of a signal (migrations 0013, 0014) makes it due at
+  the signal's `sent_at`, which `app.signal` passes and a hand-written INSERT leaves to the
+  column default (the real time).
 - The operator views of migrations 0005, 0006, 0008 and 0012 (`waiting_for`, a function's
   backlog held by a rate limit): they are read by people, at the real time.
 - The daemon's own timers (poll interval, lease renewal period, heartbeats' period): real

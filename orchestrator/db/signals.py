@@ -1,9 +1,9 @@
 """Statements on `orchestrator.signals`: signals sent to one run, consumed in order by its
 `wait_for_signal` steps.
 
-Sending is an INSERT (`send_op`, or a user's own SQL). The trigger `signals_sent` (migration
-0013) locks the run's row first, refuses a finished run, and wakes the run if it waits for a
-signal of that name.
+Sending is an INSERT (`send_op`, or a user's own SQL). The trigger `signals_sent` (migrations
+0013, 0014) locks the run's row first, refuses a finished run, and wakes the run if it waits
+for a signal of that name, due at the signal's `sent_at`.
 
 Consuming (`take`) is one transaction of the worker that holds the run's lease: lock the run
 row (fenced on the lease token), take the oldest unconsumed signal of the name, and record

@@ -52,13 +52,18 @@ ALLOWED = (
         r"^now\(\)$",
         "the SQLAlchemy mirror of those defaults (server_default), compared with the migrations",
     ),
-    # A trigger cannot take a parameter: a signal inserted by hand (not through app.signal)
-    # wakes its waiting run at the database's time. Under a virtual clock ahead of the real
-    # time such a run is due at once, which is what the insert means.
+    # A trigger cannot take a parameter. The trigger that wakes the run of a signal read
+    # now() in migration 0013; migration 0014 makes it read the signal's `sent_at` (which
+    # the engine passes), and its downgrade puts the old body back.
     Allowed(
         "migrations/versions/0013_signals_state.py",
         r"SET status = 'queued', due_at = now\(\), updated_at = now\(\)",
-        "trigger waking the run of a signal inserted by hand",
+        "trigger waking the run of a signal, as first written (replaced by 0014)",
+    ),
+    Allowed(
+        "migrations/versions/0014_signal_time.py",
+        r"^now\(\)$",
+        "the downgrade of 0014, back to the trigger of 0013",
     ),
     # Operator views, read by people at the real time; the engine never reads them.
     Allowed(

@@ -170,6 +170,29 @@ def test_wait_for_signal__times_out_by_the_virtual_clock(harness: Harness, db: D
         h.app.close()
 
 
+def test_signal__wakes_its_run_at_the_virtual_time_even_behind_the_real_one(
+    harness: Harness, db: Database
+) -> None:
+    h = harness
+    h.app.bind(db.url)
+    past = clock.set(datetime(2020, 1, 1, tzinfo=UTC))  # a test pinning a date gone by
+
+    @h.app.function("told")
+    def told(ctx: Context) -> Any:
+        return {"got": ctx.step.wait_for_signal("go", "go", timeout=timedelta(days=1))}
+
+    try:
+        run_id = h.start("told")
+        assert h.step("told").status == "suspended"
+        h.app.signal(run_id, "go", {"k": 1})
+        assert _run(h.db, run_id, "status", "due_at") == ("queued", past)
+        assert sql(h.db, "SELECT sent_at FROM orchestrator.signals") == [(past,)]
+        assert h.step("told").status == "completed"
+        assert _run(h.db, run_id, "output") == ({"got": {"k": 1}},)
+    finally:
+        h.app.close()
+
+
 # -- cron, retention, timeouts ------------------------------------------------------------------
 
 
