@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.db import clock, outbox
 from orchestrator.db import handles as db
-from orchestrator.db import outbox
 from orchestrator.db.ops import Op, Pause
 from orchestrator.db.runs import CancelWatch, NewRun
 from orchestrator.errors import (
@@ -220,7 +220,7 @@ def plan_start(
         options=None if fdef is None else fdef.describe(),
         data=json.loads(text),
         delay=seconds(delay, "delay") or 0.0,
-        ts=datetime.now(UTC),
+        ts=clock.current() or datetime.now(UTC),
     )
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import clock
+
 _DUE = (
-    "r.function_id = f.id AND r.status IN ('queued', 'sleeping', 'waiting') AND r.due_at <= now()"
+    "r.function_id = f.id AND r.status IN ('queued', 'sleeping', 'waiting') "
+    f"AND r.due_at <= {clock.SQL_TEXT}"
 )
 
 _PROBE = f"""
-    SELECT f.id, depth.n, extract(epoch FROM now() - oldest.due_at)::float8
+    SELECT f.id, depth.n, extract(epoch FROM {clock.SQL_TEXT} - oldest.due_at)::float8
     FROM unnest(CAST(:p_fids AS text[])) AS f(id)
     CROSS JOIN LATERAL (
         SELECT count(*) AS n FROM (
@@ -46,5 +49,6 @@ def due_backlog(conn: Connection, function_ids: list[str], *, cap: int) -> list[
         return []
     # a probe that takes long is of no use; never let one hold a connection for long
     conn.execute(text("SET LOCAL statement_timeout = '5s'"))
-    rows = conn.execute(text(_PROBE), {"p_fids": sorted(function_ids), "p_cap": cap})
+    params = {"p_fids": sorted(function_ids), "p_cap": cap, "p_now": clock.current()}
+    rows = conn.execute(text(_PROBE), params)
     return [DueBacklog(fid, int(n), max(0.0, float(lag or 0.0))) for fid, n, lag in rows]

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
+
+_NOW = clock.SQL
 
 
 @dataclass(frozen=True)
@@ -37,18 +40,20 @@ def add(conn: Conn, items: list[Buffered]) -> None:
         return
     driver(conn).execute(
         "INSERT INTO orchestrator.buffered_events "
-        "(function_id, key, event_id, seq, event, received_at) "
-        "SELECT f, k, e, s, j::jsonb, r FROM unnest(%s::text[], %s::text[], %s::text[], "
-        "%s::bigint[], %s::text[], %s::timestamptz[]) AS t(f, k, e, s, j, r) "
+        "(function_id, key, event_id, seq, event, received_at, created_at) "
+        f"SELECT f, k, e, s, j::jsonb, r, {_NOW} FROM unnest(%(f)s::text[], %(k)s::text[], "
+        "%(e)s::text[], %(s)s::bigint[], %(j)s::text[], %(r)s::timestamptz[]) "
+        "AS t(f, k, e, s, j, r) "
         "ON CONFLICT DO NOTHING",
-        (
-            [i.function_id for i in items],
-            [i.key for i in items],
-            [i.event_id for i in items],
-            [i.seq for i in items],
-            [json.dumps(i.event, separators=(",", ":")) for i in items],
-            [i.received_at for i in items],
-        ),
+        {
+            "f": [i.function_id for i in items],
+            "k": [i.key for i in items],
+            "e": [i.event_id for i in items],
+            "s": [i.seq for i in items],
+            "j": [json.dumps(i.event, separators=(",", ":")) for i in items],
+            "r": [i.received_at for i in items],
+            "now": clock.current(),
+        },
     )
 
 
@@ -57,10 +62,10 @@ def groups(conn: Conn, function_id: str) -> tuple[datetime, list[Group]]:
     rows = (
         driver(conn)
         .execute(
-            "SELECT now(), key, count(*), min(received_at), max(received_at) "
-            "FROM orchestrator.buffered_events WHERE function_id = %s GROUP BY key "
-            "UNION ALL SELECT now(), NULL, 0, NULL, NULL",
-            (function_id,),
+            f"SELECT {_NOW}, key, count(*), min(received_at), max(received_at) "
+            "FROM orchestrator.buffered_events WHERE function_id = %(f)s GROUP BY key "
+            f"UNION ALL SELECT {_NOW}, NULL, 0, NULL, NULL",
+            {"f": function_id, "now": clock.current()},
         )
         .fetchall()
     )

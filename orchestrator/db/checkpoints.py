@@ -24,6 +24,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.finish import after_finish
 from orchestrator.db.steps import StepRecord
@@ -47,7 +48,8 @@ class GroupWrite:
     state_json: str | None = None
 
 
-_WRITE_GROUP_HEAD = """
+_NOW = clock.SQL_BINARY
+_WRITE_GROUP_HEAD = f"""
 WITH input AS MATERIALIZED (
     SELECT * FROM unnest(
         %(runs)b::uuid[], %(tokens)b::uuid[], %(steps)b::text[], %(positions)b::int[],
@@ -73,22 +75,23 @@ refused AS MATERIALIZED (  -- runs not held because a cancellation ended them (d
 ),
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
-                                    output, error, wake_at, duration_ms, event_id)
+                                    output, error, wake_at, duration_ms, event_id,
+                                    created_at, updated_at)
     SELECT i.run_id, i.step_id, i.position, i.kind, i.step_status, i.attempt,
-           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms, i.event_id
+           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms, i.event_id, {_NOW}, {_NOW}
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE i.step_id IS NOT NULL
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
-        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = now()
+        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = {_NOW}
     RETURNING run_id
 ),
 finished AS (
     UPDATE orchestrator.runs r
     SET status = i.final, output = i.run_output::jsonb,
         error = i.run_error::jsonb,
-        finished_at = now(), updated_at = now(),
+        finished_at = {_NOW}, updated_at = {_NOW},
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
         state = coalesce(r.state || i.state::jsonb, r.state)
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
@@ -109,7 +112,7 @@ SELECT id::text, true FROM held UNION ALL SELECT id::text, false FROM refused
 _WRITE_GROUP = _WRITE_GROUP_HEAD + _WRITE_GROUP_TAIL
 # Only when a finish in the group has effects: they cost a fifth of the throughput of
 # short runs if made for every group.
-_WRITE_GROUP_EFFECTS = _WRITE_GROUP_HEAD + after_finish("finished") + _WRITE_GROUP_TAIL
+_WRITE_GROUP_EFFECTS = _WRITE_GROUP_HEAD + after_finish("finished", _NOW) + _WRITE_GROUP_TAIL
 
 
 def prepare(conn: Conn) -> None:
@@ -146,6 +149,7 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
         "run_errors": [w.error_json for w in writes],
         "states": [w.state_json for w in writes],
         "event_ids": [s.event_id if s else None for s in steps],
+        "now": clock.current(),
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()

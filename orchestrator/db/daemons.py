@@ -14,6 +14,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import clock
+
 # Advisory lock namespace (first int4 of the two-key form) of the daemons' liveness locks.
 DAEMON_LOCK_CLASS = 0x6F726369
 
@@ -36,9 +38,10 @@ class DaemonRow:
     heartbeat_age: float
 
 
+_NOW = clock.SQL_TEXT
 _COLUMNS = (
     "id::text, lock_key, hostname, pid, app, version, workers, concurrency, status, is_leader, "
-    "started_at, heartbeat_at, stopped_at, extract(epoch FROM now() - heartbeat_at)::float8"
+    f"started_at, heartbeat_at, stopped_at, extract(epoch FROM {_NOW} - heartbeat_at)::float8"
 )
 
 
@@ -59,8 +62,9 @@ def register(
     key: int = conn.execute(
         text(
             "INSERT INTO orchestrator.daemons (id, hostname, pid, app, version, workers, "
-            "concurrency, functions) VALUES (CAST(:p_id AS uuid), :p_host, :p_pid, :p_app, "
-            ":p_version, :p_workers, :p_conc, CAST(:p_functions AS text[])) RETURNING lock_key"
+            "concurrency, functions, started_at, heartbeat_at) VALUES (CAST(:p_id AS uuid), "
+            ":p_host, :p_pid, :p_app, :p_version, :p_workers, :p_conc, "
+            f"CAST(:p_functions AS text[]), {_NOW}, {_NOW}) RETURNING lock_key"
         ),
         {
             "p_id": daemon_id,
@@ -71,6 +75,7 @@ def register(
             "p_workers": workers,
             "p_conc": concurrency,
             "p_functions": sorted(functions),
+            "p_now": clock.current(),
         },
     ).scalar_one()
     return key
@@ -80,11 +85,11 @@ def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str)
     """Refresh the heartbeat and status; returns the status the row had (None if missing)."""
     previous: str | None = conn.execute(
         text(
-            "UPDATE orchestrator.daemons d SET heartbeat_at = now(), is_leader = :p_leader, "
+            f"UPDATE orchestrator.daemons d SET heartbeat_at = {_NOW}, is_leader = :p_leader, "
             "status = :p_status, stopped_at = NULL FROM orchestrator.daemons old "
             "WHERE d.id = CAST(:p_id AS uuid) AND old.id = d.id RETURNING old.status"
         ),
-        {"p_id": daemon_id, "p_leader": is_leader, "p_status": status},
+        {"p_id": daemon_id, "p_leader": is_leader, "p_status": status, "p_now": clock.current()},
     ).scalar()
     return previous
 
@@ -105,10 +110,10 @@ def mark_stopped(conn: Connection, daemon_id: str) -> None:
     conn.execute(
         text(
             "WITH gone AS (UPDATE orchestrator.daemons SET status = 'stopped', "
-            "stopped_at = now(), is_leader = false WHERE id = CAST(:p_id AS uuid) "
-            "RETURNING functions, now() AS served_until)" + _LAST_SERVED
+            f"stopped_at = {_NOW}, is_leader = false WHERE id = CAST(:p_id AS uuid) "
+            f"RETURNING functions, {_NOW} AS served_until)" + _LAST_SERVED
         ),
-        {"p_id": daemon_id},
+        {"p_id": daemon_id, "p_now": clock.current()},
     )
 
 
@@ -116,11 +121,12 @@ def mark_dead(conn: Connection, daemon_id: str) -> None:
     """The daemon is gone: its functions were served until its last heartbeat."""
     conn.execute(
         text(
-            "WITH gone AS (UPDATE orchestrator.daemons SET status = 'dead', stopped_at = now(), "
-            "is_leader = false WHERE id = CAST(:p_id AS uuid) AND status <> 'stopped' "
+            "WITH gone AS (UPDATE orchestrator.daemons SET status = 'dead', "
+            f"stopped_at = {_NOW}, is_leader = false "
+            "WHERE id = CAST(:p_id AS uuid) AND status <> 'stopped' "
             "RETURNING functions, heartbeat_at AS served_until)" + _LAST_SERVED
         ),
-        {"p_id": daemon_id},
+        {"p_id": daemon_id, "p_now": clock.current()},
     )
 
 
@@ -129,7 +135,8 @@ def list_live(conn: Connection) -> list[DaemonRow]:
         text(
             f"SELECT {_COLUMNS} FROM orchestrator.daemons "
             "WHERE status IN ('running', 'stopping') ORDER BY started_at"
-        )
+        ),
+        {"p_now": clock.current()},
     )
     return [DaemonRow(*row) for row in rows]
 
@@ -158,14 +165,15 @@ def elect(conn: Connection, daemon_id: str, *, ttl: float) -> bool:
     leader = conn.execute(
         text(
             "INSERT INTO orchestrator.leader AS l (name, daemon_id, elected_at, expires_at) "
-            "VALUES ('leader', CAST(:p_id AS uuid), now(), now() + make_interval(secs => :p_ttl)) "
+            f"VALUES ('leader', CAST(:p_id AS uuid), {_NOW}, "
+            f"        {_NOW} + make_interval(secs => :p_ttl)) "
             "ON CONFLICT (name) DO UPDATE SET daemon_id = EXCLUDED.daemon_id, "
             "elected_at = CASE WHEN l.daemon_id = EXCLUDED.daemon_id THEN l.elected_at "
-            "ELSE now() END, expires_at = EXCLUDED.expires_at "
-            "WHERE l.daemon_id = EXCLUDED.daemon_id OR l.expires_at < now() "
+            "ELSE EXCLUDED.elected_at END, expires_at = EXCLUDED.expires_at "
+            f"WHERE l.daemon_id = EXCLUDED.daemon_id OR l.expires_at < {_NOW} "
             "RETURNING daemon_id::text"
         ),
-        {"p_id": daemon_id, "p_ttl": ttl},
+        {"p_id": daemon_id, "p_ttl": ttl, "p_now": clock.current()},
     ).scalar()
     return leader == daemon_id
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from orchestrator.db import outbox
+from orchestrator.db import clock, outbox
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.ops import Op, Query
 
@@ -51,8 +51,9 @@ class EventRow:
 # already in the table, or repeated within the statement, is a duplicate: DO NOTHING skips it.
 # Times travel as text: a list mixing naive and aware datetimes cannot be one typed array.
 _INSERT_NEW = """
-    INSERT INTO orchestrator.events (id, name, data, ts)
-    SELECT i, n, d::jsonb, coalesce(t::timestamptz, now())
+    INSERT INTO orchestrator.events (id, name, data, ts, received_at)
+    SELECT i, n, d::jsonb, coalesce(t::timestamptz, coalesce(%(now)s::timestamptz, now())),
+           coalesce(%(now)s::timestamptz, now())
     FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[], %(times)s::text[])
          WITH ORDINALITY AS e(i, n, d, t, o)
     ORDER BY o
@@ -68,6 +69,7 @@ def insert_op(batch: list[NewEvent]) -> Op[set[str]]:
         "names": [e.name for e in batch],
         "datas": [e.data_json for e in batch],
         "times": [None if e.ts is None else e.ts.isoformat() for e in batch],
+        "now": clock.current(),
     }
     rows = yield Query(_INSERT_NEW, params)
     return {row[0] for row in rows}
@@ -155,8 +157,9 @@ def event_payload(event_id: str, name: str, data: Any, ts: datetime) -> dict[str
 
 def mark_ingested(conn: Conn, ids: list[str]) -> None:
     driver(conn).execute(
-        "UPDATE orchestrator.events SET ingested_at = now() WHERE id = ANY(%s::text[])",
-        (ids,),
+        "UPDATE orchestrator.events SET ingested_at = coalesce(%(now)s::timestamptz, now()) "
+        "WHERE id = ANY(%(ids)s::text[])",
+        {"ids": ids, "now": clock.current()},
         prepare=True,
     )
 
@@ -164,8 +167,9 @@ def mark_ingested(conn: Conn, ids: list[str]) -> None:
 def park(conn: Conn, event_id: str, reason: str) -> None:
     """Mark an event ingested with the reason it started nothing."""
     driver(conn).execute(
-        "UPDATE orchestrator.events SET ingested_at = now(), error = %s WHERE id = %s",
-        (reason, event_id),
+        "UPDATE orchestrator.events SET ingested_at = coalesce(%(now)s::timestamptz, now()), "
+        "error = %(reason)s WHERE id = %(id)s",
+        {"reason": reason, "id": event_id, "now": clock.current()},
     )
 
 

@@ -2,8 +2,9 @@
 
 A run ends in several statements: the workers' group write (completed, failed), cancellation
 (of any active run, an executing one too), the recovery cap, unknown functions. Each of them
-appends `after_finish(source)`, where `source` is a CTE of the changed runs with the columns
-`id, function_id, status, output, error, events, parent_run_id`. For the runs of `source`
+appends `after_finish(source, now)`, where `source` is a CTE of the changed runs with the columns
+`id, function_id, status, output, error, events, parent_run_id`, and `now` is the SQL
+of the current time in that statement's dialect (db/clock.py). For the runs of `source`
 that ended, in the same transaction:
 
 - their waits (cancellation conditions) are removed;
@@ -22,24 +23,25 @@ from orchestrator.functions import FAILED_EVENT_NAME, FINISHED_EVENT_NAME
 _ENDED = "('completed', 'failed', 'cancelled')"
 
 
-def after_finish(source: str) -> str:
-    """CTEs (to follow other CTEs, with a leading comma) for the runs of CTE `source`."""
+def after_finish(source: str, now: str) -> str:
+    """CTEs (to follow other CTEs, with a leading comma) for the runs of CTE `source`; the
+    events it records are sent and received at `now`."""
     return f"""
     , {source}_unwait AS (
         DELETE FROM orchestrator.waits w USING {source} f
         WHERE w.run_id = f.id AND f.status IN {_ENDED}
     )
     , {source}_events AS (
-        INSERT INTO orchestrator.events (id, name, data)
+        INSERT INTO orchestrator.events (id, name, data, ts, received_at)
         SELECT 'finished:' || f.id, '{FINISHED_EVENT_NAME}',
                jsonb_build_object('run_id', f.id::text, 'function_id', f.function_id,
                                   'parent_run_id', f.parent_run_id::text, 'status', f.status,
-                                  'output', f.output, 'error', f.error)
+                                  'output', f.output, 'error', f.error), {now}, {now}
         FROM {source} f WHERE f.parent_run_id IS NOT NULL AND f.status IN {_ENDED}
         UNION ALL
         SELECT 'failed:' || f.id, '{FAILED_EVENT_NAME}',
                jsonb_build_object('run_id', f.id::text, 'function_id', f.function_id,
-                                  'error', f.error, 'event', f.events -> 0)
+                                  'error', f.error, 'event', f.events -> 0), {now}, {now}
         FROM {source} f WHERE f.status = 'failed'
         ON CONFLICT (id) DO NOTHING
     )

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.runs import CLAIM_RETURNING, CLAIM_SET, ClaimedRun
 
 FLOW_LOCK_CLASS = 0x6F72666C  # the first key of the per-function flow-control locks
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
+_NOW = clock.SQL
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,10 @@ def running(conn: Conn, function_id: str) -> tuple[datetime, list[tuple[list[str
     rows = (
         driver(conn)
         .execute(
-            "SELECT now(), concurrency_keys, count(*) FROM orchestrator.runs "
-            "WHERE function_id = %s AND status = 'running' GROUP BY concurrency_keys "
-            "UNION ALL SELECT now(), NULL, 0",
-            (function_id,),
+            f"SELECT {_NOW}, concurrency_keys, count(*) FROM orchestrator.runs "
+            "WHERE function_id = %(fid)s AND status = 'running' GROUP BY concurrency_keys "
+            f"UNION ALL SELECT {_NOW}, NULL, 0",
+            {"fid": function_id, "now": clock.current()},
             prepare=True,
         )
         .fetchall()
@@ -54,7 +56,7 @@ def running(conn: Conn, function_id: str) -> tuple[datetime, list[tuple[list[str
 
 
 _WHERE_DUE = (
-    f"function_id = %(fid)s AND {_DUE} AND due_at <= now() "
+    f"function_id = %(fid)s AND {_DUE} AND due_at <= {_NOW} "
     "AND cancel_requested_at IS NULL AND (crashes > 0) = %(suspects)s"
 )
 _COLUMNS = "id::text, concurrency_keys, throttle_key, started_at IS NULL, priority, due_at"
@@ -105,7 +107,7 @@ def candidates(
 ) -> list[Candidate]:
     """Due runs of the function in claim order: by priority (if it has one), then by due
     time."""
-    params = {"fid": function_id, "suspects": suspects, "n": limit}
+    params = {"fid": function_id, "suspects": suspects, "n": limit, "now": clock.current()}
     rows = driver(conn).execute(_candidates_sql(priority), params).fetchall()
     return [Candidate(*row[:4]) for row in rows]
 
@@ -124,7 +126,13 @@ def fair_candidates(
     (from the first key if None), wrapping around, `keys` of them at most, and at most
     `per_key` runs of each, ranked so that every key's first runs come before any key's
     next ones. Returns them and the last key read, where the next call goes on from."""
-    params = {"fid": function_id, "suspects": suspects, "per_key": per_key, "keys": keys}
+    params = {
+        "fid": function_id,
+        "suspects": suspects,
+        "per_key": per_key,
+        "keys": keys,
+        "now": clock.current(),
+    }
     sql = _heads_sql(priority, after=after is not None)
     rows = driver(conn).execute(sql, {**params, "after": after}).fetchall()
     read = len({row[-1] for row in rows})  # keys read (each row carries its key's ordinal)
@@ -177,7 +185,7 @@ def backfill_flow_keys(conn: Conn, function_id: str) -> int:
 _CLAIM_IDS = f"""
     WITH picked AS MATERIALIZED (
         SELECT id FROM orchestrator.runs
-        WHERE id = ANY(%(ids)b::uuid[]) AND {_DUE} AND due_at <= now()
+        WHERE id = ANY(%(ids)b::uuid[]) AND {_DUE} AND due_at <= {_NOW}
           AND cancel_requested_at IS NULL
         ORDER BY id
         FOR UPDATE SKIP LOCKED
@@ -194,7 +202,7 @@ def claim_ids(
     """Claim these runs (chosen by the flow-control claim) if they are still due."""
     if not run_ids:
         return []
-    params = {"ids": run_ids, "owner": owner, "lease": lease_seconds}
+    params = {"ids": run_ids, "owner": owner, "lease": lease_seconds, "now": clock.current()}
     rows = driver(conn).execute(_CLAIM_IDS, params, prepare=True).fetchall()
     order = {run_id: i for i, run_id in enumerate(run_ids)}
     return sorted((ClaimedRun(*row) for row in rows), key=lambda c: order[c.id])
@@ -238,15 +246,21 @@ def past_timeouts(
         (SELECT id::text, 'start' FROM orchestrator.runs
          WHERE %(start)s::float8 IS NOT NULL AND function_id = %(f)s AND status = 'queued'
            AND started_at IS NULL AND cancel_requested_at IS NULL
-           AND greatest(created_at, due_at) <= now() - make_interval(secs => %(start)s::float8)
+           AND greatest(created_at, due_at) <= {_NOW} - make_interval(secs => %(start)s::float8)
          LIMIT %(limit)s)
         UNION ALL
         (SELECT id::text, 'finish' FROM orchestrator.runs
          WHERE %(finish)s::float8 IS NOT NULL AND function_id = %(f)s
            AND ({_DUE} OR status = 'running') AND cancel_requested_at IS NULL
-           AND started_at <= now() - make_interval(secs => %(finish)s::float8)
+           AND started_at <= {_NOW} - make_interval(secs => %(finish)s::float8)
          LIMIT %(limit)s)
         """,
-        {"f": function_id, "start": start, "finish": finish, "limit": limit},
+        {
+            "f": function_id,
+            "start": start,
+            "finish": finish,
+            "limit": limit,
+            "now": clock.current(),
+        },
     )
     return [(row[0], row[1]) for row in rows]

@@ -17,11 +17,14 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import clock
 from orchestrator.db.runs import CancelWatch
 from orchestrator.db.schema import ACTIVE_STATUSES
 
 # Running daemons that serve the function `{f}.id` (NULL functions: any).
 _SERVES = "d.status = 'running' AND (d.functions IS NULL OR {f}.id = ANY(d.functions))"
+
+_NOW = clock.SQL_TEXT
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,13 @@ def upsert(
 ) -> None:
     conn.execute(
         text(
-            "INSERT INTO orchestrator.functions (id, triggers, options, version) "
-            "VALUES (:p_id, CAST(:p_triggers AS jsonb), CAST(:p_options AS jsonb), :p_version) "
+            "INSERT INTO orchestrator.functions "
+            "(id, triggers, options, version, created_at, updated_at) "
+            "VALUES (:p_id, CAST(:p_triggers AS jsonb), CAST(:p_options AS jsonb), :p_version, "
+            f"        {_NOW}, {_NOW}) "
             "ON CONFLICT (id) DO UPDATE SET triggers = EXCLUDED.triggers, "
-            "options = EXCLUDED.options, version = EXCLUDED.version, updated_at = now() "
+            "options = EXCLUDED.options, version = EXCLUDED.version, "
+            "updated_at = EXCLUDED.updated_at "
             "WHERE (functions.triggers, functions.options, functions.version) IS DISTINCT FROM "
             "(EXCLUDED.triggers, EXCLUDED.options, EXCLUDED.version)"
         ),
@@ -64,6 +70,7 @@ def upsert(
             "p_triggers": json.dumps(triggers),
             "p_options": json.dumps(options),
             "p_version": version,
+            "p_now": clock.current(),
         },
     )
 
@@ -113,7 +120,10 @@ def cancel_watches(conn: Connection) -> list[CancelWatch]:
 
 
 def db_now(conn: Connection) -> datetime:
-    value: datetime = conn.execute(text("SELECT now()")).scalar_one()
+    """The current time by the database's clock (or the virtual clock, db/clock.py)."""
+    value: datetime = conn.execute(
+        text("SELECT coalesce(CAST(:p_now AS timestamptz), now())"), {"p_now": clock.current()}
+    ).scalar_one()
     return value
 
 
@@ -123,24 +133,30 @@ def upsert_schedule(
     """Record a cron schedule; the next fire time is kept unless the expression changed."""
     conn.execute(
         text(
-            "INSERT INTO orchestrator.schedules (function_id, cron, tz, next_fire_at) "
-            "VALUES (:p_fid, :p_cron, :p_tz, :p_next) "
+            "INSERT INTO orchestrator.schedules (function_id, cron, tz, next_fire_at, updated_at) "
+            f"VALUES (:p_fid, :p_cron, :p_tz, :p_next, {_NOW}) "
             "ON CONFLICT (function_id) DO UPDATE SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, "
-            "next_fire_at = EXCLUDED.next_fire_at, updated_at = now() "
+            "next_fire_at = EXCLUDED.next_fire_at, updated_at = EXCLUDED.updated_at "
             "WHERE (schedules.cron, schedules.tz) IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.tz)"
         ),
-        {"p_fid": function_id, "p_cron": cron, "p_tz": tz, "p_next": next_fire_at},
+        {
+            "p_fid": function_id,
+            "p_cron": cron,
+            "p_tz": tz,
+            "p_next": next_fire_at,
+            "p_now": clock.current(),
+        },
     )
 
 
 def claim_due_schedules(conn: Connection, function_ids: list[str]) -> list[DueSchedule]:
     rows = conn.execute(
         text(
-            "SELECT function_id, cron, tz, next_fire_at, now() FROM orchestrator.schedules "
-            "WHERE next_fire_at <= now() AND function_id = ANY(CAST(:p_ids AS text[])) "
+            f"SELECT function_id, cron, tz, next_fire_at, {_NOW} FROM orchestrator.schedules "
+            f"WHERE next_fire_at <= {_NOW} AND function_id = ANY(CAST(:p_ids AS text[])) "
             "ORDER BY next_fire_at FOR UPDATE SKIP LOCKED"
         ),
-        {"p_ids": function_ids},
+        {"p_ids": function_ids, "p_now": clock.current()},
     )
     return [DueSchedule(*row) for row in rows]
 
@@ -156,10 +172,17 @@ def mark_fired(
     conn.execute(
         text(
             "UPDATE orchestrator.schedules SET last_fired_at = :p_fired, next_fire_at = :p_next, "
-            "last_run_id = coalesce(CAST(:p_run AS uuid), last_run_id), updated_at = now() "
+            "last_run_id = coalesce(CAST(:p_run AS uuid), last_run_id), "
+            "updated_at = coalesce(CAST(:p_now AS timestamptz), now()) "
             "WHERE function_id = :p_fid"
         ),
-        {"p_fid": function_id, "p_fired": fired_at, "p_next": next_fire_at, "p_run": run_id},
+        {
+            "p_fid": function_id,
+            "p_fired": fired_at,
+            "p_next": next_fire_at,
+            "p_run": run_id,
+            "p_now": clock.current(),
+        },
     )
 
 
@@ -238,13 +261,13 @@ _UNSERVED = f"""
     -- waited: since the runs were due, or since the function was last served if later (a
     -- backlog older than a restart has not waited for want of a daemon all that time)
     SELECT u.id, due.n, due.since,
-           extract(epoch FROM now() - greatest(due.since, u.served_until))::float8
+           extract(epoch FROM {_NOW} - greatest(due.since, u.served_until))::float8
     FROM unserved u
     CROSS JOIN LATERAL (
         SELECT count(*) AS n, min(c.due_at) AS since FROM (
             SELECT r.due_at FROM orchestrator.runs r
             WHERE r.function_id = u.id AND r.status IN ('queued', 'sleeping', 'waiting')
-              AND r.due_at <= now() AND r.cancel_requested_at IS NULL
+              AND r.due_at <= {_NOW} AND r.cancel_requested_at IS NULL
             ORDER BY r.due_at LIMIT :p_cap
         ) c
     ) due
@@ -257,7 +280,7 @@ def unserved_backlog(conn: Connection, *, cap: int) -> list[UnservedBacklog]:
     """The registered functions no running daemon serves that have due runs (not being
     cancelled): how many (up to `cap`) and since when. Costs an index probe of
     `runs_function_due` per unserved function, and nothing per served one."""
-    rows = conn.execute(text(_UNSERVED), {"p_cap": cap})
+    rows = conn.execute(text(_UNSERVED), {"p_cap": cap, "p_now": clock.current()})
     return [UnservedBacklog(fid, int(n), since, max(0.0, wait)) for fid, n, since, wait in rows]
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from orchestrator.db import clock
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.ops import Op, Query
 from orchestrator.db.runs import CancelWatch, NewRun, insert_cancel_watches, watch_params
@@ -46,6 +47,8 @@ class RunState:
         return self.status in ENDED
 
 
+NOW = clock.SQL
+
 # -- starting a run ----------------------------------------------------------------------
 
 # The run, due `delay` seconds from now and awaited, with its function's cancellation
@@ -55,14 +58,15 @@ _START = f"""
     WITH made AS (
         INSERT INTO orchestrator.runs
             (id, function_id, events, priority, concurrency_keys, throttle_key, flow_key,
-             due_at, awaited)
+             due_at, awaited, created_at, updated_at)
         VALUES (%(id)s::uuid, %(fid)s, %(events)s::jsonb, %(priority)s, %(ckeys)s::text[],
-                %(tkey)s, %(fkey)s, now() + make_interval(secs => %(delay)s::float8), true)
+                %(tkey)s, %(fkey)s, {NOW} + make_interval(secs => %(delay)s::float8), true,
+                {NOW}, {NOW})
         ON CONFLICT DO NOTHING
         RETURNING id, events
     ),
     watch AS (
-        {insert_cancel_watches("m", "now()")}
+        {insert_cancel_watches("m", NOW, NOW)}
         FROM made m, unnest(%(c_ns)s::int[], %(c_events)s::text[], %(c_paths)s::text[],
                             %(c_exprs)s::text[], %(c_timeouts)s::float8[])
                      AS c(n, ev, path, expr, timeout)
@@ -94,6 +98,7 @@ def start(run: NewRun, watches: list[CancelWatch], delay: float) -> Op[str | Non
         "tkey": run.throttle_key,
         "fkey": run.flow_key,
         "delay": delay,
+        "now": clock.current(),
         **watch_params(watches),
     }
     if (yield Query(_START, params)):

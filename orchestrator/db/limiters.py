@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
+
+_NOW = clock.SQL
 
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # the state of a key not seen yet
 
@@ -21,11 +24,17 @@ def load(
     """The database's now, and the state of these keys (NEVER for a new one). With `lock`,
     the rows are created if missing and locked until the transaction ends."""
     cur = driver(conn)
-    params = {"f": function_id, "kind": kind, "keys": sorted(set(keys)), "never": NEVER}
+    params = {
+        "f": function_id,
+        "kind": kind,
+        "keys": sorted(set(keys)),
+        "never": NEVER,
+        "now": clock.current(),
+    }
     if lock:
         cur.execute(
-            "INSERT INTO orchestrator.limiters (function_id, kind, key, tat) "
-            "SELECT %(f)s, %(kind)s, k, %(never)s FROM unnest(%(keys)b::text[]) AS k "
+            "INSERT INTO orchestrator.limiters (function_id, kind, key, tat, updated_at) "
+            f"SELECT %(f)s, %(kind)s, k, %(never)s, {_NOW} FROM unnest(%(keys)b::text[]) AS k "
             "ORDER BY k ON CONFLICT DO NOTHING",
             params,
         )
@@ -33,7 +42,7 @@ def load(
     row = cur.execute(
         "WITH found AS (SELECT key, tat FROM orchestrator.limiters WHERE function_id = %(f)s "
         f"AND kind = %(kind)s AND key = ANY(%(keys)b::text[]) ORDER BY key{lock_clause}) "
-        "SELECT now(), array_agg(key), array_agg(tat) FROM found",
+        f"SELECT {_NOW}, array_agg(key), array_agg(tat) FROM found",
         params,
     ).fetchone()
     assert row is not None  # an aggregate returns one row
@@ -48,11 +57,18 @@ def store(conn: Conn, function_id: str, kind: str, state: dict[str, datetime]) -
     if not state:
         return
     driver(conn).execute(
-        "INSERT INTO orchestrator.limiters (function_id, kind, key, tat) "
-        "SELECT %s, %s, k, t FROM unnest(%s::text[], %s::timestamptz[]) AS u(k, t) "
+        "INSERT INTO orchestrator.limiters (function_id, kind, key, tat, updated_at) "
+        f"SELECT %(f)s, %(kind)s, k, t, {_NOW} "
+        "FROM unnest(%(keys)s::text[], %(tats)s::timestamptz[]) AS u(k, t) "
         "ON CONFLICT (function_id, kind, key) DO UPDATE SET tat = EXCLUDED.tat, "
-        "updated_at = now()",
-        (function_id, kind, list(state), list(state.values())),
+        "updated_at = EXCLUDED.updated_at",
+        {
+            "f": function_id,
+            "kind": kind,
+            "keys": list(state),
+            "tats": list(state.values()),
+            "now": clock.current(),
+        },
     )
 
 
@@ -64,8 +80,8 @@ def purge(conn: Conn, *, limit: int = 1000) -> int:
         .execute(
             "DELETE FROM orchestrator.limiters WHERE (function_id, kind, key) IN ("
             "SELECT function_id, kind, key FROM orchestrator.limiters "
-            "WHERE tat < now() - interval '1 minute' LIMIT %s FOR UPDATE SKIP LOCKED)",
-            (limit,),
+            f"WHERE tat < {_NOW} - interval '1 minute' LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
+            {"limit": limit, "now": clock.current()},
         )
         .rowcount
     )

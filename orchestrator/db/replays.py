@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import clock
 from orchestrator.db.direct import driver
 from orchestrator.db.runs import (
     RUN_COLUMNS,
@@ -152,18 +153,19 @@ _RESUME = """
         DELETE FROM orchestrator.waits w USING target t WHERE w.run_id = t.id
     )
     UPDATE orchestrator.runs r
-    SET status = 'queued', due_at = now(), output = NULL, error = NULL, finished_at = NULL,
+    SET status = 'queued', due_at = coalesce(CAST(:p_now AS timestamptz), now()),
+        output = NULL, error = NULL, finished_at = NULL,
         recoveries = 0, crashes = 0, retries = 0, cancel_requested_at = NULL,
         cancel_children = true, lease_owner = NULL,
         lease_token = NULL, lease_expires_at = NULL, resumes = r.resumes + 1,
-        updated_at = now()
+        updated_at = coalesce(CAST(:p_now AS timestamptz), now())
     FROM target t WHERE r.id = t.id
     RETURNING r.id::text
 """
 
 # A resumed run's `cancel_on` conditions watch again, from now.
 _WATCH = f"""
-    {insert_cancel_watches("r", "now()")}
+    {insert_cancel_watches("r", clock.SQL_BINARY, clock.SQL_BINARY)}
     FROM orchestrator.runs r
     JOIN unnest(%(c_fids)b::text[], %(c_ns)b::int[], %(c_events)b::text[],
                 %(c_paths)b::text[], %(c_exprs)b::text[], %(c_timeouts)b::float8[])
@@ -175,7 +177,9 @@ _WATCH = f"""
 
 def resume(conn: Connection, run_ids: list[str], watches: list[CancelWatch]) -> list[str]:
     """Requeue the failed or cancelled runs among `run_ids`; returns those requeued."""
-    resumed = [row[0] for row in conn.execute(text(_RESUME), {"p_ids": run_ids})]
+    params = {"p_ids": run_ids, "p_now": clock.current()}
+    resumed = [row[0] for row in conn.execute(text(_RESUME), params)]
     if resumed and watches:
-        driver(conn).execute(_WATCH, {"ids": resumed, **watch_params(watches)})
+        params = {"ids": resumed, "now": clock.current(), **watch_params(watches)}
+        driver(conn).execute(_WATCH, params)
     return resumed

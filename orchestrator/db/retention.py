@@ -21,7 +21,8 @@ caller that keeps its cursor from one pass to the next reads only what is new.
 - Daemons: rows `stopped` or `dead` since before `now - age` that hold neither the leader
   lease nor a running run's lease.
 
-`now` defaults to the database's `now()`; tests pass it to pin time.
+`now` defaults to the virtual clock of db/clock.py, else the database's clock; tests pass it
+to pin time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from datetime import datetime
 
 import psycopg
 
+from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
 
 _ACTIVE = "('queued', 'running', 'sleeping', 'waiting')"
@@ -162,7 +164,7 @@ def delete_runs(
     """Read up to `limit` runs created before the cutoffs, going on from `after`, and delete
     those that have expired (see the module doc) with their steps and waits."""
     params = {
-        "now": now,
+        "now": clock.pick(now),
         "completed_age": completed_age,
         "failed_age": failed_age,
         "after_at": after.created_at if after else None,
@@ -218,7 +220,7 @@ def delete_events(
     received more than `age` seconds ago that no active run was triggered by. The walk is
     exhausted at the first event received after the cutoff, and goes on from just before it
     (`last_seq`)."""
-    params = {"now": now, "age": age, "after": after or 0, "limit": limit}
+    params = {"now": clock.pick(now), "age": age, "after": after or 0, "limit": limit}
     row = driver(conn).execute(_DELETE_EVENTS, params, prepare=True).fetchone()
     assert row is not None
     scanned, last_seq, horizon, deleted = row
@@ -243,7 +245,7 @@ def delete_daemons(conn: Conn, *, age: float, limit: int, now: datetime | None =
             "DELETE FROM orchestrator.daemons WHERE id IN (SELECT d.id FROM "
             f"orchestrator.daemons d WHERE {_DAEMON_EXPIRED} ORDER BY d.id LIMIT %(limit)s "
             "FOR UPDATE SKIP LOCKED)",
-            {"now": now, "age": age, "limit": limit},
+            {"now": clock.pick(now), "age": age, "limit": limit},
         )
         .rowcount
     )
@@ -282,7 +284,7 @@ def backlog(
     """Count what a pass would delete now, locking and changing nothing. It reads every
     candidate at once: for `orchestrator gc --dry-run`, not for the daemon."""
     params = {
-        "now": now,
+        "now": clock.pick(now),
         "completed_age": completed_age,
         "failed_age": failed_age,
         "event_age": event_age,

@@ -14,10 +14,14 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from orchestrator.db import outbox
+from orchestrator.db import clock, outbox
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.finish import after_finish
 from orchestrator.db.ops import Op, Query
+
+NOW_B = clock.SQL_BINARY
+NOW = clock.SQL
+NOW_T = clock.SQL_TEXT
 
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 CANCEL_CHANNEL = "orchestrator_cancels"  # NOTIFY: a running run was cancelled
@@ -122,16 +126,16 @@ def cancel_match_value(events: str, path: str) -> str:
     )
 
 
-def insert_cancel_watches(run: str, since: str) -> str:
+def insert_cancel_watches(run: str, since: str, now: str) -> str:
     """SQL inserting the `cancel_on` conditions of the runs `run` (a row alias with `id` and
-    `events`) as waits from `since`; a FROM clause giving `run` and `c(n, ev, path, expr,
-    timeout)` follows."""
+    `events`) as waits from `since`, made at `now` (the SQL of the current time, db/clock.py);
+    a FROM clause giving `run` and `c(n, ev, path, expr, timeout)` follows."""
     return f"""INSERT INTO orchestrator.waits
             (run_id, step_id, kind, event_name, match_path, match_value, expression, since,
-             expires_at)
+             expires_at, created_at)
         SELECT {run}.id, '#cancel/' || c.n, 'cancel', c.ev, coalesce(c.path, ''),
                {cancel_match_value(f"{run}.events", "c.path")}, c.expr, {since},
-               {since} + make_interval(secs => c.timeout)"""
+               {since} + make_interval(secs => c.timeout), {now}"""
 
 
 # New runs, and the cancellation conditions of their functions (`cancel_on`) as waits whose
@@ -144,12 +148,12 @@ _CREATE = f"""
              status, error, finished_at)
         SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
                -- a microsecond apart, in the order given, so runs made together are FIFO
-               now() - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
-               now() - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
+               {NOW_B} - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
+               {NOW_B} - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
                CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
                    ck::jsonb)) END,
                tk, sk, fk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
-               CASE WHEN x IS NULL THEN NULL ELSE now() END
+               CASE WHEN x IS NULL THEN NULL ELSE {NOW_B} END
         FROM unnest(%(ids)b::text[], %(fids)b::text[], %(eids)b::text[], %(events)b::text[],
                     %(keys)b::text[], %(parents)b::text[], %(since)b::timestamptz[],
                     %(priorities)b::int[], %(ckeys)b::text[], %(tkeys)b::text[],
@@ -159,7 +163,7 @@ _CREATE = f"""
         RETURNING id, function_id, events, idempotency_key, status
     ),
     watch AS (
-        {insert_cancel_watches("m", "coalesce(t.s, now())")}
+        {insert_cancel_watches("m", f"coalesce(t.s, {NOW_B})", NOW_B)}
         FROM made m
         JOIN unnest(%(ids)b::text[], %(fids)b::text[], %(keys)b::text[],
                     %(since)b::timestamptz[]) AS t(i, f, k, s)
@@ -215,6 +219,7 @@ def create_many_sent(
         "fkeys": [r.flow_key for r in new_runs],
         "skips": [_json_or_none(r.skipped) for r in new_runs],
         **watch_params(watches),
+        "now": clock.current(),
     }
     cursor = driver(conn).execute(_CREATE if watches else _CREATE_PLAIN, params, prepare=True)
     return lambda: [str(row[0]) for row in cursor.fetchall()]
@@ -238,16 +243,16 @@ def _json_or_none(value: Any) -> str | None:
 
 # What a claim does to each run it takes, and what it returns (a `ClaimedRun`); shared with
 # the claim of flow-controlled functions (db/flow.py).
-CLAIM_SET = """
+CLAIM_SET = f"""
         SET status = 'running', lease_owner = %(owner)s::uuid,
             lease_token = gen_random_uuid(),
-            lease_expires_at = now() + make_interval(secs => %(lease)s::float8),
-            attempts = r.attempts + 1, started_at = coalesce(r.started_at, now()),
-            updated_at = now()
+            lease_expires_at = {NOW} + make_interval(secs => %(lease)s::float8),
+            attempts = r.attempts + 1, started_at = coalesce(r.started_at, {NOW}),
+            updated_at = {NOW}
 """
-CLAIM_RETURNING = """
+CLAIM_RETURNING = f"""
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
-                  r.recoveries, now(), r.created_at, r.parent_run_id::text, r.origin,
+                  r.recoveries, {NOW}, r.created_at, r.parent_run_id::text, r.origin,
                   r.retries
 """
 
@@ -260,7 +265,7 @@ def _claim_sql(suspects: bool) -> str:
     return f"""
         WITH picked AS MATERIALIZED (
             SELECT id FROM orchestrator.runs
-            WHERE {_DUE} AND due_at <= now() AND {which}
+            WHERE {_DUE} AND due_at <= {NOW} AND {which}
               AND function_id = ANY(%(fids)b::text[]) AND cancel_requested_at IS NULL
             ORDER BY due_at, id
             LIMIT %(limit)s
@@ -318,7 +323,13 @@ def claim_due(
     """
     if limit <= 0 or not function_ids:
         return []
-    params = {"owner": owner, "limit": limit, "lease": lease_seconds, "fids": function_ids}
+    params = {
+        "owner": owner,
+        "limit": limit,
+        "lease": lease_seconds,
+        "fids": function_ids,
+        "now": clock.current(),
+    }
     stmt = _CLAIM_SUSPECTS if suspects else _CLAIM
     rows = driver(conn).execute(stmt, params, prepare=True).fetchall()
     return [ClaimedRun(*row) for row in rows]
@@ -326,7 +337,7 @@ def claim_due(
 
 def _next_due_sql(condition: str) -> str:
     return (
-        f"SELECT extract(epoch FROM min(d.due_at) - now()) "
+        f"SELECT extract(epoch FROM min(d.due_at) - {NOW_T}) "
         f"FROM unnest(CAST(:p_fids AS text[])) AS f(id) CROSS JOIN LATERAL ("
         f"SELECT due_at FROM orchestrator.runs WHERE {_DUE} AND function_id = f.id "
         f"AND {condition} ORDER BY due_at LIMIT 1) AS d"
@@ -334,7 +345,7 @@ def _next_due_sql(condition: str) -> str:
 
 
 _NEXT_DUE = _next_due_sql("true")
-_NEXT_FUTURE = _next_due_sql("due_at > now()")
+_NEXT_FUTURE = _next_due_sql(f"due_at > {NOW_T}")
 
 
 def seconds_until_next_due(
@@ -349,7 +360,8 @@ def seconds_until_next_due(
     # min() over `function_id = ANY(...)` can read every idle run of those functions (half
     # a second a pass with a million sleeping runs).
     sql = _NEXT_FUTURE if future else _NEXT_DUE
-    value = conn.execute(text(sql), {"p_fids": function_ids}).scalar()
+    params = {"p_fids": function_ids, "p_now": clock.current()}
+    value = conn.execute(text(sql), params).scalar()
     return None if value is None else float(value)
 
 
@@ -368,14 +380,19 @@ def renew_leases(
     rows = conn.execute(
         text(
             # rows locked in id order, like every other multi-row lock here (no deadlocks)
-            "UPDATE orchestrator.runs SET lease_expires_at = now() + "
+            f"UPDATE orchestrator.runs SET lease_expires_at = {NOW_T} + "
             "make_interval(secs => :p_lease) WHERE id IN (SELECT id FROM orchestrator.runs "
             "WHERE id = ANY(CAST(:p_ids AS uuid[])) AND status = 'running' "
             "AND lease_owner = CAST(:p_owner AS uuid) ORDER BY id FOR UPDATE) "
             "AND status = 'running' AND lease_owner = CAST(:p_owner AS uuid) "
             "RETURNING id::text"
         ),
-        {"p_owner": owner, "p_ids": sorted(run_ids), "p_lease": lease_seconds},
+        {
+            "p_owner": owner,
+            "p_ids": sorted(run_ids),
+            "p_lease": lease_seconds,
+            "p_now": clock.current(),
+        },
     )
     return {row[0] for row in rows}
 
@@ -397,10 +414,10 @@ def _requeue_sql(
     # down one worker process after another. A sweep never backs off: the run's daemon died
     # or stalled, not its worker, and the sweep already waited out `dead_daemon_after` or the
     # lease; a delay would put the run behind every run due meanwhile.
-    head = "least(now(), r.created_at - line.shift)"
+    head = f"least({NOW_T}, r.created_at - line.shift)"
     due = (
         f"CASE WHEN ({bump}) <= 1 THEN {head} "
-        f"ELSE now() + make_interval(secs => least(30, power(2, ({bump}) - 2))) END"
+        f"ELSE {NOW_T} + make_interval(secs => least(30, power(2, ({bump}) - 2))) END"
         if count_recovery and not sweep
         else head
     )
@@ -428,20 +445,20 @@ def _requeue_sql(
             'message', format('run was interrupted %s times (worker crash, kill or lost lease); '
                               'max_recoveries is %s', {bump}, :p_cap))
             ELSE r.error END,
-        finished_at = CASE WHEN {capped} THEN now() ELSE NULL END,
+        finished_at = CASE WHEN {capped} THEN {NOW_T} ELSE NULL END,
         due_at = {due},
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
-        updated_at = now()
+        updated_at = {NOW_T}
     FROM picked, line
     WHERE r.id = picked.id
     RETURNING {_ENDED_COLUMNS}
     )
-    {after_finish("changed")}
+    {after_finish("changed", NOW_T)}
     SELECT id::text, function_id, status FROM changed
     """
 
 
-_RESCUE_EXPIRED = text(_requeue_sql("lease_expires_at < now()", count_recovery=True, sweep=True))
+_RESCUE_EXPIRED = text(_requeue_sql(f"lease_expires_at < {NOW_T}", count_recovery=True, sweep=True))
 _RESCUE_OWNER = text(
     _requeue_sql("lease_owner = CAST(:p_owner AS uuid)", count_recovery=True, sweep=True)
 )
@@ -455,7 +472,7 @@ _RELEASE = text(_requeue_sql(_LEASE_PAIRS, count_recovery=False))
 
 def rescue_expired(conn: Connection, *, max_recoveries: int, limit: int = 500) -> list[RequeuedRun]:
     """Requeue runs whose lease expired (their daemon stalled or died)."""
-    params = {"p_cap": max_recoveries, "p_limit": limit}
+    params = {"p_cap": max_recoveries, "p_limit": limit, "p_now": clock.current()}
     return [RequeuedRun(*row) for row in conn.execute(_RESCUE_EXPIRED, params)]
 
 
@@ -463,7 +480,12 @@ def rescue_owner(
     conn: Connection, *, owner: str, max_recoveries: int, limit: int = 5000
 ) -> list[RequeuedRun]:
     """Requeue every run leased by a daemon known to be dead, without waiting for expiry."""
-    params = {"p_owner": owner, "p_cap": max_recoveries, "p_limit": limit}
+    params = {
+        "p_owner": owner,
+        "p_cap": max_recoveries,
+        "p_limit": limit,
+        "p_now": clock.current(),
+    }
     return [RequeuedRun(*row) for row in conn.execute(_RESCUE_OWNER, params)]
 
 
@@ -498,6 +520,7 @@ def _by_leases(
         "p_tokens": [token for _, token in leases],
         "p_cap": cap,
         "p_limit": len(leases),
+        "p_now": clock.current(),
     }
     return [RequeuedRun(*row) for row in conn.execute(stmt, params)]
 
@@ -522,8 +545,8 @@ def suspend(
         text(
             "UPDATE orchestrator.runs SET status = :p_status, "
             "due_at = coalesce(CAST(:p_until AS timestamptz), "
-            "                  now() + make_interval(secs => :p_delay)), "
-            "updated_at = now(), state = coalesce(state || CAST(:p_state AS jsonb), state), "
+            f"                  {NOW_T} + make_interval(secs => :p_delay)), "
+            f"updated_at = {NOW_T}, state = coalesce(state || CAST(:p_state AS jsonb), state), "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
             "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
             "AND status = 'running' RETURNING due_at"
@@ -535,6 +558,7 @@ def suspend(
             "p_delay": delay_seconds,
             "p_until": until,
             "p_state": state_json,
+            "p_now": clock.current(),
         },
     ).scalar()
 
@@ -549,15 +573,21 @@ def retry(
     return conn.execute(
         text(
             "UPDATE orchestrator.runs SET status = 'queued', retries = retries + 1, "
-            "due_at = now() + make_interval(secs => :p_delay), "
+            f"due_at = {NOW_T} + make_interval(secs => :p_delay), "
             "error = CASE WHEN error ->> 'code' = 'cancelled' THEN error "
             "             ELSE CAST(:p_error AS jsonb) END, "
-            "updated_at = now(), "
+            f"updated_at = {NOW_T}, "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
             "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
             "AND status = 'running' RETURNING due_at"
         ),
-        {"p_id": run_id, "p_token": token, "p_delay": delay_seconds, "p_error": error_json},
+        {
+            "p_id": run_id,
+            "p_token": token,
+            "p_delay": delay_seconds,
+            "p_error": error_json,
+            "p_now": clock.current(),
+        },
     ).scalar()
 
 
@@ -661,7 +691,7 @@ _FAIL_UNKNOWN = text(
     f"""
     WITH changed AS (
     UPDATE orchestrator.runs AS r
-    SET status = 'failed', finished_at = now(), updated_at = now(),
+    SET status = 'failed', finished_at = {NOW_T}, updated_at = {NOW_T},
         error = jsonb_build_object(
             'type', 'UnknownFunctionError', 'code', 'unknown_function',
             'message', format('function %L is not registered by any daemon (no row in '
@@ -669,7 +699,7 @@ _FAIL_UNKNOWN = text(
     WHERE function_id = ANY(CAST(:p_ids AS text[])) AND {_DUE}
     RETURNING {_ENDED_COLUMNS}
     )
-    {after_finish("changed")}
+    {after_finish("changed", NOW_T)}
     SELECT id::text, function_id, status FROM changed
     """
 )
@@ -684,7 +714,8 @@ def fail_unknown_functions(conn: Connection) -> list[RequeuedRun]:
     unknown = [row[0] for row in conn.execute(_UNKNOWN_FUNCTIONS)]
     if not unknown:
         return []
-    return [RequeuedRun(*row) for row in conn.execute(_FAIL_UNKNOWN, {"p_ids": unknown})]
+    params = {"p_ids": unknown, "p_now": clock.current()}
+    return [RequeuedRun(*row) for row in conn.execute(_FAIL_UNKNOWN, params)]
 
 
 # Cancellation: the runs and, for those given with `children`, their unfinished descendants
@@ -712,19 +743,19 @@ _CANCEL = f"""
     ),
     changed AS (
         UPDATE orchestrator.runs r
-        SET cancel_requested_at = coalesce(r.cancel_requested_at, now()),
+        SET cancel_requested_at = coalesce(r.cancel_requested_at, {NOW}),
             cancel_children = coalesce((SELECT g.deep FROM given g WHERE g.id = r.id), true),
-            status = 'cancelled', finished_at = now(),
+            status = 'cancelled', finished_at = {NOW},
             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
             -- the first reason given is kept
             error = CASE WHEN r.error ->> 'code' = 'cancelled' THEN r.error ELSE
                 jsonb_build_object('type', 'RunCancelledError', 'code', 'cancelled',
                                    'message', %(reason)s::text) END,
-            updated_at = now()
+            updated_at = {NOW}
         FROM picked p WHERE r.id = p.id
         RETURNING {_ENDED_COLUMNS}, p.was
     )
-    {after_finish("changed")}
+    {after_finish("changed", NOW)}
     SELECT id::text, function_id, status, was FROM changed
     """
 _NOTIFY_CANCELLED = f"SELECT pg_notify('{CANCEL_CHANNEL}', '')"
@@ -801,7 +832,8 @@ def cancel_op(
     """`cancel` as an operation: each run ended, with its status before. `children` applies
     to every run given, or one flag per run."""
     flags = children if isinstance(children, list) else [children] * len(run_ids)
-    rows = yield Query(_CANCEL, {"ids": run_ids, "children": flags, "reason": reason})
+    params = {"ids": run_ids, "children": flags, "reason": reason, "now": clock.current()}
+    rows = yield Query(_CANCEL, params)
     ended = [CancelledRun(*row) for row in rows]
     if any(run.was == "running" for run in ended):  # delivered when the transaction commits
         yield Query(_NOTIFY_CANCELLED, {})

@@ -287,7 +287,7 @@ waits = Table(
 )
 
 # Signals to one run (migration 0013). The trigger `signals_sent` locks the run's row, refuses
-# a finished run and wakes a run waiting for the signal's name.
+# a finished run and wakes a run waiting for the signal's name, due at `sent_at` (0014).
 signals = Table(
     "signals",
     metadata,

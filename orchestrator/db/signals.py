@@ -1,9 +1,9 @@
 """Statements on `orchestrator.signals`: signals sent to one run, consumed in order by its
 `wait_for_signal` steps.
 
-Sending is an INSERT (`send_op`, or a user's own SQL). The trigger `signals_sent` (migration
-0013) locks the run's row first, refuses a finished run, and wakes the run if it waits for a
-signal of that name.
+Sending is an INSERT (`send_op`, or a user's own SQL). The trigger `signals_sent` (migrations
+0013, 0014) locks the run's row first, refuses a finished run, and wakes the run if it waits
+for a signal of that name, due at the signal's `sent_at`.
 
 Consuming (`take`) is one transaction of the worker that holds the run's lease: lock the run
 row (fenced on the lease token), take the oldest unconsumed signal of the name, and record
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from orchestrator.db import runs
+from orchestrator.db import clock, runs
 from orchestrator.db.direct import Conn, driver
 from orchestrator.db.ops import Op, Query
 from orchestrator.errors import RunFinishedError, RunNotFoundError
@@ -73,9 +73,10 @@ def send_op(run_id: str, name: str, data_json: str) -> Op[int]:
             f"{name!r}. Signal a run that is still queued, running, sleeping or waiting"
         )
     rows = yield Query(
-        "INSERT INTO orchestrator.signals (run_id, name, data) "
-        "VALUES (%(run)s::uuid, %(name)s, %(data)s::jsonb) RETURNING id",
-        {"run": run.id, "name": name, "data": data_json},
+        "INSERT INTO orchestrator.signals (run_id, name, data, sent_at) "
+        "VALUES (%(run)s::uuid, %(name)s, %(data)s::jsonb, "
+        "        coalesce(%(now)s::timestamptz, now())) RETURNING id",
+        {"run": run.id, "name": name, "data": data_json, "now": clock.current()},
     )
     signal_id: int = rows[0][0]
     return signal_id
@@ -91,7 +92,8 @@ _RECORDED = """
     WHERE run_id = %(run)s::uuid AND step_id = %(step)s AND status = 'completed'
     """
 _TAKE = """
-    UPDATE orchestrator.signals SET consumed_at = now(), consumed_by = %(step)s
+    UPDATE orchestrator.signals SET consumed_at = coalesce(%(now)s::timestamptz, now()),
+        consumed_by = %(step)s
     WHERE id = (SELECT id FROM orchestrator.signals
                 WHERE run_id = %(run)s::uuid AND name = %(name)s AND consumed_at IS NULL
                 ORDER BY id LIMIT 1 FOR UPDATE)
@@ -99,20 +101,23 @@ _TAKE = """
     """
 _RECORD = """
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, output,
-                                    wake_at, signal)
+                                    wake_at, signal, created_at, updated_at)
     VALUES (%(run)s::uuid, %(step)s, %(position)s, 'signal', %(status)s, 1,
-            CAST(%(output)s AS jsonb), %(wake)s, %(signal)s)
+            CAST(%(output)s AS jsonb), %(wake)s, %(signal)s,
+            coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = NULL, wake_at = EXCLUDED.wake_at,
-        signal = EXCLUDED.signal, updated_at = now()
+        signal = EXCLUDED.signal, updated_at = coalesce(%(now)s::timestamptz, now())
     """
 _KEEP_RUNNING = f"""
-    UPDATE orchestrator.runs SET state = {MERGE_STATE}, updated_at = now()
+    UPDATE orchestrator.runs SET state = {MERGE_STATE},
+        updated_at = coalesce(%(now)s::timestamptz, now())
     WHERE id = %(run)s::uuid AND CAST(%(state)s AS jsonb) IS NOT NULL
     """
 _SUSPEND = f"""
-    UPDATE orchestrator.runs SET status = 'waiting', due_at = %(due)s, updated_at = now(),
+    UPDATE orchestrator.runs SET status = 'waiting', due_at = %(due)s,
+        updated_at = coalesce(%(now)s::timestamptz, now()),
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
         state = {MERGE_STATE}
     WHERE id = %(run)s::uuid
@@ -152,4 +157,5 @@ def _params(taking: Taking) -> dict[str, Any]:
         "due": taking.due,
         "wake": taking.wake_at,
         "state": taking.state_json,
+        "now": clock.current(),
     }

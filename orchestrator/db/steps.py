@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
 
 
@@ -55,17 +56,19 @@ _COLUMNS = (
 _VALUES = """
     SELECT CAST(:p_run AS uuid), :p_step, :p_position, :p_kind, :p_status, :p_attempt,
            CAST(:p_output AS jsonb), CAST(:p_error AS jsonb), CAST(:p_wake AS timestamptz),
-           :p_duration, :p_event
+           :p_duration, :p_event, coalesce(CAST(:p_now AS timestamptz), now()),
+           coalesce(CAST(:p_now AS timestamptz), now())
 """
 _UPSERT_TAIL = """
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
-        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = now()
+        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id,
+        updated_at = coalesce(CAST(:p_now AS timestamptz), now())
 """
 _INSERT = (
     "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, "
-    "output, error, wake_at, duration_ms, event_id)"
+    "output, error, wake_at, duration_ms, event_id, created_at, updated_at)"
 )
 
 _UNFENCED = text(f"{_INSERT} {_VALUES} {_UPSERT_TAIL}")
@@ -84,6 +87,7 @@ def _params(run_id: str, step: StepRecord) -> dict[str, Any]:
         "p_wake": step.wake_at,
         "p_duration": step.duration_ms,
         "p_event": step.event_id,
+        "p_now": clock.current(),
     }
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from orchestrator.db import runs
+from orchestrator.db import clock, runs
 from orchestrator.db.direct import Conn, driver, set_local
 from orchestrator.db.events import event_payload
 from orchestrator.db.session import notify_runs
@@ -278,7 +278,7 @@ _SUSPEND = """
     ),
     held AS (
         UPDATE orchestrator.runs r
-        SET status = 'waiting', due_at = l.due, updated_at = now(),
+        SET status = 'waiting', due_at = l.due, updated_at = coalesce(%(now)b::timestamptz, now()),
             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
             state = coalesce(r.state || l.state, r.state)
         FROM locked l
@@ -286,22 +286,26 @@ _SUSPEND = """
         RETURNING r.id
     ),
     step AS (
-        INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, wake_at)
-        SELECT l.run_id, l.step_id, l.position, l.kind, 'waiting', 1, l.expires FROM locked l
+        INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, wake_at,
+                                        created_at, updated_at)
+        SELECT l.run_id, l.step_id, l.position, l.kind, 'waiting', 1, l.expires,
+               coalesce(%(now)b::timestamptz, now()), coalesce(%(now)b::timestamptz, now())
+        FROM locked l
         ON CONFLICT (run_id, step_id) DO UPDATE SET
             kind = EXCLUDED.kind, status = EXCLUDED.status, wake_at = EXCLUDED.wake_at,
-            updated_at = now()
+            updated_at = coalesce(%(now)b::timestamptz, now())
     ),
     stored AS (
         INSERT INTO orchestrator.waits (run_id, step_id, branch, kind, event_name, match_path,
-                                        match_value, expression, since, expires_at)
+                                        match_value, expression, since, expires_at,
+                                        created_at)
         SELECT l.run_id, l.step_id, 0, 'event', l.name, l.path, l.value, l.expr, l.since,
-               l.expires
+               l.expires, coalesce(%(now)b::timestamptz, now())
         FROM locked l
         UNION ALL
         SELECT l.run_id, l.step_id, m.branch, 'event', m.name, m.path,
                coalesce(m.value, 'null'::jsonb), m.expr,
-               m.since, l.expires
+               m.since, l.expires, coalesce(%(now)b::timestamptz, now())
         FROM locked l
         CROSS JOIN LATERAL jsonb_to_recordset(l.more)
              AS m(branch int, name text, path text, value jsonb, expr text, since timestamptz)
@@ -333,6 +337,7 @@ def _suspend_sent(conn: Conn, storing: list[Storing]) -> Callable[[], set[str]]:
         "expires": [w.expires_at for w in firsts],
         "more": [_more(s.branches[1:]) for s in storing],
         "states": [s.state_json for s in storing],
+        "now": clock.current(),
     }
     cursor = driver(conn).execute(_SUSPEND, params, prepare=True)
     return lambda: {str(row[0]) for row in cursor.fetchall()}
@@ -491,7 +496,8 @@ _RESOLVE = """
     ),
     stepped AS (
         UPDATE orchestrator.steps s
-        SET status = 'completed', event_id = t.event ->> 'id', updated_at = now(),
+        SET status = 'completed', event_id = t.event ->> 'id',
+            updated_at = coalesce(%(now)b::timestamptz, now()),
             output = CASE WHEN s.kind = 'wait_any'
                           THEN jsonb_build_object('index', t.branch, 'event', t.event)
                           ELSE t.event END
@@ -500,7 +506,9 @@ _RESOLVE = """
         RETURNING s.run_id
     ),
     woken AS (
-        UPDATE orchestrator.runs r SET status = 'queued', due_at = now(), updated_at = now()
+        UPDATE orchestrator.runs r SET status = 'queued',
+            due_at = coalesce(%(now)b::timestamptz, now()),
+            updated_at = coalesce(%(now)b::timestamptz, now())
         FROM stepped s WHERE r.id = s.run_id
         RETURNING r.id
     )
@@ -541,6 +549,7 @@ def resolve(conn: Conn, resolutions: list[Resolution]) -> Resolved:
         "events": [json.dumps(r.event, separators=(",", ":")) for r in resolutions],
         "branches": [r.branch for r in resolutions],
         "finished": FINISHED_EVENT_NAME,
+        "now": clock.current(),
     }
     rows = driver(conn).execute(_RESOLVE, params, prepare=True).fetchall()
     return Resolved([r for woke, r in rows if woke], [r for woke, r in rows if not woke])

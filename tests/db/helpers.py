@@ -47,6 +47,7 @@ def claim_plan(db: Database, *, suspects: bool = False, analyze: bool = False) -
     carries (`runs.CLAIM_SETTINGS`)."""
     stmt = runs._CLAIM_SUSPECTS if suspects else runs._CLAIM
     params = {"owner": str(uuid.uuid4()), "limit": 10, "lease": 30.0, "fids": ["f", "g"]}
+    params["now"] = None
     with db.transaction() as conn:
         raw = driver(conn)
         for name, value in runs.CLAIM_SETTINGS.items():

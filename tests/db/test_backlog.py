@@ -73,7 +73,9 @@ def test_due_backlog__walks_the_function_due_index(db: Database) -> None:
     with db.transaction() as conn:
         raw = driver(conn)
         sql = backlog._PROBE.replace(":p_fids", "%(fids)s").replace(":p_cap", "%(cap)s")
-        rows = raw.execute("EXPLAIN " + sql, {"fids": ["f", "g"], "cap": 10_000}).fetchall()
+        sql = sql.replace(":p_now", "%(now)s")
+        params = {"fids": ["f", "g"], "cap": 10_000, "now": None}
+        rows = raw.execute("EXPLAIN " + sql, params).fetchall()
     plan = "\n".join(str(r[0]) for r in rows)
     assert "runs_function_due" in plan
     assert "Seq Scan on runs" not in plan

@@ -125,6 +125,7 @@ def test_flow_claim__keyed_candidates_skip_scan_the_keys(db: Database) -> None:
     with db.transaction() as conn:
         set_local(conn, runs.CLAIM_SETTINGS)
         params = {"fid": "keyed", "suspects": False, "per_key": 1, "keys": 256, "after": None}
+        params["now"] = None
         plan = (
             driver(conn)
             .execute("EXPLAIN (FORMAT JSON) " + flow._heads_sql(False, after=False), params)
@@ -158,7 +159,7 @@ def test_flow_claim__candidates_walk_the_function_due_index(db: Database) -> Non
         raw = driver(conn)
         set_local(conn, runs.CLAIM_SETTINGS)  # as on the daemon's claim connection
         sql = flow._candidates_sql(False)
-        params = {"fid": "limited", "suspects": False, "n": 10}
+        params = {"fid": "limited", "suspects": False, "n": 10, "now": None}
         plan = "\n".join(r[0] for r in raw.execute("EXPLAIN " + sql, params).fetchall())
     assert "runs_function_due" in plan
 

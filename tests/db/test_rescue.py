@@ -117,7 +117,7 @@ def _made_order(db: Database) -> Callable[[str], datetime]:
 def test_rescue__finds_the_head_of_the_line_by_the_due_index(db: Database) -> None:
     queue_runs(db, 2000)
     execute(db, "ANALYZE orchestrator.runs")
-    params = {"p_owner": DEAD, "p_cap": 5, "p_limit": 10}
+    params = {"p_owner": DEAD, "p_cap": 5, "p_limit": 10, "p_now": None}
     with db.transaction() as conn:
         plan = "\n".join(
             row[0] for row in conn.execute(text("EXPLAIN " + runs._RESCUE_OWNER.text), params)

@@ -12,8 +12,10 @@ from sqlalchemy import text
 
 from orchestrator.db import runs, steps
 from orchestrator.db.checkpoints import GroupWrite, write_group
+from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from tests.db.helpers import claim, claim_plan, execute, queue_runs, wait_until_blocked
+from tests.db.plans import generic_plan
 
 pytestmark = pytest.mark.timeout(60)
 OWNER = str(uuid.uuid4())
@@ -103,6 +105,25 @@ def test_claim__walks_the_due_index_in_order_despite_stale_statistics(db: Databa
     text_plan = claim_plan(db, analyze=True)
     assert "Index Scan using runs_due on runs" in text_plan, text_plan
     assert "Sort" not in text_plan and "Bitmap" not in text_plan, text_plan
+
+
+def test_claim__its_generic_plan_with_the_now_parameter_walks_the_due_index(
+    db: Database,
+) -> None:
+    # the claim is prepared: its generic plan bounds the index walk by coalesce($n, now())
+    queue_runs(db, 2000)
+    execute(db, "ANALYZE orchestrator.runs")
+    args = {"owner": OWNER, "limit": 10, "lease": 30.0, "fids": ["f"], "now": None}
+    types = {"owner": "uuid", "limit": "int", "lease": "float8", "fids": "text[]"}
+    types["now"] = "timestamptz"
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        for name, value in runs.CLAIM_SETTINGS.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        plan = generic_plan(conn, runs._CLAIM, args, types)
+    assert "Index Scan using runs_due on runs" in plan, plan
+    assert "Index Cond: (due_at <= COALESCE(" in plan, plan
+    assert "Sort" not in plan and "Bitmap" not in plan, plan
+    assert "rows=10 " in plan.splitlines()[0], plan  # ten claimed, at the walk's head
 
 
 def test_checkpoint__fenced_by_lease_token(db: Database) -> None:
@@ -245,7 +266,7 @@ def test_seconds_until_next_due__reads_one_row_per_function_however_many_sleep(
     with db.transaction() as conn:
         for sql in (runs._NEXT_DUE, runs._NEXT_FUTURE):
             (plan,) = conn.execute(
-                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"p_fids": ["f", "g"]}
+                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"p_fids": ["f", "g"], "p_now": None}
             ).scalar()
             scans = list(_scans_of_runs(plan["Plan"]))
             assert scans, plan

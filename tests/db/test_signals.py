@@ -327,8 +327,8 @@ def test_take__finds_the_oldest_pending_signal_through_its_index(db: Database) -
         "FROM orchestrator.runs r CROSS JOIN generate_series(1, 10) i",
     )
     sql(db, "ANALYZE orchestrator.signals")
-    args = {"run": run_id, "name": "go", "step": "s"}
-    types = {"run": "uuid", "name": "text", "step": "text"}
+    args = {"run": run_id, "name": "go", "step": "s", "now": None}
+    types = {"run": "uuid", "name": "text", "step": "text", "now": "timestamptz"}
     with psycopg.connect(libpq_url(db.url)) as conn:
         plan = generic_plan(conn, signals._TAKE, args, types)
     assert "Index Scan using signals_pending on signals" in plan, plan

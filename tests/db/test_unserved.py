@@ -215,8 +215,9 @@ def test_unserved_backlog__reads_no_runs_of_served_functions(db: Database) -> No
     execute(db, "ANALYZE orchestrator.functions, orchestrator.daemons, orchestrator.runs")
     with db.transaction() as conn:
         raw = driver(conn)
-        query = functions._UNSERVED.replace(":p_cap", "%(p_cap)s")
-        [[plan]] = raw.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, {"p_cap": 10}).fetchall()
+        query = functions._UNSERVED.replace(":p_cap", "%(p_cap)s").replace(":p_now", "%(now)s")
+        params = {"p_cap": 10, "now": None}
+        [[plan]] = raw.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchall()
     scans = [n for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "runs"]
     assert scans and all(n["Actual Loops"] == 1 for n in scans)  # for "c" only
     assert sum(n["Actual Rows"] for n in scans) == 3

@@ -298,12 +298,13 @@ def test_store_many__its_suspension_generic_plan_compares_no_pairs(db: Database)
         "states": ['{"progress": 1}'] * n,
         "more": [None] * n,
     }
+    now_arg = {"now": None}
     arrays = {"runs": "uuid", "tokens": "uuid", "dues": "timestamptz", "positions": "int"}
     arrays["more"] = "jsonb"
     arrays |= {"values": "jsonb", "since": "timestamptz", "expires": "timestamptz"}
     arrays |= {"states": "jsonb"}
-    types = {name: f"{arrays.get(name, 'text')}[]" for name in args}
+    types = {name: f"{arrays.get(name, 'text')}[]" for name in args} | {"now": "timestamptz"}
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
-        plan = generic_plan(conn, waits._SUSPEND, args, types)
+        plan = generic_plan(conn, waits._SUSPEND, args | now_arg, types)
     assert "CTE Scan on held" in plan and f"rows={n}" in plan, plan
     assert most_removed_by_join(plan) < n, plan

@@ -271,7 +271,8 @@ def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -
     args = {"runs": ids, "steps": ["paid"] * len(ids), "events": [event] * len(ids)}
     args |= {"branches": [0] * len(ids), "finished": "orchestrator/function.finished"}
     types = {"runs": "uuid[]", "steps": "text[]", "events": "jsonb[]", "branches": "int[]"}
-    types["finished"] = "text"
+    types |= {"finished": "text", "now": "timestamptz"}
+    args["now"] = None
     with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
         plan = generic_plan(conn, waits._RESOLVE, args, types)
     assert "Update on runs" in plan and "rows=500" in plan, plan
