@@ -574,8 +574,13 @@ def test_plans__batches_walk_their_index_and_probe_by_key(db: Database, db_url: 
         "INSERT INTO orchestrator.events (id, name, ingested_at) "
         "SELECT 'e' || g, 'x', now() FROM generate_series(1, 5000) g",
     )
-    execute(db, "ANALYZE orchestrator.runs")
-    execute(db, "ANALYZE orchestrator.events")
+    execute(  # each run has a step, so that the table's statistics are those of a used one
+        db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status) "
+        "SELECT id, 'a', 0, 'run', 'completed' FROM orchestrator.runs",
+    )
+    for table in ("runs", "events", "steps"):
+        execute(db, f"ANALYZE orchestrator.{table}")
 
     runs_plan = generic_plan(
         db_url,
