@@ -362,13 +362,15 @@ class Context:
     @property
     def cancelled(self) -> bool:
         """True once this run was cancelled (the worker executing it was told)."""
-        return self.run_id in self.step._execution.cancelled
+        execution = self.step._execution
+        return execution.lease.token in execution.cancelled
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block until this run is cancelled, or for `timeout` seconds (None: for good);
         returns `cancelled`. For a plain function's step body; an async function's task is
         cancelled where it awaits anyway."""
-        return self.step._execution.cancelled.wait(self.run_id, timeout)
+        execution = self.step._execution
+        return execution.cancelled.wait(execution.lease.token, timeout)
 
     def set_state(self, key: str, value: Any) -> None:
         """Publish `value` (JSON) under `key` in the run's state (`runs.state`), which

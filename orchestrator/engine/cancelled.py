@@ -13,26 +13,28 @@ from collections.abc import Iterable
 
 
 class CancelledRuns:
-    """A set of run ids that threads can wait on."""
+    """A set of lease tokens (one per execution told of its run's cancellation) that threads
+    can wait on. Keyed by lease, not run id: a cancelled run may be resumed and handed to the
+    same worker while its cancelled execution still runs, and the new execution goes on."""
 
     def __init__(self, run_ids: Iterable[str] = ()) -> None:
         self._ids = set(run_ids)
         self._changed = threading.Condition()
 
-    def __contains__(self, run_id: object) -> bool:
-        return run_id in self._ids
+    def __contains__(self, token: object) -> bool:
+        return token in self._ids
 
-    def mark(self, run_ids: Iterable[str]) -> None:
+    def mark(self, tokens: Iterable[str]) -> None:
         with self._changed:
-            self._ids.update(run_ids)
+            self._ids.update(tokens)
             self._changed.notify_all()
 
-    def discard(self, run_id: str) -> None:
+    def discard(self, token: str) -> None:
         with self._changed:
-            self._ids.discard(run_id)
+            self._ids.discard(token)
 
-    def wait(self, run_id: str, timeout: float | None) -> bool:
-        """Block until the run is marked, or `timeout` seconds (None: for good); True if it
-        is marked."""
+    def wait(self, token: str, timeout: float | None) -> bool:
+        """Block until the execution under this lease is marked, or `timeout` seconds (None:
+        for good); True if it is marked."""
         with self._changed:
-            return self._changed.wait_for(lambda: run_id in self._ids, timeout)
+            return self._changed.wait_for(lambda: token in self._ids, timeout)

@@ -233,7 +233,7 @@ class Execution:
             raise Suspend("worker draining")
 
     def _stop_if_cancelled(self) -> None:
-        if self.lease.run_id in self.cancelled:
+        if self.lease.token in self.cancelled:
             raise Cancelled(f"run {self.lease.run_id} was cancelled")
 
     # -- run state (ctx.set_state) -------------------------------------------------------

@@ -138,7 +138,7 @@ async def execute(
     try:
         return await _drive(fdef, ctx, execution, limits=limits, retries=task.retries, log=log)
     except LeaseLost as exc:
-        if task.run_id in execution.cancelled:  # a write refused after the run was cancelled
+        if task.lease_token in execution.cancelled:  # a write refused after the run was cancelled
             return stopped(task.run_id, log, at="a write")
         log.warning("lease lost; abandoning run", reason=str(exc))
         return Outcome(task.run_id, "lease_lost")

@@ -46,7 +46,9 @@ class _Worker:
     capacity: int = 1
     async_capacity: int = 0  # runs of async functions at once on its loop
     async_runs: set[str] = field(default_factory=set)  # those of `inflight` on its loop
-    cancelled: set[str] = field(default_factory=set)  # those of `inflight` told of a cancel
+    # the lease tokens of executions here told of a cancellation (by token, not run id: a
+    # resumed run may be handed here again while its cancelled execution still runs)
+    cancelled: set[str] = field(default_factory=set)
     quarantine: bool = False
 
     def free(self, *, is_async: bool = False, ahead: bool = True) -> int:
@@ -205,7 +207,12 @@ class WorkerPool:
         """The runs executing here whose leases should hold (not those a cancellation
         ended, whose executions are stopping)."""
         with self._lock:
-            return {rid for w in self._workers.values() for rid in w.inflight.keys() - w.cancelled}
+            return {
+                rid
+                for w in self._workers.values()
+                for rid, token in w.inflight.items()
+                if token not in w.cancelled
+            }
 
     def submit(self, tasks: list[Task], *, quarantine: bool = False) -> None:
         """Hand tasks to the ready processes (of the kind asked for) with the most free slots,
@@ -227,12 +234,17 @@ class WorkerPool:
         """Tell the processes executing these runs that a cancellation ended them: an async
         run's task is cancelled at once, a plain one stops at its next step boundary (its
         step body can watch `ctx.cancelled`). Each run is told once."""
-        batches: dict[int, list[str]] = {}
+        batches: dict[int, list[tuple[str, str]]] = {}
         with self._lock:
             workers = dict(self._workers)
             for worker in workers.values():
-                batch = [rid for rid in run_ids if rid in worker.inflight.keys() - worker.cancelled]
-                worker.cancelled.update(batch)
+                batch = [
+                    (rid, token)
+                    for rid in run_ids
+                    if (token := worker.inflight.get(rid)) is not None
+                    and token not in worker.cancelled
+                ]
+                worker.cancelled.update(token for _, token in batch)
                 batches[worker.index] = batch
         for index, batch in batches.items():
             if batch:
@@ -279,11 +291,17 @@ class WorkerPool:
             return
         _, done, stats = message
         self._stats(stats)  # before the runs are seen done, so a scrape after it counts them
-        for run_id, status, due in done:
+        for run_id, status, due, ended in done:
             with self._lock:
-                token = worker.inflight.pop(run_id, None)
-                worker.async_runs.discard(run_id)
-                worker.cancelled.discard(run_id)
+                # the execution of this lease ended; a later one of the same run (resumed and
+                # handed here while a cancelled execution still ran) stays in flight
+                token = worker.inflight.get(run_id)
+                if token == ended:
+                    del worker.inflight[run_id]
+                    worker.async_runs.discard(run_id)
+                else:
+                    token = None
+                worker.cancelled.discard(ended)
             if status == "abandoned" and token is not None:
                 # the worker gave up (an engine or database error it could not get past): an
                 # interruption, but no crash to blame on the run

@@ -1,14 +1,14 @@
 """A worker process: `concurrency` threads executing the runs of plain functions its daemon
 hands it, and one event loop executing up to `async_concurrency` runs of async ones.
 
-Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("cancel", [run id, ...])
-(a cancellation ended these runs: their executions stop), ("drain",) and ("stop",) and
-answers ("ready",) once, then ("done", [(run_id, status, due_at), ...], counts) for the runs
-that stopped since its last message. `counts` is what its metrics tally counted since then
-(None when metrics are off or nothing was); ("stats", counts) carries them alone when they
-have waited long during a long run. It is forked from the daemon's fork server and dies with
-it (PR_SET_PDEATHSIG), which dies with the daemon; it ignores SIGINT/SIGTERM, which the
-daemon handles for the whole group.
+Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("cancel", [(run id, lease
+token), ...]) (a cancellation ended these runs: the executions under these leases stop),
+("drain",) and ("stop",) and answers ("ready",) once, then ("done", [(run_id, status, due_at,
+lease_token), ...], counts) for the executions that stopped since its last message. `counts`
+is what its metrics tally counted since then (None when metrics are off or nothing was);
+("stats", counts) carries them alone when they have waited long during a long run. It is
+forked from the daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the
+daemon; it ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class Worker:
         self.cancelled = CancelledRuns()  # runs here that a cancellation ended
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.send_lock = threading.Lock()
-        self.outbox: list[tuple[str, str, str | None]] = []  # (run id, status, due) to send
+        # (run id, status, due, lease token) of the executions that ended, to send
+        self.outbox: list[tuple[str, str, str | None, str]] = []
         store.committer.after_group = self.send_done
         # step and run counts for the daemon's metrics, only if it serves them
         self.tally = StepTally(on_stale=self._send_stats) if cfg.http_address else None
@@ -154,10 +155,10 @@ class Worker:
         if message[0] == "run":
             for task in message[1]:
                 self._dispatch(task)
-        elif message[0] == "cancel":
-            self.cancelled.mark(message[1])
+        elif message[0] == "cancel":  # (run id, lease token) of each execution to stop
+            self.cancelled.mark(token for _, token in message[1])
             if self.loop is not None:
-                self.loop.cancel(message[1])
+                self.loop.cancel([run_id for run_id, _ in message[1]])
         elif message[0] == "drain":
             self.draining.set()
         return bool(message[0] != "stop")
@@ -192,12 +193,12 @@ class Worker:
         commit.add_done_callback(committed)
 
     def _done(self, task: Task, outcome: Outcome, *, send: bool) -> None:
-        self.cancelled.discard(task.run_id)
+        self.cancelled.discard(task.lease_token)
         due = outcome.due_at.isoformat() if outcome.due_at else None
         with self.send_lock:
             if self.tally is not None:
                 self.tally.run_finished(task.function_id, outcome.status)
-            self.outbox.append((outcome.run_id, outcome.status, due))
+            self.outbox.append((outcome.run_id, outcome.status, due, task.lease_token))
         if send:
             self.send_done()
 

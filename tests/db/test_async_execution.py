@@ -156,7 +156,7 @@ def cancel_while_in_body(harness: Harness, function_id: str, started: Any) -> An
         await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
         with harness.db.transaction() as conn:
             runs.cancel(conn, [task.run_id], reason="by the test")
-        harness.cancelled.mark([task.run_id])
+        harness.cancelled.mark([task.lease_token])
         face.cancel()
         return await running
 

@@ -180,7 +180,7 @@ def test_cancel__a_sync_body_sees_it_and_its_late_result_is_refused(harness: Har
     with harness.db.transaction() as conn:
         runs.cancel(conn, [run_id], reason="stop it")
     assert harness.run(run_id)["status"] == "cancelled"  # while the body still runs
-    harness.cancelled.mark([run_id])  # the worker is told
+    harness.cancelled.mark([task.lease_token])  # the worker is told
     outcome = executing.result(timeout=30)
     assert outcome.status == "stopped"
     assert seen == [True, True]
