@@ -534,9 +534,12 @@ def suspend(
     delay_seconds: float = 0.0,
     until: datetime | None = None,
     state_json: str | None = None,
+    retry_error: str | None = None,
 ) -> datetime | None:
     """Release the lease; the run is due at `until`, or `delay_seconds` from the database's now.
-    `state_json` (an object, or None) is merged into the run's state.
+    `state_json` (an object, or None) is merged into the run's state. With `retry_error` (the
+    failed attempt's error), it is a function-level retry: `retries` goes up by one and
+    `error` holds that error until the run ends.
 
     Returns the new due time, or None if the lease was lost. Locks the run row, so the caller
     may write step rows in the same transaction without a further fence.
@@ -547,6 +550,8 @@ def suspend(
             "due_at = coalesce(CAST(:p_until AS timestamptz), "
             f"                  {NOW_T} + make_interval(secs => :p_delay)), "
             f"updated_at = {NOW_T}, state = coalesce(state || CAST(:p_state AS jsonb), state), "
+            "retries = retries + CASE WHEN CAST(:p_error AS jsonb) IS NULL THEN 0 ELSE 1 END, "
+            "error = coalesce(CAST(:p_error AS jsonb), error), "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
             "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
             "AND status = 'running' RETURNING due_at"
@@ -558,34 +563,7 @@ def suspend(
             "p_delay": delay_seconds,
             "p_until": until,
             "p_state": state_json,
-            "p_now": clock.current(),
-        },
-    ).scalar()
-
-
-def retry(
-    conn: Connection, run_id: str, token: str, *, delay_seconds: float, error_json: str
-) -> datetime | None:
-    """Release the lease and make the run due again in `delay_seconds` for a function-level
-    retry: `retries` goes up by one and `error` holds the failed attempt's error (a
-    cancellation's reason, already there, is kept). Returns the new due time, or None if the
-    lease was lost."""
-    return conn.execute(
-        text(
-            "UPDATE orchestrator.runs SET status = 'queued', retries = retries + 1, "
-            f"due_at = {NOW_T} + make_interval(secs => :p_delay), "
-            "error = CASE WHEN error ->> 'code' = 'cancelled' THEN error "
-            "             ELSE CAST(:p_error AS jsonb) END, "
-            f"updated_at = {NOW_T}, "
-            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
-            "WHERE id = CAST(:p_id AS uuid) AND lease_token = CAST(:p_token AS uuid) "
-            "AND status = 'running' RETURNING due_at"
-        ),
-        {
-            "p_id": run_id,
-            "p_token": token,
-            "p_delay": delay_seconds,
-            "p_error": error_json,
+            "p_error": retry_error,
             "p_now": clock.current(),
         },
     ).scalar()

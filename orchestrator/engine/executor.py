@@ -218,7 +218,12 @@ async def _failed(execution: Execution, exc: BaseException, *, retries: int, log
     error = json.dumps(error_dict(exc))
     try:  # the last step's deferred record is committed first (`io` flushes it)
         due = await execution.io(
-            execution.store.retry, execution.lease, delay=delay, error_json=error
+            execution.store.suspend,
+            execution.lease,
+            status="queued",
+            delay=delay,
+            state_json=execution.state_json(),
+            retry_error=error,
         )
     except Cancelled:  # a cancellation ended the run meanwhile: the retry was refused
         return stopped(execution.lease.run_id, log, at="a function retry")

@@ -90,9 +90,11 @@ class RunStore:
         record: steps.StepRecord | None = None,
         records: tuple[steps.StepRecord, ...] = (),
         state_json: str | None = None,
+        retry_error: str | None = None,
     ) -> datetime:
         """Make the run due later and record `record` (and `records`) with its wake time,
-        and merge `state_json` into its state, atomically."""
+        and merge `state_json` into its state, atomically; with `retry_error`, as a
+        function-level retry (db/runs.py `suspend`)."""
         written = (record, *records) if record is not None else records
 
         def write(conn: Any) -> datetime | None:
@@ -104,6 +106,7 @@ class RunStore:
                 delay_seconds=delay,
                 until=until,
                 state_json=state_json,
+                retry_error=retry_error,
             )
             for rec in written if due is not None else ():
                 steps.save_locked(conn, lease.run_id, replace(rec, wake_at=due))
@@ -112,19 +115,6 @@ class RunStore:
         due = self.db.run(write, retry_for=self.retry_for)
         if due is None:
             raise LeaseLost(f"run {lease.run_id}: lease lost while suspending")
-        return due
-
-    def retry(self, lease: Lease, *, delay: float, error_json: str) -> datetime:
-        """Make the run due again in `delay` seconds for a function-level retry, with the
-        failed attempt's error in `runs.error`; raises `LeaseLost` if the lease was lost."""
-        due = self.db.run(
-            lambda conn: runs.retry(
-                conn, lease.run_id, lease.token, delay_seconds=delay, error_json=error_json
-            ),
-            retry_for=self.retry_for,
-        )
-        if due is None:
-            raise LeaseLost(f"run {lease.run_id}: lease lost while scheduling its retry")
         return due
 
     def waiting(

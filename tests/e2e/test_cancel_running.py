@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from tests.conftest import eventually
-from tests.e2e.harness import DaemonProcess, cli, effects, scalar, send, sql
+from tests.e2e.harness import DaemonProcess, cli, effects, run_of, scalar, send, sql
 from tests.e2e.shared import Served, shared_daemons
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -35,17 +35,6 @@ def client(served: Served) -> Iterator[Orchestrator]:
     orch = Orchestrator(served.url)
     yield orch
     orch.close()
-
-
-def run_for(url: str, event_id: str) -> str:
-    return str(
-        eventually(
-            lambda: scalar(
-                url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (event_id,)
-            ),
-            what=f"the run of event {event_id}",
-        )
-    )
 
 
 def run_row(url: str, run_id: str) -> dict[str, Any]:
@@ -79,9 +68,9 @@ def blocked_a_and_queued_b(url: str) -> tuple[str, str, str]:
     """Run A of the Concurrency(1) function in its step body, held at a gate, and run B
     queued behind it; returns (A, B, A's gate)."""
     gate = f"gate-{uuid.uuid4()}"
-    a = run_for(url, send(url, "cx/one", {"gate": gate}))
+    a = run_of(url, send(url, "cx/one", {"gate": gate}))
     eventually(lambda: effects(url, a).get("work") == 1, what="A's step body started")
-    b = run_for(url, send(url, "cx/one", {}))
+    b = run_of(url, send(url, "cx/one", {}))
     # B is due and stays queued: the limit holds it (A is `running`)
     eventually(
         lambda: (
@@ -148,7 +137,7 @@ def test_cancel_running__async_step_is_interrupted_at_once(
     served: Served, client: Orchestrator
 ) -> None:
     url = served.url
-    run_id = run_for(url, send(url, "cx/async", {}))
+    run_id = run_of(url, send(url, "cx/async", {}))
     eventually(lambda: effects(url, run_id).get("work") == 1, what="the async body sleeping")
     assert client.cancel(run_id) == "cancelled"
     eventually(
@@ -164,7 +153,7 @@ def test_cancel_running__async_step_is_interrupted_at_once(
 
 def invoked_child(url: str) -> tuple[str, str, str]:
     gate = f"gate-{uuid.uuid4()}"
-    parent = run_for(url, send(url, "cx/invoker", {"gate": gate}))
+    parent = run_of(url, send(url, "cx/invoker", {"gate": gate}))
     child = str(
         eventually(
             lambda: scalar(
