@@ -4,39 +4,16 @@ events sent by plain SQL, `kill -9` in the middle. Step-body executions are coun
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import pytest
 
 from tests.conftest import eventually
-from tests.e2e.harness import count, scalar, sql
+from tests.e2e.harness import count, run_of, scalar, send, sql
 
 pytestmark = pytest.mark.e2e
 
 APP = "tests.e2e.apps.lookback:app"
-
-
-def send(url: str, name: str, data: dict[str, Any]) -> str:
-    return str(
-        scalar(
-            url,
-            "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s::jsonb) RETURNING id",
-            (name, json.dumps(data)),
-        )
-    )
-
-
-def run_of(url: str, event_id: str) -> str:
-    return str(
-        eventually(
-            lambda: scalar(
-                url, "SELECT id::text FROM orchestrator.runs WHERE event_id = %s", (event_id,)
-            ),
-            what=f"run of event {event_id}",
-        )
-    )
 
 
 def status(url: str, run_id: str) -> str:
