@@ -186,11 +186,14 @@ class Orchestrator:
                 )
             return self._db
 
-    def bind(self, url: str) -> None:
-        """Use `url` from now on (the daemon binds its app to the database it serves)."""
+    def bind(self, url: str | None) -> str | None:
+        """Use `url` from now on (the daemon binds its app to the database it serves; a test
+        environment to its test database); None goes back to the configured database.
+        Returns the URL bound before (None: none was)."""
         self.close()
         with self._lock:
-            self._explicit_url = url
+            before, self._explicit_url = self._explicit_url, url
+        return before
 
     def close(self) -> None:
         """Close the app's connections (the next call opens new ones), the async methods'

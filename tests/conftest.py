@@ -1,6 +1,6 @@
 """Shared fixtures: a real Postgres (ORCHESTRATOR_TEST_DATABASE_URL or the embedded server),
 a migrated template database, and a fresh database cloned from it for each test (cloned ahead
-of need, tests/clones.py)."""
+of need, orchestrator/db/clones.py, which orchestrator.testing uses too)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
-from orchestrator.db import migrate
+from orchestrator.db import clones
 from orchestrator.db.connect import embedded_url, libpq_url
 from orchestrator.db.database import Database
-from tests import clones
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def with_database(url: str, name: str) -> str:
-    return libpq_url(make_url(url).set(database=name).render_as_string(hide_password=False))
-
-
-def admin(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(libpq_url(url), autocommit=True)
+with_database = clones.with_database
+admin = clones.admin
 
 
 def eventually(
@@ -55,18 +48,9 @@ def server_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def template_name(server_url: str) -> Iterator[str]:
-    """A database migrated to head, cloned by every test (creating it once per session)."""
-    name = f"orchestrator_template_{migrate.head_revision()}_{os.getpid()}"
-    with admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db = Database(with_database(server_url, name), pool_size=1)
-    migrate.upgrade(db.engine)
-    db.dispose()
-    yield name
-    with admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def template_name(server_url: str) -> str:
+    """A database migrated to head, cloned by every test (made once per schema version)."""
+    return clones.ensure_template(server_url)
 
 
 def clone_template(server_url: str, template_name: str) -> str:

@@ -11,15 +11,19 @@ functions`, and `hold`/`remove` retire a function from the registry.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
 
 from orchestrator.db import clock
 from orchestrator.db.runs import CancelWatch
 from orchestrator.db.schema import ACTIVE_STATUSES
+
+if TYPE_CHECKING:
+    from orchestrator.functions import FunctionDef
 
 # Running daemons that serve the function `{f}.id` (NULL functions: any).
 _SERVES = "d.status = 'running' AND (d.functions IS NULL OR {f}.id = ANY(d.functions))"
@@ -43,6 +47,14 @@ class DueSchedule:
     tz: str
     next_fire_at: datetime
     now: datetime
+
+
+def record_all(conn: Connection, registry: Mapping[str, FunctionDef]) -> None:
+    """Record every function of an app, in id order (the order every statement locks their
+    rows in): what a daemon serving it does at start-up, and a test environment."""
+    for fid, fdef in sorted(registry.items()):
+        desc = fdef.describe()
+        upsert(conn, fid, triggers=desc.pop("triggers"), options=desc, version=fdef.source_hash())
 
 
 def upsert(

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from orchestrator import codec
 from orchestrator.db.steps import StepRecord, StepRow
@@ -57,6 +57,16 @@ _BODY: ContextVar[str | None] = ContextVar("orchestrator_step_body", default=Non
 T = TypeVar("T")
 
 
+class StandIns(Protocol):
+    """What a test puts in place of step bodies (orchestrator.testing): called before each
+    body runs, with the run, the function, the step's unique id (`id`, `id#1`, …) and the
+    body; returns what to call instead (or the body itself)."""
+
+    def body(
+        self, run_id: str, function_id: str, step_id: str, fn: Callable[..., Any]
+    ) -> Callable[..., Any]: ...
+
+
 @dataclass(frozen=True)
 class Limits:
     max_step_output_bytes: int = 4 * 1024 * 1024
@@ -85,8 +95,10 @@ class Execution:
         policies: Mapping[str, FlowPolicy] | None = None,
         observer: StepObserver = NOBODY,
         face: Face | None = None,
+        stand_ins: StandIns | None = None,
     ) -> None:
         self.face: Face = face or SyncFace()  # how its steps do their I/O (engine/faces.py)
+        self.stand_ins = stand_ins  # what replaces step bodies under test (orchestrator.testing)
         self.lease = lease
         self.observer = observer  # counts step bodies and retries for the metrics
         self.policies = policies or {}  # flow control of the functions it may invoke
@@ -286,6 +298,8 @@ class Execution:
         called inside the body fails the run (`Abort`), whatever the body did with the error.
         A body that outlives `timeout` seconds raises `StepTimeoutError` (engine/faces.py
         says what becomes of it)."""
+        if self.stand_ins is not None:
+            fn = self.stand_ins.body(self.lease.run_id, self.fdef.id, sid, fn)
         if not self.face.is_async and is_async_callable(fn):
             self._misuse(sid, f"its body {_name(fn)} is an async function")
         started = time.perf_counter()

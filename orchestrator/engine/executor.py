@@ -18,9 +18,10 @@ from typing import Any
 
 from orchestrator import codec
 from orchestrator.context import AsyncContext, Context, Event, Step
+from orchestrator.db.runs import ClaimedRun
 from orchestrator.db.steps import StepRow
 from orchestrator.engine.cancelled import CancelledRuns
-from orchestrator.engine.execution import Execution, Limits
+from orchestrator.engine.execution import Execution, Limits, StandIns
 from orchestrator.engine.faces import Face, SyncFace, discard
 from orchestrator.engine.failures import error_dict, first_line, message, summary, type_name
 from orchestrator.engine.observer import NOBODY, StepObserver
@@ -57,6 +58,23 @@ class Task:
     parent_run_id: str | None = None
     origin: str | None = None
     retries: int = 0  # function-level retries the run has taken
+
+    @classmethod
+    def of(cls, claimed: ClaimedRun) -> Task:
+        """The task of a run the claim statement returned."""
+        c = claimed
+        return cls(
+            c.id,
+            c.function_id,
+            c.lease_token,
+            c.events,
+            c.attempts,
+            c.claimed_at,
+            c.created_at,
+            c.parent_run_id,
+            c.origin,
+            c.retries,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,7 @@ async def execute(
     policies: Mapping[str, FlowPolicy] | None = None,
     observer: StepObserver = NOBODY,
     face: Face | None = None,
+    stand_ins: StandIns | None = None,
 ) -> Outcome:
     lease = Lease(
         task.run_id, task.lease_token, ties=task.parent_run_id is not None or bool(fdef.cancel_on)
@@ -126,6 +145,7 @@ async def execute(
         policies=policies,
         observer=observer,
         face=face,
+        stand_ins=stand_ins,
     )
     ctx = (AsyncContext if execution.face.is_async else Context)(
         run_id=task.run_id,

@@ -240,11 +240,7 @@ class Daemon:
     def _register(self, conn: Any) -> int:
         """Record the functions, in id order (the order every statement locks their rows
         in), and this daemon; returns its liveness lock key."""
-        for fid, fdef in sorted(self.registry.items()):
-            desc = fdef.describe()
-            functions.upsert(
-                conn, fid, triggers=desc.pop("triggers"), options=desc, version=fdef.source_hash()
-            )
+        functions.record_all(conn, self.registry)
         return daemons.register(
             conn,
             self.id,

@@ -246,21 +246,7 @@ class Dispatcher(Looper):
 
     def submit(self, claimed: list[runs.ClaimedRun], *, suspects: bool) -> None:
         """Hand claimed runs to the pool (its quarantine process, for `suspects`)."""
-        tasks = [
-            Task(
-                c.id,
-                c.function_id,
-                c.lease_token,
-                c.events,
-                c.attempts,
-                c.claimed_at,
-                c.created_at,
-                c.parent_run_id,
-                c.origin,
-                c.retries,
-            )
-            for c in claimed
-        ]
+        tasks = [Task.of(c) for c in claimed]
         if tasks:
             self.pool.submit(tasks, quarantine=suspects)
         for c in claimed:

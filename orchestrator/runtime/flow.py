@@ -119,7 +119,7 @@ class FlowClaimer:
             with self._lock:
                 if not suspects and self._not_before.get(fid, 0.0) > now:
                     continue
-            outcome = self._claim_one(fid, left, suspects)
+            outcome = self.claim_function(fid, left, suspects=suspects)
             claimed.extend(outcome.claimed)
             taken[lane] = taken.get(lane, 0) + len(outcome.claimed)
             with self._lock:
@@ -133,7 +133,9 @@ class FlowClaimer:
                     self._not_before[fid] = now
         return claimed
 
-    def _claim_one(self, fid: str, room: int, suspects: bool) -> Outcome:
+    def claim_function(self, fid: str, room: int, *, suspects: bool = False) -> Outcome:
+        """Claim up to `room` runs of one flow-controlled function, by its limits; the
+        outcome says when to look again if it held some back (`retry_in`, seconds)."""
         policy = self.policies[fid]
 
         def claim(conn: Any) -> Outcome:

@@ -57,18 +57,7 @@ class Harness:
     def task(self, function_id: str) -> Task:
         """Claim the run of `function_id` that is due."""
         (claimed,) = claim(self.db, str(uuid.uuid4()), limit=1, fids=(function_id,))
-        return Task(
-            claimed.id,
-            claimed.function_id,
-            claimed.lease_token,
-            claimed.events,
-            claimed.attempts,
-            claimed.claimed_at,
-            claimed.created_at,
-            claimed.parent_run_id,
-            claimed.origin,
-            claimed.retries,
-        )
+        return Task.of(claimed)
 
     def async_face(self) -> AsyncFace:
         return AsyncFace(bodies=self.threads, io=self.threads)
