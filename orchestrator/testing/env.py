@@ -43,7 +43,7 @@ from orchestrator.runtime.flow import FlowClaimer
 from orchestrator.runtime.ingest import Ingester
 from orchestrator.runtime.upkeep import Upkeep
 from orchestrator.testing.results import RunResult, result_of, sent_ids
-from orchestrator.testing.stand_ins import FailureKind, StandIns, StepCall, StepMock
+from orchestrator.testing.stand_ins import FailureKind, StandIns, StepCall, StepMock, matches
 
 SERVER_ENV = "ORCHESTRATOR_TEST_DATABASE_URL"
 EMBEDDED_DIR = Path(".orchestrator") / "test-pgdata"  # under the working directory
@@ -306,7 +306,7 @@ class TestEnv:
             ids = {r.id for r in self.runs(function_id)}
             calls = [c for c in calls if c.run_id in ids]
         if step_id is not None:
-            calls = [c for c in calls if step_id in {c.step_id, c.step_id.split("#", 1)[0]}]
+            calls = [c for c in calls if matches(c.step_id, step_id)]
         return calls
 
     def _known(self, function_id: str) -> None:

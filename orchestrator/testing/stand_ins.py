@@ -9,6 +9,7 @@ mocked or failing step is checkpointed, retried and replayed exactly as a real o
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ class StandIns:
 
     def _find(self, table: dict[tuple[str, str], Any], fid: str, sid: str) -> Any:
         """The entry for the step's unique id (`charge#1`), else for its id (`charge`)."""
-        return table.get((fid, sid)) or table.get((fid, sid.split("#", 1)[0]))
+        return table.get((fid, sid)) or table.get((fid, base_id(sid)))
 
     def body(
         self, run_id: str, function_id: str, step_id: str, fn: Callable[..., Any]
@@ -199,6 +200,20 @@ class StandIns:
             return value
 
         return stand_in
+
+
+def base_id(step_id: str) -> str:
+    """A step's id without the occurrence suffix the engine adds to its later calls in a run:
+    `charge#1` → `charge`, `notify#2[email]` (a parallel branch) → `notify[email]`."""
+    return _OCCURRENCE.sub("", step_id, count=1)
+
+
+def matches(step_id: str, wanted: str) -> bool:
+    """Whether the step's unique id is `wanted`, or one call of the step `wanted` names."""
+    return wanted in {step_id, base_id(step_id)}
+
+
+_OCCURRENCE = re.compile(r"#\d+")
 
 
 def _now() -> datetime:
