@@ -104,7 +104,15 @@ class TestEnv:
         clock.set(start or datetime.now(UTC))
         self._bound_before = app.bind(self.url)
         self._closed = False
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self._closed = True  # what _open made is left to the garbage collector
+            app.bind(self._bound_before)
+            clock.reset()
+            if self._drop is not None:
+                self._drop()
+            raise
 
     # -- setting up and tearing down -------------------------------------------------------
 
