@@ -96,3 +96,28 @@ def test_mock__exception_side_effect_exhausts_the_retries(orchestrator_env: Test
     assert len(mock.calls) == 3  # retries=2: three attempts
     error = run.step("geocode").error
     assert error is not None and error["message"] == "no such street"
+
+
+@app.function("geocode-all", trigger=event("addresses/added"))
+def geocode_all(ctx: Context) -> list[Any]:
+    return [
+        ctx.step.run("geocode", geocode, address, country="FR")
+        for address in ctx.event.data["addresses"]
+    ]
+
+
+def test_mock__one_call_of_a_repeated_step(orchestrator_env: TestEnv) -> None:
+    env = orchestrator_env
+    mock = env.mock_step("geocode-all", "geocode#1", return_value={"mocked": True})
+    env.send("addresses/added", {"addresses": ["a", "b", "c"]})
+    env.run_until_idle()
+
+    (run,) = env.runs("geocode-all")
+    assert run.output == [{"lat": 0.0, "lon": 0.0}, {"mocked": True}, {"lat": 0.0, "lon": 0.0}]
+    assert real_calls == ["a", "c"]
+    assert [c.args for c in mock.calls] == [("b",)]
+    assert [c.step_id for c in env.calls("geocode-all", "geocode")] == [
+        "geocode",
+        "geocode#1",
+        "geocode#2",
+    ]
