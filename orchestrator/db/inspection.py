@@ -1,6 +1,6 @@
 """What `orchestrator.testing` reads back: runs in creation order with their steps, events,
-and the next moment something falls due (a run, a cron tick). Plain reads of the documented
-tables; nothing here is on the daemon's path."""
+and the next moment something falls due (a run, a cron tick, a run's timeout). Plain reads of
+the documented tables; nothing here is on the daemon's path."""
 
 from __future__ import annotations
 
@@ -28,6 +28,35 @@ _NEXT_DUE = text(
 
 def next_due(conn: Connection) -> datetime | None:
     value: datetime | None = conn.execute(_NEXT_DUE, {"p_now": clock.current()}).scalar()
+    return value
+
+
+# The earliest future moment a run of one function passes its `timeouts` (the deadlines the
+# leader's upkeep judges by: db/flow.py `past_timeouts`), for the runs not yet past them.
+_NEXT_TIMEOUT = text(
+    "SELECT least("
+    "(SELECT min(greatest(created_at, due_at) + make_interval(secs => :p_start)) "
+    " FROM orchestrator.runs WHERE CAST(:p_start AS float8) IS NOT NULL "
+    " AND function_id = :p_fid AND status = 'queued' AND started_at IS NULL "
+    " AND cancel_requested_at IS NULL "
+    f" AND greatest(created_at, due_at) + make_interval(secs => :p_start) > {_NOW}), "
+    "(SELECT min(started_at + make_interval(secs => :p_finish)) "
+    " FROM orchestrator.runs WHERE CAST(:p_finish AS float8) IS NOT NULL "
+    " AND function_id = :p_fid "
+    " AND status IN ('queued', 'running', 'sleeping', 'waiting') "
+    " AND cancel_requested_at IS NULL "
+    f" AND started_at + make_interval(secs => :p_finish) > {_NOW}))"
+)
+
+
+def next_timeout(
+    conn: Connection, function_id: str, *, start: float | None, finish: float | None
+) -> datetime | None:
+    """When a run of the function next passes its start or finish timeout, if one will."""
+    params = {"p_fid": function_id, "p_start": start, "p_finish": finish}
+    value: datetime | None = conn.execute(
+        _NEXT_TIMEOUT, {**params, "p_now": clock.current()}
+    ).scalar()
     return value
 
 

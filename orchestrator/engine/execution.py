@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from orchestrator import codec
+from orchestrator.db import clock
 from orchestrator.db.steps import StepRecord, StepRow
 from orchestrator.engine import threads
 from orchestrator.engine.cancelled import CancelledRuns
@@ -233,6 +234,12 @@ class Execution:
         return self._positions
 
     def db_now(self) -> datetime:
+        """The database's time: the claim's, moved on by the time since; under a virtual
+        clock (orchestrator.testing) that clock's time, which stands still while a run
+        executes, so a timeout of an hour ends exactly an hour on."""
+        virtual = clock.current()
+        if virtual is not None:
+            return virtual
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
 
     async def boundary(self) -> None:

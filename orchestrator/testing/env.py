@@ -5,9 +5,9 @@ applies timeouts, claims due runs with the daemon's own statements (flow control
 and executes each with the worker's `execute()`, one at a time, until nothing is due
 (`run_until_idle`). Every statement reads the virtual clock (orchestrator/db/clock.py), so
 `advance` moves time forward by jumping from one due moment to the next (a sleep's end, a
-wait's timeout, a retry's back-off, a cron tick, a debounce window) and running what fell due
-at each, in order. Nothing is imitated: runs, steps, waits and events are the rows production
-writes, read back with `runs()` and `events()`.
+wait's timeout, a retry's back-off, a cron tick, a debounce window, a run's `timeouts`) and
+running what fell due at each, in order. Nothing is imitated: runs, steps, waits and events
+are the rows production writes, read back with `runs()` and `events()`.
 
 The virtual clock is one per process: one environment at a time per process (pytest-xdist
 gives each worker its own process, and its own databases).
@@ -229,10 +229,15 @@ class TestEnv:
         return at
 
     def next_due(self) -> datetime | None:
-        """When something next falls due (a run, a cron tick, a flow-control window), if
-        anything does."""
+        """When something next falls due (a run, a cron tick, a flow-control window, a run's
+        `timeouts`), if anything does."""
         with self.db.transaction() as conn:
             due = inspection.next_due(conn)
+            for fid, t in sorted(self.upkeep.timeouts.items()):
+                late = inspection.next_timeout(
+                    conn, fid, start=_seconds(t.start), finish=_seconds(t.finish)
+                )
+                due = late if due is None or (late is not None and late < due) else due
         flow = self._flow_next
         if flow is not None and flow > self.now:
             due = flow if due is None else min(due, flow)
@@ -488,6 +493,10 @@ class TestEnv:
 
     async def run_async(self, run_id: str) -> RunResult:
         return await asyncio.to_thread(self.run, run_id)
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _result(conn: Any, row: runs.RunRow) -> RunResult:

@@ -83,9 +83,11 @@ def orchestrator_env(
 
     def database() -> tuple[str, Callable[[], None]]:
         name = orchestrator_databases.take()
-        return with_database(
-            orchestrator_server_url, name
-        ), lambda: orchestrator_databases.give_back(name)
+
+        def give_back() -> None:
+            orchestrator_databases.give_back(name)
+
+        return with_database(orchestrator_server_url, name), give_back
 
     env = TestEnv(orchestrator_app, database=database)
     try:
