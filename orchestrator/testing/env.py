@@ -51,6 +51,7 @@ CLAIM_LIMIT = 64  # runs claimed per pass; they are executed one after another
 MAX_EXECUTIONS = 10_000  # per run_until_idle: a run that never settles is a bug to report
 _UNSET: Any = object()
 T = TypeVar("T")
+_open_envs: set[TestEnv] = set()  # at most one: the virtual clock is the process's
 
 
 def server_url() -> str:
@@ -87,6 +88,11 @@ class TestEnv:
         start: datetime | None = None,
         database: Callable[[], tuple[str, Callable[[], None]]] | None = None,
     ) -> None:
+        if _open_envs:
+            raise RuntimeError(
+                "another TestEnv is open in this process; close it first: the virtual clock "
+                "belongs to the process (pytest-xdist runs tests in parallel processes)"
+            )
         self.app = app
         self.stand_ins = StandIns()
         self._drop: Callable[[], None] | None = None
@@ -104,10 +110,12 @@ class TestEnv:
         clock.set(start or datetime.now(UTC))
         self._bound_before = app.bind(self.url)
         self._closed = False
+        _open_envs.add(self)
         try:
             self._open()
         except BaseException:
             self._closed = True  # what _open made is left to the garbage collector
+            _open_envs.discard(self)
             app.bind(self._bound_before)
             clock.reset()
             if self._drop is not None:
@@ -175,6 +183,7 @@ class TestEnv:
             self.app.bind(self._bound_before)
         finally:
             clock.reset()
+            _open_envs.discard(self)
             if self._drop is not None:
                 self._drop()
 

@@ -3,6 +3,7 @@
 Fixtures:
 
 - `orchestrator_env` (per test): a `TestEnv` of the app under test, on a fresh database;
+  the marker `@pytest.mark.orchestrator_env(start=datetime(...))` pins its clock's start;
 - `orchestrator_app` (per test): the app, from `--orchestrator-app module:attr` or the
   `orchestrator_app` ini key; override the fixture to give it yourself;
 - `orchestrator_server_url` and `orchestrator_databases` (per session): the test server
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from orchestrator.testing.env import TestEnv
 
 APP_KEY = "orchestrator_app"
+MARKER = "orchestrator_env"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,13 +73,22 @@ def orchestrator_app(request: pytest.FixtureRequest) -> Orchestrator:
     return load_app(str(spec))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(start=datetime): where the orchestrator_env fixture's virtual clock starts",
+    )
+
+
 @pytest.fixture
 def orchestrator_env(
+    request: pytest.FixtureRequest,
     orchestrator_app: Orchestrator,
     orchestrator_databases: Clones,
     orchestrator_server_url: str,
 ) -> Iterator[TestEnv]:
-    """A test environment of the app on a fresh database, closed (and dropped) afterwards."""
+    """A test environment of the app on a fresh database, closed (and dropped) afterwards.
+    `@pytest.mark.orchestrator_env(start=datetime(...))` pins where its clock starts."""
     from orchestrator.db.clones import with_database
     from orchestrator.testing.env import TestEnv
 
@@ -89,7 +100,9 @@ def orchestrator_env(
 
         return with_database(orchestrator_server_url, name), give_back
 
-    env = TestEnv(orchestrator_app, database=database)
+    marker = request.node.get_closest_marker(MARKER)
+    start = marker.kwargs.get("start") if marker is not None else None
+    env = TestEnv(orchestrator_app, database=database, start=start)
     try:
         yield env
     finally:

@@ -36,6 +36,7 @@ def test_the_tutorial_tests_pass_as_written(tmp_path: Path, server_url: str) -> 
     env = {**os.environ, "ORCHESTRATOR_TEST_DATABASE_URL": server_url}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_shop.py"],
+        check=False,
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -104,3 +104,15 @@ def test_close__the_cloned_database_is_dropped(server_url: str) -> None:
     finally:
         admin.dispose()
     assert found == 0
+
+
+def test_open__a_second_environment_in_the_process_is_refused(
+    orchestrator_env: TestEnv, db_url: str
+) -> None:
+    with pytest.raises(RuntimeError, match="another TestEnv is open"):
+        TestEnv(app, url=db_url)
+    # the open one keeps its clock and its database
+    assert orchestrator_env.now == clock.current()
+    orchestrator_env.send("user/created", {"name": "ada"})
+    orchestrator_env.run_until_idle()
+    assert [r.output for r in orchestrator_env.runs("greet")] == ["hello ada"]
