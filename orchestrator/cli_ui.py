@@ -118,7 +118,6 @@ def _users(db: Database, args: argparse.Namespace) -> int:
 
 def _tokens(db: Database, args: argparse.Namespace) -> int:
     from orchestrator.db import ui_auth
-    from orchestrator.db.database import IntegrityError
     from orchestrator.ui.auth import new_token
 
     what = args.ui_command
@@ -136,12 +135,7 @@ def _tokens(db: Database, args: argparse.Namespace) -> int:
         return _table(args, rows, ("name", "role", "created_at", "last_used_at", "revoked_at"))
     if what == "create":
         plaintext, hashed = new_token()
-        try:
-            db.run(lambda conn: ui_auth.create_token(conn, args.name, hashed, args.role))
-        except IntegrityError:
-            raise OrchestratorError(
-                f"a token named {args.name!r} exists; revoke it or choose another name"
-            ) from None
+        db.run(lambda conn: ui_auth.create_token(conn, args.name, hashed, args.role))
         data = {"name": args.name, "role": args.role, "token": plaintext}
         if not args.json:
             print(f"token {args.name} ({args.role}); it is shown this once:", file=sys.stderr)
