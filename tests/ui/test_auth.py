@@ -165,3 +165,15 @@ def test_config__ui_keys_are_checked_when_loaded() -> None:
     ]:
         with pytest.raises(ConfigError, match=says):
             load_config(env={f"ORCHESTRATOR_{key}": value})
+
+
+def test_login__takes_json_too_and_refuses_malformed_bodies(ui_server: UiProcess) -> None:
+    with ui_server.client() as client:
+        as_json = client.post("/api/v1/session", json={"name": BOB[0], "password": BOB[1]})
+        garbage = client.post(
+            "/api/v1/session", content=b"{nope", headers={"Content-Type": "application/json"}
+        )
+        no_fields = client.post("/api/v1/session", data={"user": "bob"})
+    assert as_json.status_code == 200 and as_json.json()["role"] == "viewer"
+    assert [r.status_code for r in (garbage, no_fields)] == [422, 422]
+    assert {r.json()["error"]["code"] for r in (garbage, no_fields)} == {"invalid_request"}
