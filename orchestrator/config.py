@@ -60,6 +60,14 @@ class Config:
     version: str = ""
     http_address: str = ""
     unserved_warning_after: float = 60.0
+    ui: bool = False  # the daemon also serves the dashboard on ui_address
+    ui_address: str = "127.0.0.1:8484"
+    ui_auth: bool = True  # False only on a loopback address: everyone is operator 'local'
+    ui_read_database_url: str = dataclasses.field(default="", repr=False)  # "": database_url
+    ui_act_database_url: str = dataclasses.field(default="", repr=False)  # "": database_url
+    ui_session_ttl: float = 43200.0
+    ui_cookie_secure: bool = False
+    ui_login_limit: int = 5  # failed logins per name and client in 15 minutes
 
 
 _RULES: dict[str, tuple[float | None, str]] = {
@@ -85,6 +93,8 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "retention_interval": (0.1, "a positive number of seconds (e.g. 60)"),
     "retention_batch_size": (1, "at least 1 (e.g. 50)"),
     "unserved_warning_after": (0.1, "a positive number of seconds (e.g. 60)"),
+    "ui_session_ttl": (60.0, "at least 60 seconds (e.g. 43200, 12 hours)"),
+    "ui_login_limit": (1, "at least 1 failed login (e.g. 5)"),
 }
 # Retention ages: 0 keeps forever, and a smaller age than this is refused. A finished run's
 # row is what makes a second attempt at creating it a no-op (its idempotency key); an event
@@ -124,7 +134,7 @@ def _coerce(key: str, raw: Any, source: str) -> Any:
         return value
     if not isinstance(raw, str):
         raise ConfigError(f"{where}: expected a string, got {raw!r}")
-    if key == "http_address" and raw:
+    if key in ("http_address", "ui_address") and (raw or key == "ui_address"):
         parse_http_address(raw, where)
     choices = _CHOICES.get(key)
     if choices and raw.lower() not in choices:
