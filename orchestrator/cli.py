@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     from orchestrator.cli_functions import add_parser as add_functions
 
     add_functions(sub, common)
+    from orchestrator.cli_ui import add_parsers as add_ui
+
+    add_ui(sub, common)
 
     gc = sub.add_parser("gc", parents=[common], help="delete old runs, events and daemon rows now")
     gc.add_argument("--completed", type=float, metavar="SECONDS", help="retain_completed")
@@ -238,6 +241,10 @@ def database_url(cfg: Config, args: argparse.Namespace, *, create: bool) -> str:
 
 
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command in ("ui", "ui-user", "ui-token"):  # they open databases of their own
+        from orchestrator import cli_ui
+
+        return cli_ui.run(cfg, args)
     if args.command in ("run", "roles"):  # they open (or need) no database of their own
         return _cmd_run(cfg, args) if args.command == "run" else _cmd_roles(cfg, args)
     from orchestrator.db.database import Database

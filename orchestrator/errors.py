@@ -363,3 +363,16 @@ class RunTimeoutError(OrchestratorError, TimeoutError):
             f"run {run_id} did not end within {timeout:g}s (it is {status}); the run goes "
             "on: call result() again to keep waiting, or app.cancel() to stop it"
         )
+
+
+class InvalidFilterError(OrchestratorError):
+    """A filter of the dashboard's or the API's runs list is malformed: a JSON path that does
+    not parse, a cursor that was not given by a previous page, a limit out of range."""
+
+    code = "invalid_filter"
+
+
+class UserExistsError(OrchestratorError):
+    """`orchestrator ui-user add`: a dashboard user of that name exists already."""
+
+    code = "ui_user_exists"

@@ -5,7 +5,8 @@
   UPDATE and DELETE on its tables; SELECT only on the views and on `alembic_version`; USAGE
   on its sequences and EXECUTE on its functions. No CREATE, no TRUNCATE, no DDL; idle
   transactions are ended after a minute, since one held open stalls vacuum.
-- **readonly** has USAGE and SELECT, and its transactions are read-only by default.
+- **readonly** has USAGE and SELECT, and its transactions are read-only by default; it may
+  not read the dashboard's credentials (`ui_users`, `ui_sessions`, `ui_tokens`).
 
 Every statement is idempotent: roles are created only if missing (an existing role keeps its
 LOGIN attribute and password, unless `login` asks for LOGIN), the schema and objects another
@@ -33,6 +34,8 @@ DEFAULT_RUNTIME = "orchestrator_runtime"
 DEFAULT_READONLY = "orchestrator_readonly"
 RUNTIME_IDLE_TIMEOUT = "1min"
 READONLY_IDLE_TIMEOUT = "5min"
+# Tables the read-only role may not read: the dashboard's credentials (migration 0015).
+SECRET_TABLES = ("ui_users", "ui_sessions", "ui_tokens")
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Names Postgres gives a meaning of its own where a role is expected.
@@ -233,11 +236,32 @@ END $$"""
 
 def _readonly_grants(roles: Roles) -> list[sql.Composed]:
     schema, readonly = sql.Identifier(SCHEMA), sql.Identifier(roles.readonly)
+    # The dashboard's secrets (hashed passwords, session and token digests) are not for
+    # readers; a table missing before migration 0015 is skipped.
+    secrets = sql.SQL(
+        """DO $$
+DECLARE
+    rel text;
+BEGIN
+    FOR rel IN
+        SELECT c.oid::regclass::text FROM pg_class c
+        WHERE c.relnamespace = {schema_literal}::regnamespace
+          AND c.relname = ANY({tables}) AND c.relkind = 'r'
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %I', rel, {readonly_literal});
+    END LOOP;
+END $$"""
+    ).format(
+        schema_literal=sql.Literal(SCHEMA),
+        tables=sql.Literal(list(SECRET_TABLES)),
+        readonly_literal=sql.Literal(roles.readonly),
+    )
     return [
         sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, readonly),
         sql.SQL("REVOKE INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} FROM {}").format(
             schema, readonly
         ),
+        secrets,
     ]
 
 

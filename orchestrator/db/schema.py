@@ -20,9 +20,10 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB, UUID
 
 from orchestrator.statuses import RUN_STATUSES
 
@@ -67,6 +68,8 @@ events = Table(
     Index("events_pending", "seq", postgresql_where=text("ingested_at IS NULL")),
     Index("events_seq", "seq", unique=True),
     Index("events_name_received", "name", "received_at"),
+    Index("events_name_seq", "name", "seq"),
+    Index("events_parked", "seq", postgresql_where=text("error IS NOT NULL")),
 )
 
 functions = Table(
@@ -197,7 +200,29 @@ runs = Table(
     ),
     Index("runs_function_created", "function_id", "created_at"),
     Index("runs_created", "created_at"),
-    Index("runs_event", "event_id", postgresql_where=text("event_id IS NOT NULL")),
+    # text_pattern_ops: an event id prefix (LIKE 'abc%') uses it whatever the collation
+    Index(
+        "runs_event",
+        "event_id",
+        postgresql_ops={"event_id": "text_pattern_ops"},
+        postgresql_where=text("event_id IS NOT NULL"),
+    ),
+    # the dashboard's runs page (db/ui.py, migration 0015)
+    Index("runs_status_created", "status", "created_at"),
+    Index("runs_function_status_created", "function_id", "status", "created_at"),
+    Index(
+        "runs_event_name_created",
+        text("((events -> 0) ->> 'name')"),
+        "created_at",
+        postgresql_where=text("((events -> 0) ->> 'name') IS NOT NULL"),
+    ),
+    Index(
+        "runs_function_finished",
+        "function_id",
+        "finished_at",
+        postgresql_include=["started_at"],
+        postgresql_where=text("status = 'completed'"),
+    ),
     Index("runs_parent", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL")),
     Index("runs_origin_run", "origin_run_id", postgresql_where=text("origin_run_id IS NOT NULL")),
     Index(
@@ -345,4 +370,71 @@ idempotency_keys = Table(
     _ts("created_at", nullable=False, default_now=True),
     PrimaryKeyConstraint("function_id", "key", name="idempotency_keys_pkey"),
     Index("idempotency_keys_expires", "expires_at"),
+)
+
+# The dashboard (migration 0015): its accounts, sessions, API tokens and audit trail.
+UI_ROLES = ("viewer", "operator")
+UI_ACTION_VIAS = ("session", "token", "cli")
+UI_ACTIONS = ("cancel", "replay", "resume", "fork", "send")
+
+ui_users = Table(
+    "ui_users",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("updated_at", nullable=False, default_now=True),
+    CheckConstraint("name ~ '^[a-z0-9][a-z0-9_.@-]{0,63}$'", name="ui_users_name"),
+    CheckConstraint(_in("role", UI_ROLES), name="ui_users_role"),
+)
+
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    Column("id_hash", BYTEA, primary_key=True),  # sha256 of the cookie's random bytes
+    Column(
+        "user_name",
+        Text,
+        ForeignKey("orchestrator.ui_users.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("csrf_token", Text, nullable=False),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("expires_at", nullable=False),
+    _ts("last_seen_at", nullable=False, default_now=True),
+    Index("ui_sessions_expires", "expires_at"),
+    Index("ui_sessions_user", "user_name"),
+)
+
+ui_tokens = Table(
+    "ui_tokens",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("name", Text, nullable=False),
+    Column("token_hash", BYTEA, nullable=False),  # sha256 of the token
+    Column("role", Text, nullable=False),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("last_used_at"),
+    _ts("revoked_at"),
+    UniqueConstraint("name", name="ui_tokens_name"),
+    UniqueConstraint("token_hash", name="ui_tokens_token_hash"),
+    CheckConstraint(_in("role", UI_ROLES), name="ui_tokens_role"),
+)
+
+ui_actions = Table(
+    "ui_actions",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    _ts("at", nullable=False, default_now=True),
+    Column("actor", Text, nullable=False),
+    Column("via", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("run_id", UUID(as_uuid=False)),  # no foreign key: the history outlives retention
+    Column("new_run_id", UUID(as_uuid=False)),
+    Column("event_id", Text),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint(_in("via", UI_ACTION_VIAS), name="ui_actions_via"),
+    CheckConstraint(_in("action", UI_ACTIONS), name="ui_actions_action"),
+    Index("ui_actions_run", "run_id", "id"),
 )

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import log as logging
 from orchestrator.app import Orchestrator
@@ -56,6 +56,9 @@ from orchestrator.runtime.telemetry import Telemetry
 from orchestrator.runtime.unserved import UnservedWatch
 from orchestrator.runtime.upkeep import Upkeep
 
+if TYPE_CHECKING:
+    from orchestrator.ui.server import UiServer
+
 
 class Daemon:
     def __init__(self, app: Orchestrator, app_path: str, url: str, config: Config) -> None:
@@ -78,6 +81,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.signals = 0
         self.session: Session | None = None
+        self.ui: UiServer | None = None  # the dashboard, with `ui = true`
         self.pool = WorkerPool(
             app_path=app_path,
             url=url,
@@ -256,6 +260,11 @@ class Daemon:
     def run(self) -> int:
         self.telemetry.listen()
         self.prepare()
+        if self.cfg.ui:  # before anything starts: a taken port is a ConfigError
+            from orchestrator.ui.server import start_in_thread  # FastAPI only when asked
+
+            self.ui = start_in_thread(self.cfg, database_url=self.url)
+            self.log.info("dashboard serving", url=self.ui.url)
         assert self.session is not None
         self.session.start()
         self.session.wait_connected(10)
@@ -383,6 +392,8 @@ class Daemon:
         self.leadership.stop()
         if self.session is not None:
             self.session.stop()
+        if self.ui is not None:
+            self.ui.stop()
         self.direct.close()
         self.crashes.stop()
         self.db.dispose()

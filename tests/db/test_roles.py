@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(90)
 
 TABLES = [
     "events", "runs", "steps", "functions", "schedules", "daemons", "leader", "waits",
-    "limiters", "buffered_events", "idempotency_keys", "alembic_version",
+    "limiters", "buffered_events", "idempotency_keys", "alembic_version", "ui_actions",
 ]  # fmt: skip
 VIEWS = ["run_overview", "waiting_runs", "run_queue"]
 
@@ -278,3 +278,11 @@ def test_migrate__as_owner__on_a_new_database_after_roles(server_url):
     finally:
         with admin(server_url) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("table", roles.SECRET_TABLES)
+def test_readonly__may_not_read_the_dashboards_credentials(db_url, made, table):
+    with connect(db_url, made.readonly) as conn:
+        message = refused(conn, f"SELECT * FROM orchestrator.{table}")
+        conn.execute("SELECT * FROM orchestrator.ui_actions").fetchall()  # the audit trail is
+    assert "permission denied" in message
