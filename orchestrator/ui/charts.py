@@ -73,7 +73,9 @@ def gantt(bars: Sequence[Bar], now: datetime | None = None) -> Gantt:
         w = max((end - b.start).total_seconds() / span * WIDTH, MIN_BAR)
         ms = (end - b.start).total_seconds() * 1000
         row = rows.setdefault(b.label, GanttRow(b.label))
-        row.bars.append(Rect(b.kind, round(min(x, WIDTH - MIN_BAR), 2), round(w, 2), ms, b.end is None))
+        row.bars.append(
+            Rect(b.kind, round(min(x, WIDTH - MIN_BAR), 2), round(w, 2), ms, b.end is None)
+        )
         row.ms += ms
     kinds = [k for k in KINDS if any(b.kind == k for b in bars)]
     kinds += sorted({b.kind for b in bars} - set(KINDS))
@@ -110,8 +112,14 @@ def throughput(per_minute: Sequence[tuple[datetime, int]], *, width: int = 600) 
         h = n / peak * (height - 4) if peak else 0.0
         if n:
             columns.append(
-                Column(round(i * step + 0.5, 2), round(height - h, 2), round(max(step - 1, 0.5), 2),
-                       round(h, 2), n, minute.strftime("%H:%M"))
+                Column(
+                    round(i * step + 0.5, 2),
+                    round(height - h, 2),
+                    round(max(step - 1, 0.5), 2),
+                    round(h, 2),
+                    n,
+                    minute.strftime("%H:%M"),
+                )
             )
     first = per_minute[0][0].strftime("%H:%M UTC") if per_minute else ""
     last = per_minute[-1][0].strftime("%H:%M UTC") if per_minute else ""

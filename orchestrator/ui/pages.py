@@ -158,8 +158,16 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login")
 def login_form(request: Request, next: str = "/runs") -> Response:
-    return _render(request, "login.html", None, section="", page_title="Sign in",
-                   next=_safe_next(next), name="", error=None)
+    return _render(
+        request,
+        "login.html",
+        None,
+        section="",
+        page_title="Sign in",
+        next=_safe_next(next),
+        name="",
+        error=None,
+    )
 
 
 @router.post("/login")
@@ -175,8 +183,17 @@ def login(
     except (LoginFailed, TooManyAttempts) as exc:
         status = 429 if isinstance(exc, TooManyAttempts) else 401
         text = errors.first_line(exc) if status == 429 else "Wrong name or password."
-        return _render(request, "login.html", None, status=status, section="",
-                       page_title="Sign in", next=target, name=name, error=text)
+        return _render(
+            request,
+            "login.html",
+            None,
+            status=status,
+            section="",
+            page_title="Sign in",
+            next=target,
+            name=name,
+            error=text,
+        )
     response = RedirectResponse(target, status_code=303)
     deps.set_session_cookie(request, response, cookie)
     return response
@@ -205,7 +222,9 @@ def _moment(text: str | None, what: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise errors.UsageError(f"{what} {text!r} is not a date and time (2026-12-06T08:30)") from exc
+        raise errors.UsageError(
+            f"{what} {text!r} is not a date and time (2026-12-06T08:30)"
+        ) from exc
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -238,8 +257,16 @@ def runs_page(request: Request, p: Viewer) -> Response:
         return _render(request, "_runs_table.html", p, **ctx)
     ids = [fn.id for fn in _read(request, functions.list_all)]
     flash = {"kind": "error", "text": error} if error else None
-    return _render(request, "runs.html", p, status=400 if error else 200, flash=flash,
-                   function_ids=ids, form=q, **ctx)
+    return _render(
+        request,
+        "runs.html",
+        p,
+        status=400 if error else 200,
+        flash=flash,
+        function_ids=ids,
+        form=q,
+        **ctx,
+    )
 
 
 def _runs_context(
@@ -281,9 +308,15 @@ def _run_detail(
 ) -> Response:
     d = _read(request, lambda c: ui.run_detail(c, run_id))
     if d is None:
-        return _render(request, "error.html", p, status=404, heading="No such run",
-                       message=f"no run {run_id!r} (it may have been deleted by retention)",
-                       back_url="/runs")
+        return _render(
+            request,
+            "error.html",
+            p,
+            status=404,
+            heading="No such run",
+            message=f"no run {run_id!r} (it may have been deleted by retention)",
+            back_url="/runs",
+        )
     run = d.run
     run_ms = None
     if run.started_at and run.finished_at:
@@ -319,9 +352,18 @@ def _confirm(
     """The page that asks before acting, for browsers without the script's dialog."""
     run_id = request.path_params["run_id"]
     pairs = [("csrf_token", p.csrf or ""), *((k, v) for k, v in fields.items())]
-    return _render(request, "confirm.html", p, section="runs", page_title=f"Confirm {action}",
-                   action=action, question=question, fields=pairs,
-                   action_url=str(request.url.path), back_url=f"/runs/{run_id}")
+    return _render(
+        request,
+        "confirm.html",
+        p,
+        section="runs",
+        page_title=f"Confirm {action}",
+        action=action,
+        question=question,
+        fields=pairs,
+        action_url=str(request.url.path),
+        back_url=f"/runs/{run_id}",
+    )
 
 
 def _after(run_id: str, done: str) -> Response:
@@ -333,8 +375,11 @@ Confirmed = Annotated[str, Form()]
 
 @router.post("/runs/{run_id}/cancel")
 def cancel(
-    request: Request, p: Actor, run_id: str,
-    reason: Annotated[str, Form()] = "", confirmed: Confirmed = "",
+    request: Request,
+    p: Actor,
+    run_id: str,
+    reason: Annotated[str, Form()] = "",
+    confirmed: Confirmed = "",
 ) -> Response:
     if confirmed != "yes":
         return _confirm(request, p, "cancel", f"Cancel run {run_id}?", {"reason": reason})
@@ -369,15 +414,25 @@ def resume(request: Request, p: Actor, run_id: str, confirmed: Confirmed = "") -
 
 @router.post("/runs/{run_id}/fork")
 def fork(
-    request: Request, p: Actor, run_id: str,
+    request: Request,
+    p: Actor,
+    run_id: str,
     from_step: Annotated[str, Form()],
     data: Annotated[str | None, Form()] = None,
     confirmed: Confirmed = "",
 ) -> Response:
     edited, problem = _parse_object(data)
     if problem:
-        return _run_detail(request, p, run_id, status=422, fork_open=True, fork_step=from_step,
-                           fork_data=data, flash={"kind": "error", "text": problem})
+        return _run_detail(
+            request,
+            p,
+            run_id,
+            status=422,
+            fork_open=True,
+            fork_step=from_step,
+            fork_data=data,
+            flash={"kind": "error", "text": problem},
+        )
     if confirmed != "yes":
         fields = {"from_step": from_step} | ({"data": data} if data is not None else {})
         question = f"Start a new run from step {from_step!r} of {run_id}, with this data?"
@@ -414,11 +469,25 @@ def functions_page(request: Request, p: Viewer) -> Response:
 def function_page(request: Request, p: Viewer, function_id: str) -> Response:
     fn = _read(request, lambda c: ui.function_stats(c, function_id))
     if fn is None:
-        return _render(request, "error.html", p, status=404, section="functions",
-                       heading="No such function", message=f"no function {function_id!r}",
-                       back_url="/functions")
-    return _render(request, "function.html", p, section="functions", page_title=fn.id, fn=fn,
-                   chart=charts.throughput(fn.per_minute))
+        return _render(
+            request,
+            "error.html",
+            p,
+            status=404,
+            section="functions",
+            heading="No such function",
+            message=f"no function {function_id!r}",
+            back_url="/functions",
+        )
+    return _render(
+        request,
+        "function.html",
+        p,
+        section="functions",
+        page_title=fn.id,
+        fn=fn,
+        chart=charts.throughput(fn.per_minute),
+    )
 
 
 @router.get("/events")
@@ -455,8 +524,10 @@ def _events(request: Request, p: Principal, *, status: int = 200, **extra: Any) 
 
 @router.post("/events")
 def send_event(
-    request: Request, p: Actor,
-    name: Annotated[str, Form()], data: Annotated[str, Form()] = "{}",
+    request: Request,
+    p: Actor,
+    name: Annotated[str, Form()],
+    data: Annotated[str, Form()] = "{}",
 ) -> Response:
     value, problem = _parse_object(data)
     if not problem:
@@ -466,8 +537,15 @@ def send_event(
             problem = errors.first_line(exc)
         else:
             return RedirectResponse(f"/events?{urlencode({'sent': event_id})}", status_code=303)
-    return _events(request, p, status=422, send_open=True, send_name=name, send_data=data,
-                   flash={"kind": "error", "text": problem})
+    return _events(
+        request,
+        p,
+        status=422,
+        send_open=True,
+        send_name=name,
+        send_data=data,
+        flash={"kind": "error", "text": problem},
+    )
 
 
 @router.get("/queue")

@@ -1,0 +1,416 @@
+"""The dashboard in a real browser: headless Chromium (Debian's) driven by Playwright, against
+a real `orchestrator ui` process on a database whose runs were made by the engine itself
+(orchestrator.testing's TestEnv: real ingest, claims and executions, on a virtual clock).
+
+Each test saves a screenshot of the page it ends on under docs/ui/ (the README shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from orchestrator import Context, NonRetriableError, Orchestrator, cron, event
+from orchestrator.db import clones
+from orchestrator.testing import TestEnv
+from tests.e2e.harness import scalar, sql
+from tests.ui.browser import (
+    USERS,
+    Dashboard,
+    chromium,
+    console_problems,
+    log_in,
+    new_page,
+    screenshot,
+    start_dashboard,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+app = Orchestrator()
+
+
+@app.function("process-order", trigger=event("order/created"), retries=2)
+def process_order(ctx: Context) -> dict[str, Any]:
+    order = ctx.event.data
+    ctx.step.run("validate", lambda: {"ok": True, "items": order.get("items", 1)})
+    charge = ctx.step.run("charge", lambda: {"charge_id": f"ch_{order['order_id']}"})
+    ctx.step.sleep("cool-off", timedelta(hours=1))
+    ctx.step.run("ship", lambda: {"parcel": f"p_{order['order_id']}"})
+    return {"charge": charge["charge_id"]}
+
+
+@app.function("import-file", trigger=event("import/requested"))
+def import_file(ctx: Context) -> dict[str, Any]:
+    rows = ctx.step.run("fetch", lambda: ctx.event.data.get("rows", []))
+
+    def parse() -> int:
+        if any(not isinstance(r, int) for r in rows):
+            raise NonRetriableError(f"row {rows!r} is not a number")
+        return sum(rows)
+
+    return {"total": ctx.step.run("parse", parse)}
+
+
+@app.function("await-approval", trigger=event("expense/submitted"))
+def await_approval(ctx: Context) -> dict[str, Any]:
+    ctx.step.run("notify-approver", lambda: {"notified": True})
+    got = ctx.step.wait_for_event(
+        "approval", event="expense/approved", match="data.expense_id", timeout=timedelta(days=2)
+    )
+    return {"approved": got is not None}
+
+
+@app.function("nightly-report", trigger=cron("0 3 * * *", tz="UTC"))
+def nightly_report(ctx: Context) -> dict[str, Any]:
+    return {"rows": 0}
+
+
+class Runs:
+    """The ids of the runs the module's database was filled with, by kind."""
+
+    def __init__(self) -> None:
+        self.completed: list[str] = []
+        self.sleeping: list[str] = []
+        self.failed: list[str] = []
+        self.waiting: list[str] = []
+
+
+def _fill(db_url: str) -> Runs:
+    made = Runs()
+    with TestEnv(app, url=db_url) as env:
+        env.fail_step("process-order", "charge", times=1)  # one retried charge, for the timeline
+        for n in range(3):
+            env.send("order/created", {"order_id": 100 + n, "user_id": 7, "items": n + 1})
+        env.run_until_idle()
+        env.advance(timedelta(hours=1, minutes=1))
+        made.completed = [r.id for r in env.runs("process-order", status="completed")]
+        for n in range(4):
+            env.send("order/created", {"order_id": 200 + n, "user_id": 8 + n % 2, "items": 1})
+        env.send("import/requested", {"rows": [1, 2, "three"], "source": "s3://bucket/a.csv"})
+        env.send("import/requested", {"rows": [4, 5], "source": "s3://bucket/b.csv"})
+        env.send("expense/submitted", {"expense_id": "e-1", "amount": 120})
+        env.run_until_idle()
+        made.sleeping = [r.id for r in env.runs("process-order", status="sleeping")]
+        made.failed = [r.id for r in env.runs("import-file", status="failed")]
+        made.waiting = [r.id for r in env.runs("await-approval", status="waiting")]
+    assert len(made.completed) == 3 and len(made.sleeping) == 4, vars(made)
+    assert len(made.failed) == 1 and len(made.waiting) == 1, vars(made)
+    return made
+
+
+@pytest.fixture(scope="module")
+def module_db(server_url: str, clone_pool: clones.Clones) -> Iterator[str]:
+    name = clone_pool.take()
+    yield clones.with_database(server_url, name)
+    clone_pool.give_back(name)
+
+
+@pytest.fixture(scope="module")
+def made(module_db: str) -> Runs:
+    return _fill(module_db)
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    module_db: str, made: Runs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dashboard]:
+    running = start_dashboard(module_db, tmp_path_factory.mktemp("ui"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def operator(browser: Browser, dashboard: Dashboard) -> Iterator[Page]:
+    with new_page(browser, dashboard.url) as page:
+        log_in(page, "ada", USERS["ada"][1])
+        yield page
+        assert console_problems(page) == []  # nothing refused by the CSP, no script error
+
+
+@pytest.fixture
+def viewer(browser: Browser, dashboard: Dashboard) -> Iterator[Page]:
+    with new_page(browser, dashboard.url) as page:
+        log_in(page, "bob", USERS["bob"][1])
+        yield page
+        assert console_problems(page) == []
+
+
+def status_of(db_url: str, run_id: str) -> str:
+    return str(scalar(db_url, "SELECT status FROM orchestrator.runs WHERE id = %s", (run_id,)))
+
+
+def rows(page: Page) -> list[str]:
+    return [
+        r.get_attribute("data-run") or "" for r in page.locator("table.runs tr[data-run]").all()
+    ]
+
+
+# -- logging in ----------------------------------------------------------------------------------
+
+
+def test_login__a_wrong_password_is_refused_and_the_right_one_opens_the_runs(
+    browser: Browser, dashboard: Dashboard
+) -> None:
+    with new_page(browser, dashboard.url) as page:
+        page.goto("/runs")
+        expect(page).to_have_url(f"{dashboard.url}/login?next=%2Fruns")
+        page.fill("input[name=name]", "ada")
+        page.fill("input[name=password]", "not-the-password")
+        page.click("button[type=submit]")
+        expect(page.locator(".notice.error")).to_have_text("Wrong name or password.")
+        page.fill("input[name=password]", USERS["ada"][1])
+        screenshot(page, "login")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{dashboard.url}/runs")
+        expect(page.locator(".topbar .who")).to_contain_text("ada · operator")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "orchestrator_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert console_problems(page) == []
+
+
+# -- the runs list -------------------------------------------------------------------------------
+
+
+def test_runs__filters_by_function_status_and_event_data(operator: Page, made: Runs) -> None:
+    page = operator
+    assert set(made.completed + made.sleeping + made.failed) <= set(rows(page))
+    page.select_option("select[name=function_id]", "process-order")
+    page.select_option("select[name=status]", "sleeping")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**status=sleeping**")
+    assert set(rows(page)) >= set(made.sleeping)
+    for row in page.locator("table.runs tr[data-run]").all():
+        expect(row.locator(".status")).to_have_text("sleeping")
+        expect(row).to_contain_text("process-order")
+    assert not set(rows(page)) & set(made.completed + made.failed)
+
+    page.goto("/runs")
+    page.fill("input[name=data_path]", "$.user_id == 7")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**data_path=**")
+    assert set(rows(page)) == set(made.completed)  # only the first orders were for user 7
+    expect(page.locator(".counts a.on")).to_contain_text("all")
+
+    page.fill("input[name=data_path]", "$.user_id ==")  # not a JSON path: said, not a crash
+    page.click("form.filters button[type=submit]")
+    expect(page.locator(".notice.error")).to_be_visible()
+    assert rows(page) == []
+
+    page.goto("/runs")
+    screenshot(page, "runs")
+
+
+def test_runs__the_table_refreshes_itself_with_a_new_run(
+    operator: Page, dashboard: Dashboard
+) -> None:
+    page = operator
+    refreshed_before = page.locator("#runs-live").get_attribute("data-refreshed")
+    with TestEnv(app, url=dashboard.db_url) as env:
+        new_id = env.start("nightly-report", {"scheduled_at": "manual"})
+    # no reload: ui.js fetches /runs?fragment=1 every 2 s and swaps the table in
+    expect(page.locator(f"tr[data-run='{new_id}']")).to_be_visible(timeout=15_000)
+    assert page.locator("#runs-live").get_attribute("data-refreshed") != refreshed_before
+
+
+# -- a run's page ------------------------------------------------------------------------------
+
+
+def test_run_detail__shows_each_step_on_the_timeline(operator: Page, made: Runs) -> None:
+    page = operator
+    run_id = made.completed[0]
+    page.goto(f"/runs/{run_id}")
+    expect(page.locator("h1")).to_contain_text(run_id)
+    labels = page.locator("#timeline td.label").all_inner_texts()
+    for step in ("validate", "charge", "cool-off", "ship"):
+        assert step in labels, labels
+    kinds = {r.get_attribute("data-kind") for r in page.locator("#timeline rect").all()}
+    assert {"sleeping", "completed"} <= kinds, kinds
+    steps = page.locator("table.steps td.mono").all_inner_texts()
+    assert steps[:4] == ["validate", "charge", "cool-off", "ship"]
+    expect(page.locator("h2", has_text="Event")).to_be_visible()
+    screenshot(page, "run-detail")
+
+
+def test_cancel__a_sleeping_run_from_its_page(
+    operator: Page, dashboard: Dashboard, made: Runs
+) -> None:
+    page = operator
+    run_id = made.sleeping[0]
+    page.goto(f"/runs/{run_id}")
+    page.fill("input[name=reason]", "customer asked")
+    page.click("button:has-text('Cancel run')")
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()  # ui.js asks first
+    assert status_of(dashboard.db_url, run_id) == "sleeping"
+    dialog.locator("button[value=ok]").click()
+    expect(page.locator(".notice.ok")).to_have_text("Cancel requested.")
+    assert status_of(dashboard.db_url, run_id) == "cancelled"
+    audit = sql(
+        dashboard.db_url,
+        "SELECT actor, via, action, detail->>'reason' FROM orchestrator.ui_actions "
+        "WHERE run_id = %s",
+        (run_id,),
+    )
+    assert audit == [("ada", "session", "cancel", "customer asked")]
+    expect(page.locator("table.audit")).to_contain_text("ada")
+    expect(page.locator("h1 .status")).to_have_text("cancelled")
+
+
+def test_fork__a_failed_run_with_edited_data(
+    operator: Page, dashboard: Dashboard, made: Runs
+) -> None:
+    page = operator
+    failed = made.failed[0]
+    page.goto(f"/runs/{failed}")
+    expect(page.locator("table.steps")).to_contain_text("NonRetriableError")
+    page.click("#fork summary")
+    page.select_option("select[name=from_step]", "fetch")
+    edited = {"rows": [1, 2, 3], "source": "s3://bucket/a-fixed.csv"}
+    page.fill("textarea[name=data]", json.dumps(edited))
+    page.click("#fork button[type=submit]")
+    page.locator("#confirm-dialog button[value=ok]").click()
+    expect(page.locator(".notice.ok")).to_have_text("Forked: this is the new run.")
+    new_id = page.url.split("/runs/")[1].split("?")[0]
+    assert new_id != failed
+    (row,) = sql(
+        dashboard.db_url,
+        "SELECT origin, origin_run_id::text, events->0->'data', status "
+        "FROM orchestrator.runs WHERE id = %s",
+        (new_id,),
+    )
+    assert row[:3] == ("fork", failed, edited)
+    assert status_of(dashboard.db_url, failed) == "failed"  # the original stays as it was
+    expect(page.locator("text=Fork of")).to_be_visible()
+
+
+def test_fork__data_that_is_not_json_is_refused_on_the_page(
+    operator: Page, dashboard: Dashboard, made: Runs
+) -> None:
+    page = operator
+    before = scalar(dashboard.db_url, "SELECT count(*) FROM orchestrator.runs")
+    page.goto(f"/runs/{made.failed[0]}")
+    page.click("#fork summary")
+    page.fill("textarea[name=data]", "{not json")
+    page.click("#fork button[type=submit]")
+    page.locator("#confirm-dialog button[value=ok]").click()
+    expect(page.locator(".notice.error")).to_contain_text("not JSON")
+    assert scalar(dashboard.db_url, "SELECT count(*) FROM orchestrator.runs") == before
+
+
+# -- who may act -------------------------------------------------------------------------------
+
+
+def test_viewer__sees_no_actions_and_a_forged_cancel_gets_403(
+    viewer: Page, dashboard: Dashboard, made: Runs
+) -> None:
+    page = viewer
+    run_id = made.sleeping[1]
+    page.goto(f"/runs/{run_id}")
+    expect(page.locator(".topbar .who")).to_contain_text("bob · viewer")
+    expect(page.locator("h1")).to_contain_text(run_id)
+    assert page.locator("form[action$='/cancel']").count() == 0
+    assert page.locator("#fork").count() == 0
+    expect(page.locator(".redacted").first).to_be_visible()  # payloads hidden from viewers
+    csrf = page.locator(".topbar input[name=csrf_token]").input_value()
+    assert csrf  # the forged request carries the viewer's own valid token
+    response = page.request.post(
+        f"/runs/{run_id}/cancel", form={"csrf_token": csrf, "confirmed": "yes"}
+    )
+    assert response.status == 403
+    assert status_of(dashboard.db_url, run_id) == "sleeping"
+
+
+def test_post_without_the_csrf_token__is_refused(
+    operator: Page, dashboard: Dashboard, made: Runs
+) -> None:
+    page = operator
+    run_id = made.sleeping[2]
+    page.goto(f"/runs/{run_id}")
+    response = page.request.post(f"/runs/{run_id}/cancel", form={"confirmed": "yes"})
+    assert response.status == 403
+    wrong = page.request.post(
+        f"/runs/{run_id}/cancel", form={"csrf_token": "x" * 43, "confirmed": "yes"}
+    )
+    assert wrong.status == 403
+    assert status_of(dashboard.db_url, run_id) == "sleeping"
+    assert not sql(
+        dashboard.db_url, "SELECT 1 FROM orchestrator.ui_actions WHERE run_id = %s", (run_id,)
+    )
+
+
+def test_api__an_unauthenticated_call_gets_401(browser: Browser, dashboard: Dashboard) -> None:
+    with new_page(browser, dashboard.url) as page:  # a fresh context: no cookie
+        response = page.request.get("/api/v1/runs")
+        assert response.status == 401
+        assert response.json()["error"]["code"] == "unauthenticated"
+        token = page.request.get(
+            "/api/v1/runs", headers={"Authorization": f"Bearer {dashboard.tokens['viewer']}"}
+        )
+        assert token.status == 200 and token.json()["runs"]
+
+
+# -- the other pages -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "heading", "shows"),
+    [
+        ("/functions", "Functions", "process-order"),
+        ("/events", "Events", "order/created"),
+        ("/queue", "Queue", "Concurrency keys in use"),
+        ("/schedules", "Cron schedules", "0 3 * * *"),
+        ("/daemons", "Daemons", "Daemon"),
+    ],
+)
+def test_page__renders_for_an_operator(operator: Page, path: str, heading: str, shows: str) -> None:
+    page = operator
+    response = page.goto(path)
+    assert response is not None and response.status == 200
+    expect(page.locator("h1")).to_have_text(heading)
+    expect(page.locator("main")).to_contain_text(shows)
+    assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    screenshot(page, path.strip("/"))
+
+
+def test_function_page__shows_its_throughput_chart(operator: Page, made: Runs) -> None:
+    page = operator
+    page.goto("/functions")
+    page.click("a:has-text('process-order')")
+    expect(page.locator("h1")).to_contain_text("process-order")
+    expect(page.locator("svg.chart")).to_be_visible()
+
+
+def test_events__send_a_test_event_from_the_form(operator: Page, dashboard: Dashboard) -> None:
+    page = operator
+    page.goto("/events")
+    page.click("#send summary")
+    page.fill("#send input[name=name]", "order/created")
+    marker = uuid.uuid4().hex
+    page.fill("#send textarea[name=data]", json.dumps({"order_id": 900, "note": marker}))
+    page.click("#send button[type=submit]")
+    expect(page.locator(".notice.ok")).to_contain_text("Sent event")
+    stored = sql(
+        dashboard.db_url,
+        "SELECT name FROM orchestrator.events WHERE data->>'note' = %s",
+        (marker,),
+    )
+    assert stored == [("order/created",)]
+    (audit,) = sql(
+        dashboard.db_url,
+        "SELECT actor, action FROM orchestrator.ui_actions WHERE action = 'send' "
+        "ORDER BY id DESC LIMIT 1",
+    )
+    assert audit == ("ada", "send")
