@@ -41,7 +41,7 @@ NAV = [
     ("/schedules", "Schedules"),
     ("/daemons", "Daemons"),
 ]
-COUNT_CAP = 10_000  # status_counts reports a count at or above this as the cap
+COUNT_CAP = ui.COUNT_CAP  # status_counts stops counting there: "10000+"
 DONE = {
     "cancel": "Cancel requested.",
     "replay": "Replayed: this is the new run.",
@@ -97,12 +97,9 @@ def _trigger(t: dict[str, Any]) -> str:
     return f"event {t.get('name')}{cond}"
 
 
-def _wait_match(w: Any) -> str:
-    for name in ("match", "expression", "if_", "condition"):
-        value = getattr(w, name, None)
-        if value:
-            return str(value)
-    return ""
+def _wait_match(w: ui.WaitRow) -> str:
+    parts = [f"match {w.match}" if w.match else "", f"if {w.expression}" if w.expression else ""]
+    return "; ".join(p for p in parts if p) or "any"
 
 
 _env = Environment(
@@ -116,11 +113,11 @@ _env.globals.update(nav=NAV, w_match=_wait_match)
 
 
 def _render(
-    request: Request, name: str, p: Principal | None, *, status: int = 200, **ctx: Any
+    request: Request, template: str, p: Principal | None, *, status: int = 200, **ctx: Any
 ) -> HTMLResponse:
-    ctx.setdefault("section", name.removesuffix(".html"))
+    ctx.setdefault("section", template.removesuffix(".html"))
     ctx.setdefault("page_title", ctx["section"].capitalize())
-    html = _env.get_template(name).render(principal=p, request=request, **ctx)
+    html = _env.get_template(template).render(principal=p, request=request, **ctx)
     return HTMLResponse(html, status_code=status)
 
 
@@ -417,6 +414,7 @@ def fork(
     request: Request,
     p: Actor,
     run_id: str,
+    *,
     from_step: Annotated[str, Form()],
     data: Annotated[str | None, Form()] = None,
     confirmed: Confirmed = "",

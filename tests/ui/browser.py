@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
 
 CHROMIUM = os.environ.get("ORCHESTRATOR_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
@@ -51,7 +51,19 @@ def new_page(browser: Browser, base_url: str) -> Iterator[Page]:
     page = context.new_page()
     page.set_default_timeout(15_000)
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+
+    def console(message: ConsoleMessage) -> None:
+        # an error status of a page itself (401 after a wrong password, a forged POST's 403)
+        # is reported as "Failed to load resource"; what matters is what the CSP refused
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(message.text)
+
+    def asset(response: Response) -> None:
+        if "/static/" in response.url and response.status != 200:
+            problems.append(f"{response.url}: HTTP {response.status}")
+
+    page.on("console", console)
+    page.on("response", asset)
     page.on("pageerror", lambda exc: problems.append(str(exc)))
     page.console_problems = problems  # type: ignore[attr-defined]
     try:
