@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import errors
+from orchestrator import log as logging
 from orchestrator.db.database import DatabaseError, is_transient
 from orchestrator.ui import api
 from orchestrator.ui.auth import LoginFailed, TooManyAttempts
@@ -29,6 +30,7 @@ from orchestrator.ui.deps import HttpError, LoginRequired, UiSettings
 
 __all__ = ["UiSettings", "create_app"]
 
+_log = logging.get("ui")
 STATIC = Path(__file__).resolve().parent / "static"
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -91,14 +93,28 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 names = {name for name, _ in SECURITY_HEADERS}
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
                 message["headers"] = kept + SECURITY_HEADERS
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # a bug: logged, and answered 500 here with the headers (raised further, the
+            # server would answer without them, or drop the client's kept-alive connection)
+            _log.exception("request failed", path=scope.get("path"))
+            if started:
+                raise
+            request = Request(scope)
+            response = error_response(request, 500, "internal_error", "internal error")
+            await response(scope, receive, send_with_headers)
 
 
 def error_response(request: Request, status: int, code: str, message: str) -> Response:
