@@ -8,14 +8,8 @@ tested in a browser is not tested.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -91,101 +85,3 @@ def screenshot(page: Page, name: str) -> Path:
 def console_problems(page: Page) -> list[str]:
     found: list[str] = page.console_problems  # type: ignore[attr-defined]
     return found
-
-
-# -- the dashboard as a subprocess -------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[2]
-USERS = {"ada": ("operator", "pw-ada-123456"), "bob": ("viewer", "pw-bob-123456")}
-
-
-@dataclass
-class Dashboard:
-    """A real `orchestrator ui` process on a loopback port, serving `db_url`."""
-
-    url: str
-    db_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    tokens: dict[str, str] = field(default_factory=dict)  # role → API token
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
-
-
-def _cli(env: dict[str, str], cwd: Path, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        input=stdin,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"orchestrator {' '.join(args)} failed ({done.returncode}): {done.stderr}")
-    return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_dashboard(db_url: str, workdir: Path, timeout: float = 30.0) -> Dashboard:
-    """Users `ada` (operator) and `bob` (viewer) and a token of each role, made with the CLI;
-    then `orchestrator ui`, polled until its login page answers."""
-    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=db_url)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    for name, (role, password) in USERS.items():
-        _cli(
-            env,
-            workdir,
-            "ui-user",
-            "add",
-            name,
-            "--role",
-            role,
-            "--password-stdin",
-            stdin=password + "\n",
-        )
-    tokens = {}
-    for role in ("viewer", "operator"):
-        out = _cli(env, workdir, "ui-token", "create", f"{role}-script", "--role", role)
-        tokens[role] = out.strip().splitlines()[-1].strip()
-    port = _free_port()
-    log_path = workdir / "ui.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "ui", "--address", f"127.0.0.1:{port}"],
-            env=env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    dashboard = Dashboard(f"http://127.0.0.1:{port}", db_url, process, log_path, tokens)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"orchestrator ui exited with {process.returncode}: {dashboard.logs()}")
-        try:
-            with urllib.request.urlopen(dashboard.url + "/login", timeout=2) as response:
-                if response.status == 200:
-                    return dashboard
-        except OSError:
-            time.sleep(0.1)
-    dashboard.stop()
-    pytest.fail(f"orchestrator ui did not answer within {timeout}s: {dashboard.logs()}")

@@ -17,19 +17,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from orchestrator import Context, NonRetriableError, Orchestrator, cron, event
-from orchestrator.db import clones
 from orchestrator.testing import TestEnv
 from tests.e2e.harness import scalar, sql
-from tests.ui.browser import (
-    USERS,
-    Dashboard,
-    chromium,
-    console_problems,
-    log_in,
-    new_page,
-    screenshot,
-    start_dashboard,
-)
+from tests.ui.browser import chromium, console_problems, log_in, new_page, screenshot
+from tests.ui.conftest import ADA, BOB, UiProcess
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -106,24 +97,14 @@ def _fill(db_url: str) -> Runs:
 
 
 @pytest.fixture(scope="module")
-def module_db(server_url: str, clone_pool: clones.Clones) -> Iterator[str]:
-    name = clone_pool.take()
-    yield clones.with_database(server_url, name)
-    clone_pool.give_back(name)
+def made(ui_db: str) -> Runs:
+    return _fill(ui_db)
 
 
 @pytest.fixture(scope="module")
-def made(module_db: str) -> Runs:
-    return _fill(module_db)
-
-
-@pytest.fixture(scope="module")
-def dashboard(
-    module_db: str, made: Runs, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Dashboard]:
-    running = start_dashboard(module_db, tmp_path_factory.mktemp("ui"))
-    yield running
-    running.stop()
+def dashboard(ui_server: UiProcess, made: Runs) -> UiProcess:
+    """WEB's `orchestrator ui` process (tests/ui/conftest.py), once the runs are made."""
+    return ui_server
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +114,17 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def operator(browser: Browser, dashboard: Dashboard) -> Iterator[Page]:
+def operator(browser: Browser, dashboard: UiProcess) -> Iterator[Page]:
     with new_page(browser, dashboard.url) as page:
-        log_in(page, "ada", USERS["ada"][1])
+        log_in(page, "ada", ADA[1])
         yield page
         assert console_problems(page) == []  # nothing refused by the CSP, no script error
 
 
 @pytest.fixture
-def viewer(browser: Browser, dashboard: Dashboard) -> Iterator[Page]:
+def viewer(browser: Browser, dashboard: UiProcess) -> Iterator[Page]:
     with new_page(browser, dashboard.url) as page:
-        log_in(page, "bob", USERS["bob"][1])
+        log_in(page, "bob", BOB[1])
         yield page
         assert console_problems(page) == []
 
@@ -162,7 +143,7 @@ def rows(page: Page) -> list[str]:
 
 
 def test_login__a_wrong_password_is_refused_and_the_right_one_opens_the_runs(
-    browser: Browser, dashboard: Dashboard
+    browser: Browser, dashboard: UiProcess
 ) -> None:
     with new_page(browser, dashboard.url) as page:
         page.goto("/runs")
@@ -171,7 +152,7 @@ def test_login__a_wrong_password_is_refused_and_the_right_one_opens_the_runs(
         page.fill("input[name=password]", "not-the-password")
         page.click("button[type=submit]")
         expect(page.locator(".notice.error")).to_have_text("Wrong name or password.")
-        page.fill("input[name=password]", USERS["ada"][1])
+        page.fill("input[name=password]", ADA[1])
         screenshot(page, "login")
         page.click("button[type=submit]")
         page.wait_for_url(f"{dashboard.url}/runs")
@@ -214,7 +195,7 @@ def test_runs__filters_by_function_status_and_event_data(operator: Page, made: R
 
 
 def test_runs__the_table_refreshes_itself_with_a_new_run(
-    operator: Page, dashboard: Dashboard
+    operator: Page, dashboard: UiProcess
 ) -> None:
     page = operator
     refreshed_before = page.locator("#runs-live").get_attribute("data-refreshed")
@@ -245,7 +226,7 @@ def test_run_detail__shows_each_step_on_the_timeline(operator: Page, made: Runs)
 
 
 def test_cancel__a_sleeping_run_from_its_page(
-    operator: Page, dashboard: Dashboard, made: Runs
+    operator: Page, dashboard: UiProcess, made: Runs
 ) -> None:
     page = operator
     run_id = made.sleeping[0]
@@ -270,7 +251,7 @@ def test_cancel__a_sleeping_run_from_its_page(
 
 
 def test_fork__a_failed_run_with_edited_data(
-    operator: Page, dashboard: Dashboard, made: Runs
+    operator: Page, dashboard: UiProcess, made: Runs
 ) -> None:
     page = operator
     failed = made.failed[0]
@@ -297,7 +278,7 @@ def test_fork__a_failed_run_with_edited_data(
 
 
 def test_fork__data_that_is_not_json_is_refused_on_the_page(
-    operator: Page, dashboard: Dashboard, made: Runs
+    operator: Page, dashboard: UiProcess, made: Runs
 ) -> None:
     page = operator
     before = scalar(dashboard.db_url, "SELECT count(*) FROM orchestrator.runs")
@@ -314,7 +295,7 @@ def test_fork__data_that_is_not_json_is_refused_on_the_page(
 
 
 def test_viewer__sees_no_actions_and_a_forged_cancel_gets_403(
-    viewer: Page, dashboard: Dashboard, made: Runs
+    viewer: Page, dashboard: UiProcess, made: Runs
 ) -> None:
     page = viewer
     run_id = made.sleeping[1]
@@ -336,7 +317,7 @@ def test_viewer__sees_no_actions_and_a_forged_cancel_gets_403(
 
 
 def test_post_without_the_csrf_token__is_refused(
-    operator: Page, dashboard: Dashboard, made: Runs
+    operator: Page, dashboard: UiProcess, made: Runs
 ) -> None:
     page = operator
     run_id = made.sleeping[2]
@@ -353,7 +334,7 @@ def test_post_without_the_csrf_token__is_refused(
     )
 
 
-def test_api__an_unauthenticated_call_gets_401(browser: Browser, dashboard: Dashboard) -> None:
+def test_api__an_unauthenticated_call_gets_401(browser: Browser, dashboard: UiProcess) -> None:
     with new_page(browser, dashboard.url) as page:  # a fresh context: no cookie
         response = page.request.get("/api/v1/runs")
         assert response.status == 401
@@ -395,7 +376,7 @@ def test_function_page__shows_its_throughput_chart(operator: Page, made: Runs) -
     expect(page.locator("svg.chart")).to_be_visible()
 
 
-def test_events__send_a_test_event_from_the_form(operator: Page, dashboard: Dashboard) -> None:
+def test_events__send_a_test_event_from_the_form(operator: Page, dashboard: UiProcess) -> None:
     page = operator
     page.goto("/events")
     page.click("#send summary")
