@@ -38,10 +38,12 @@ def chromium() -> Iterator[Browser]:
 
 
 @contextmanager
-def new_page(browser: Browser, base_url: str) -> Iterator[Page]:
+def new_page(browser: Browser, base_url: str, *, javascript: bool = True) -> Iterator[Page]:
     """A page in a fresh context (its own cookies) that records what the console reports,
     so a test can check that the CSP refused nothing."""
-    context = browser.new_context(base_url=base_url, viewport=VIEWPORT)
+    context = browser.new_context(
+        base_url=base_url, viewport=VIEWPORT, java_script_enabled=javascript
+    )
     page = context.new_page()
     page.set_default_timeout(15_000)
     problems: list[str] = []

@@ -16,15 +16,16 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from orchestrator import Context, NonRetriableError, Orchestrator, cron, event
+from orchestrator import Context, NonRetriableError, Orchestrator, Throttle, cron, event
 from orchestrator.testing import TestEnv
-from tests.e2e.harness import scalar, sql
+from tests.e2e.harness import DaemonProcess, scalar, sql, stop_all
 from tests.ui.browser import chromium, console_problems, log_in, new_page, screenshot
 from tests.ui.conftest import ADA, BOB, UiProcess
 
 pytestmark = pytest.mark.timeout(300)
 
 app = Orchestrator()
+APP = f"{__name__}:app"  # what the daemon imports
 
 
 @app.function("process-order", trigger=event("order/created"), retries=2)
@@ -58,6 +59,15 @@ def await_approval(ctx: Context) -> dict[str, Any]:
     return {"approved": got is not None}
 
 
+@app.function(
+    "sync-crm",
+    trigger=event("crm/changed"),
+    throttle=Throttle(limit=1, period=timedelta(hours=1)),
+)
+def sync_crm(ctx: Context) -> dict[str, Any]:
+    return ctx.step.run("push", lambda: {"pushed": ctx.event.data["contact"]})
+
+
 @app.function("nightly-report", trigger=cron("0 3 * * *", tz="UTC"))
 def nightly_report(ctx: Context) -> dict[str, Any]:
     return {"rows": 0}
@@ -71,6 +81,7 @@ class Runs:
         self.sleeping: list[str] = []
         self.failed: list[str] = []
         self.waiting: list[str] = []
+        self.throttled: list[str] = []
 
 
 def _fill(db_url: str) -> Runs:
@@ -87,12 +98,16 @@ def _fill(db_url: str) -> Runs:
         env.send("import/requested", {"rows": [1, 2, "three"], "source": "s3://bucket/a.csv"})
         env.send("import/requested", {"rows": [4, 5], "source": "s3://bucket/b.csv"})
         env.send("expense/submitted", {"expense_id": "e-1", "amount": 120})
+        for contact in ("c-1", "c-2", "c-3"):  # one an hour: two wait for the throttle
+            env.send("crm/changed", {"contact": contact})
         env.run_until_idle()
         made.sleeping = [r.id for r in env.runs("process-order", status="sleeping")]
         made.failed = [r.id for r in env.runs("import-file", status="failed")]
         made.waiting = [r.id for r in env.runs("await-approval", status="waiting")]
+        made.throttled = [r.id for r in env.runs("sync-crm", status="queued")]
     assert len(made.completed) == 3 and len(made.sleeping) == 4, vars(made)
     assert len(made.failed) == 1 and len(made.waiting) == 1, vars(made)
+    assert len(made.throttled) == 2, vars(made)
     return made
 
 
@@ -102,9 +117,17 @@ def made(ui_db: str) -> Runs:
 
 
 @pytest.fixture(scope="module")
-def dashboard(ui_server: UiProcess, made: Runs) -> UiProcess:
-    """WEB's `orchestrator ui` process (tests/ui/conftest.py), once the runs are made."""
-    return ui_server
+def dashboard(
+    ui_server: UiProcess, made: Runs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UiProcess]:
+    """The shared `orchestrator ui` process (tests/ui/conftest.py), once the runs are made,
+    with a real daemon serving this module's app beside it (the daemons page, "served by")."""
+    daemon = DaemonProcess(
+        ui_server.db_url, APP, tmp_path_factory.mktemp("daemon") / "daemon.log", workers=1
+    )
+    daemon.start()
+    yield ui_server
+    stop_all([daemon])
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +273,21 @@ def test_cancel__a_sleeping_run_from_its_page(
     expect(page.locator("h1 .status")).to_have_text("cancelled")
 
 
+def test_cancel__without_javascript_asks_on_a_confirmation_page(
+    browser: Browser, dashboard: UiProcess, made: Runs
+) -> None:
+    run_id = made.sleeping[3]
+    with new_page(browser, dashboard.url, javascript=False) as page:
+        log_in(page, *ADA)
+        page.goto(f"/runs/{run_id}")
+        page.click("button:has-text('Cancel run')")
+        expect(page.locator("h1")).to_have_text("Confirm: cancel")
+        assert status_of(dashboard.db_url, run_id) == "sleeping"
+        page.click("button:has-text('Confirm cancel')")
+        expect(page.locator(".notice.ok")).to_have_text("Cancel requested.")
+        assert status_of(dashboard.db_url, run_id) == "cancelled"
+
+
 def test_fork__a_failed_run_with_edited_data(
     operator: Page, dashboard: UiProcess, made: Runs
 ) -> None:
@@ -353,9 +391,9 @@ def test_api__an_unauthenticated_call_gets_401(browser: Browser, dashboard: UiPr
     [
         ("/functions", "Functions", "process-order"),
         ("/events", "Events", "order/created"),
-        ("/queue", "Queue", "Concurrency keys in use"),
+        ("/queue", "Queue", "sync-crm"),
         ("/schedules", "Cron schedules", "0 3 * * *"),
-        ("/daemons", "Daemons", "Daemon"),
+        ("/daemons", "Daemons", "leader"),
     ],
 )
 def test_page__renders_for_an_operator(operator: Page, path: str, heading: str, shows: str) -> None:
