@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from orchestrator.db import ui
@@ -68,17 +68,27 @@ def _plain(obj: Any) -> Any:
 
 @router.post("/session", summary="Log in: sets the session cookie; returns the CSRF token")
 async def login(request: Request) -> Response:
-    kind = request.headers.get("content-type", "")
-    if kind.startswith("application/json"):
-        body = Login.model_validate(await request.json())
-    else:
-        form = await request.form()
-        body = Login(name=str(form.get("name", "")), password=str(form.get("password", "")))
-    cookie, session = deps.login(request, body.name, body.password)
+    name, password = await _credentials(request)
+    cookie, session = deps.login(request, name, password)
     out = {"name": session.user_name, "role": session.role, "csrf_token": session.csrf_token}
     response = JSONResponse(out)
     deps.set_session_cookie(request, response, cookie)
     return response
+
+
+async def _credentials(request: Request) -> tuple[str, str]:
+    """(name, password) from a form or a JSON object."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = Login.model_validate_json(await request.body())
+        except ValidationError:
+            raise HttpError(422, "invalid_request", 'send {"name": ..., "password": ...}') from None
+        return body.name, body.password
+    form = await request.form()
+    name, password = form.get("name"), form.get("password")
+    if not isinstance(name, str) or not isinstance(password, str):
+        raise HttpError(422, "invalid_request", "send the form fields name and password")
+    return name, password
 
 
 @router.delete("/session", summary="Log out: ends the session and clears the cookie")

@@ -194,6 +194,8 @@ def test_daemon_with_ui__serves_the_api_and_forks_a_run_with_edited_data(
     )
     assert row == [("fork", original, {"stored": 2 + 7})]  # enrich reused, new data after it
     assert no_step.status_code == 404 and no_step.json()["error"]["code"] == "step_not_found"
+    assert daemon.terminate() == 0  # the dashboard's thread stops with the daemon
+    assert daemon.problems() == []
     assert [a[2:5] for a in actions(e2e_url, actor="deployer")] == [
         ("send", None, None),
         ("fork", original, fork_id),

@@ -4,8 +4,10 @@ ui` over HTTP."""
 from __future__ import annotations
 
 from contextlib import closing
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.ui.conftest import ADA, BOB, UiProcess, add_user, new_token, ui_cli
 from tests.ui.helpers import actions, queued_run, status
@@ -125,3 +127,53 @@ def test_ui_user__short_passwords_and_unknown_users_are_refused(ui_db: str) -> N
     assert short.returncode == 1 and "at least 12" in short.stderr
     assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr
     assert "dan" not in listed.stdout
+
+
+def test_without_authentication__everyone_is_the_operator_local_but_forms_need_csrf(
+    ui_db: str, tmp_path: Path
+) -> None:
+    ui = UiProcess(ui_db, tmp_path / "local.log").start(ui_auth="false")
+    try:
+        run_id, other = queued_run(ui_db), queued_run(ui_db)
+        with ui.client() as client:
+            me = client.get("/api/v1/me").json()
+            form = client.post(f"/api/v1/runs/{other}/cancel", data={"reason": "x"})
+            cross_site = client.post(
+                f"/api/v1/runs/{other}/cancel", json={}, headers={"Origin": "http://evil.example"}
+            )
+            done = client.post(f"/api/v1/runs/{run_id}/cancel", json={})
+    finally:
+        ui.stop()
+    assert me == {"name": "local", "role": "operator", "via": "local", "is_operator": True}
+    assert (form.status_code, cross_site.status_code) == (403, 403)
+    assert status(ui_db, other) == "queued"
+    assert done.status_code == 200 and status(ui_db, run_id) == "cancelled"
+    assert actions(ui_db, run_id=run_id) == [("local", "session", "cancel", run_id, None, None)]
+
+
+def test_config__ui_keys_are_checked_when_loaded() -> None:
+    from orchestrator.config import load_config
+    from orchestrator.errors import ConfigError
+
+    loaded = load_config(env={"ORCHESTRATOR_UI": "true", "ORCHESTRATOR_UI_LOGIN_LIMIT": "3"})
+    assert (loaded.ui, loaded.ui_login_limit, loaded.ui_address) == (True, 3, "127.0.0.1:8484")
+    for key, value, says in [
+        ("UI_ADDRESS", "8484", "is not host:port"),
+        ("UI_LOGIN_LIMIT", "0", "too small"),
+        ("UI_SESSION_TTL", "5", "too small"),
+        ("UI_AUTH", "maybe", "expected true or false"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            load_config(env={f"ORCHESTRATOR_{key}": value})
+
+
+def test_login__takes_json_too_and_refuses_malformed_bodies(ui_server: UiProcess) -> None:
+    with ui_server.client() as client:
+        as_json = client.post("/api/v1/session", json={"name": BOB[0], "password": BOB[1]})
+        garbage = client.post(
+            "/api/v1/session", content=b"{nope", headers={"Content-Type": "application/json"}
+        )
+        no_fields = client.post("/api/v1/session", data={"user": "bob"})
+    assert as_json.status_code == 200 and as_json.json()["role"] == "viewer"
+    assert [r.status_code for r in (garbage, no_fields)] == [422, 422]
+    assert {r.json()["error"]["code"] for r in (garbage, no_fields)} == {"invalid_request"}
