@@ -182,6 +182,11 @@ def test_login__a_wrong_password_is_refused_and_the_right_one_opens_the_runs(
         expect(page.locator(".topbar .who")).to_contain_text("ada · operator")
         cookie = next(c for c in page.context.cookies() if c["name"] == "orchestrator_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        page.click(".topbar button:has-text('Log out')")
+        page.wait_for_url(f"{dashboard.url}/login")
+        page.context.add_cookies([cookie])  # the old cookie back: its session is gone too
+        page.goto("/runs")
+        expect(page).to_have_url(f"{dashboard.url}/login?next=%2Fruns")
         assert console_problems(page) == []
 
 
