@@ -52,7 +52,33 @@ def _moment(text: str | None, what: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-_FILTER_KEYS = ("function_id", "status", "since", "until", "event_name", "id_prefix", "data_path")
+# what the runs page keeps in its links (its form's fields, and the page size)
+_FILTER_KEYS = (
+    "function_id",
+    "status",
+    "since",
+    "until",
+    "event_name",
+    "id_prefix",
+    "data_path",
+    "limit",
+)
+
+
+def _run_filter(q: dict[str, str]) -> ui.RunFilter:
+    if q["limit"] and not q["limit"].isdigit():
+        raise errors.UsageError(f"limit {q['limit']!r} is not a number of runs")
+    return ui.RunFilter(
+        function_id=q["function_id"] or None,
+        status=q["status"] or None,
+        since=_moment(q["since"], "since"),
+        until=_moment(q["until"], "until"),
+        event_name=q["event_name"] or None,
+        id_prefix=q["id_prefix"] or None,
+        data_path=q["data_path"] or None,
+        before=q["before"] or None,
+        limit=int(q["limit"] or 50),
+    )
 
 
 @router.get("/runs")
@@ -61,16 +87,7 @@ def runs_page(request: Request, p: Viewer) -> Response:
     fragment = request.query_params.get("fragment") == "1"
     error: str | None = None
     try:
-        f = ui.RunFilter(
-            function_id=q["function_id"] or None,
-            status=q["status"] or None,
-            since=_moment(q["since"], "since"),
-            until=_moment(q["until"], "until"),
-            event_name=q["event_name"] or None,
-            id_prefix=q["id_prefix"] or None,
-            data_path=q["data_path"] or None,
-            before=q["before"] or None,
-        )
+        f = _run_filter(q)
         page, counts = read(request, lambda c: (ui.list_runs(c, f), ui.status_counts(c, f)))
     except errors.OrchestratorError as exc:  # an invalid filter (date, JSON path, cursor)
         error = errors.first_line(exc)

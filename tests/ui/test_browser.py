@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,6 +223,25 @@ def test_runs__filters_by_function_status_and_event_data(operator: Page, made: R
     screenshot(page, "runs")
 
 
+def test_runs__pages_back_by_keyset_without_overlap(operator: Page, made: Runs) -> None:
+    page = operator
+    page.goto("/runs?limit=4")
+    first = rows(page)
+    assert len(first) == 4
+    assert page.locator("#runs-live[data-live]").count() == 1  # the newest page is live
+    page.click("a[rel=next]")
+    page.wait_for_url("**before=**")
+    second = rows(page)
+    assert len(second) == 4 and not set(first) & set(second)
+    assert page.locator("#runs-live[data-live]").count() == 0  # an older page stays still
+    page.click("a:has-text('newest')")
+    page.wait_for_url("**/runs?limit=4")
+    assert rows(page)[:1] == first[:1]
+    every = set(made.completed + made.sleeping + made.failed + made.waiting)
+    page.goto("/runs?limit=500")
+    assert every <= set(rows(page))
+
+
 def test_runs__the_table_refreshes_itself_with_a_new_run(
     operator: Page, dashboard: UiProcess
 ) -> None:
@@ -357,6 +377,22 @@ def test_viewer__sees_no_actions_and_a_forged_cancel_gets_403(
     )
     assert response.status == 403
     assert status_of(dashboard.db_url, run_id) == "sleeping"
+
+
+def test_viewer__sees_payloads_when_log_payloads_is_on(
+    browser: Browser, dashboard: UiProcess, made: Runs, tmp_path: Path
+) -> None:
+    shown = UiProcess(dashboard.db_url, tmp_path / "ui.log").start(log_payloads="true")
+    try:
+        with new_page(browser, shown.url) as page:
+            log_in(page, *BOB)
+            page.goto(f"/runs/{made.completed[0]}")
+            event_panel = page.locator("h2:has-text('Event') + .panel")
+            expect(event_panel).to_contain_text('"user_id": 7')  # every first order's
+            assert event_panel.locator(".redacted").count() == 0
+            assert page.locator("form[action$='/replay']").count() == 0  # still a viewer
+    finally:
+        shown.stop()
 
 
 def test_post_without_the_csrf_token__is_refused(
