@@ -141,7 +141,12 @@ def list_runs(
         return ui.list_runs(conn, f), ui.status_counts(conn, f)
 
     page, counts = deps.read_db(request).run(read)
-    return {"runs": _plain(page.runs), "next_cursor": page.next_cursor, "counts": counts}
+    return {
+        "runs": _plain(page.runs),
+        "next_cursor": page.next_cursor,
+        "counts": counts,
+        "counts_cap": ui.COUNT_CAP,  # a count equal to it means "that many or more"
+    }
 
 
 @router.get("/runs/{run_id}", summary="One run: steps, waits, lineage, actions, timeline")

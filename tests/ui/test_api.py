@@ -134,6 +134,7 @@ def test_runs__listed_and_detailed_with_payloads_hidden_from_viewers(
     assert listing.status_code == 200, listing.text
     assert [r["id"] for r in listing.json()["runs"]] == [run_id]
     assert listing.json()["counts"].get("queued") == 1
+    assert listing.json()["counts_cap"] == 10_000
     assert seen_by_operator.json()["run"]["events"][0]["data"] == {"card": "4242"}
     assert str(seen_by_viewer.json()["run"]["events"]).startswith(HIDDEN_PREFIX)
     assert "4242" not in seen_by_viewer.text
