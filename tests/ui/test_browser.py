@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -476,3 +477,17 @@ def test_events__send_a_test_event_from_the_form(operator: Page, dashboard: UiPr
         "ORDER BY id DESC LIMIT 1",
     )
     assert audit == ("ada", "send")
+
+
+def test_payloads__are_shown_as_text_never_as_markup(operator: Page, dashboard: UiProcess) -> None:
+    page = operator
+    hostile = '</span><script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+    with TestEnv(app, url=dashboard.db_url) as env:
+        event_id = env.send("import/requested", {"rows": [1], "source": hostile, hostile: 1})
+    page.goto(f"/events?{urlencode({'name': 'import/requested'})}")
+    row = page.locator("table.events tr", has_text=event_id[:12])
+    row.locator("summary", has_text="data").click()
+    expect(row.locator(".json .s", has_text="<script>")).to_have_text(json.dumps(hostile))
+    expect(row.locator(".json .k", has_text="onerror")).to_have_text(json.dumps(hostile))
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("table.events script, table.events img").count() == 0
