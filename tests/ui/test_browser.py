@@ -371,6 +371,9 @@ def test_viewer__sees_no_actions_and_a_forged_cancel_gets_403(
     # payloads are hidden from viewers (log_payloads is off)
     expect(page.locator("h2:has-text('Event') + .panel .redacted")).to_be_visible()
     assert "order_id" not in page.content()
+    page.goto("/events")
+    expect(page.locator("table.events .redacted").first).to_have_text("hidden from viewers")
+    assert page.locator("#send").count() == 0  # no form to send an event either
     csrf = page.locator(".topbar input[name=csrf_token]").input_value()
     assert csrf  # the forged request carries the viewer's own valid token
     response = page.request.post(
