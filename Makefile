@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 APP    ?= examples.app:app
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-fast check lint format bench soak db-up clean
+.PHONY: help install browser run migrate test test-fast check lint format bench soak db-up clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,7 +24,17 @@ migrate: install ## create or upgrade the schema (embedded Postgres unless confi
 run: migrate ## install, migrate and start the daemon serving the example app
 	$(BIN)/orchestrator run --app $(APP)
 
-test: install ## run the whole test suite against real Postgres
+browser: ## install Debian's chromium for the browser tests (tests/ui) when it is missing
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	else \
+		echo "the browser tests need Debian's chromium at /usr/bin/chromium:" \
+		     "run 'sudo apt-get install -y chromium' (or make browser as root)" >&2; \
+		exit 1; \
+	fi
+
+test: install browser ## run the whole test suite against real Postgres (and headless chromium)
 	$(BIN)/pytest
 
 test-fast: install ## unit and database tests only (no daemon subprocesses, no faults)
