@@ -8,10 +8,7 @@ X-Frame-Options, X-Content-Type-Options and Referrer-Policy for older browsers. 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -24,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator import errors
 from orchestrator import log as logging
 from orchestrator.db.database import DatabaseError, is_transient
-from orchestrator.ui import api
+from orchestrator.ui import api, pages
 from orchestrator.ui.auth import LoginFailed, TooManyAttempts
 from orchestrator.ui.deps import HttpError, LoginRequired, UiSettings
 
@@ -67,19 +64,10 @@ def create_app(settings: UiSettings) -> FastAPI:
     app.state.settings = settings
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     app.include_router(api.router, prefix="/api/v1")
-    pages = _page_router()
-    if pages is not None:
-        app.include_router(pages)
+    app.include_router(pages.router)
     _add_error_handlers(app)
     app.add_middleware(SecurityHeaders)
     return app
-
-
-def _page_router() -> Any:
-    # the pages live beside this module; until they exist the API is served alone
-    if importlib.util.find_spec("orchestrator.ui.pages") is None:
-        return None
-    return importlib.import_module("orchestrator.ui.pages").router
 
 
 class SecurityHeaders:

@@ -2,7 +2,8 @@
 a real `orchestrator ui` process on a database whose runs were made by the engine itself
 (orchestrator.testing's TestEnv: real ingest, claims and executions, on a virtual clock).
 
-Each test saves a screenshot of the page it ends on under docs/ui/ (the README shows them).
+Each test saves a screenshot of the page it ends on (under docs/ui/, which the README shows,
+when ORCHESTRATOR_UI_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
