@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from orchestrator import codec
+from orchestrator.db import clock
 from orchestrator.db.steps import StepRecord, StepRow
 from orchestrator.engine import threads
 from orchestrator.engine.cancelled import CancelledRuns
@@ -233,6 +234,11 @@ class Execution:
         return self._positions
 
     def db_now(self) -> datetime:
+        """The database's time, estimated from the claim's; the virtual time when a test has
+        pinned the clock (it stands still while the run executes, as its statements see it)."""
+        virtual = clock.current()
+        if virtual is not None:
+            return virtual
         return self.claimed_at + timedelta(seconds=time.monotonic() - self.claimed_mono)
 
     async def boundary(self) -> None:

@@ -83,9 +83,8 @@ def orchestrator_env(
 
     def database() -> tuple[str, Callable[[], None]]:
         name = orchestrator_databases.take()
-        return with_database(orchestrator_server_url, name), lambda: (
-            orchestrator_databases.give_back(name)
-        )
+        url = with_database(orchestrator_server_url, name)
+        return url, lambda: orchestrator_databases.give_back(name)
 
     env = TestEnv(orchestrator_app, database=database)
     try:
