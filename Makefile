@@ -49,7 +49,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix orchestrator tests migrations bench examples
 	$(BIN)/ruff format orchestrator tests migrations bench examples
 
-bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention, scale-out) and print figures
+bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention, scale-out, testing an app) and print figures
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/pickup.py --idle 1000000
@@ -60,6 +60,7 @@ bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, asyn
 	$(BIN)/python bench/retention.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/report.py
+	$(BIN)/python bench/testing_suite.py
 
 soak: install ## every fault scenario at full size (about 10 minutes); prints the figures
 	$(BIN)/python -m tests.chaos.soak $(SOAK_ARGS)

@@ -7,8 +7,10 @@ name of its own and renamed into place, so processes that race to make it (pytes
 workers) never see a half-migrated template; the loser drops its copy.
 
 A clone costs about a third of a second, more than most tests take; a thread of its own keeps
-the next clones ready (and drops the used ones) while the tests run, so a test waits for a
-clone only when the tests before it were quicker than the cloning.
+the next clones ready while the tests run, so a test waits for a clone only when the tests
+before it were quicker than the cloning. Another thread drops the used ones: a DROP DATABASE
+waits for a checkpoint of the whole server (PostgreSQL 15 waits on CheckpointStart and
+CheckpointDone there), seconds on a busy server, and must not hold up the next clone.
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ class Clones:
         self._failed: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="test-clones", daemon=True)
+        self._dropper = threading.Thread(target=self._drop_used, name="test-drops", daemon=True)
         self._thread.start()
+        self._dropper.start()
 
     def take(self, timeout: float = 120.0) -> str:
         """The name of a new database, a clone of the template nobody has used."""
@@ -131,6 +135,7 @@ class Clones:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(60)
+        self._dropper.join(60)
         with admin(self.server_url) as conn:
             for q in (self._ready, self._used):
                 while not q.empty():
@@ -140,22 +145,27 @@ class Clones:
         try:
             with admin(self.server_url) as conn:
                 while not self._stop.is_set():
-                    self._drop_used(conn)
                     self._offer(conn, clone(conn, self.template))
-                self._drop_used(conn)
         except BaseException as exc:  # raised by the next take(), in the test's thread
             self._failed = exc
 
     def _offer(self, conn: psycopg.Connection[Any], name: str) -> None:
-        """Queue the clone once there is room, dropping used ones meanwhile."""
+        """Queue the clone once there is room."""
         while not self._stop.is_set():
             try:
                 self._ready.put(name, timeout=0.05)
                 return
             except queue.Full:
-                self._drop_used(conn)
+                continue
         drop(conn, name)
 
-    def _drop_used(self, conn: psycopg.Connection[Any]) -> None:
-        while not self._used.empty():
-            drop(conn, self._used.get_nowait())
+    def _drop_used(self) -> None:
+        try:
+            with admin(self.server_url) as conn:
+                while not self._stop.is_set():
+                    try:
+                        drop(conn, self._used.get(timeout=0.05))
+                    except queue.Empty:
+                        continue
+        except BaseException as exc:
+            self._failed = exc

@@ -161,6 +161,7 @@ class TestEnv:
         self.draining = threading.Event()  # never set: a test's worker does not drain
         self._flow_next: datetime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._threads: ThreadPoolExecutor | None = None
         with self.db.transaction() as conn:
             functions.record_all(conn, registry)
@@ -173,8 +174,12 @@ class TestEnv:
             return
         self._closed = True
         try:
-            if self._loop is not None:
+            if self._loop is not None:  # stopped, then closed (an unclosed loop warns)
                 self._loop.call_soon_threadsafe(self._loop.stop)
+                if self._loop_thread is not None:
+                    self._loop_thread.join(10)
+                if not self._loop.is_running():
+                    self._loop.close()
             if self._threads is not None:
                 self._threads.shutdown(wait=False, cancel_futures=True)
             self.store.close()
@@ -434,9 +439,10 @@ class TestEnv:
         if self._loop is None:
             self._threads = ThreadPoolExecutor(8, thread_name_prefix="testenv-body")
             self._loop = asyncio.new_event_loop()
-            threading.Thread(
+            self._loop_thread = threading.Thread(
                 target=self._loop.run_forever, name="testenv-loop", daemon=True
-            ).start()
+            )
+            self._loop_thread.start()
         return self._loop
 
     # -- reading back ------------------------------------------------------------------------
