@@ -8,8 +8,15 @@ else ORCHESTRATOR_TEST_DATABASE_URL's, else the embedded Postgres; fills it with
 some failed, cancelled, queued, running, sleeping, waiting), each with its trigger event
 (50 event names, `data.user_id` among 10,000 values, one event in 1,000 parked), and one
 more run with `--steps` steps; then VACUUM ANALYZE. Then calls each query function
-`--calls` times in its own read transaction and prints p50/p95 in milliseconds; writes
-bench/results/ui.json. The database is dropped at the end.
+`--calls` times in its own read transaction and prints p50/p95 in milliseconds.
+
+Then starts the real `orchestrator ui` (a subprocess on 127.0.0.1, ui_auth = false) on that
+database and times whole requests over one kept-alive httpx connection: the runs page (all,
+failed, one function), the 1,000-step run's page, and the same through /api/v1; p50/p95 of
+`--calls` requests each (after two unmeasured ones), with the rows each answer holds (runs,
+or steps) and its size. Last, the 1,000-step page's server time split in-process: the
+queries (ui.run_detail), the context (the Gantt) and the template. Writes
+bench/results/ui.json; the database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -17,18 +24,28 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from sqlalchemy import Connection
 
 from bench.pickup import create_database, drop_database, percentile, server_url, write_result
+from bench.scale import free_port
 from orchestrator.db import ui
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
+from orchestrator.ui import run_pages, views
+from orchestrator.ui.deps import Principal
 
 BIG_RUN = "00000000-0000-4000-8000-00000000b16e"
 
@@ -139,6 +156,109 @@ def time_calls(db: Database, call: Callable[[Connection], Any], n: int) -> list[
     return sorted(took)
 
 
+# -- over HTTP, the real server ------------------------------------------------------------------
+
+HTTP_CASES = {
+    "GET /runs": "/runs",
+    "GET /runs?status=failed": "/runs?status=failed",
+    "GET /runs?function_id=fn-07": "/runs?function_id=fn-07",
+    "GET /runs/<1,000-step run>": f"/runs/{BIG_RUN}",
+    "GET /api/v1/runs": "/api/v1/runs",
+    "GET /api/v1/runs/<1,000-step run>": f"/api/v1/runs/{BIG_RUN}",
+}
+_HTML_ROWS = re.compile(r'<tr (?:data-run=|id="step-)')
+
+
+@contextmanager
+def ui_server(url: str) -> Iterator[str]:
+    """`orchestrator ui` on a free loopback port, without authentication; its base URL."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("orchestrator")), "ui", "--database-url", url]
+    env = dict(os.environ, ORCHESTRATOR_UI_AUTH="false")
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [*command, "--address", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_answering(base, proc, log)
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _wait_answering(base: str, proc: subprocess.Popen[bytes], log: Any) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"orchestrator ui exited ({proc.returncode}):\n{log.read().decode()}")
+        try:
+            httpx.get(base + "/api/v1/me", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"orchestrator ui did not answer on {base} within 60 s")
+
+
+def rows(response: httpx.Response) -> int:
+    """The runs, or the steps, that an answer holds."""
+    if response.headers["content-type"].startswith("application/json"):
+        body = response.json()
+        return len(body["steps"] if "steps" in body else body["runs"])
+    return len(_HTML_ROWS.findall(response.text))
+
+
+def time_http(client: httpx.Client, path: str, n: int) -> tuple[list[float], httpx.Response]:
+    for _ in range(2):  # warm: templates compiled, the pool's connections open
+        client.get(path).raise_for_status()
+    took = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = client.get(path)
+        took.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return sorted(took), response
+
+
+def http_figures(url: str, n: int) -> dict[str, Any]:
+    figures = {}
+    print(f"\n{'request':<36} {'p50 ms':>9} {'p95 ms':>9} {'rows':>6} {'KiB':>7}   ({n} each)")
+    with ui_server(url) as base:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        with httpx.Client(base_url=base, limits=limits, timeout=60) as client:
+            for label, path in HTTP_CASES.items():
+                took, last = time_http(client, path, n)
+                p50, p95 = percentile(took, 50), percentile(took, 95)
+                size = len(last.content) / 1024
+                figures[label] = {"p50_ms": p50, "p95_ms": p95, "rows": rows(last), "kib": size}
+                print(f"{label:<36} {p50:>9.2f} {p95:>9.2f} {rows(last):>6} {size:>7.0f}")
+    return figures
+
+
+def page_split(db: Database, n: int) -> dict[str, float]:
+    """The 1,000-step page's server time in-process, p50 of each part, in ms."""
+    me = Principal("local", "operator", "local", None, True)
+    parts: dict[str, list[float]] = {"queries": [], "context": [], "template": []}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        with db.transaction() as conn:
+            d = ui.run_detail(conn, BIG_RUN)
+        assert d is not None
+        t1 = time.perf_counter()
+        ctx = run_pages.run_context(d, show_payloads=True)
+        t2 = time.perf_counter()
+        views.render_html("run.html", me, **ctx)
+        t3 = time.perf_counter()
+        for part, ms in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            parts[part].append(ms * 1000)
+    split = {part: percentile(sorted(ms), 50) for part, ms in parts.items()}
+    shown = ", ".join(f"{part} {ms:.1f}" for part, ms in split.items())
+    print(f"\n1,000-step page in-process, p50 ms: {shown}")
+    return split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1_000_000)
@@ -165,10 +285,13 @@ def main() -> None:
             took = time_calls(db, call, args.calls)
             figures[label] = {"p50_ms": percentile(took, 50), "p95_ms": percentile(took, 95)}
             print(f"{label:<32} {figures[label]['p50_ms']:>9.2f} {figures[label]['p95_ms']:>9.2f}")
+        requests = http_figures(url, args.calls)
+        split = page_split(db, args.calls)
         write_result(
             "ui.json",
             {"runs": args.runs, "steps": args.steps, "calls": args.calls,
-             "python": platform.python_version(), "queries": figures},
+             "python": platform.python_version(), "queries": figures, "http": requests,
+             "run_page_split_ms": split},
         )  # fmt: skip
     finally:
         db.dispose()

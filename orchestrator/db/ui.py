@@ -340,6 +340,7 @@ class TimelineBar:
     kind: str  # queued, running, sleeping, waiting, retrying, failed, completed
     start: datetime
     end: datetime | None  # None: still going
+    note: str = ""  # what the bar stands for, beyond its kind: "attempts 1-2 failed"
 
 
 @dataclass(frozen=True)
@@ -477,11 +478,18 @@ def _began(s: steps.StepRow) -> datetime:
 
 def timeline(run: RunRow, recorded: list[steps.StepRow]) -> list[TimelineBar]:
     """Gantt bars, derived from the run's times and its steps' rows: the wait for a first
-    worker, then per step its run (its latest attempt), sleep, wait or retry back-off, then
-    the run's current work if it is running."""
+    worker, then per step its earlier attempts (one 'retrying' bar: `steps` keeps one row per
+    step), its latest attempt, sleep, wait or retry back-off, and the time the run then stood
+    queued before its next step began; last, the run's current work if it is running."""
     bars = [TimelineBar("queued", "queued", run.created_at, run.started_at)]
+    resumable_at: datetime | None = None  # when the run's last suspension ended
     for s in recorded:
-        bars += _step_bars(s, run.due_at if run.status == s.status else None)
+        mine = _step_bars(s, run.due_at if run.status == s.status else None)
+        if resumable_at is not None and mine[0].start > resumable_at:
+            bars.append(TimelineBar(mine[0].label, "queued", resumable_at, mine[0].start,
+                                    "waiting for a worker after the suspension"))  # fmt: skip
+        bars += mine
+        resumable_at = _suspension_end(s)
     if run.status == "running":
         last = max((b.end for b in bars if b.end is not None), default=run.created_at)
         bars.append(TimelineBar("running", "running", max(last, run.started_at or last), None))
@@ -491,19 +499,44 @@ def timeline(run: RunRow, recorded: list[steps.StepRow]) -> list[TimelineBar]:
 _SUSPENDING_KINDS = ("sleep", "wait", "wait_any", "invoke", "signal", "wait_for_signal")
 
 
+def _suspended(s: steps.StepRow) -> bool:
+    """A step that suspended the run (a sleep, a wait, an invoke), rather than ran a body."""
+    return s.kind in _SUSPENDING_KINDS and s.duration_ms is None
+
+
+def _suspension_end(s: steps.StepRow) -> datetime | None:
+    """When a finished suspension let the run be claimed again: a sleep at its wake time
+    (the row is written later, when the run replays it), a wait when its event came."""
+    if s.status != "completed" or not _suspended(s):
+        return None
+    return min(s.updated_at, s.wake_at or s.updated_at)
+
+
 def _step_bars(s: steps.StepRow, run_due: datetime | None) -> list[TimelineBar]:
     """`run_due`: when the run falls due, if it is suspended as this step is."""
     label = s.step_id if s.attempt <= 1 else f"{s.step_id} (attempt {s.attempt})"
     if s.status in ("sleeping", "waiting"):
         end = s.wake_at or (run_due if s.status == "sleeping" else None)
         return [TimelineBar(label, s.status, s.created_at, end)]
-    if s.kind in _SUSPENDING_KINDS and s.duration_ms is None:
+    if _suspended(s):
         kind = "sleeping" if s.kind == "sleep" else "waiting"
-        return [TimelineBar(label, kind, s.created_at, s.updated_at)]
-    ran = TimelineBar(label, _ran_kind(s.status), _began(s), s.updated_at)
+        return [TimelineBar(label, kind, s.created_at, _suspension_end(s) or s.updated_at)]
+    bars = _earlier_attempts(s, label)
+    bars.append(TimelineBar(label, _ran_kind(s.status), _began(s), s.updated_at))
     if s.status == "retrying":
-        return [ran, TimelineBar(label, "retrying", s.updated_at, s.wake_at)]
-    return [ran]
+        note = f"back-off before attempt {s.attempt + 1}"
+        bars.append(TimelineBar(label, "retrying", s.updated_at, s.wake_at, note))
+    return bars
+
+
+def _earlier_attempts(s: steps.StepRow, label: str) -> list[TimelineBar]:
+    """The attempts before the latest, with their back-offs, as one bar: from the step's
+    first write to when its latest attempt began."""
+    began = _began(s)
+    if s.attempt <= 1 or began <= s.created_at:
+        return []
+    failed = "attempt 1 failed" if s.attempt == 2 else f"attempts 1-{s.attempt - 1} failed"
+    return [TimelineBar(label, "retrying", s.created_at, began, failed)]
 
 
 def _ran_kind(status: str) -> str:

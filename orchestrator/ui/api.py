@@ -8,7 +8,10 @@ when `log_payloads` is on; operators always see them.
 
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
+import json
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -60,7 +63,24 @@ def _hide(item: dict[str, Any], *keys: str) -> None:
 
 
 def _plain(obj: Any) -> Any:
-    return jsonable_encoder(obj)
+    """`obj` (dataclasses, lists, dicts, datetimes) as plain JSON values, as FastAPI's
+    `jsonable_encoder` would make them, in a few milliseconds rather than a hundred for a
+    1,000-step run: the C JSON encoder walks it, `_json_default` unpacks what it cannot."""
+    return json.loads(json.dumps(obj, default=_json_default, allow_nan=False))
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return jsonable_encoder(value)
 
 
 # -- who am I, logging in and out ---------------------------------------------------------
@@ -149,8 +169,12 @@ def list_runs(
     }
 
 
-@router.get("/runs/{run_id}", summary="One run: steps, waits, lineage, actions, timeline")
-def get_run(request: Request, p: Reader, run_id: str) -> dict[str, Any]:
+@router.get(
+    "/runs/{run_id}",
+    summary="One run: steps, waits, lineage, actions, timeline",
+    response_model=dict[str, Any],
+)
+def get_run(request: Request, p: Reader, run_id: str) -> Response:
     detail = deps.read_db(request).run(lambda conn: ui.run_detail(conn, run_id))
     if detail is None:
         raise HttpError(404, "run_not_found", f"no run {run_id!r}")
@@ -161,7 +185,7 @@ def get_run(request: Request, p: Reader, run_id: str) -> dict[str, Any]:
             _hide(step, "output")
         if out.get("event"):
             _hide(out["event"], "data")
-    return out
+    return JSONResponse(out)  # already plain: not encoded a second time
 
 
 @router.post("/runs/{run_id}/cancel", summary="Cancel a run and its unfinished invoked runs")

@@ -31,6 +31,8 @@ class Bar(Protocol):
     def start(self) -> datetime: ...
     @property
     def end(self) -> datetime | None: ...
+    @property
+    def note(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Rect:
     w: float
     ms: float
     open: bool  # still going: drawn up to now
+    note: str = ""
 
 
 @dataclass
@@ -73,9 +76,8 @@ def gantt(bars: Sequence[Bar], now: datetime | None = None) -> Gantt:
         w = max((end - b.start).total_seconds() / span * WIDTH, MIN_BAR)
         ms = (end - b.start).total_seconds() * 1000
         row = rows.setdefault(b.label, GanttRow(b.label))
-        row.bars.append(
-            Rect(b.kind, round(min(x, WIDTH - MIN_BAR), 2), round(w, 2), ms, b.end is None)
-        )
+        x = round(min(x, WIDTH - MIN_BAR), 2)
+        row.bars.append(Rect(b.kind, x, round(w, 2), ms, b.end is None, b.note))
         row.ms += ms
     kinds = [k for k in KINDS if any(b.kind == k for b in bars)]
     kinds += sorted({b.kind for b in bars} - set(KINDS))

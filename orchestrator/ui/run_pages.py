@@ -158,6 +158,15 @@ def _run_detail(
             message=f"no run {run_id!r} (it may have been deleted by retention)",
             back_url="/runs",
         )
+    done = request.query_params.get("done", "")
+    ctx = run_context(d, show_payloads=shows_payloads(request, p))
+    ctx["flash"] = {"kind": "ok", "text": DONE[done]} if done in DONE else None
+    ctx.update(extra)
+    return render(request, "run.html", p, status=status, **ctx)
+
+
+def run_context(d: ui.RunDetail, *, show_payloads: bool) -> dict[str, Any]:
+    """What run.html is rendered with, from the run's detail (bench/ui.py times it)."""
     run = d.run
     run_ms = None
     if run.started_at and run.finished_at:
@@ -165,23 +174,20 @@ def _run_detail(
     fork_data = ""
     if len(run.events) == 1:
         fork_data = json.dumps(run.events[0].get("data"), indent=2, ensure_ascii=False)
-    done = request.query_params.get("done", "")
-    ctx: dict[str, Any] = {
+    return {
         "d": d,
         "run_ms": run_ms,
         "gantt": charts.gantt(d.timeline),
         "finished": FINISHED,
         "resumable": RESUMABLE,
-        "show_payloads": shows_payloads(request, p),
+        "show_payloads": show_payloads,
         "fork_data": fork_data,
         "fork_step": None,
         "fork_open": False,
-        "flash": {"kind": "ok", "text": DONE[done]} if done in DONE else None,
+        "flash": None,
         "section": "runs",
         "page_title": f"Run {run.id[:8]}",
     }
-    ctx.update(extra)
-    return render(request, "run.html", p, status=status, **ctx)
 
 
 # -- actions on a run ----------------------------------------------------------------------------

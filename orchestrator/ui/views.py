@@ -154,10 +154,13 @@ _env.globals.update(nav=NAV, w_match=_wait_match)
 def render(
     request: Request, template: str, p: Principal | None, *, status: int = 200, **ctx: Any
 ) -> HTMLResponse:
+    return HTMLResponse(render_html(template, p, request=request, **ctx), status_code=status)
+
+
+def render_html(template: str, p: Principal | None, **ctx: Any) -> str:
     ctx.setdefault("section", template.removesuffix(".html"))
     ctx.setdefault("page_title", ctx["section"].capitalize())
-    html = _env.get_template(template).render(principal=p, request=request, **ctx)
-    return HTMLResponse(html, status_code=status)
+    return _env.get_template(template).render(principal=p, **ctx)
 
 
 def shows_payloads(request: Request, p: Principal) -> bool:

@@ -278,22 +278,23 @@ def test_run_detail__none_for_an_unknown_or_malformed_id(db: Database, run_id: s
         assert ui.actions_for(conn, run_id) == []
 
 
-def test_timeline__a_retrying_step_shows_its_failed_attempt_and_back_off(db: Database) -> None:
+def test_timeline__a_retrying_step_shows_its_attempts_and_back_off(db: Database) -> None:
     wake = T0 + timedelta(minutes=1)
+    at = [T0 + timedelta(seconds=n) for n in range(10)]
     with db.transaction() as conn:
-        rid = add_run(conn, status="sleeping", started_at=T0 + timedelta(seconds=1))
+        rid = add_run(conn, status="sleeping", started_at=at[1])
         add_step(conn, rid, "flaky", 0, status="retrying", attempt=2, duration_ms=1000,
-                 updated_at=T0 + timedelta(seconds=3), wake_at=wake)  # fmt: skip
+                 created_at=at[1], updated_at=at[3], wake_at=wake)  # fmt: skip
         add_step(conn, rid, "nap", 1, kind="sleep", status="completed",
-                 created_at=T0 + timedelta(seconds=4),
-                 updated_at=T0 + timedelta(seconds=9))  # fmt: skip
+                 created_at=at[4], updated_at=at[9])  # fmt: skip
         detail = ui.run_detail(conn, rid)
     assert detail is not None
-    assert [(b.label, b.kind, b.start, b.end) for b in detail.timeline] == [
-        ("queued", "queued", T0, T0 + timedelta(seconds=1)),
-        ("flaky (attempt 2)", "failed", T0 + timedelta(seconds=2), T0 + timedelta(seconds=3)),
-        ("flaky (attempt 2)", "retrying", T0 + timedelta(seconds=3), wake),
-        ("nap", "sleeping", T0 + timedelta(seconds=4), T0 + timedelta(seconds=9)),
+    assert [(b.label, b.kind, b.start, b.end, b.note) for b in detail.timeline] == [
+        ("queued", "queued", T0, at[1], ""),
+        ("flaky (attempt 2)", "retrying", at[1], at[2], "attempt 1 failed"),
+        ("flaky (attempt 2)", "failed", at[2], at[3], ""),
+        ("flaky (attempt 2)", "retrying", at[3], wake, "back-off before attempt 3"),
+        ("nap", "sleeping", at[4], at[9], ""),
     ]
     [flaky, nap] = ui.attempts(detail.steps)
     assert (flaky.attempt, flaky.started_at, nap.started_at) == (
@@ -301,6 +302,78 @@ def test_timeline__a_retrying_step_shows_its_failed_attempt_and_back_off(db: Dat
         T0 + timedelta(seconds=2),
         T0 + timedelta(seconds=4),
     )
+
+
+def test_timeline__the_run_stood_queued_between_a_suspension_and_its_next_step(
+    db: Database,
+) -> None:
+    at = [T0 + timedelta(seconds=n) for n in range(100)]
+    with db.transaction() as conn:
+        rid = add_run(conn, started_at=at[1], finished_at=at[90])
+        # a body, then user code for 4 s (running, not queued), then another body
+        add_step(conn, rid, "fetch", 0, duration_ms=1000, created_at=at[2], updated_at=at[2])
+        add_step(conn, rid, "parse", 1, duration_ms=1000, created_at=at[7], updated_at=at[7])
+        # a sleep until 61 s, written completed when a worker replayed it at 70 s
+        add_step(conn, rid, "nap", 2, kind="sleep", wake_at=at[61],
+                 created_at=at[8], updated_at=at[70])  # fmt: skip
+        add_step(conn, rid, "ship", 3, duration_ms=500, created_at=at[71], updated_at=at[71])
+        # a wait whose event came at 80 s; the next step began at 85 s
+        add_step(conn, rid, "approval", 4, kind="wait", wake_at=at[99],
+                 created_at=at[72], updated_at=at[80])  # fmt: skip
+        add_step(conn, rid, "file", 5, duration_ms=2000, created_at=at[87], updated_at=at[87])
+        detail = ui.run_detail(conn, rid)
+    assert detail is not None
+    half = timedelta(milliseconds=500)
+    assert [(b.label, b.kind, b.start, b.end) for b in detail.timeline] == [
+        ("queued", "queued", T0, at[1]),
+        ("fetch", "completed", at[1], at[2]),
+        ("parse", "completed", at[6], at[7]),
+        ("nap", "sleeping", at[8], at[61]),
+        ("ship", "queued", at[61], at[71] - half),
+        ("ship", "completed", at[71] - half, at[71]),
+        ("approval", "waiting", at[72], at[80]),
+        ("file", "queued", at[80], at[85]),
+        ("file", "completed", at[85], at[87]),
+    ]
+
+
+def test_timeline__a_step_that_failed_twice_then_succeeded_made_by_the_engine(
+    db_url: str, db: Database
+) -> None:
+    from orchestrator import Context, Orchestrator, RetryAfterError, event
+    from orchestrator.testing import TestEnv
+
+    app = Orchestrator()
+
+    @app.function("flow", trigger=event("go"))
+    def flow(ctx: Context) -> int:
+        ctx.step.run("prep", lambda: 1)
+        ctx.step.run("flaky", lambda: 2)
+        ctx.step.sleep("nap", timedelta(minutes=5))
+        return int(ctx.step.run("after", lambda: 3))
+
+    # RetryAfterError: back-offs of exactly 10 s (no jitter), so the times are known
+    with TestEnv(app, url=db_url, start=T0) as env:
+        env.fail_step("flow", "flaky", times=2, error=RetryAfterError(10))
+        rid = env.start("flow", {})
+        env.advance(timedelta(minutes=10))
+        assert [(c.attempt, c.at) for c in env.calls("flow", "flaky")] == [
+            (1, T0), (2, T0 + timedelta(seconds=10)), (3, T0 + timedelta(seconds=20))
+        ]  # fmt: skip
+        assert env.run(rid).status == "completed"
+    with db.transaction() as conn:
+        detail = ui.run_detail(conn, rid)
+    assert detail is not None
+    woke = T0 + timedelta(seconds=20, minutes=5)
+    assert [(b.label, b.kind, b.start, b.end, b.note) for b in detail.timeline] == [
+        ("queued", "queued", T0, T0, ""),
+        ("prep", "completed", T0, T0, ""),
+        ("flaky (attempt 3)", "retrying", T0, T0 + timedelta(seconds=20), "attempts 1-2 failed"),
+        ("flaky (attempt 3)", "completed", T0 + timedelta(seconds=20),
+         T0 + timedelta(seconds=20), ""),
+        ("nap", "sleeping", T0 + timedelta(seconds=20), woke, ""),
+        ("after", "completed", woke, woke, ""),
+    ]  # fmt: skip
 
 
 # -- functions, events, queue, schedules, daemons -------------------------------------------

@@ -275,6 +275,22 @@ def test_run_detail__shows_each_step_on_the_timeline(operator: Page, made: Runs)
     screenshot(page, "run-detail")
 
 
+def test_run_detail__the_timeline_shows_a_retried_steps_earlier_attempt(
+    operator: Page, made: Runs
+) -> None:
+    page = operator
+    retried = []
+    for run_id in made.completed:  # the first charge of the fill failed once
+        page.goto(f"/runs/{run_id}")
+        row = page.locator("#timeline tr", has_text="charge (attempt 2)")
+        if row.count():
+            retried.append(run_id)
+            titles = row.locator("rect title").all_text_contents()
+            assert titles[0].startswith("charge (attempt 2): retrying (attempt 1 failed), "), titles
+            assert titles[1].startswith("charge (attempt 2): completed, "), titles
+    assert len(retried) == 1, retried
+
+
 def test_cancel__a_sleeping_run_from_its_page(
     operator: Page, dashboard: UiProcess, made: Runs
 ) -> None:
