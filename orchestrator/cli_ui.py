@@ -32,31 +32,36 @@ COMMANDS = ("ui", "ui-user", "ui-token")
 ROLES = ("viewer", "operator")
 
 
+USER_NAME = "the user's name: lowercase letters, digits and _.@- (at most 64)"
+ROLE = "viewer: reads everything; operator: also cancels, replays, resumes, forks and sends"
+STDIN = "read the password from standard input instead of asking twice"
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     ui = sub.add_parser("ui", parents=[common], help="serve the dashboard and HTTP API")
     ui.add_argument("--address", help="HOST:PORT to listen on (default: ui_address)")
     users = sub.add_parser("ui-user", parents=[common], help="dashboard users")
     users_sub = users.add_subparsers(dest="ui_command", required=True, metavar="SUBCOMMAND")
     add = users_sub.add_parser("add", parents=[common], help="add a user")
-    add.add_argument("name")
-    add.add_argument("--role", choices=ROLES, required=True)
-    add.add_argument("--password-stdin", action="store_true", help="read the password")
+    add.add_argument("name", help=USER_NAME)
+    add.add_argument("--role", choices=ROLES, required=True, help=ROLE)
+    add.add_argument("--password-stdin", action="store_true", help=STDIN)
     passwd = users_sub.add_parser("passwd", parents=[common], help="set a user's password")
-    passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true", help="read the password")
+    passwd.add_argument("name", help=USER_NAME)
+    passwd.add_argument("--password-stdin", action="store_true", help=STDIN)
     role = users_sub.add_parser("role", parents=[common], help="change a user's role")
-    role.add_argument("name")
-    role.add_argument("role", choices=ROLES)
+    role.add_argument("name", help=USER_NAME)
+    role.add_argument("role", choices=ROLES, help=ROLE)
     remove = users_sub.add_parser("remove", parents=[common], help="remove a user")
-    remove.add_argument("name")
+    remove.add_argument("name", help=USER_NAME)
     users_sub.add_parser("list", parents=[common], help="list the users")
     tokens = sub.add_parser("ui-token", parents=[common], help="API tokens")
     tokens_sub = tokens.add_subparsers(dest="ui_command", required=True, metavar="SUBCOMMAND")
     create = tokens_sub.add_parser("create", parents=[common], help="create a token")
-    create.add_argument("name")
-    create.add_argument("--role", choices=ROLES, required=True)
+    create.add_argument("name", help="the token's name (to revoke it by)")
+    create.add_argument("--role", choices=ROLES, required=True, help=ROLE)
     revoke = tokens_sub.add_parser("revoke", parents=[common], help="revoke a token")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name")
     tokens_sub.add_parser("list", parents=[common], help="list the tokens")
 
 

@@ -118,7 +118,8 @@ def test_store_load__reads_through_the_loader_what_it_read_before(db: Database) 
         loaders = eventually(
             lambda: execute(
                 db,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n "
+                "AND datname = current_database()",
                 n=f"{db.application_name}-load",
             )[0][0],
             what="the store's loader connection",
