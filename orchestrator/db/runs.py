@@ -595,7 +595,7 @@ def merge_state(conn: Connection, run_id: str, state_json: str | None) -> None:
     )
 
 
-def _uuid_bounds(prefix: str) -> tuple[str, str] | None:
+def uuid_bounds(prefix: str) -> tuple[str, str] | None:
     """A run id or an unambiguous hex prefix of one → the inclusive uuid range it covers."""
     hexed = prefix.lower().replace("-", "")
     if not 1 <= len(hexed) <= 32 or any(c not in "0123456789abcdef" for c in hexed):
@@ -615,7 +615,7 @@ def get(conn: Conn, run_id: str) -> RunRow | None:
 def ids_with_prefix(conn: Connection, prefix: str, limit: int) -> list[str]:
     """The ids (at most `limit`, in order) of the runs whose id starts with the hex `prefix`;
     says why `get` found nothing: no such run, or a prefix shared by several."""
-    bounds = _uuid_bounds(prefix)
+    bounds = uuid_bounds(prefix)
     if bounds is None:
         return []
     return list(
@@ -795,7 +795,7 @@ def cancel_requested(conn: Conn, *, limit: int = 500) -> list[CancelledRun]:
 
 def get_op(run_id: str) -> Op[RunRow | None]:
     """The run with this id or unambiguous id prefix, else None, as an operation."""
-    low, high = _uuid_bounds(run_id) or (None, None)  # not an id: NULL bounds match nothing
+    low, high = uuid_bounds(run_id) or (None, None)  # not an id: NULL bounds match nothing
     rows = yield Query(
         f"SELECT {RUN_COLUMNS} FROM orchestrator.runs "
         "WHERE id BETWEEN %(low)s::uuid AND %(high)s::uuid ORDER BY id LIMIT 2",

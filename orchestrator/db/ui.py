@@ -44,7 +44,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.db import clock, steps
+from orchestrator.db import clock, runs, steps
 from orchestrator.db.inspection import EventRow
 from orchestrator.db.runs import RUN_COLUMNS, RunRow
 from orchestrator.errors import InvalidFilterError
@@ -143,17 +143,6 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _uuid_bounds(prefix: str) -> tuple[str, str] | None:
-    hexed = prefix.lower().replace("-", "")
-    if not 1 <= len(hexed) <= 32 or any(c not in "0123456789abcdef" for c in hexed):
-        return None
-
-    def fmt(h: str) -> str:
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-    return fmt(hexed.ljust(32, "0")), fmt(hexed.ljust(32, "f"))
-
-
 def _conditions(f: RunFilter, *, status: bool = True) -> tuple[list[str], dict[str, Any]]:
     """The WHERE conditions (on `r`) of the filter, but for the data path and the cursor."""
     where: list[str] = []
@@ -182,7 +171,7 @@ def _conditions(f: RunFilter, *, status: bool = True) -> tuple[list[str], dict[s
 
 def _prefix_condition(prefix: str, params: dict[str, Any]) -> str:
     params["p_elike"] = _like_prefix(prefix)
-    bounds = _uuid_bounds(prefix)
+    bounds = runs.uuid_bounds(prefix)
     if bounds is None:
         return "r.event_id LIKE :p_elike"
     params["p_low"], params["p_high"] = bounds
