@@ -100,5 +100,5 @@ class Harness:
         return self.store.load(run_id)
 
     def close(self) -> None:
-        self.store.committer.direct.close()
+        self.store.close()  # its direct connections (commits, loads, waits)
         self.threads.shutdown(wait=False, cancel_futures=True)

@@ -41,8 +41,11 @@ def test_api__security_headers_on_every_response(ui_server: UiProcess) -> None:
             viewer.get("/api/v1/me"),  # 200
             viewer.post("/api/v1/events", json={"name": "ui/viewer"}),  # 403
             viewer.get("/api/v1/runs", params={"limit": 0}),  # 422
+            anon.head("/login"),  # 200, as GET without the body
+            anon.head("/api/v1/me"),  # 401
         ]
-    assert [r.status_code for r in responses] == [200, 401, 404, 401, 200, 403, 422]
+    assert [r.status_code for r in responses] == [200, 401, 404, 401, 200, 403, 422, 200, 401]
+    assert responses[-2].content == b"" and "text/html" in responses[-2].headers["content-type"]
     for r in responses:
         assert r.headers["content-security-policy"] == CSP, r.request.url
         assert r.headers["x-frame-options"] == "DENY"
