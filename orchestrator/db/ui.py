@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from orchestrator.db import clock, runs, steps
 from orchestrator.db.inspection import EventRow
-from orchestrator.db.runs import RUN_COLUMNS, RunRow
+from orchestrator.db.runs import RunRow
 from orchestrator.errors import InvalidFilterError
 from orchestrator.statuses import RUN_STATUSES
 
@@ -232,6 +232,12 @@ def list_runs(conn: Connection, f: RunFilter) -> RunPage:
     return RunPage(found, encode_cursor(found[-1].created_at, found[-1].id) if more else None)
 
 
+def runs_with_counts(conn: Connection, f: RunFilter) -> tuple[RunPage, dict[str, int]]:
+    """A page of runs and the counts per status under the same filter: what the runs page
+    and GET /api/v1/runs show."""
+    return list_runs(conn, f), status_counts(conn, f)
+
+
 def _list_by_path(
     conn: Connection, f: RunFilter, where: list[str], params: dict[str, Any]
 ) -> RunPage:
@@ -384,13 +390,9 @@ def run_detail(conn: Connection, run_id: str) -> RunDetail | None:
     rid = _run_id(run_id)
     if rid is None:
         return None
-    row = conn.execute(
-        text(f"SELECT {RUN_COLUMNS} FROM orchestrator.runs WHERE id = CAST(:p_id AS uuid)"),
-        {"p_id": rid},
-    ).first()
-    if row is None:
+    run = runs.get(conn, rid)  # a full id: exactly that run
+    if run is None:
         return None
-    run = RunRow(*row)
     recorded = steps.load(conn, rid)
     return RunDetail(
         run=run,

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestrator import log as logging
 from orchestrator.app import Orchestrator
@@ -49,8 +49,6 @@ SERVER_ENV = "ORCHESTRATOR_TEST_DATABASE_URL"
 EMBEDDED_DIR = Path(".orchestrator") / "test-pgdata"  # under the working directory
 CLAIM_LIMIT = 64  # runs claimed per pass; they are executed one after another
 MAX_EXECUTIONS = 10_000  # per run_until_idle: a run that never settles is a bug to report
-_UNSET: Any = object()
-T = TypeVar("T")
 _open_envs: set[TestEnv] = set()  # at most one: the virtual clock is the process's
 
 
@@ -330,8 +328,7 @@ class TestEnv:
         with self.stand_ins.lock:
             calls = list(self.stand_ins.calls)
         if function_id is not None:
-            ids = {r.id for r in self.runs(function_id)}
-            calls = [c for c in calls if c.run_id in ids]
+            calls = [c for c in calls if c.function_id == function_id]
         if step_id is not None:
             calls = [c for c in calls if matches(c.step_id, step_id)]
         return calls

@@ -21,7 +21,6 @@ from orchestrator.errors import LeaseLost, NonRetriableError
 from orchestrator.functions import is_async_callable
 
 FailureKind = Literal["transient", "non_retriable", "crash"]
-_UNSET: Any = object()
 
 
 class InjectedFailure(RuntimeError):
@@ -47,6 +46,7 @@ class StepCall:
     at: datetime  # the virtual time of the call
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    function_id: str = ""  # the function whose run called it
 
 
 @dataclass
@@ -110,6 +110,7 @@ class StandIns:
         self.mocks: dict[tuple[str, str], StepMock] = {}
         self.failures: dict[tuple[str, str], Failure] = {}
         self.calls: list[StepCall] = []
+        self.attempts: dict[tuple[str, str], int] = {}  # calls so far by (run, step id)
         self.crashed: set[str] = set()  # runs whose execution a simulated crash stopped
 
     def mock(self, function_id: str, step_id: str, return_value: Any, side_effect: Any) -> StepMock:
@@ -153,10 +154,10 @@ class StandIns:
 
         def record(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             with self.lock:
-                attempt = 1 + sum(
-                    1 for c in self.calls if c.run_id == run_id and c.step_id == step_id
+                attempt = self.attempts[run_id, step_id] = (
+                    self.attempts.get((run_id, step_id), 0) + 1
                 )
-                call = StepCall(run_id, step_id, attempt, _now(), args, kwargs)
+                call = StepCall(run_id, step_id, attempt, _now(), args, kwargs, function_id)
                 self.calls.append(call)
                 if mock is not None:
                     mock.calls.append(call)

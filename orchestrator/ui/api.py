@@ -157,10 +157,7 @@ def list_runs(
         limit=limit,
     )
 
-    def read(conn: Any) -> tuple[ui.RunPage, dict[str, int]]:
-        return ui.list_runs(conn, f), ui.status_counts(conn, f)
-
-    page, counts = deps.read_db(request).run(read)
+    page, counts = deps.read_db(request).run(lambda conn: ui.runs_with_counts(conn, f))
     return {
         "runs": _plain(page.runs),
         "next_cursor": page.next_cursor,

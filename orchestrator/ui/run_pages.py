@@ -88,7 +88,7 @@ def runs_page(request: Request, p: Viewer) -> Response:
     error: str | None = None
     try:
         f = _run_filter(q)
-        page, counts = read(request, lambda c: (ui.list_runs(c, f), ui.status_counts(c, f)))
+        page, counts = read(request, lambda c: ui.runs_with_counts(c, f))
     except errors.OrchestratorError as exc:  # an invalid filter (date, JSON path, cursor)
         error = errors.first_line(exc)
         f = ui.RunFilter(function_id=q["function_id"] or None, status=q["status"] or None)
