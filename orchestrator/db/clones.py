@@ -6,11 +6,12 @@ digest of the migration files, so a changed migration makes a new one. It is bui
 name of its own and renamed into place, so processes that race to make it (pytest-xdist
 workers) never see a half-migrated template; the loser drops its copy.
 
-A clone costs about 80 ms on a quiet machine and several times that under load, more than
-most tests take; a thread of its own keeps the next clones ready while the tests run, so a
-test waits for a clone only when the tests before it were quicker than the cloning. Another thread drops the used ones: a DROP DATABASE
-waits for a checkpoint of the whole server (PostgreSQL 15 waits on CheckpointStart and
-CheckpointDone there), seconds on a busy server, and must not hold up the next clone.
+A clone costs about 80 ms on a quiet machine and several times that under load, more than most
+tests take; a thread of its own keeps the next clones ready while the tests run, so a test
+waits for a clone only when the tests before it were quicker than the cloning. Another thread
+drops the used ones: a DROP DATABASE waits for a checkpoint of the whole server (PostgreSQL 15
+waits on CheckpointStart and CheckpointDone there), seconds on a busy server, and must not hold
+up the next clone.
 """
 
 from __future__ import annotations
