@@ -62,6 +62,8 @@ events = Table(
     _ts("received_at", nullable=False, default_now=True),
     _ts("ingested_at"),
     Column("error", Text),
+    # the sender's W3C trace context, {"traceparent": ..., "tracestate": ...} (migration 0016)
+    Column("trace_context", JSONB),
     CheckConstraint("length(id) BETWEEN 1 AND 256", name="events_id_length"),
     CheckConstraint("length(name) BETWEEN 1 AND 256", name="events_name_length"),
     CheckConstraint("jsonb_typeof(data) = 'object'", name="events_data_is_object"),
@@ -174,6 +176,8 @@ runs = Table(
     Column("retries", Integer, nullable=False, server_default=text("0")),
     # what the run published with ctx.set_state (migration 0013)
     Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # the trace context its spans are children of (migration 0016)
+    Column("trace_context", JSONB),
     CheckConstraint(_in("status", RUN_STATUSES), name="runs_status"),
     CheckConstraint("jsonb_typeof(state) = 'object'", name="runs_state_is_object"),
     CheckConstraint(_in("origin", RUN_ORIGINS), name="runs_origin"),
@@ -437,4 +441,31 @@ ui_actions = Table(
     CheckConstraint(_in("via", UI_ACTION_VIAS), name="ui_actions_via"),
     CheckConstraint(_in("action", UI_ACTIONS), name="ui_actions_action"),
     Index("ui_actions_run", "run_id", "id"),
+)
+
+# Inngest's protocol (migration 0017): event API keys and the apps its SDKs serve.
+event_keys = Table(
+    "event_keys",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("name", Text, nullable=False),
+    Column("key_hash", BYTEA, nullable=False),  # sha256 of the key
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("last_used_at"),
+    _ts("revoked_at"),
+    UniqueConstraint("name", name="event_keys_name"),
+    UniqueConstraint("key_hash", name="event_keys_key_hash"),
+)
+
+apps = Table(
+    "apps",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("sdk", Text),
+    Column("framework", Text),
+    Column("functions", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("refused", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    _ts("created_at", nullable=False, default_now=True),
+    _ts("synced_at", nullable=False, default_now=True),
 )
