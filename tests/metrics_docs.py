@@ -45,3 +45,21 @@ def exported(metrics: Iterable[Metric], *, openmetrics: bool = False) -> Familie
         assert name not in families, f"{name} is exported twice"
         families[name] = (kind, labels)
     return families
+
+
+def differences(got: Families, want: Families) -> dict[str, object]:
+    """What is missing, undocumented, or of another type or labels (labels are compared
+    only where the exposition has series to show them)."""
+    different = {
+        name: (got[name], want[name])
+        for name in set(got) & set(want)
+        if got[name][0] != want[name][0] or (got[name][1] and got[name][1] != want[name][1])
+    }
+    return {
+        "missing": sorted(set(want) - set(got)),
+        "undocumented": sorted(set(got) - set(want)),
+        "different": different,
+    }
+
+
+NONE = {"missing": [], "undocumented": [], "different": {}}

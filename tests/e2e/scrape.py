@@ -5,10 +5,14 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import eventually
 from tests.e2e.harness import DaemonProcess
+from tests.metrics_docs import Families, exported
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -54,6 +58,20 @@ def scrape(base: str) -> Samples:
     status, body = fetch(base + "/metrics")
     assert status == 200, body
     return parse(body)
+
+
+def families(base: str, *, openmetrics: bool = False) -> Families:
+    """The families of one scrape, in OpenMetrics if asked for, else in the text format."""
+    request = urllib.request.Request(base + "/metrics")
+    if openmetrics:
+        request.add_header("Accept", "application/openmetrics-text; version=1.0.0")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        content_type, text = response.headers["Content-Type"], response.read().decode()
+    if openmetrics:
+        assert content_type.startswith("application/openmetrics-text; version=1.0.0"), content_type
+        return exported(parse_openmetrics(text), openmetrics=True)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8", content_type
+    return exported(text_string_to_metric_families(text))
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
