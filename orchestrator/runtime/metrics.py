@@ -353,8 +353,10 @@ class DaemonMetrics:
         self.due.unserved({u.function_id: float(u.runs) for u in unserved})
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
-        """The series and their content type, in the format the `Accept` header asks for:
-        OpenMetrics for `application/openmetrics-text`, else the text format 0.0.4."""
+        """The series and their content type, in the format the `Accept` header asks for
+        (prometheus_client's negotiation): OpenMetrics 1.0.0 for
+        `application/openmetrics-text`, else the Prometheus text format (0.0.4, or 1.0.0 when
+        asked for by version, the same text for these names)."""
         encode, content_type = choose_encoder(accept)
         if content_type.startswith("application/openmetrics-text"):
             return encode(OpenMetricsView(self.registry)), content_type
