@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import __version__
 from orchestrator.runtime.health import Health
@@ -176,6 +178,42 @@ def test_daemon_metrics__backlog_replaces_the_due_series() -> None:
     assert _value(metrics, "orchestrator_due_runs", function="a") is None  # dropped out
     assert _value(metrics, "orchestrator_due_lag_seconds", function="a") is None
     assert _value(metrics, "orchestrator_due_runs", function="b") == 2
+
+
+def test_daemon_metrics__concurrent_reports_and_scrapes_lose_nothing() -> None:
+    metrics = _daemon_metrics()
+
+    def report() -> None:
+        for _ in range(500):
+            tally = StepTally()
+            tally.step_ran("a", 0.01)
+            tally.run_finished("a", "completed")
+            delta = tally.take()
+            assert delta is not None
+            metrics.merge(delta)
+            metrics.run_started("a")
+
+    scraped: list[int] = []
+
+    def scrape() -> None:
+        for _ in range(20):
+            body, _ = metrics.exposition("")
+            scraped.append(len(list(text_string_to_metric_families(body.decode()))))
+
+    threads = [threading.Thread(target=report) for _ in range(4)]
+    threads.append(threading.Thread(target=scrape))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert _value(metrics, "orchestrator_step_duration_seconds_count", function="a") == 2000
+    assert _value(metrics, "orchestrator_step_duration_seconds_sum", function="a") == (
+        pytest.approx(20.0)
+    )
+    finished = _value(metrics, "orchestrator_runs_finished_total", function="a", status="completed")
+    assert finished == 2000
+    assert _value(metrics, "orchestrator_runs_started_total", function="a") == 2000
+    assert scraped == [21] * 20  # every scrape whole: the 21 documented families
 
 
 def test_daemon_metrics__registries_of_two_daemons_are_apart() -> None:

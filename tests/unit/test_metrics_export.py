@@ -125,6 +125,13 @@ def test_export__text_format_holds_exactly_the_documented_families(accept: str) 
     assert _differences(got, documented()) == {"missing": [], "undocumented": [], "different": {}}
 
 
+def test_export__text_format_1_0_0_when_asked_for_by_version() -> None:
+    body, content_type = _metrics().exposition("text/plain; version=1.0.0")
+    assert content_type.startswith("text/plain; version=1.0.0")
+    got = exported(parse_text(body.decode()))
+    assert _differences(got, documented()) == {"missing": [], "undocumented": [], "different": {}}
+
+
 @pytest.mark.parametrize("accept", [OPENMETRICS, "application/openmetrics-text", PROMETHEUS_ACCEPT])
 def test_export__openmetrics_holds_exactly_the_documented_families(accept: str) -> None:
     body, content_type = _metrics().exposition(accept)
