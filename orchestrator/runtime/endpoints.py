@@ -5,7 +5,8 @@ daemon keeps in memory (counters, the last due-queue probe, the health timestamp
 never touches the database and never waits on the scheduler. A failing request is logged and
 answered 500; nothing a client does can stop the daemon.
 
-- `GET /metrics`: Prometheus text format 0.0.4;
+- `GET /metrics`: OpenMetrics when the `Accept` header asks for `application/openmetrics-text`,
+  else the Prometheus text format 0.0.4;
 - `GET /healthz`: 200 while the scheduler loop turns, else 503;
 - `GET /readyz`: 200 while the daemon serves and reached the database recently, else 503;
 - anything else: 404. `HEAD` is answered like `GET`, without the body.
@@ -22,7 +23,6 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.runtime.health import Health
-from orchestrator.runtime.prometheus import CONTENT_TYPE
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -57,11 +57,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, *, body: bool) -> None:
         path = self.path.split("?", 1)[0]
         try:
-            status, content_type, text = self.server.endpoints.route(path)
+            accept = self.headers.get("Accept", "")
+            status, content_type, payload = self.server.endpoints.route(path, accept)
         except Exception:
             self.server.endpoints.log.exception("http endpoint failed", path=path)
-            status, content_type, text = 500, _TEXT, "internal error; see the daemon's log\n"
-        payload = text.encode()
+            status, content_type, payload = 500, _TEXT, b"internal error; see the daemon's log\n"
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -74,9 +74,12 @@ class _Handler(BaseHTTPRequestHandler):
         return None  # scrapes every few seconds would drown the log
 
 
+Exposition = Callable[[str], tuple[bytes, str]]  # Accept header -> body, content type
+
+
 class Endpoints:
     def __init__(
-        self, address: tuple[str, int], *, metrics: Callable[[], str], health: Health, log: Any
+        self, address: tuple[str, int], *, metrics: Exposition, health: Health, log: Any
     ) -> None:
         self.address = address
         self.metrics = metrics
@@ -123,16 +126,21 @@ class Endpoints:
             self._thread.join(5)
             self._thread = None
 
-    def route(self, path: str) -> tuple[int, str, str]:
+    def route(self, path: str, accept: str = "") -> tuple[int, str, bytes]:
         if path == "/metrics":
-            return 200, CONTENT_TYPE, self.metrics()
+            body, content_type = self.metrics(accept)
+            return 200, content_type, body
         if path == "/healthz":
             ok, why = self.health.live()
-            return (200 if ok else 503), _TEXT, ("ok: " if ok else "unhealthy: ") + why + "\n"
+            return _text(200 if ok else 503, ("ok: " if ok else "unhealthy: ") + why)
         if path == "/readyz":
             ok, why = self.health.ready()
-            return (200 if ok else 503), _TEXT, ("ready: " if ok else "not ready: ") + why + "\n"
-        return 404, _TEXT, "not found; try /metrics, /healthz or /readyz\n"
+            return _text(200 if ok else 503, ("ready: " if ok else "not ready: ") + why)
+        return _text(404, "not found; try /metrics, /healthz or /readyz")
+
+
+def _text(status: int, line: str) -> tuple[int, str, bytes]:
+    return status, _TEXT, (line + "\n").encode()
 
 
 def _show(host: str, port: int) -> str:

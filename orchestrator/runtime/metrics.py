@@ -18,6 +18,13 @@ Every count is the daemon's own bookkeeping, never a scan of the tables:
 The due queue's depth and lag are read from the database in the background
 (runtime/backlog.py), and the due runs no daemon serves by the leader's periodic check
 (runtime/unserved.py); never by a scrape.
+
+The daemon feeds all of it into prometheus_client's Counter and Gauge objects in a registry
+of its own (runtime/collectors.py holds the few series that take a custom collector), and
+serves it in the text format 0.0.4 or in OpenMetrics. The workers do not use
+prometheus_client's multiprocess mode: their counts already ride on messages the daemon
+reads, whereas that mode needs a shared directory of memory-mapped files per process, files
+to clean up after each dead worker, and has no room for callback gauges or custom collectors.
 """
 
 from __future__ import annotations
@@ -29,9 +36,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import choose_encoder
+
 import orchestrator
+from orchestrator.runtime.collectors import (
+    AbandonedThreads,
+    DaemonRegistry,
+    DueQueue,
+    OpenMetricsView,
+    StepDurations,
+)
 from orchestrator.runtime.health import Health
-from orchestrator.runtime.prometheus import Registry
 
 # Seconds; a step body below 5 ms up to one of several minutes.
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -168,7 +184,9 @@ def _bump(counts: dict[str, int], key: str, by: int) -> None:
 
 
 class DaemonMetrics:
-    """The `orchestrator_*` series of one daemon (see docs/metrics.md)."""
+    """The `orchestrator_*` series of one daemon (see docs/metrics.md), in a registry of its
+    own: several daemons may live in one process (the tests), and the process-wide default
+    registry belongs to the user's app."""
 
     def __init__(
         self,
@@ -180,178 +198,171 @@ class DaemonMetrics:
         executing: Callable[[], int],
         threads: int,
     ) -> None:
-        r = self.registry = Registry()
-        r.gauge(
+        r = self.registry = DaemonRegistry()
+        Gauge(
             "orchestrator_build_info",
             "Always 1; the orchestrator version, and the app version the daemon records in "
             "orchestrator.daemons.version.",
             ("version", "app_version"),
-            read=lambda: {(orchestrator.__version__, app_version): 1.0},
-        )
-        r.gauge("orchestrator_daemon_up", "1 while the daemon process serves.", read=lambda: 1.0)
-        r.gauge(
+            registry=r,
+        ).labels(orchestrator.__version__, app_version).set(1)
+        _read(r, "orchestrator_daemon_up", "1 while the daemon process serves.", lambda: 1.0)
+        _read(
+            r,
             "orchestrator_daemon_leader",
             "1 while this daemon holds the leader lease, else 0.",
-            read=lambda: float(leader()),
+            lambda: float(leader()),
         )
-        r.gauge(
+        _read(
+            r,
             "orchestrator_daemon_start_time_seconds",
             "When the daemon started, in seconds since the Unix epoch.",
-            read=lambda: health.started_unix,
+            lambda: health.started_unix,
         )
-        r.gauge(
+        _read(
+            r,
             "orchestrator_daemon_last_heartbeat_timestamp_seconds",
             "When the daemon's last successful heartbeat transaction committed (Unix time; "
             "0 before the first).",
-            read=lambda: health.last_heartbeat_unix,
+            lambda: health.last_heartbeat_unix,
         )
-        r.gauge(
+        _read(
+            r,
             "orchestrator_daemon_last_tick_timestamp_seconds",
             "When the scheduler loop last turned (Unix time; 0 before the first pass).",
-            read=lambda: health.last_tick_unix,
+            lambda: health.last_tick_unix,
         )
-        r.gauge(
+        _read(
+            r,
             "orchestrator_worker_threads",
             "Runs the daemon's worker processes can execute at once (workers x concurrency, "
             "plus the quarantine process's one).",
-            read=lambda: float(threads),
+            lambda: float(threads),
         )
-        r.gauge(
+        _read(
+            r,
             "orchestrator_runs_executing",
             "Runs handed to this daemon's worker processes and not yet given back.",
-            read=lambda: float(executing()),
+            lambda: float(executing()),
         )
-        self.started = r.counter(
+        self.started = Counter(
             "orchestrator_runs_started_total",
             "Runs claimed by this daemon for their first execution.",
             ("function",),
+            registry=r,
         )
-        self.finished = r.counter(
+        self.finished = Counter(
             "orchestrator_runs_finished_total",
             "Runs this daemon ended: executions that completed, failed or were cancelled, "
             "recoveries past the cap (failed), and requested cancellations it applied.",
             ("function", "status"),
+            registry=r,
         )
-        self.step_seconds = r.histogram(
-            "orchestrator_step_duration_seconds",
-            "Step body executions (every attempt, result encoding included), by duration.",
-            ("function",),
-            buckets=STEP_BUCKETS,
-        )
-        self.retries = r.counter(
+        self.step_seconds = StepDurations(STEP_BUCKETS)
+        r.register(self.step_seconds)
+        self.retries = Counter(
             "orchestrator_step_retries_total",
             "Failed step attempts this daemon's workers scheduled to run again.",
             ("function",),
+            registry=r,
         )
-        self.run_retries = r.counter(
+        self.run_retries = Counter(
             "orchestrator_run_retries_total",
             "Runs whose function raised outside any step and that this daemon's workers "
             "scheduled to run again (function-level retries).",
             ("function",),
+            registry=r,
         )
-        self.abandoned = r.counter(
+        self.abandoned = Counter(
             "orchestrator_step_threads_abandoned_total",
             "Plain step bodies that outlived their step's timeout and were left to finish "
             "on their own thread (their results are dropped).",
             ("function",),
+            registry=r,
         )
-        self._abandoned_alive: dict[tuple[str, ...], float] = {}
-        r.gauge(
-            "orchestrator_step_threads_abandoned",
-            "Abandoned step body threads still running in this daemon's worker processes, as "
-            "of the workers' latest reports.",
-            ("function",),
-            read=lambda: dict(self._abandoned_alive),
-        )
-        self.rescues = r.counter(
+        self.abandoned_alive = AbandonedThreads()
+        r.register(self.abandoned_alive)
+        self.rescues = Counter(
             "orchestrator_runs_rescued_total",
             "Runs this daemon put back in the queue (or failed at the recovery cap) after an "
             "expired lease, a dead daemon, a worker process crash, or a worker giving up.",
             ("reason",),
+            registry=r,
         )
-        self.events = r.counter(
+        self.events = Counter(
             "orchestrator_events_ingested_total",
             "Events this daemon ingested (including events parked with an error).",
+            registry=r,
         )
-        self.due = r.gauge(
-            "orchestrator_due_runs",
-            "Runs due and waiting to be claimed, by function, counted up to the cap (10000).",
-            ("function",),
-        )
-        self.lag = r.gauge(
-            "orchestrator_due_lag_seconds",
-            "How long the oldest due run of the function has been due (0 when none is).",
-            ("function",),
-        )
-        self.probed = r.gauge(
-            "orchestrator_due_probe_timestamp_seconds",
-            "When orchestrator_due_runs and orchestrator_due_lag_seconds were last measured "
-            "(Unix time; 0 before the first).",
-        )
-        self.probed.set(0.0)
-        self._unserved: dict[tuple[str, ...], float] = {}
-        r.gauge(
-            "orchestrator_unserved_runs",
-            "Due runs of functions that no running daemon serves, by function, counted up to "
-            "the cap (10000). Measured by the leader only; the other daemons show no series.",
-            ("function",),
-            read=lambda: self._unserved if leader() else {},
-        )
+        self.due = DueQueue(leader)
+        r.register(self.due)
+        self._touch(function_ids)
+
+    def _touch(self, function_ids: Sequence[str]) -> None:
+        """Every registered function's series exist from the start, at zero."""
         for fid in function_ids:
-            self.started.touch(fid)
-            self.retries.touch(fid)
-            self.run_retries.touch(fid)
-            self.abandoned.touch(fid)
-            self._abandoned_alive[(fid,)] = 0.0
+            for counter in (self.started, self.retries, self.run_retries, self.abandoned):
+                counter.labels(fid)
+            self.abandoned_alive.add(fid, 0)
             self.step_seconds.touch(fid)
             for status in FINISHED:
-                self.finished.touch(fid, status)
+                self.finished.labels(fid, status)
         for reason in RESCUES:
-            self.rescues.touch(reason)
-        self.events.touch()
+            self.rescues.labels(reason)
 
     def run_started(self, function_id: str) -> None:
-        self.started.inc(function_id)
+        self.started.labels(function_id).inc()
 
     def runs_ended(self, runs: Iterable[Ended]) -> None:
         """Count the runs of a statement's result that it ended (the others were requeued)."""
         for run in runs:
             if run.status in FINISHED:
-                self.finished.inc(run.function_id, run.status)
+                self.finished.labels(run.function_id, run.status).inc()
 
     def rescued(self, reason: str, runs: Sequence[Ended]) -> None:
         if runs:
-            self.rescues.inc(reason, by=len(runs))
+            self.rescues.labels(reason).inc(len(runs))
             self.runs_ended(runs)
 
     def events_ingested(self, count: int) -> None:
         if count:
-            self.events.inc(by=count)
+            self.events.inc(count)
 
     def merge(self, delta: TallyDelta) -> None:
         """Add what a worker counted."""
         for fid, (counts, total) in delta.steps.items():
-            self.step_seconds.merge((fid,), counts, total)
+            self.step_seconds.merge(fid, counts, total)
         for fid, n in delta.retries.items():
-            self.retries.inc(fid, by=n)
+            self.retries.labels(fid).inc(n)
         for (fid, status), n in delta.finished.items():
-            self.finished.inc(fid, status, by=n)
+            self.finished.labels(fid, status).inc(n)
         for fid, n in delta.run_retries.items():
-            self.run_retries.inc(fid, by=n)
+            self.run_retries.labels(fid).inc(n)
         for fid, n in delta.abandoned.items():
-            self.abandoned.inc(fid, by=n)
+            self.abandoned.labels(fid).inc(n)
         for fid, n in delta.abandoned_alive.items():
-            alive = self._abandoned_alive.get((fid,), 0.0) + n
-            self._abandoned_alive[(fid,)] = max(alive, 0.0)
+            self.abandoned_alive.add(fid, n)
 
     def set_backlog(self, backlog: Sequence[Backlog], at_unix: float) -> None:
-        self.due.replace({(b.function_id,): b.depth for b in backlog})
-        self.lag.replace({(b.function_id,): b.lag_seconds for b in backlog})
-        self.probed.set(at_unix)
+        depth = {b.function_id: float(b.depth) for b in backlog}
+        lag = {b.function_id: b.lag_seconds for b in backlog}
+        self.due.measured(depth, lag, at_unix)
 
     def set_unserved(self, unserved: Sequence[Unserved]) -> None:
         """The leader's latest count (functions served again drop out)."""
-        self._unserved = {(u.function_id,): float(u.runs) for u in unserved}
+        self.due.unserved({u.function_id: float(u.runs) for u in unserved})
 
-    def render(self) -> str:
-        return self.registry.render()
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The series and their content type, in the format the `Accept` header asks for
+        (prometheus_client's negotiation): OpenMetrics 1.0.0 for
+        `application/openmetrics-text`, else the Prometheus text format (0.0.4, or 1.0.0 when
+        asked for by version, the same text for these names)."""
+        encode, content_type = choose_encoder(accept)
+        if content_type.startswith("application/openmetrics-text"):
+            return encode(OpenMetricsView(self.registry)), content_type
+        return encode(self.registry), content_type
+
+
+def _read(registry: CollectorRegistry, name: str, help: str, read: Callable[[], float]) -> None:
+    """A gauge read from the daemon's memory when scraped."""
+    Gauge(name, help, registry=registry).set_function(read)

@@ -51,7 +51,7 @@ class Telemetry:
         if config.http_address:
             self.endpoints = Endpoints(
                 parse_http_address(config.http_address),
-                metrics=self.metrics.render,
+                metrics=self.metrics.exposition,
                 health=self.health,
                 log=log,
             )

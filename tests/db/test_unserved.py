@@ -262,22 +262,27 @@ def test_unserved_watch__warns_once_per_function_in_a_while_and_counts(db: Datab
     assert (fields["function_id"], fields["runs"]) == ("old", 1)
     assert fields["waited_seconds"] >= 120
     assert "orchestrator functions remove old" in fields["fix"]
-    rendered = metrics.render()
-    assert 'orchestrator_unserved_runs{function="old"} 1' in rendered
-    assert 'orchestrator_unserved_runs{function="fresh"} 2' in rendered
+
+    def unserved(function_id: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "orchestrator_unserved_runs", {"function": function_id}
+        )
+
+    assert unserved("old") == 1
+    assert unserved("fresh") == 2
 
     clock[0] += 10  # checked again, not warned again
     queue_runs(db, 1, function_id="old")
     assert [b.runs for b in watch.tick() if b.function_id == "old"] == [2]
     assert len(log.warnings) == 1
-    assert 'orchestrator_unserved_runs{function="old"} 2' in metrics.render()
+    assert unserved("old") == 2
 
     clock[0] += WARN_EVERY
     watch.tick()
     assert [f["function_id"] for _, f in log.warnings] == ["old", "old"]
 
     leading[0] = False  # only the leader's count is shown
-    assert "orchestrator_unserved_runs{" not in metrics.render()
+    assert unserved("old") is None and unserved("fresh") is None
 
 
 def test_config__unserved_warning_after_must_be_positive(tmp_path: Path) -> None:

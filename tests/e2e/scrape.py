@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import urllib.error
 import urllib.request
 
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.conftest import eventually
 from tests.e2e.harness import DaemonProcess
+from tests.metrics_docs import Families, exported
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def listening(daemon: DaemonProcess, timeout: float = 60.0) -> str:
@@ -40,29 +41,16 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
 
 
 def parse(text: str) -> Samples:
-    """Samples of a Prometheus text exposition, checking that every sample belongs to a
-    family announced by # HELP and # TYPE lines, and that no series repeats."""
-    types: dict[str, str] = {}
-    helped: set[str] = set()
+    """Samples of a Prometheus text exposition, read by prometheus_client's own parser,
+    checking that every sample belongs to a family announced by # TYPE and that no series
+    repeats."""
     samples: Samples = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            helped.add(line.split(" ", 3)[2])
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ", 3)
-            types[name] = kind
-            continue
-        match = _SAMPLE.fullmatch(line)
-        assert match, f"not a sample line: {line!r}"
-        name, labels, value = match.groups()
-        family = name
-        if name not in types:
-            family = next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), name)
-        assert family in types and family in helped, f"{name} has no # HELP/# TYPE"
-        key = (name, tuple(sorted(_LABEL.findall(labels or ""))))
-        assert key not in samples, f"series repeats: {line!r}"
-        samples[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        assert family.type != "unknown", f"{family.name} has no # TYPE"
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"series repeats: {key!r}"
+            samples[key] = sample.value
     return samples
 
 
@@ -70,6 +58,20 @@ def scrape(base: str) -> Samples:
     status, body = fetch(base + "/metrics")
     assert status == 200, body
     return parse(body)
+
+
+def families(base: str, *, openmetrics: bool = False) -> Families:
+    """The families of one scrape, in OpenMetrics if asked for, else in the text format."""
+    request = urllib.request.Request(base + "/metrics")
+    if openmetrics:
+        request.add_header("Accept", "application/openmetrics-text; version=1.0.0")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        content_type, text = response.headers["Content-Type"], response.read().decode()
+    if openmetrics:
+        assert content_type.startswith("application/openmetrics-text; version=1.0.0"), content_type
+        return exported(parse_openmetrics(text), openmetrics=True)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8", content_type
+    return exported(text_string_to_metric_families(text))
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:

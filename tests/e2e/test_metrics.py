@@ -12,7 +12,8 @@ import orchestrator
 from tests.conftest import eventually
 from tests.e2e.apps.metered import SLOW_STEP
 from tests.e2e.harness import count, run_of, scalar, send, sql
-from tests.e2e.scrape import Samples, fetch, listening, scrape, value
+from tests.e2e.scrape import Samples, families, fetch, listening, scrape, value
+from tests.metrics_docs import NONE, differences, documented
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -117,6 +118,10 @@ def test_metrics__counts_of_a_known_workload_are_exact(e2e_url, daemon_factory):
         samples, "orchestrator_step_duration_seconds_bucket", function="metered-ok", le="0.05"
     )
     assert slow_enough is not None and slow_enough <= 5  # the slow steps are above 50 ms
+
+    # the daemon exports the documented families, in both formats
+    assert differences(families(base), documented()) == NONE
+    assert differences(families(base, openmetrics=True), documented()) == NONE
 
     assert value(samples, "orchestrator_daemon_up") == 1
     assert value(samples, "orchestrator_worker_threads") == 2 * 4 + 1

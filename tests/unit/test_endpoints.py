@@ -29,8 +29,10 @@ class _Log:
         self.lines.append(message)
 
 
-def fetch(url: str, method: str = "GET") -> tuple[int, str, str]:
+def fetch(url: str, method: str = "GET", accept: str | None = None) -> tuple[int, str, str]:
     request = urllib.request.Request(url, method=method)
+    if accept is not None:
+        request.add_header("Accept", accept)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.headers["Content-Type"], response.read().decode()
@@ -41,15 +43,20 @@ def fetch(url: str, method: str = "GET") -> tuple[int, str, str]:
         return exc.code, content_type, body
 
 
+def _nothing(accept: str) -> tuple[bytes, str]:
+    return b"", "text/plain; version=0.0.4; charset=utf-8"
+
+
 @pytest.fixture
 def served() -> Iterator[tuple[str, Health, dict[str, Any]]]:
     health = Health(tick_within=10, heartbeat_within=5)
-    state: dict[str, Any] = {"metrics": "# HELP x X.\n# TYPE x gauge\nx 1\n"}
+    state: dict[str, Any] = {"metrics": "# HELP x X.\n# TYPE x gauge\nx 1\n", "accepts": []}
 
-    def metrics() -> str:
+    def metrics(accept: str) -> tuple[bytes, str]:
+        state["accepts"].append(accept)
         if state.get("fail"):
             raise RuntimeError("broken collector")
-        return str(state["metrics"])
+        return str(state["metrics"]).encode(), "text/plain; version=0.0.4; charset=utf-8"
 
     endpoints = Endpoints(("127.0.0.1", 0), metrics=metrics, health=health, log=_Log())
     endpoints.start()
@@ -64,6 +71,14 @@ def test_endpoints__metrics_in_the_prometheus_text_format(served: Any) -> None:
     assert status == 200
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     assert body == "# HELP x X.\n# TYPE x gauge\nx 1\n"
+
+
+def test_endpoints__metrics_get_the_accept_header(served: Any) -> None:
+    base, _, state = served
+    fetch(base + "/metrics", accept="application/openmetrics-text; version=1.0.0")
+    fetch(base + "/metrics")
+    assert state["accepts"][0] == "application/openmetrics-text; version=1.0.0"
+    assert "openmetrics" not in state["accepts"][1]  # urllib's default, if any
 
 
 def test_endpoints__health_follows_the_daemon(served: Any) -> None:
@@ -106,7 +121,7 @@ def test_endpoints__a_port_in_use_is_a_clear_config_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         health = Health(tick_within=10, heartbeat_within=5)
-        endpoints = Endpoints(("127.0.0.1", port), metrics=str, health=health, log=_Log())
+        endpoints = Endpoints(("127.0.0.1", port), metrics=_nothing, health=health, log=_Log())
         with pytest.raises(ConfigError, match=rf"http_address 127.0.0.1:{port}: cannot listen"):
             endpoints.start()
 
@@ -128,7 +143,7 @@ def test_endpoints__ipv6_loopback() -> None:
     if unavailable:
         pytest.skip(f"no IPv6 loopback on this host: {unavailable}")
     health = Health(tick_within=10, heartbeat_within=5)
-    endpoints = Endpoints(("::1", 0), metrics=lambda: "", health=health, log=_Log())
+    endpoints = Endpoints(("::1", 0), metrics=_nothing, health=health, log=_Log())
     endpoints.start()  # a ConfigError here is a failure: the host can listen on ::1
     try:
         host, port = endpoints.bound()
