@@ -61,5 +61,5 @@ class _Steps:
         self.bar.note(f"applying {name} … done ({now - self.began:.1f} s)")
         self.began = now
         self.bar.advance(1)
-        if self.bar.completed < len(self.names):
-            self.bar.describe(f"applying {self.names[self.bar.completed]}")
+        left = self.names[self.bar.completed :]
+        self.bar.describe(f"applying {left[0]}" if left else "migrated")
