@@ -28,6 +28,7 @@ from tests.e2e.harness import cli, count, scalar, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
+MIGRATION_LOCK = 0x6F726368  # migrations/env.py (importing it runs the migrations)
 RUNS = 250  # replay/resume work in batches of 100: three batches
 ESCAPES = ("\x1b", "\r")
 
@@ -363,3 +364,21 @@ def waiting_on_a_lock(url: str) -> bool:
         "AND application_name = 'orchestrator-cli' AND wait_event_type = 'Lock'",
     )
     return bool(value)
+
+
+def test_migrate__ctrl_c__rolls_everything_back_and_says_where_the_schema_is(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as blocker:  # another host migrating
+        blocker.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        term = Terminal(empty_database, "migrate")
+        eventually(lambda: waiting_on_a_lock(empty_database), what="migrate waiting")
+        term.wait_for("applying 0001_initial")
+        term.proc.send_signal(signal.SIGINT)
+        status, out, drawn = term.finish()
+
+    assert status == 130, drawn
+    assert out == ""
+    assert "interrupted: the schema is at nothing (the migrations are applied in one" in drawn
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'orchestrator'"
+    assert count(empty_database, tables) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import sys
 
@@ -104,3 +105,42 @@ def test_progress__not_interruptible__ctrl_c_raises_at_once() -> None:
     ):
         signal.raise_signal(signal.SIGINT)
     assert not bar.stopping
+
+
+# -- what the commands print when Ctrl-C stopped them ---------------------------------------
+
+
+def test_bulk_report__stopped__json_lists_the_runs_not_reached_and_exits_130(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from argparse import Namespace
+
+    from orchestrator.cli_recovery import _report
+    from orchestrator.recovery import Outcome
+
+    outcome = Outcome(done=["a", "b"], refused={"c": "why"}, stopped=True, reached=3)
+
+    status = _report(Namespace(json=True), "resume", ["a", "b", "c", "d", "e"], outcome)
+
+    out, err = capsys.readouterr()
+    assert status == 130
+    assert json.loads(out) == {
+        "matched": 5,
+        "done": ["a", "b"],
+        "refused": {"c": "why"},
+        "interrupted": True,
+        "not_reached": ["d", "e"],
+    }
+    assert err == "interrupted: stopped after 3 of 5 run(s); 2 were not reached and are untouched\n"
+
+
+def test_bulk_report__not_stopped__json_as_before(capsys: pytest.CaptureFixture[str]) -> None:
+    from argparse import Namespace
+
+    from orchestrator.cli_recovery import _report
+    from orchestrator.recovery import Outcome
+
+    status = _report(Namespace(json=True), "replay", ["a"], Outcome(done=["n"], reached=1))
+
+    assert status == 0
+    assert capsys.readouterr() == ('{"matched": 1, "done": ["n"], "refused": {}}\n', "")
