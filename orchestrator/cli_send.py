@@ -227,16 +227,18 @@ def _insert(db: Any, batch: list[Line]) -> int:
 def _partial(
     source: str, lines: list[Line], sent: Sent, exc: BaseException | None
 ) -> PartialSendError:
-    """What was committed before `exc` (None: Ctrl-C), and how to send the rest."""
+    """What was committed before `exc` (None: stopped between batches by Ctrl-C), and how to
+    send the rest."""
     from orchestrator.errors import first_line
 
     first_unsent = lines[sent.events].number
     rest = f"`tail -n +{first_unsent} {source} | orchestrator send --jsonl -`"
     if source == "-":
         rest = f"the input from line {first_unsent} on"
-    why = "interrupted by Ctrl-C" if exc is None else first_line(exc)
+    interrupted = exc is None or isinstance(exc, KeyboardInterrupt)
+    why = "interrupted by Ctrl-C" if interrupted or exc is None else first_line(exc)
     return PartialSendError(
         f"lines 1-{sent.last_line} were sent ({sent.events} events, {sent.created} new), "
         f"lines {first_unsent} and after were not: {why}; send the rest with {rest}",
-        interrupted=exc is None,
+        interrupted=interrupted,
     )

@@ -144,3 +144,30 @@ def test_bulk_report__not_stopped__json_as_before(capsys: pytest.CaptureFixture[
 
     assert status == 0
     assert capsys.readouterr() == ('{"matched": 1, "done": ["n"], "refused": {}}\n', "")
+
+
+@pytest.mark.parametrize("cause", [None, KeyboardInterrupt()])
+def test_partial_send__stopped_by_ctrl_c__says_so_and_exits_130(
+    cause: BaseException | None,
+) -> None:
+    from orchestrator.cli_send import Line, Sent, _partial
+
+    lines = [Line(n, f"id-{n}", "a", "{}") for n in (1, 2, 3)]
+
+    error = _partial("-", lines, Sent(events=2, created=2, last_line=2), cause)
+
+    assert (error.code, error.exit_status) == ("partial_send", 130)
+    assert str(error) == (
+        "lines 1-2 were sent (2 events, 2 new), lines 3 and after were not: interrupted by "
+        "Ctrl-C; send the rest with the input from line 3 on"
+    )
+
+
+def test_partial_send__database_error__exits_1() -> None:
+    from orchestrator.cli_send import Line, Sent, _partial
+
+    lines = [Line(n, f"id-{n}", "a", "{}") for n in (1, 2)]
+
+    error = _partial("f", lines, Sent(events=1, created=1, last_line=1), ConnectionError("x"))
+
+    assert error.exit_status == 1 and "were not: x;" in str(error)
