@@ -166,6 +166,12 @@ def test_gc__on_a_terminal__counts_first_then_a_bar_of_n_of_m(e2e_url: str) -> N
     assert no_progress(out)
     assert count(e2e_url, "SELECT count(*) FROM orchestrator.runs WHERE function_id = 'old'") == 0
 
+    dry = Terminal(e2e_url, "gc", *AGES, "--dry-run")
+    status, out, drawn = dry.finish()
+    assert status == 0, drawn
+    assert "counting old rows" in drawn and "deleting" not in drawn
+    assert out.startswith("would delete (keeping") and "runs_completed  0\n" in out
+
 
 def test_migrate__on_a_terminal__a_line_per_migration_and_a_bar(empty_database: str) -> None:
     from orchestrator.db.migrate import head_revision
