@@ -33,6 +33,8 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         version_table_schema=SCHEMA,
         include_schemas=True,
         include_name=lambda name, type_, parent: type_ != "schema" or name == SCHEMA,
+        # orchestrator/db/migrate.py: the progress of `orchestrator migrate`, step by step
+        on_version_apply=context.config.attributes.get("on_version_apply", ()),
     )
     with context.begin_transaction():
         connection.execute(text("SET LOCAL lock_timeout = '30s'"))

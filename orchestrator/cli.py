@@ -217,7 +217,10 @@ def _fail(exc: Exception, as_json: bool, message: str, *, code: str = "") -> int
         print(f"{exc.usage}{exc.prog}: error: {message}", file=sys.stderr)
     else:
         print(f"error: {message}", file=sys.stderr)
-    return USAGE_EXIT if isinstance(exc, UsageError) else 1
+    if isinstance(exc, UsageError):
+        return USAGE_EXIT
+    status: int = getattr(exc, "exit_status", 1)  # 130 for a command stopped by Ctrl-C
+    return status
 
 
 def database_url(cfg: Config, args: argparse.Namespace, *, create: bool) -> str:
@@ -278,20 +281,9 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_migrate(db: Any, args: argparse.Namespace) -> int:
-    from orchestrator.db import migrate
+    from orchestrator import cli_migrate
 
-    before = migrate.current_revision(db.engine)
-    migrate.upgrade(db.engine)
-    after = migrate.head_revision()
-    if args.json:
-        print(json.dumps({"from": before, "to": after, "changed": before != after}))
-    elif before == after:
-        print(f"schema already at {after}; nothing to do")
-    elif before is None:
-        print(f"schema created at {after}")
-    else:
-        print(f"schema upgraded from {before} to {after}")
-    return 0
+    return cli_migrate.run(db, args)
 
 
 def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
@@ -356,41 +348,9 @@ def _cmd_functions(db: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(db: Any, cfg: Config, args: argparse.Namespace) -> int:
-    from orchestrator.runtime.retention import DAEMON_ROWS_KEPT, Cleaner, Policy
+    from orchestrator import cli_gc
 
-    cleaner = Cleaner(db.url, Policy.from_config(cfg))
-    result = cleaner.backlog() if args.dry_run else cleaner.run_pass()
-    counts = result.counts()
-    ages = {
-        "completed": cfg.retain_completed,
-        "failed": cfg.retain_failed,
-        "events": cfg.retain_events,
-        "daemons": DAEMON_ROWS_KEPT,
-    }
-    if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "retain": ages, **counts}))
-    else:
-        kept = ", ".join(f"{k} {_age(v)}" for k, v in ages.items())
-        print(f"{'would delete' if args.dry_run else 'deleted'} (keeping {kept}):")
-        _print_table(("ROWS", "COUNT"), [(k, f"{v:,}") for k, v in result.rows().items()])
-        batches = "" if args.dry_run else f" in {result.batches} batches"
-        print(f"took {result.seconds:.1f} s{batches}")
-    if result.error is not None:
-        from orchestrator import log
-
-        reason = log.scrub_secrets(result.error)
-        print(f"error: database: {reason} (the pass stopped there)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _age(seconds: float) -> str:
-    if not seconds:
-        return "forever"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+    return cli_gc.run(db, cfg, args)
 
 
 def _cmd_runs_list(db: Any, args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@
     orchestrator runs replay --function F --status failed --since 2h [--yes]
 
 The bulk forms print how many runs match and ask before acting (`--yes` for scripts; without
-a terminal to ask on, they refuse), then show a progress bar on a terminal. They exit 1 when
-some matching run was refused, listing which and why.
+a terminal to ask on, they refuse), then show a progress bar on a terminal
+(orchestrator/progress.py). They exit 1 when some matching run was refused, listing which and
+why. Ctrl-C stops them after the batch in progress (exit 130), saying how many runs were
+done and how many were not reached (with `--json`, listed under `not_reached`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from orchestrator.errors import OrchestratorError
 if TYPE_CHECKING:  # imported when a command runs, so that `--help` stays fast
     from orchestrator.recovery import Outcome, Recovery, Selection
 
+INTERRUPTED_EXIT = 130  # as a shell reports a command stopped by Ctrl-C
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -121,18 +124,45 @@ def _bulk(recovery: Recovery, args: argparse.Namespace) -> int:
     if not args.yes and not _confirm(f"{verb} {len(ids)} run(s)?"):
         print("nothing done", file=sys.stderr)
         return 1
+    return _report(args, verb, ids, _act(recovery, verb, ids, args.json))
+
+
+_DOING = {"replay": "replaying runs", "resume": "resuming runs"}
+
+
+def _act(recovery: Recovery, verb: str, ids: list[str], as_json: bool) -> Outcome:
+    from orchestrator.progress import progress, shown
+
     act = recovery.replay_many if verb == "replay" else recovery.resume_many
-    outcome = act(ids, progress=_Bar(verb) if sys.stderr.isatty() else None)
-    return _report(args, verb, len(ids), outcome)
+    with progress(len(ids), _DOING[verb], enabled=shown(as_json)) as bar:
+        return act(
+            ids,
+            progress=lambda done, total: bar.advance(done - bar.completed),
+            keep_going=lambda: not bar.stopping,
+        )
 
 
-def _report(args: argparse.Namespace, verb: str, matched: int, outcome: Outcome) -> int:
+def _report(args: argparse.Namespace, verb: str, ids: list[str], outcome: Outcome) -> int:
+    matched = len(ids)
+    untouched = ids[outcome.reached :] if outcome.stopped else []
     if args.json:
-        print(json.dumps({"matched": matched, "done": outcome.done, "refused": outcome.refused}))
+        stopped = {"interrupted": True, "not_reached": untouched} if outcome.stopped else {}
+        print(
+            json.dumps(
+                {"matched": matched, "done": outcome.done, "refused": outcome.refused, **stopped}
+            )
+        )
     else:
         print(f"{len(outcome.done)} of {matched} run(s) {_DONE[verb]}")
         for run_id, why in sorted(outcome.refused.items()):
             print(f"  {run_id}: not {_DONE[verb]}: {why}")
+    if outcome.stopped:
+        print(
+            f"interrupted: stopped after {outcome.reached} of {matched} run(s); "
+            f"{len(untouched)} were not reached and are untouched",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
     return 1 if outcome.refused else 0
 
 
@@ -180,18 +210,3 @@ def parse_moment(text: str | None, flag: str) -> datetime | timedelta | None:
     if moment.tzinfo is None:
         raise OrchestratorError(f"{flag} {text!r} needs a time zone (e.g. +00:00 or Z)")
     return moment
-
-
-class _Bar:
-    """A progress bar on stderr, redrawn in place."""
-
-    WIDTH = 30
-
-    def __init__(self, verb: str) -> None:
-        self.verb = verb
-
-    def __call__(self, done: int, total: int) -> None:
-        filled = self.WIDTH * done // max(total, 1)
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        end = "\n" if done >= total else ""
-        print(f"\r{self.verb} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)

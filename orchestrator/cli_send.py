@@ -10,9 +10,10 @@ for one argument on Linux); `@FILE` and `-` have no such cap, only `max_event_by
 A JSON Lines file holds one event a line: `{"name": "user/created", "data": {...}, "id":
 "optional-dedup-id"}` (blank lines are skipped). Every line is checked before anything is
 sent, so a bad line (its number and what is wrong are reported) sends nothing. Then events
-go in batches, one INSERT statement and one commit each, with a progress bar on a terminal.
-Should the database fail midway, the error says exactly which lines were committed and how
-to send the rest. Events are checked and stored as `app.send` does (same size limit, same
+go in batches, one INSERT statement and one commit each, with a progress bar on a terminal
+(orchestrator/progress.py). Should the database fail midway, or Ctrl-C stop the command after
+the batch in progress, the error says exactly which lines were committed and how to send the
+rest. Events are checked and stored as `app.send` does (same size limit, same
 de-duplication by id: a known id creates nothing and counts as a duplicate).
 """
 
@@ -22,7 +23,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,10 @@ class PartialSendError(OrchestratorError):
     """`send --jsonl` committed some batches before the database failed."""
 
     code = "partial_send"
+
+    def __init__(self, message: str, *, interrupted: bool = False) -> None:
+        super().__init__(message)
+        self.exit_status = 130 if interrupted else 1  # 130: stopped by Ctrl-C, as a shell says
 
 
 @dataclass(frozen=True)
@@ -179,17 +184,23 @@ class Sent:
 
 
 def _send_lines(db: Any, cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.progress import progress, shown
+
     lines = check_lines(_read(args.jsonl), cfg.max_event_bytes)
     sent = Sent()
-    with _Progress(len(lines), quiet=args.json or not sys.stderr.isatty()) as advance:
+    with progress(len(lines), "sending events", enabled=shown(args.json)) as bar:
         try:
             for batch in _batches(lines):
+                if bar.stopping and sent.events:  # Ctrl-C: stop between batches
+                    raise _partial(args.jsonl, lines, sent, None)
+                if bar.stopping:
+                    raise KeyboardInterrupt
                 sent.created += _insert(db, batch)
                 sent.events += len(batch)
                 sent.last_line = batch[-1].number
-                advance(len(batch))
+                bar.advance(len(batch))
         except (Exception, KeyboardInterrupt) as exc:
-            if sent.events == 0:
+            if sent.events == 0 or isinstance(exc, PartialSendError):
                 raise
             raise _partial(args.jsonl, lines, sent, exc) from exc
     duplicates = sent.events - sent.created
@@ -213,40 +224,21 @@ def _insert(db: Any, batch: list[Line]) -> int:
     return created
 
 
-def _partial(source: str, lines: list[Line], sent: Sent, exc: BaseException) -> PartialSendError:
-    """What was committed before `exc`, and how to send the rest."""
+def _partial(
+    source: str, lines: list[Line], sent: Sent, exc: BaseException | None
+) -> PartialSendError:
+    """What was committed before `exc` (None: stopped between batches by Ctrl-C), and how to
+    send the rest."""
     from orchestrator.errors import first_line
 
     first_unsent = lines[sent.events].number
     rest = f"`tail -n +{first_unsent} {source} | orchestrator send --jsonl -`"
     if source == "-":
         rest = f"the input from line {first_unsent} on"
+    interrupted = exc is None or isinstance(exc, KeyboardInterrupt)
+    why = "interrupted by Ctrl-C" if interrupted or exc is None else first_line(exc)
     return PartialSendError(
         f"lines 1-{sent.last_line} were sent ({sent.events} events, {sent.created} new), "
-        f"lines {first_unsent} and after were not: {first_line(exc)}; send the rest with {rest}"
+        f"lines {first_unsent} and after were not: {why}; send the rest with {rest}",
+        interrupted=interrupted,
     )
-
-
-class _Progress:
-    """A progress bar on stderr (rich, loaded only then), or nothing when `quiet`."""
-
-    def __init__(self, total: int, *, quiet: bool) -> None:
-        self.total = total
-        self.quiet = quiet
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self.quiet:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self.bar = Progress("sending events", *columns, console=Console(stderr=True))
-        self.bar.start()
-        task = self.bar.add_task("send", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -11,7 +11,9 @@
 Each works directly on the database, with no daemon involved: a daemon serving the function
 picks the run up as it would any other. New runs get the function's flow-control keys and
 `cancel_on` conditions as registered by the daemons (`orchestrator.functions`). Bulk forms
-take the ids from `select` and work in batches of BATCH, one transaction each.
+take the ids from `select` and work in batches of BATCH, one transaction each; they report
+after each batch (`progress`) and stop between batches when `keep_going()` turns false,
+leaving the runs not reached untouched (`Outcome.stopped`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from orchestrator.flow import FlowPolicy
 BATCH = 100
 _SINGLETON = "its singleton key has an active run"
 Progress = Callable[[int, int], None]  # (done, total)
+KeepGoing = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class Outcome:
 
     done: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # run id → why
+    stopped: bool = False  # told to stop between batches: the runs not reached are untouched
+    reached: int = 0  # runs looked at (done, refused or neither), the rest not
 
 
 class Recovery:
@@ -148,7 +153,12 @@ class Recovery:
 
         return self.db.run(read)
 
-    def replay_many(self, run_ids: list[str], progress: Progress | None = None) -> Outcome:
+    def replay_many(
+        self,
+        run_ids: list[str],
+        progress: Progress | None = None,
+        keep_going: KeepGoing = lambda: True,
+    ) -> Outcome:
         def batch(conn: Any, ids: list[str], outcome: Outcome) -> None:
             found = {r.id: r for r in replays.originals(conn, ids)}
             todo = [Copy.of(found[i]) for i in ids if i in found]
@@ -161,9 +171,14 @@ class Recovery:
                 if copy.id not in made:
                     outcome.refused[copy.source.id] = _SINGLETON
 
-        return self._in_batches(run_ids, batch, progress)
+        return self._in_batches(run_ids, batch, progress, keep_going)
 
-    def resume_many(self, run_ids: list[str], progress: Progress | None = None) -> Outcome:
+    def resume_many(
+        self,
+        run_ids: list[str],
+        progress: Progress | None = None,
+        keep_going: KeepGoing = lambda: True,
+    ) -> Outcome:
         def batch(conn: Any, ids: list[str], outcome: Outcome) -> None:
             watches = functions.cancel_watches(conn)
             try:
@@ -183,7 +198,7 @@ class Recovery:
             for run_id in set(ids) - set(resumed) - set(outcome.refused):
                 outcome.refused[run_id] = "not failed or cancelled (any more)"
 
-        return self._in_batches(run_ids, batch, progress)
+        return self._in_batches(run_ids, batch, progress, keep_going)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -192,9 +207,13 @@ class Recovery:
         run_ids: list[str],
         batch: Callable[[Any, list[str], Outcome], None],
         progress: Progress | None,
+        keep_going: KeepGoing,
     ) -> Outcome:
         outcome = Outcome()
         for start in range(0, len(run_ids), BATCH):
+            if not keep_going():
+                outcome.stopped = True
+                break
             ids = run_ids[start : start + BATCH]
             part = Outcome()
 
@@ -206,6 +225,7 @@ class Recovery:
             self.db.run(attempt)
             outcome.done += part.done
             outcome.refused |= part.refused
+            outcome.reached += len(ids)
             if progress is not None:
                 progress(min(start + BATCH, len(run_ids)), len(run_ids))
         return outcome

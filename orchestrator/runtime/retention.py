@@ -24,7 +24,8 @@ sweep from the start, every FULL_SWEEP_EVERY seconds.
 The daemon runs passes on a thread of its own (`Retention`, a service of runtime/service.py),
 every `retention_interval` seconds while it leads, so that a long pass never holds up the
 scheduler loop; a pass stops between batches when leadership is lost or the daemon stops.
-`orchestrator gc` runs one pass (`Cleaner`) on demand.
+`orchestrator gc` runs one pass (`Cleaner`) on demand; its `on_batch` hook draws the progress
+bar, and its `keep_going` stops the pass at Ctrl-C.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Cleaner:
         pause_factor: float = PAUSE_FACTOR,
         sweep_every: float = FULL_SWEEP_EVERY,
         log: Any = None,
+        on_batch: Callable[[PassResult], object] = lambda result: None,
     ) -> None:
         self.url = url
         self.policy = policy
@@ -134,6 +136,7 @@ class Cleaner:
         self.pause_factor = pause_factor
         self.sweep_every = sweep_every
         self.log = log
+        self.on_batch = on_batch  # after each batch, with the counts so far
         self.batch_size = policy.batch_size
         # where the walks stopped, kept from one pass to the next until the next full sweep
         self.run_cursor: retention.RunCursor | None = None
@@ -213,6 +216,7 @@ class Cleaner:
             result.failed += batch.failed
             result.steps += batch.steps
             result.waits += batch.waits
+            self.on_batch(result)
             self.run_cursor = batch.cursor or self.run_cursor
             if batch.exhausted:
                 return
@@ -229,6 +233,7 @@ class Cleaner:
             if batch is None:
                 return
             result.events += batch.deleted
+            self.on_batch(result)
             if batch.last_seq is not None:
                 self.event_cursor = batch.last_seq
             if batch.exhausted:
@@ -244,6 +249,7 @@ class Cleaner:
                 return
             deleted, limit = batch
             result.daemons += deleted
+            self.on_batch(result)
             if deleted < limit:
                 return
 

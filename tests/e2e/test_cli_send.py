@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -177,35 +176,3 @@ def test_send_jsonl__with_name_or_data__usage_error(e2e_url, tmp_path):
     assert error["code"] == "usage_error"
     assert "give no NAME, --data or --id with it" in error["message"]
     assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.events") == 0
-
-
-def test_send_jsonl_on_a_terminal__shows_a_progress_bar(e2e_url, tmp_path):
-    path = tmp_path / "events.jsonl"
-    write_jsonl(path, 2_000)
-    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=e2e_url, COLUMNS="100")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "send", "--jsonl", str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-    )
-    os.close(follower)
-    screen = b""
-    while True:  # until the process closes the terminal
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
-    out, _ = proc.communicate(timeout=60)
-    os.close(leader)
-
-    assert proc.returncode == 0
-    assert out == b"sent 2000 events (2000 new, 0 duplicate ids)\n"
-    assert b"sending events" in screen and b"2000/2000" in screen
-    assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.events") == 2_000
