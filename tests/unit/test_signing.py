@@ -6,7 +6,7 @@ import json
 
 import jcs  # type: ignore[import-untyped]  # the Python SDK's canonicaliser, no stubs
 import pytest
-from inngest._internal import net, transforms
+from inngest._internal import net, server_lib, transforms
 
 from orchestrator.errors import SignatureError
 from orchestrator.inngest import signing
@@ -38,7 +38,7 @@ def test_sign__is_verified_by_the_python_sdk() -> None:
     used = net.validate_request_sig(
         body=BODY,
         headers={"x-inngest-signature": header},
-        mode=net.server_lib.ServerKind.CLOUD,
+        mode=server_lib.ServerKind.CLOUD,
         signing_key=FALLBACK,
         signing_key_fallback=KEY,
     )
