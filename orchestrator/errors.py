@@ -106,6 +106,12 @@ class SignatureError(OrchestratorError):
     code = "invalid_signature"
 
 
+class EventKeyError(OrchestratorError):
+    """`POST /e/{key}` of the Inngest event API with a key that is unknown or revoked."""
+
+    code = "invalid_event_key"
+
+
 class RunNotFoundError(OrchestratorError):
     """No run with the given id exists."""
 

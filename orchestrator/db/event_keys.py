@@ -15,13 +15,17 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import Connection, text
 
 from orchestrator.db import clock
-from orchestrator.errors import UsageError, UserExistsError
+from orchestrator.errors import EventKeyError, UsageError, UserExistsError
+
+T = TypeVar("T")
 
 _NOW = clock.SQL_TEXT
 KEY_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
@@ -101,6 +105,17 @@ def lookup(conn: Connection, key: str) -> EventKey | None:
     if row is None or not hmac.compare_digest(bytes(row[2]), wanted):
         return None
     return EventKey(row[0], row[1], row[3], row[4], row[5])
+
+
+def run_with(conn: Connection, key: str | None, work: Callable[[Connection], T]) -> T:
+    """`work(conn)` if `key` is an unrevoked key (None: no key is checked, dev mode), in the
+    caller's transaction; else EventKeyError before anything is written."""
+    if key is not None and lookup(conn, key) is None:
+        raise EventKeyError(
+            "the event key is unknown or revoked; create one with "
+            "`orchestrator event-keys create NAME` and give it to the app as INNGEST_EVENT_KEY"
+        )
+    return work(conn)
 
 
 def revoke(conn: Connection, name: str) -> bool:
