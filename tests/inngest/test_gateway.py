@@ -162,6 +162,8 @@ def test_bad_key__is_reported_before_a_bad_body(db: Database, gateway: MakeClien
         (b'{"name": "a", "ts": 1e300}', "out of range"),
         (b'{"name": "a", "user": "ada"}', "user must be"),
         (b'{"name": "a", "v": 2}', "v must be"),
+        (b'{"name": "a", "user": {"x": NaN}}', "NaN"),
+        (b'{"name": "a", "user": {"x": "\\u0000"}}', "NUL"),
         (b"42", "a JSON object"),
         (b'[{"name": "ok"}, {"name": "a", "data": 1}]', "events[1]"),
     ],
