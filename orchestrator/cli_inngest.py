@@ -60,9 +60,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     cfg = dataclasses.replace(cfg, database_url=database_url(cfg, args, create=False))
     db = Database(cfg.database_url, pool_size=1, application_name="orchestrator-cli")
+    handlers = {"event-keys": _event_keys}  # the SDK apps' commands join here
     try:
         check_schema(db.engine)
-        return _event_keys(db, args)
+        return handlers[args.command](db, args)
     finally:
         db.dispose()
 
