@@ -134,7 +134,7 @@ def _parse_header(header: str | None) -> tuple[str, str]:
         raise SignatureError("the request has no X-Inngest-Signature header")
     fields = urllib.parse.parse_qs(header.strip(), keep_blank_values=True)
     at, signature = fields.get("t", [""])[0], fields.get("s", [""])[0]
-    if not at.isascii() or not at.isdigit() or not signature:
+    if not at.isascii() or not at.isdigit() or not _HEX.match(signature):
         raise SignatureError(
             "X-Inngest-Signature is malformed: expected t=<unix seconds>&s=<hex>, "
             f"got {header[:100]!r}"

@@ -287,3 +287,15 @@ def test_official_python_sdk__sends_through_a_real_server(db: Database, db_url: 
         server.stop()
     assert ids[1] == "k" and [r["id"] for r in _rows(db)] == ids
     assert taken.status_code == 404
+
+
+def test_start_in_thread__a_taken_port_is_a_config_error_naming_the_key(db_url: str) -> None:
+    cfg = Config(database_url=db_url, inngest=True, inngest_dev=True)
+    first = gw.start_in_thread(dataclasses.replace(cfg, inngest_address="127.0.0.1:0"))
+    try:
+        taken = first.url.rstrip("/").removeprefix("http://")
+        with pytest.raises(ConfigError, match="inngest_address: cannot listen"):
+            gw.start_in_thread(dataclasses.replace(cfg, inngest_address=taken))
+    finally:
+        first.stop()
+    assert first.thread is not None and not first.thread.is_alive()
