@@ -118,12 +118,18 @@ def test_sdk_id__is_the_event_id_a_repeat_creates_nothing(
     assert [(r["id"], r["data"]) for r in _rows(db)] == [("same", {"n": 1})]
 
 
-@pytest.mark.parametrize("kind", ["unknown", "revoked", "empty"])
+@pytest.mark.parametrize("kind", ["unknown", "revoked", "empty", "huge", "hostile"])
 def test_bad_key__401_and_nothing_written(db: Database, gateway: MakeClient, kind: str) -> None:
     key = _key(db)
     if kind == "revoked":
         db.run(lambda conn: event_keys.revoke(conn, "app"))
-    presented = {"unknown": "not-a-key", "revoked": key, "empty": ""}[kind]
+    presented = {
+        "unknown": "not-a-key",
+        "revoked": key,
+        "empty": "",
+        "huge": "k" * 20_000,
+        "hostile": "%00%ff/../ключ' OR 1=1 --",
+    }[kind]
     response = gateway().post(f"/e/{presented}", json={"name": "a", "data": {}})
     assert response.status_code == 401 if kind != "empty" else response.status_code in (401, 404)
     if response.status_code == 401:
