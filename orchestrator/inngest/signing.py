@@ -91,8 +91,9 @@ def verify(
     now = time.time() if now is None else now
     if abs(now - int(at)) > max_age:
         raise SignatureError(
-            f"X-Inngest-Signature is too old: signed at {at}, {now - int(at):.0f}s from now "
-            f"(the limit is {max_age:g}s); a replayed request, or clocks out of step"
+            f"X-Inngest-Signature is too old: signed at {at}, {now - int(at):.0f}s before the "
+            f"time here, more than the {max_age:g}s allowed; a replayed request, or clocks "
+            "out of step"
         )
     if not keys:
         raise SignatureError("no signing key is configured to verify X-Inngest-Signature")
