@@ -98,6 +98,20 @@ class InvalidEventError(OrchestratorError):
     code = "invalid_event"
 
 
+class SignatureError(OrchestratorError):
+    """A request or response signed with an Inngest signing key failed verification: the
+    `X-Inngest-Signature` header is missing or malformed, its timestamp is too old (a
+    replay), or no configured signing key produced its signature."""
+
+    code = "invalid_signature"
+
+
+class EventKeyError(OrchestratorError):
+    """`POST /e/{key}` of the Inngest event API with a key that is unknown or revoked."""
+
+    code = "invalid_event_key"
+
+
 class RunNotFoundError(OrchestratorError):
     """No run with the given id exists."""
 
