@@ -38,6 +38,7 @@ from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session
 from orchestrator.errors import first_line
 from orchestrator.redact import redact_url
+from orchestrator.runtime import tracing
 from orchestrator.runtime.cancellations import Cancellations
 from orchestrator.runtime.crashes import CrashRequeue
 from orchestrator.runtime.cron import CronScheduler
@@ -81,6 +82,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.signals = 0
         self.session: Session | None = None
+        self.traces = tracing.Setup()  # the tracer provider, once run() set it up
         self.ui: UiServer | None = None  # the dashboard, with `ui = true`
         self.pool = WorkerPool(
             app_path=app_path,
@@ -270,6 +272,7 @@ class Daemon:
         self.session.wait_connected(10)
         self.crashes.start()  # before the pool: a worker may die at once
         self.pool.start()
+        self.traces = self._set_up_tracing()  # each worker sets up its own, after its fork
         self._install_signals()
         self.pool.wait_ready(60)
         self.log.info(
@@ -398,8 +401,17 @@ class Daemon:
         self.crashes.stop()
         self.db.dispose()
         self.telemetry.close()
+        self.traces.shutdown()
         self.log.info("daemon stopped")
         return 0
+
+    def _set_up_tracing(self) -> tracing.Setup:
+        traces = tracing.set_up()
+        if traces.problem is not None:
+            self.log.warning("tracing: " + traces.problem)
+        if traces.provider is not None:
+            self.log.info("tracing on", exporters=",".join(tracing.exporters()))
+        return traces
 
     def _sign_off(self, conn: Any) -> None:
         daemons.resign(conn, self.id)

@@ -14,12 +14,12 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from orchestrator import codec
+from orchestrator import codec, tracecontext
 from orchestrator.db.runs import NewRun
 from orchestrator.db.waits import Branch, Wait
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds.wait import new_wait, timed_out, wait_or_suspend
-from orchestrator.errors import InvokeTimeoutError, StepError
+from orchestrator.errors import InvokeTimeoutError, StepError, Suspend
 from orchestrator.flow import RunKeys
 from orchestrator.functions import FINISHED_EVENT_NAME, INVOKED_EVENT_NAME
 
@@ -52,10 +52,40 @@ async def _invoke(
         await timed_out(execution, sid, position, row, kind="invoke", cancel_runs=(child_id,))
         return outcome(sid, None)
     await execution.boundary()
-    child = child_run(execution, sid, child_id, function_id, data)
-    branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
-    _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
-    return outcome(sid, found)
+    if execution.trace is None:
+        child = child_run(execution, sid, child_id, function_id, data)
+        branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
+        _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+        return outcome(sid, found)
+    call = (child_id, function_id, data, timeout)
+    return await _traced(execution, sid, position, call)
+
+
+async def _traced(
+    execution: Execution,
+    sid: str,
+    position: int,
+    call: tuple[str, str, Any, float | None],
+) -> Any:
+    """The invoke inside a step span, which the child run's spans continue."""
+    assert execution.trace is not None
+    child_id, function_id, data, timeout = call
+    span = execution.trace.step(sid, "invoke", 1)
+    status, error = "failed", None
+    try:
+        child = child_run(execution, sid, child_id, function_id, data, trace_context=span.carrier())
+        branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
+        _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+        status = "completed"
+        return outcome(sid, found)
+    except Suspend:
+        status = "waiting"
+        raise
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        span.end(status, error)
 
 
 def _any(event: dict[str, Any]) -> bool:
@@ -84,7 +114,17 @@ def finish_wait(
     )
 
 
-def child_run(execution: Execution, sid: str, child_id: str, function_id: str, data: Any) -> NewRun:
+def child_run(
+    execution: Execution,
+    sid: str,
+    child_id: str,
+    function_id: str,
+    data: Any,
+    *,
+    trace_context: str | None = None,
+) -> NewRun:
+    """The child run; its spans continue `trace_context` (JSON; default: the current span,
+    the run attempt's when tracing is on)."""
     payload = codec.encode(data if data is not None else {}, what=f"invoke '{sid}' data")
     child_event = {
         "id": f"invoke:{child_id}",
@@ -99,6 +139,7 @@ def child_run(execution: Execution, sid: str, child_id: str, function_id: str, d
         [child_event],
         parent_run_id=execution.lease.run_id,
         id=child_id,
+        trace_context=trace_context or tracecontext.current_json(),
         **keys.fields(),
     )
 

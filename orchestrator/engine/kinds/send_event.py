@@ -33,7 +33,16 @@ async def _send_event(
     await execution.boundary()
     rows = _rows(execution, sid, batch)
     began = execution.db_now()
-    await execution.io(execution.store.send_events, execution.lease, rows)
+    span = execution.trace.step(sid, "send_event", 1) if execution.trace is not None else None
+    try:  # the events carry this step's span: the runs they start continue its trace
+        trace = span.carrier() if span is not None else None
+        await execution.io(execution.store.send_events, execution.lease, rows, trace)
+    except BaseException as exc:
+        if span is not None:
+            span.end("failed", type(exc).__name__)
+        raise
+    if span is not None:
+        span.end("completed")
     execution.since = max(execution.since, began)
     sent = [r[0] for r in rows]
     await execution.checkpoint(
