@@ -117,7 +117,7 @@ def test_tracing__one_trace_from_send_through_steps_retries_and_invoke(
     e2e_url: str, daemons: Any, receiver: Receiver, requests: Any
 ) -> None:
     tracer, request_spans = requests
-    daemons()
+    daemon = daemons()
     event_id, trace_id, request_span = send_traced(e2e_url, tracer, {})
 
     run = finished_run(e2e_url, event_id, timeout=60)
@@ -172,6 +172,13 @@ def test_tracing__one_trace_from_send_through_steps_retries_and_invoke(
     assert child.name == "run traced-child"
     (write,) = steps_of(spans, {child.span_id}, "write")
     assert write.trace_id == trace_id
+    # the workers' log lines inside a span carry its ids; the daemon's own lines none
+    retry = [e for e in daemon.log_events() if e.get("event") == "step will retry"]
+    assert [(e["trace_id"], e["run_id"]) for e in retry] == [(trace_id, run["id"])]
+    assert retry[0]["span_id"] in run_spans
+    serving = [e for e in daemon.log_events() if e.get("event") == "daemon serving"]
+    assert serving and "trace_id" not in serving[0]
+    assert daemon.problems() == []
     child_tc = scalar(
         e2e_url, "SELECT trace_context FROM orchestrator.runs WHERE id = %s", (child_id,)
     )

@@ -161,3 +161,14 @@ def test_sending__a_producer_span_when_a_provider_is_set_up__none_otherwise() ->
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"kind": "PRODUCER", "parent": True, "carried": True}
+
+
+def test_set_up__without_the_sdk__off_with_a_problem_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # import fails
+    made = tracing.set_up(install=False)
+    assert made.provider is None
+    assert made.problem is not None and "orchestrator[otel]" in made.problem
+    assert made.tracer is tracing.NOTRACE
