@@ -320,3 +320,29 @@ def test_execution__no_tracer__no_spans_and_no_trace_context(harness: Harness) -
         harness.db, "SELECT trace_context FROM orchestrator.events WHERE name = 't/untraced'"
     )[0]
     assert sent is None
+
+
+def test_execution__parallel_branches__a_span_each_under_the_run(
+    harness: Harness, spans: Any
+) -> None:
+    tracer, exporter = spans
+    harness.tracer = OtelTracer(tracer)
+
+    def broken() -> int:
+        raise KeyError("gone")
+
+    @harness.app.function("fan", retries=0)
+    def fan(ctx: Context) -> list[int]:
+        return list(ctx.step.parallel("fan", [("a", lambda: 1, ()), ("b", broken, ())]))
+
+    harness.start("fan")
+    assert harness.step("fan").status == "failed"
+    got = finished(exporter)
+    (run,) = got["run fan"]
+    branches = {s.name: s for s in exporter.get_finished_spans() if s.name.startswith("step")}
+    assert set(branches) == {"step fan[a]", "step fan[b]"}
+    for span in branches.values():
+        assert span.parent is not None and span.parent.span_id == run.context.span_id
+        assert (span.attributes or {})["orchestrator.step.kind"] == "parallel"
+    assert (branches["step fan[a]"].attributes or {})["orchestrator.status"] == "completed"
+    assert (branches["step fan[b]"].attributes or {})["error.type"] == "KeyError"
