@@ -9,7 +9,12 @@ Otherwise the execution's `trace` is None and each hook point costs one `is not 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from orchestrator.errors import Suspend
+
+T = TypeVar("T")
 
 
 class StepSpan(Protocol):
@@ -64,6 +69,24 @@ class Traced(Protocol):
 class Tracer(Protocol):
     def run(self, task: Traced) -> RunSpan | None:
         """A span for this attempt of the run (None: nothing traced)."""
+
+
+async def spanned(span: StepSpan | None, work: Callable[[str | None], Awaitable[T]]) -> T:
+    """Await `work(carrier)` inside `span`, then end it: `completed`, `waiting` (the run
+    suspended), or `failed`. `carrier` is the span's context as JSON, for the runs and events
+    the work starts (None without a span: tracing is off)."""
+    if span is None:
+        return await work(None)
+    try:
+        result = await work(span.carrier())
+    except Suspend:
+        span.end("waiting")
+        raise
+    except BaseException as exc:
+        span.end("failed", type(exc).__name__)
+        raise
+    span.end("completed")
+    return result
 
 
 class _NoTracer:

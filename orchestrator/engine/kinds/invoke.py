@@ -19,7 +19,8 @@ from orchestrator.db.runs import NewRun
 from orchestrator.db.waits import Branch, Wait
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds.wait import new_wait, timed_out, wait_or_suspend
-from orchestrator.errors import InvokeTimeoutError, StepError, Suspend
+from orchestrator.engine.tracer import spanned
+from orchestrator.errors import InvokeTimeoutError, StepError
 from orchestrator.flow import RunKeys
 from orchestrator.functions import FINISHED_EVENT_NAME, INVOKED_EVENT_NAME
 
@@ -52,40 +53,16 @@ async def _invoke(
         await timed_out(execution, sid, position, row, kind="invoke", cancel_runs=(child_id,))
         return outcome(sid, None)
     await execution.boundary()
-    if execution.trace is None:
-        child = child_run(execution, sid, child_id, function_id, data)
-        branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
-        _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
-        return outcome(sid, found)
-    call = (child_id, function_id, data, timeout)
-    return await _traced(execution, sid, position, call)
 
-
-async def _traced(
-    execution: Execution,
-    sid: str,
-    position: int,
-    call: tuple[str, str, Any, float | None],
-) -> Any:
-    """The invoke inside a step span, which the child run's spans continue."""
-    assert execution.trace is not None
-    child_id, function_id, data, timeout = call
-    span = execution.trace.step(sid, "invoke", 1)
-    status, error = "failed", None
-    try:
-        child = child_run(execution, sid, child_id, function_id, data, trace_context=span.carrier())
+    def invoking(trace_context: str | None) -> Coroutine[Any, Any, tuple[int, dict[str, Any]]]:
+        child = child_run(execution, sid, child_id, function_id, data, trace_context=trace_context)
         branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
-        _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
-        status = "completed"
-        return outcome(sid, found)
-    except Suspend:
-        status = "waiting"
-        raise
-    except BaseException as exc:
-        error = type(exc).__name__
-        raise
-    finally:
-        span.end(status, error)
+        return wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+
+    # the child's spans continue the invoke's own span, when tracing is on
+    span = execution.trace.step(sid, "invoke", 1) if execution.trace is not None else None
+    _, found = await spanned(span, invoking)
+    return outcome(sid, found)
 
 
 def _any(event: dict[str, Any]) -> bool:
