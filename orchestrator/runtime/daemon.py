@@ -407,10 +407,11 @@ class Daemon:
 
     def _set_up_tracing(self) -> tracing.Setup:
         traces = tracing.set_up()
-        if traces.problem is not None:
-            self.log.warning("tracing: " + traces.problem)
-        if traces.provider is not None:
-            self.log.info("tracing on", exporters=",".join(tracing.exporters()))
+        if traces.provider is None and traces.problem is not None:
+            self.log.warning("tracing off", reason=traces.problem)
+        elif traces.provider is not None:
+            exporters = ",".join(tracing.exporters())
+            self.log.info("tracing on", exporters=exporters, problem=traces.problem)
         return traces
 
     def _sign_off(self, conn: Any) -> None:

@@ -21,12 +21,14 @@ are children of `runs.trace_context`, so a run resumed after a crash joins the s
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from orchestrator import log as orchestrator_log
 from orchestrator import tracecontext
 from orchestrator.engine.tracer import NOTRACE, RunSpan, StepSpan, Traced, Tracer
 
@@ -90,7 +92,26 @@ def set_up(*, install: bool = True) -> Setup:
             problems.append(problem)
     if install:
         trace.set_tracer_provider(provider)
+    _log_through_structlog()
     return Setup(provider, "; ".join(problems) or None)
+
+
+class _Forward(logging.Handler):
+    """The SDK's own complaints (an export that failed, a full queue) as log lines of ours,
+    one JSON object per line like every other (orchestrator/log.py); warnings, since losing
+    spans loses no work."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = record.getMessage().splitlines()
+        detail = orchestrator_log.scrub_secrets(lines[0] if lines else "")
+        orchestrator_log.get("tracing").warning("tracing problem", detail=detail)
+
+
+def _log_through_structlog() -> None:
+    sdk = logging.getLogger("opentelemetry")
+    if not any(isinstance(h, _Forward) for h in sdk.handlers):
+        sdk.addHandler(_Forward(logging.WARNING))
+        sdk.propagate = False
 
 
 def _resource(resource: Any) -> Any:

@@ -225,3 +225,33 @@ def test_tracing__kill9_mid_step__resumed_run_joins_the_same_trace(
     assert pack.attributes["orchestrator.status"] == "completed"
     (child,) = of_run(spans, child_id)
     assert child.trace_id == trace_id
+
+
+@pytest.mark.timeout(120)
+def test_tracing__collector_down__runs_complete_logs_stay_json_and_the_daemon_stops(
+    e2e_url: str, tmp_path: Path
+) -> None:
+    down = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces",  # refused
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+    }
+    daemon = TracedDaemon(e2e_url, tmp_path / "daemon.log", down).start()
+    try:
+        event_id = str(
+            scalar(
+                e2e_url,
+                "INSERT INTO orchestrator.events (name) VALUES ('trace/order') RETURNING id",
+            )
+        )
+        run = finished_run(e2e_url, event_id, timeout=60)
+        assert run["status"] == "completed", run
+        eventually(
+            lambda: any(e.get("event") == "tracing problem" for e in daemon.log_events()),
+            what="the failed export logged",
+        )
+        assert daemon.terminate() == 0
+    finally:
+        stop_all([daemon])
+    assert daemon.problems() == []  # every line JSON, nothing at error level
