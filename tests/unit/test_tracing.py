@@ -172,3 +172,39 @@ def test_set_up__without_the_sdk__off_with_a_problem_naming_the_extra(
     assert made.provider is None
     assert made.problem is not None and "orchestrator[otel]" in made.problem
     assert made.tracer is tracing.NOTRACE
+
+
+def test_run_span__a_replay_links_to_the_originals_context_and_names_it() -> None:
+    from datetime import UTC, datetime
+
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from orchestrator.engine.executor import Task
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = tracing.OtelTracer(provider.get_tracer("tests"))
+    now = datetime.now(UTC)
+    replay = Task(
+        "new-run",
+        "f",
+        "token",
+        [],
+        1,
+        now,
+        now,
+        origin="replay",
+        origin_run_id="old-run",
+        trace_context={"traceparent": TRACEPARENT},
+    )
+    run = tracer.run(replay)
+    assert run is not None
+    run.end("completed")
+    (span,) = exporter.get_finished_spans()
+    assert (span.attributes or {})["orchestrator.replay_of"] == "old-run"
+    assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+    (link,) = span.links
+    assert format(link.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert dict(link.attributes or {}) == {"orchestrator.replay_of": "old-run"}
