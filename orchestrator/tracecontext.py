@@ -14,6 +14,7 @@ With an SDK set up in the sending process (the caller's, or the daemon's: docs/t
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +56,15 @@ def from_headers(headers: Mapping[str, str]) -> str | None:
     extracted = propagate.extract(headers)
     carrier = of_context(extracted)
     return encode(carrier) if carrier is not None else current_json()
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """The trace context a process was started with (`TRACEPARENT` and `TRACESTATE`, the
+    environment carrier of OpenTelemetry's specification, as a CI job or a traced shell
+    script sets them) as JSON text; else the current one."""
+    env = os.environ if environ is None else environ
+    headers = {k.lower(): env[k] for k in ("TRACEPARENT", "TRACESTATE") if env.get(k)}
+    return from_headers(headers)
 
 
 def context_of(carrier: Any) -> otel_context.Context | None:

@@ -209,3 +209,23 @@ def test_send_jsonl_on_a_terminal__shows_a_progress_bar(e2e_url, tmp_path):
     assert out == b"sent 2000 events (2000 new, 0 duplicate ids)\n"
     assert b"sending events" in screen and b"2000/2000" in screen
     assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.events") == 2_000
+
+
+def test_send__records_the_traceparent_the_command_was_started_with(e2e_url, tmp_path):
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    lines = tmp_path / "events.jsonl"
+    lines.write_text('{"name": "traced/many", "id": "m-1"}\n')
+    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=e2e_url, TRACEPARENT=traceparent)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for args in (["traced/one", "--id", "o-1"], ["--jsonl", str(lines)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "send", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    rows = sql(e2e_url, "SELECT id, trace_context FROM orchestrator.events ORDER BY id")
+    assert rows == [("m-1", {"traceparent": traceparent}), ("o-1", {"traceparent": traceparent})]

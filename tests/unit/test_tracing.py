@@ -208,3 +208,11 @@ def test_run_span__a_replay_links_to_the_originals_context_and_names_it() -> Non
     (link,) = span.links
     assert format(link.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
     assert dict(link.attributes or {}) == {"orchestrator.replay_of": "old-run"}
+
+
+def test_from_environment__traceparent_of_the_process__else_nothing() -> None:
+    carried = tracecontext.from_environment({"TRACEPARENT": TRACEPARENT, "TRACESTATE": "k=v"})
+    assert carried is not None
+    assert json.loads(carried) == {"traceparent": TRACEPARENT, "tracestate": "k=v"}
+    assert tracecontext.from_environment({}) is None
+    assert tracecontext.from_environment({"TRACEPARENT": "junk"}) is None
