@@ -53,6 +53,7 @@ bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, asyn
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/pickup.py --idle 1000000
+	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/async_sleep.py
 	$(BIN)/python bench/first_checkpoint.py
 	$(BIN)/python bench/waits.py

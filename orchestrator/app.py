@@ -224,10 +224,11 @@ class Orchestrator:
         psycopg `Connection`, or an SQLAlchemy `Connection` or `Session`) it is written in
         that connection's transaction and nothing is committed: the event exists when the
         caller commits, and never did if they roll back (the outbox pattern)."""
-        from orchestrator import client
+        from orchestrator import client, tracecontext
 
-        new = client.new_event(name, data, id, ts, self.config.max_event_bytes)
-        return self._execute(lambda: client.send_op([new]), conn)[0]
+        with tracecontext.sending(name):
+            new = client.new_event(name, data, id, ts, self.config.max_event_bytes)
+            return self._execute(lambda: client.send_op([new]), conn)[0]
 
     async def send_async(
         self,
@@ -240,10 +241,11 @@ class Orchestrator:
     ) -> str:
         """`send` for asyncio, which never blocks the event loop. `conn`, if given, is a
         psycopg `AsyncConnection`, or an SQLAlchemy `AsyncConnection` or `AsyncSession`."""
-        from orchestrator import client
+        from orchestrator import client, tracecontext
 
-        new = client.new_event(name, data, id, ts, await self._max_event_bytes())
-        return (await self._execute_async(client.send_op([new]), conn))[0]
+        with tracecontext.sending(name):
+            new = client.new_event(name, data, id, ts, await self._max_event_bytes())
+            return (await self._execute_async(client.send_op([new]), conn))[0]
 
     def send_many(
         self, events: Iterable[dict[str, Any]], *, conn: OutboxConnection | None = None
@@ -256,19 +258,21 @@ class Orchestrator:
         id seen before, or repeated in `events`, is a duplicate: it is returned, and only
         its first occurrence is recorded. A statement records up to 1,000 events; on a
         connection in autocommit mode each is a transaction of its own."""
-        from orchestrator import client
+        from orchestrator import client, tracecontext
 
-        batch = client.new_events(events, self.config.max_event_bytes)
-        return self._execute(lambda: client.send_op(batch), conn)
+        with tracecontext.sending("events"):
+            batch = client.new_events(events, self.config.max_event_bytes)
+            return self._execute(lambda: client.send_op(batch), conn)
 
     async def send_many_async(
         self, events: Iterable[dict[str, Any]], *, conn: AsyncOutboxConnection | None = None
     ) -> list[str]:
         """`send_many` for asyncio; `conn` as for `send_async`."""
-        from orchestrator import client
+        from orchestrator import client, tracecontext
 
-        batch = client.new_events(events, await self._max_event_bytes())
-        return await self._execute_async(client.send_op(batch), conn)
+        with tracecontext.sending("events"):
+            batch = client.new_events(events, await self._max_event_bytes())
+            return await self._execute_async(client.send_op(batch), conn)
 
     # -- the connections of send, send_many and cancel, sync and async -------------------
 

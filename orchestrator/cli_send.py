@@ -78,13 +78,17 @@ def run(db: Any, cfg: Config, args: argparse.Namespace) -> int:
     _check_arguments(args)
     if args.jsonl is not None:
         return _send_lines(db, cfg, args)
+    from orchestrator import tracecontext
     from orchestrator.codec import validate_event
     from orchestrator.db import events
 
     data = read_data(args.data) if args.data is not None else {}
     text = validate_event(args.name, data, args.id, cfg.max_event_bytes)
+    trace = tracecontext.from_environment()  # TRACEPARENT, if the caller set it
     event_id, created = db.run(
-        lambda conn: events.insert(conn, args.name, text, event_id=args.id, ts=None)
+        lambda conn: events.insert(
+            conn, args.name, text, event_id=args.id, ts=None, trace_context=trace
+        )
     )
     if args.json:
         print(json.dumps({"id": event_id, "created": created}))
@@ -217,10 +221,12 @@ def _batches(lines: list[Line]) -> Iterator[list[Line]]:
 
 
 def _insert(db: Any, batch: list[Line]) -> int:
+    from orchestrator import tracecontext
     from orchestrator.db import events
 
     rows = [(line.id, line.name, line.data_json) for line in batch]
-    created: int = db.run(lambda conn: events.insert_many(conn, rows))
+    trace = tracecontext.from_environment()  # TRACEPARENT, if the caller set it
+    created: int = db.run(lambda conn: events.insert_many(conn, rows, trace_context=trace))
     return created
 
 

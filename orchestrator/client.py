@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from orchestrator import tracecontext
 from orchestrator.db import events, runs, signals
 from orchestrator.db.ops import Op
 from orchestrator.errors import (
@@ -39,7 +40,8 @@ def new_event(name: Any, data: Any, event_id: Any, ts: Any, limit: int) -> event
     data_json = validate_event(name, {} if data is None else data, event_id, limit)
     if ts is not None and not isinstance(ts, datetime):
         raise InvalidEventError(f"event ts must be a datetime or None, got {type(ts).__name__}")
-    return events.NewEvent(event_id or str(uuid.uuid4()), name, data_json, ts)
+    trace = tracecontext.current_json()  # the caller's span, if any (NULL otherwise)
+    return events.NewEvent(event_id or str(uuid.uuid4()), name, data_json, ts, trace)
 
 
 def new_events(items: Any, limit: int) -> list[events.NewEvent]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import tracecontext
 from orchestrator.db import clock, outbox
 from orchestrator.db import handles as db
 from orchestrator.db.ops import Op, Pause
@@ -158,6 +159,7 @@ class Start:
     data: dict[str, Any]
     delay: float
     ts: datetime
+    trace_context: str | None = None  # the caller's, as JSON (orchestrator/tracecontext.py)
 
     def op(self) -> Op[str]:
         """Create the run; returns its id (that of the existing run, for an id seen before)."""
@@ -188,7 +190,13 @@ class Start:
         }
         policy = FlowPolicy.from_options(options)
         keys = policy.run_keys(event) if policy.claims else RunKeys()
-        run = NewRun(self.function_id, [event], id=self.run_id, **keys.fields())
+        run = NewRun(
+            self.function_id,
+            [event],
+            id=self.run_id,
+            trace_context=self.trace_context,
+            **keys.fields(),
+        )
         watches = [
             CancelWatch(
                 self.function_id, i, c["event"], c.get("match"), c.get("if"), c.get("timeout")
@@ -221,6 +229,7 @@ def plan_start(
         data=json.loads(text),
         delay=seconds(delay, "delay") or 0.0,
         ts=clock.current() or datetime.now(UTC),
+        trace_context=tracecontext.current_json(),
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from orchestrator.redact import scrub
 
@@ -45,6 +46,7 @@ def configure(fmt: str = "auto", level: str = "info", *, payloads: bool = False)
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            add_trace_ids,
             _redact,
             renderer,
         ],
@@ -54,6 +56,18 @@ def configure(fmt: str = "auto", level: str = "info", *, payloads: bool = False)
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def add_trace_ids(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """`trace_id` and `span_id` (hex, as trace back ends show them) of the span current when
+    the line is logged, if any: a run attempt's, a step's (runtime/tracing.py), the caller's."""
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event.setdefault("trace_id", format(span.trace_id, "032x"))
+        event.setdefault("span_id", format(span.span_id, "016x"))
+    return event
 
 
 def get(name: str, **bound: Any) -> Any:

@@ -23,6 +23,7 @@ class PendingEvent:
     size: int
     received_at: datetime
     seq: int
+    trace_context: dict[str, str] | None = None  # the sender's (orchestrator/tracecontext.py)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class NewEvent:
     name: str
     data_json: str
     ts: datetime | None = None  # None: the time it is recorded
+    trace_context: str | None = None  # the sender's, as JSON (orchestrator/tracecontext.py)
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,12 @@ class EventRow:
 # already in the table, or repeated within the statement, is a duplicate: DO NOTHING skips it.
 # Times travel as text: a list mixing naive and aware datetimes cannot be one typed array.
 _INSERT_NEW = """
-    INSERT INTO orchestrator.events (id, name, data, ts, received_at)
+    INSERT INTO orchestrator.events (id, name, data, ts, received_at, trace_context)
     SELECT i, n, d::jsonb, coalesce(t::timestamptz, coalesce(%(now)s::timestamptz, now())),
-           coalesce(%(now)s::timestamptz, now())
-    FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[], %(times)s::text[])
-         WITH ORDINALITY AS e(i, n, d, t, o)
+           coalesce(%(now)s::timestamptz, now()), c::jsonb
+    FROM unnest(%(ids)s::text[], %(names)s::text[], %(datas)s::text[], %(times)s::text[],
+                %(traces)s::text[])
+         WITH ORDINALITY AS e(i, n, d, t, c, o)
     ORDER BY o
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -69,6 +72,7 @@ def insert_op(batch: list[NewEvent]) -> Op[set[str]]:
         "names": [e.name for e in batch],
         "datas": [e.data_json for e in batch],
         "times": [None if e.ts is None else e.ts.isoformat() for e in batch],
+        "traces": [e.trace_context for e in batch],
         "now": clock.current(),
     }
     rows = yield Query(_INSERT_NEW, params)
@@ -76,26 +80,37 @@ def insert_op(batch: list[NewEvent]) -> Op[set[str]]:
 
 
 def insert(
-    conn: Conn, name: str, data_json: str, *, event_id: str | None, ts: datetime | None
+    conn: Conn,
+    name: str,
+    data_json: str,
+    *,
+    event_id: str | None,
+    ts: datetime | None,
+    trace_context: str | None = None,
 ) -> tuple[str, bool]:
-    """Insert one event; returns (id, created). A known id is a duplicate and inserts nothing."""
-    event = NewEvent(event_id or str(uuid.uuid4()), name, data_json, ts)
+    """Insert one event; returns (id, created). A known id is a duplicate and inserts nothing.
+    `trace_context`: the sender's, as JSON (orchestrator/tracecontext.py)."""
+    event = NewEvent(event_id or str(uuid.uuid4()), name, data_json, ts, trace_context)
     return event.id, event.id in outbox.run(insert_op([event]), conn)
 
 
-def insert_many(conn: Conn, events: list[tuple[str, str, str]]) -> int:
-    """Insert (id, name, data JSON) events; ids already present are duplicates, skipped.
-    Returns how many were inserted."""
+def insert_many(
+    conn: Conn, events: list[tuple[str, str, str]], *, trace_context: str | None = None
+) -> int:
+    """Insert (id, name, data JSON) events, each with `trace_context` (JSON); ids already
+    present are duplicates, skipped. Returns how many were inserted."""
     if not events:
         return 0
-    return len(outbox.run(insert_op([NewEvent(*e) for e in events]), conn))
+    batch = [NewEvent(i, n, d, None, trace_context) for i, n, d in events]
+    return len(outbox.run(insert_op(batch), conn))
 
 
 _CLAIM = """
     SELECT id, name, CASE WHEN size <= %(max_bytes)s OR name LIKE 'orchestrator/%%' THEN data END
-           AS data, ts, size, received_at, seq
+           AS data, ts, size, received_at, seq, trace_context
     FROM (
-        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at, seq
+        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at, seq,
+               trace_context
         FROM orchestrator.events
         WHERE ingested_at IS NULL
         ORDER BY seq

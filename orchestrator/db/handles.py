@@ -58,10 +58,10 @@ _START = f"""
     WITH made AS (
         INSERT INTO orchestrator.runs
             (id, function_id, events, priority, concurrency_keys, throttle_key, flow_key,
-             due_at, awaited, created_at, updated_at)
+             due_at, awaited, created_at, updated_at, trace_context)
         VALUES (%(id)s::uuid, %(fid)s, %(events)s::jsonb, %(priority)s, %(ckeys)s::text[],
                 %(tkey)s, %(fkey)s, {NOW} + make_interval(secs => %(delay)s::float8), true,
-                {NOW}, {NOW})
+                {NOW}, {NOW}, %(trace)s::jsonb)
         ON CONFLICT DO NOTHING
         RETURNING id, events
     ),
@@ -97,6 +97,7 @@ def start(run: NewRun, watches: list[CancelWatch], delay: float) -> Op[str | Non
         "ckeys": run.concurrency_keys,
         "tkey": run.throttle_key,
         "fkey": run.flow_key,
+        "trace": run.trace_context,
         "delay": delay,
         "now": clock.current(),
         **watch_params(watches),

@@ -99,11 +99,14 @@ def steps_of(conn: Connection, run_id: str) -> list[RecordedStep]:
 
 def mark_origin(conn: Connection, pairs: list[tuple[str, str]], origin: str) -> None:
     """Record that each new run (first of a pair) was made from the run (second) by
-    `origin` ('replay' or 'fork')."""
+    `origin` ('replay' or 'fork'). It keeps the original's trace context: its spans join the
+    original's trace (and link to it, see orchestrator/runtime/tracing.py)."""
     conn.execute(
         text(
-            "UPDATE orchestrator.runs r SET origin = :p_origin, origin_run_id = t.source "
+            "UPDATE orchestrator.runs r SET origin = :p_origin, origin_run_id = t.source, "
+            "trace_context = o.trace_context "
             "FROM unnest(CAST(:p_new AS uuid[]), CAST(:p_sources AS uuid[])) AS t(id, source) "
+            "JOIN orchestrator.runs o ON o.id = t.source "
             "WHERE r.id = t.id"
         ),
         {"p_origin": origin, "p_new": [p[0] for p in pairs], "p_sources": [p[1] for p in pairs]},

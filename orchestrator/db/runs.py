@@ -52,6 +52,7 @@ class NewRun:
     singleton_key: str | None = None
     flow_key: str | None = None  # the key the function's runs take turns by (db/flow.py)
     skipped: dict[str, str] | None = None  # recorded as `skipped` with this error (flow control)
+    trace_context: str | None = None  # JSON: the context its spans continue (tracecontext.py)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class ClaimedRun:
     parent_run_id: str | None
     origin: str | None = None  # 'fork': it starts with steps copied from another run
     retries: int = 0  # function-level retries taken before this claim
+    origin_run_id: str | None = None  # the run it replays or forks
+    trace_context: dict[str, Any] | None = None  # what its spans continue (tracecontext.py)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ _CREATE = f"""
         INSERT INTO orchestrator.runs
             (id, function_id, event_id, events, idempotency_key, parent_run_id, priority,
              created_at, due_at, concurrency_keys, throttle_key, singleton_key, flow_key,
-             status, error, finished_at)
+             status, error, finished_at, trace_context)
         SELECT coalesce(i::uuid, gen_random_uuid()), f, e, j::jsonb, k, p::uuid, pr,
                -- a microsecond apart, in the order given, so runs made together are FIFO
                {NOW_B} - (cardinality(%(fids)b::text[]) - n) * interval '1 microsecond',
@@ -153,12 +156,13 @@ _CREATE = f"""
                CASE WHEN ck IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(
                    ck::jsonb)) END,
                tk, sk, fk, CASE WHEN x IS NULL THEN 'queued' ELSE 'skipped' END, x::jsonb,
-               CASE WHEN x IS NULL THEN NULL ELSE {NOW_B} END
+               CASE WHEN x IS NULL THEN NULL ELSE {NOW_B} END, tc::jsonb
         FROM unnest(%(ids)b::text[], %(fids)b::text[], %(eids)b::text[], %(events)b::text[],
                     %(keys)b::text[], %(parents)b::text[], %(since)b::timestamptz[],
                     %(priorities)b::int[], %(ckeys)b::text[], %(tkeys)b::text[],
-                    %(skeys)b::text[], %(fkeys)b::text[], %(skips)b::text[]) WITH ORDINALITY
-             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, fk, x, n)
+                    %(skeys)b::text[], %(fkeys)b::text[], %(skips)b::text[],
+                    %(traces)b::text[]) WITH ORDINALITY
+             AS t(i, f, e, j, k, p, s, pr, ck, tk, sk, fk, x, tc, n)
         ON CONFLICT DO NOTHING
         RETURNING id, function_id, events, idempotency_key, status
     ),
@@ -218,6 +222,7 @@ def create_many_sent(
         "skeys": [r.singleton_key for r in new_runs],
         "fkeys": [r.flow_key for r in new_runs],
         "skips": [_json_or_none(r.skipped) for r in new_runs],
+        "traces": [r.trace_context for r in new_runs],
         **watch_params(watches),
         "now": clock.current(),
     }
@@ -253,7 +258,7 @@ CLAIM_SET = f"""
 CLAIM_RETURNING = f"""
         RETURNING r.id::text, r.function_id, r.lease_token::text, r.events, r.attempts,
                   r.recoveries, {NOW}, r.created_at, r.parent_run_id::text, r.origin,
-                  r.retries
+                  r.retries, r.origin_run_id::text, r.trace_context
 """
 
 

@@ -35,6 +35,7 @@ from orchestrator.engine.failures import error_dict
 from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.retry import Policy
 from orchestrator.engine.store import Lease, RunStore
+from orchestrator.engine.tracer import RunSpan, StepSpan
 from orchestrator.errors import (
     Abort,
     AsyncUsageError,
@@ -97,7 +98,9 @@ class Execution:
         observer: StepObserver = NOBODY,
         face: Face | None = None,
         stand_ins: StandIns | None = None,
+        trace: RunSpan | None = None,
     ) -> None:
+        self.trace = trace  # this run attempt's span, when tracing is on (engine/tracer.py)
         self.face: Face = face or SyncFace()  # how its steps do their I/O (engine/faces.py)
         self.stand_ins = stand_ins  # what replaces step bodies under test (orchestrator.testing)
         self.lease = lease
@@ -300,6 +303,7 @@ class Execution:
         kwargs: dict[str, Any],
         *,
         timeout: float | None = None,
+        span: StepSpan | None = None,
     ) -> tuple[str, Any]:
         """Call a step body; returns its result as stored (JSON text) and as decoded. A step
         called inside the body fails the run (`Abort`), whatever the body did with the error.
@@ -313,6 +317,7 @@ class Execution:
         key = object()  # one entry per body running now: a step called meanwhile is refused
         self._bodies[key] = sid
         inside = _BODY.set(sid)
+        current = span.enter() if span is not None else None  # the body's spans nest in it
         try:
             value = await self.face.call(fn, args, kwargs, timeout=timeout)
         except TimedOut as out:
@@ -325,6 +330,8 @@ class Execution:
                 raise Abort(str(self.fatal)) from None
             raise
         finally:
+            if span is not None:
+                span.leave(current)
             _BODY.reset(inside)
             del self._bodies[key]
             self.observer.step_ran(self.fdef.id, time.perf_counter() - started)

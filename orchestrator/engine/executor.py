@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +27,7 @@ from orchestrator.engine.failures import error_dict, first_line, message, summar
 from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.retry import retry_delay
 from orchestrator.engine.store import Lease, RunStore
+from orchestrator.engine.tracer import NOTRACE, RunSpan, Tracer
 from orchestrator.errors import (
     Abort,
     AsyncUsageError,
@@ -58,6 +59,8 @@ class Task:
     parent_run_id: str | None = None
     origin: str | None = None
     retries: int = 0  # function-level retries the run has taken
+    origin_run_id: str | None = None  # the run it replays or forks
+    trace_context: dict[str, Any] | None = None  # what its spans continue (tracecontext.py)
 
     @classmethod
     def of(cls, claimed: ClaimedRun) -> Task:
@@ -74,6 +77,8 @@ class Task:
             c.parent_run_id,
             c.origin,
             c.retries,
+            c.origin_run_id,
+            c.trace_context,
         )
 
 
@@ -124,6 +129,56 @@ async def execute(
     observer: StepObserver = NOBODY,
     face: Face | None = None,
     stand_ins: StandIns | None = None,
+    tracer: Tracer = NOTRACE,
+) -> Outcome:
+    trace = tracer.run(task)
+    running = _execute(
+        task,
+        fdef,
+        store,
+        trace,
+        limits=limits,
+        draining=draining,
+        log=log,
+        on_body=on_body,
+        cancelled=cancelled,
+        policies=policies,
+        observer=observer,
+        face=face,
+        stand_ins=stand_ins,
+    )
+    return await (running if trace is None else _traced(trace, running))
+
+
+async def _traced(trace: RunSpan, running: Coroutine[Any, Any, Outcome]) -> Outcome:
+    """Run the execution inside its span (the run's own code between steps logs in it),
+    and end the span with how it stopped."""
+    token = trace.enter()
+    status = "abandoned"  # what a worker makes of an execution that raised
+    try:
+        outcome = await running
+        status = outcome.status
+        return outcome
+    finally:
+        trace.leave(token)
+        trace.end(status)
+
+
+async def _execute(
+    task: Task,
+    fdef: FunctionDef,
+    store: RunStore,
+    trace: RunSpan | None,
+    *,
+    limits: Limits,
+    draining: threading.Event,
+    log: Any,
+    on_body: Callable[[str | None], None] | None,
+    cancelled: CancelledRuns | None,
+    policies: Mapping[str, FlowPolicy] | None,
+    observer: StepObserver,
+    face: Face | None,
+    stand_ins: StandIns | None,
 ) -> Outcome:
     lease = Lease(
         task.run_id, task.lease_token, ties=task.parent_run_id is not None or bool(fdef.cancel_on)
@@ -146,6 +201,7 @@ async def execute(
         observer=observer,
         face=face,
         stand_ins=stand_ins,
+        trace=trace,
     )
     ctx = (AsyncContext if execution.face.is_async else Context)(
         run_id=task.run_id,
@@ -313,6 +369,8 @@ def _is_record(error: Any) -> bool:
 def _fail(execution: Execution, error: dict[str, Any], log: Any) -> Outcome:
     if execution.fatal is not None:  # it wins over whatever the code did after it
         error = error_dict(execution.fatal)
+    if execution.trace is not None:
+        execution.trace.failed(str(error.get("type") or "Error"))
     text = str(error.get("message") or "")
     said = {
         "error_type": error.get("type"),

@@ -190,14 +190,16 @@ class RunStore:
             lambda conn: runs.cancel(conn, run_ids, reason=reason), retry_for=self.retry_for
         )
 
-    def send_events(self, lease: Lease, batch: list[tuple[str, str, str]]) -> None:
-        """Insert (id, name, data JSON) events, fenced on the lease; ids already sent are
-        skipped."""
+    def send_events(
+        self, lease: Lease, batch: list[tuple[str, str, str]], trace_context: str | None = None
+    ) -> None:
+        """Insert (id, name, data JSON) events with the sending step's trace context (JSON),
+        fenced on the lease; ids already sent are skipped."""
 
         def write(conn: Any) -> bool:
             if runs.hold(conn, lease.run_id, lease.token) is None:
                 return False
-            events.insert_many(conn, batch)
+            events.insert_many(conn, batch, trace_context=trace_context)
             return True
 
         if not self.db.run(write, retry_for=self.retry_for):

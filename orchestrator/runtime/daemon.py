@@ -38,6 +38,7 @@ from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session
 from orchestrator.errors import first_line
 from orchestrator.redact import redact_url
+from orchestrator.runtime import tracing
 from orchestrator.runtime.cancellations import Cancellations
 from orchestrator.runtime.crashes import CrashRequeue
 from orchestrator.runtime.cron import CronScheduler
@@ -82,6 +83,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.signals = 0
         self.session: Session | None = None
+        self.traces = tracing.Setup()  # the tracer provider, once run() set it up
         self.ui: UiServer | None = None  # the dashboard, with `ui = true`
         self.gateway: ThreadedServer | None = None  # Inngest's protocol, with `inngest = true`
         self.pool = WorkerPool(
@@ -277,6 +279,7 @@ class Daemon:
         self.session.wait_connected(10)
         self.crashes.start()  # before the pool: a worker may die at once
         self.pool.start()
+        self.traces = self._set_up_tracing()  # each worker sets up its own, after its fork
         self._install_signals()
         self.pool.wait_ready(60)
         self.log.info(
@@ -407,8 +410,18 @@ class Daemon:
         self.crashes.stop()
         self.db.dispose()
         self.telemetry.close()
+        self.traces.shutdown()
         self.log.info("daemon stopped")
         return 0
+
+    def _set_up_tracing(self) -> tracing.Setup:
+        traces = tracing.set_up()
+        if traces.provider is None and traces.problem is not None:
+            self.log.warning("tracing off", reason=traces.problem)
+        elif traces.provider is not None:
+            exporters = ",".join(tracing.exporters())
+            self.log.info("tracing on", exporters=exporters, problem=traces.problem)
+        return traces
 
     def _sign_off(self, conn: Any) -> None:
         daemons.resign(conn, self.id)

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator import tracecontext
 from orchestrator.db import events, functions, runs, waits
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, set_local
@@ -185,6 +186,7 @@ def _runs_for(
 ) -> list[runs.NewRun]:
     """A run of every function with a trigger that this event satisfies, once each."""
     parent = _failed_run(ev) if ev.name == FAILED_EVENT_NAME else None
+    trace = tracecontext.encode(ev.trace_context) if isinstance(ev.trace_context, dict) else None
     started: dict[str, runs.NewRun] = {}
     for fid, expression in registry.triggers.get(ev.name, ()):
         if fid in started or (
@@ -200,6 +202,7 @@ def _runs_for(
             idempotency_key=f"event:{ev.id}",
             parent_run_id=parent,
             since=ev.received_at,
+            trace_context=trace,
             **keys.fields(),
         )
     return list(started.values())

@@ -33,8 +33,10 @@ from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.observer import NOBODY
 from orchestrator.engine.store import RunStore
+from orchestrator.engine.tracer import NOTRACE, Tracer
 from orchestrator.errors import first_line
 from orchestrator.redact import url_secrets
+from orchestrator.runtime import tracing
 from orchestrator.runtime.loader import load_app
 from orchestrator.runtime.metrics import StepTally
 
@@ -74,6 +76,7 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
     log = logging.get("worker", worker=spec.index, pid=os.getpid())
     app = load_app(spec.app_path)
     app.bind(spec.url)
+    traces = tracing.set_up()  # after the fork: the provider's export thread is this process's
     # the hot writes share one direct connection (the group committer); this pool serves
     # the rarer ones (suspends, releases, loading a resumed run's steps)
     db = Database(
@@ -86,7 +89,12 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
         store.warm()  # before "ready": the first runs find their connections open
     except DatabaseError as exc:  # the first write connects again, and retries
         log.warning("could not connect at start-up", error=first_line(exc))
-    Worker(app.functions, store, cfg, conn=conn, log=log, busy=busy).serve()
+    try:
+        Worker(
+            app.functions, store, cfg, conn=conn, log=log, busy=busy, tracer=traces.tracer
+        ).serve()
+    finally:
+        traces.shutdown()  # export the spans not exported yet
 
 
 class Worker:
@@ -99,8 +107,10 @@ class Worker:
         conn: Any,
         log: Any,
         busy: Any = None,
+        tracer: Tracer = NOTRACE,
     ) -> None:
         self.functions = functions
+        self.tracer = tracer  # spans of the runs and steps, if tracing is on (runtime/tracing.py)
         self.policies = {fid: f.policy() for fid, f in functions.items()}
         self.busy = busy
         self.store = store
@@ -246,6 +256,7 @@ class Worker:
                 policies=self.policies,
                 observer=self.tally or NOBODY,
                 face=face,
+                tracer=self.tracer,
             )
         except BaseException:  # KeyboardInterrupt raised by user code too: give the run back
             self.log.exception("execution abandoned", run_id=task.run_id)

@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
+from orchestrator import tracecontext
 from orchestrator.db import ui
 from orchestrator.ui import deps
 from orchestrator.ui.deps import HttpError, Principal
@@ -215,7 +216,10 @@ def fork_run(request: Request, p: Actor, run_id: str, body: ForkBody) -> dict[st
 
 @router.post("/events", summary="Send an event (as app.send does)")
 def send_event(request: Request, p: Actor, body: EventBody) -> dict[str, Any]:
-    event_id, created = deps.operations(request).send(p, body.name, body.data, body.id)
+    trace = tracecontext.from_headers(request.headers)  # the caller's traceparent, if any
+    event_id, created = deps.operations(request).send(
+        p, body.name, body.data, body.id, trace_context=trace
+    )
     return {"id": event_id, "created": created}
 
 

@@ -85,13 +85,22 @@ class Operations:
         return new_id
 
     def send(
-        self, principal: Principal, name: str, data: Any, event_id: str | None = None
+        self,
+        principal: Principal,
+        name: str,
+        data: Any,
+        event_id: str | None = None,
+        *,
+        trace_context: str | None = None,
     ) -> tuple[str, bool]:
-        """Store an event as `app.send` does; returns (its id, whether it is new)."""
+        """Store an event as `app.send` does; returns (its id, whether it is new).
+        `trace_context`: the request's (orchestrator/tracecontext.py `from_headers`)."""
         text = validate_event(name, {} if data is None else data, event_id, self.max_event_bytes)
 
         def write(conn: Any) -> tuple[str, bool]:
-            new_id, created = events.insert(conn, name, text, event_id=event_id, ts=None)
+            new_id, created = events.insert(
+                conn, name, text, event_id=event_id, ts=None, trace_context=trace_context
+            )
             if created:
                 detail = {"name": name}
                 self._record(conn, principal, "send", event_id=new_id, detail=detail)

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from orchestrator import errors
+from orchestrator import errors, tracecontext
 from orchestrator.db import ui
 from orchestrator.ui import charts, deps, run_pages
 from orchestrator.ui.auth import LoginFailed, TooManyAttempts
@@ -169,7 +169,10 @@ def send_event(
     value, problem = parse_object(data)
     if not problem:
         try:
-            event_id, _ = deps.operations(request).send(p, name.strip(), value or {})
+            trace = tracecontext.from_headers(request.headers)
+            event_id, _ = deps.operations(request).send(
+                p, name.strip(), value or {}, trace_context=trace
+            )
         except errors.OrchestratorError as exc:
             problem = errors.first_line(exc)
         else:

@@ -22,6 +22,7 @@ from orchestrator.engine.executor import Outcome, Task, execute, settled
 from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.observer import NOBODY, StepObserver
 from orchestrator.engine.store import RunStore
+from orchestrator.engine.tracer import NOTRACE, Tracer
 from tests.db.helpers import claim
 from tests.db.helpers import execute as sql
 
@@ -37,6 +38,7 @@ class Harness:
         self.cancelled = CancelledRuns()  # as a worker is told by its daemon
         self.calls: dict[str, int] = {}
         self.observer: StepObserver = NOBODY  # what counts steps for the metrics
+        self.tracer: Tracer = NOTRACE  # what makes spans of runs and steps
 
     def count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -76,6 +78,7 @@ class Harness:
             cancelled=self.cancelled,
             observer=self.observer,
             face=face,
+            tracer=self.tracer,
         )
         if outcome.commit is not None:  # the run's end, handed to the group committer
             wait([outcome.commit], timeout=30)

@@ -176,3 +176,23 @@ def test_send_jsonl__with_name_or_data__usage_error(e2e_url, tmp_path):
     assert error["code"] == "usage_error"
     assert "give no NAME, --data or --id with it" in error["message"]
     assert scalar(e2e_url, "SELECT count(*) FROM orchestrator.events") == 0
+
+
+def test_send__records_the_traceparent_the_command_was_started_with(e2e_url, tmp_path):
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    lines = tmp_path / "events.jsonl"
+    lines.write_text('{"name": "traced/many", "id": "m-1"}\n')
+    env = dict(os.environ, ORCHESTRATOR_DATABASE_URL=e2e_url, TRACEPARENT=traceparent)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for args in (["traced/one", "--id", "o-1"], ["--jsonl", str(lines)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "send", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    rows = sql(e2e_url, "SELECT id, trace_context FROM orchestrator.events ORDER BY id")
+    assert rows == [("m-1", {"traceparent": traceparent}), ("o-1", {"traceparent": traceparent})]

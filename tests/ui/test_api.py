@@ -204,3 +204,19 @@ def test_daemon_with_ui__serves_the_api_and_forks_a_run_with_edited_data(
         ("send", None, None),
         ("fork", original, fork_id),
     ]
+
+
+def test_send__records_the_requests_traceparent_on_the_event(ui_server: UiProcess) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with ui_server.client(ui_server.tokens["operator"]) as operator:
+        traced = operator.post(
+            "/api/v1/events",
+            json={"name": "ui/traced", "data": {}},
+            headers={"traceparent": traceparent},
+        )
+        plain = operator.post("/api/v1/events", json={"name": "ui/traced", "data": {}})
+    assert traced.status_code == plain.status_code == 200, traced.text
+    db = ui_server.db_url
+    query = "SELECT trace_context FROM orchestrator.events WHERE id = %s"
+    assert scalar(db, query, (traced.json()["id"],)) == {"traceparent": traceparent}
+    assert scalar(db, query, (plain.json()["id"],)) is None

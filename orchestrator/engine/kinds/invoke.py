@@ -14,11 +14,12 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from orchestrator import codec
+from orchestrator import codec, tracecontext
 from orchestrator.db.runs import NewRun
 from orchestrator.db.waits import Branch, Wait
 from orchestrator.engine.execution import Execution
 from orchestrator.engine.kinds.wait import new_wait, timed_out, wait_or_suspend
+from orchestrator.engine.tracer import spanned
 from orchestrator.errors import InvokeTimeoutError, StepError
 from orchestrator.flow import RunKeys
 from orchestrator.functions import FINISHED_EVENT_NAME, INVOKED_EVENT_NAME
@@ -52,9 +53,15 @@ async def _invoke(
         await timed_out(execution, sid, position, row, kind="invoke", cancel_runs=(child_id,))
         return outcome(sid, None)
     await execution.boundary()
-    child = child_run(execution, sid, child_id, function_id, data)
-    branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
-    _, found = await wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+
+    def invoking(trace_context: str | None) -> Coroutine[Any, Any, tuple[int, dict[str, Any]]]:
+        child = child_run(execution, sid, child_id, function_id, data, trace_context=trace_context)
+        branch = Branch(finish_wait(execution, sid, child_id, timeout), _any, child)
+        return wait_or_suspend(execution, sid, position, (branch,), kind="invoke")
+
+    # the child's spans continue the invoke's own span, when tracing is on
+    span = execution.trace.step(sid, "invoke", 1) if execution.trace is not None else None
+    _, found = await spanned(span, invoking)
     return outcome(sid, found)
 
 
@@ -84,7 +91,17 @@ def finish_wait(
     )
 
 
-def child_run(execution: Execution, sid: str, child_id: str, function_id: str, data: Any) -> NewRun:
+def child_run(
+    execution: Execution,
+    sid: str,
+    child_id: str,
+    function_id: str,
+    data: Any,
+    *,
+    trace_context: str | None = None,
+) -> NewRun:
+    """The child run; its spans continue `trace_context` (JSON; default: the current span,
+    the run attempt's when tracing is on)."""
     payload = codec.encode(data if data is not None else {}, what=f"invoke '{sid}' data")
     child_event = {
         "id": f"invoke:{child_id}",
@@ -99,6 +116,7 @@ def child_run(execution: Execution, sid: str, child_id: str, function_id: str, d
         [child_event],
         parent_run_id=execution.lease.run_id,
         id=child_id,
+        trace_context=trace_context or tracecontext.current_json(),
         **keys.fields(),
     )
 

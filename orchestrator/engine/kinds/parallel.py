@@ -119,21 +119,30 @@ async def _branch(
     execution: Execution, branch: Branch, out: _Result, *, bid: str, position: int, attempt: int
 ) -> None:
     started = time.perf_counter()
+    trace = execution.trace
+    span = trace.step(bid, "parallel", attempt) if trace is not None else None
+    status, error = "stopped", None  # what the branch span ends with
     try:
         try:
-            text, out.value = await execution.body(bid, branch.fn, branch.args, {})
+            text, out.value = await execution.body(bid, branch.fn, branch.args, {}, span=span)
         except BaseException as exc:
             if execution.passes(exc):
                 raise
             # the branch's failure, recorded by _settle
             out.record, out.delay = execution.failure(bid, position, attempt, exc, started=started)
+            status = out.record.status
+            error = json.loads(out.record.error_json or "{}").get("type") or "Error"
             return
         record = StepRecord(
             bid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
         )
         await execution.checkpoint(record)
+        status = "completed"
     except BaseException as exc:  # lease lost, cancelled, a database error: re-raised after
         out.error = exc
+    finally:
+        if span is not None:
+            span.end(status, error)
 
 
 async def _settle(execution: Execution, sid: str, results: list[_Result]) -> None:

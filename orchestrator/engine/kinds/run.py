@@ -19,6 +19,7 @@ from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution, ms
 from orchestrator.engine.failures import first_line, message
 from orchestrator.engine.retry import Policy
+from orchestrator.engine.tracer import StepSpan
 from orchestrator.errors import StepError, Suspend
 from orchestrator.log import payload
 
@@ -56,24 +57,31 @@ async def _run(
     attempt = row.attempt + 1 if row is not None else 1
     await execution.boundary()
     log = execution.log.bind(step=sid, attempt=attempt)
+    span = execution.trace.step(sid, "run", attempt) if execution.trace is not None else None
     began = execution.db_now()
     started = time.perf_counter()
     try:
         execution.on_body(execution.lease.run_id)
         try:
-            text, decoded = await execution.body(sid, fn, args, kwargs, timeout=policy.timeout)
+            text, decoded = await execution.body(
+                sid, fn, args, kwargs, timeout=policy.timeout, span=span
+            )
         finally:
             execution.on_body(None)
     except BaseException as exc:
         if execution.passes(exc):
+            if span is not None:
+                span.end("stopped")
             raise
         failed = Failed(sid, position, attempt, policy, started)
-        await _failed(execution, failed, exc, log=log)
+        await _failed(execution, failed, exc, log=log, span=span)
     execution.since = max(execution.since, began)
     record = StepRecord(
         sid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
     )
     await execution.checkpoint(record, defer=True)
+    if span is not None:
+        span.end("completed")
     log.debug(
         "step completed", duration_ms=ms(started), output_bytes=len(text), **payload(output=text)
     )
@@ -91,7 +99,14 @@ class Failed:
     started: float  # perf_counter when the attempt began
 
 
-async def _failed(execution: Execution, failed: Failed, exc: BaseException, *, log: Any) -> None:
+async def _failed(
+    execution: Execution,
+    failed: Failed,
+    exc: BaseException,
+    *,
+    log: Any,
+    span: StepSpan | None = None,
+) -> None:
     """Record a failed attempt, then raise: `StepError` when no retries are left, else
     `Suspend` until the retry is due."""
     sid = failed.sid
@@ -99,6 +114,8 @@ async def _failed(execution: Execution, failed: Failed, exc: BaseException, *, l
         sid, failed.position, failed.attempt, exc, started=failed.started, policy=failed.policy
     )
     error = json.loads(record.error_json or "{}")
+    if span is not None:
+        span.end(record.status, str(error.get("type") or "Error"))
     said = {"error_type": error["type"], "error": first_line(exc)}
     said |= payload(error_message=message(exc))
     if delay is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.db.steps import StepRecord
 from orchestrator.engine.execution import Execution
+from orchestrator.engine.tracer import spanned
 
 
 def start(
@@ -33,7 +34,11 @@ async def _send_event(
     await execution.boundary()
     rows = _rows(execution, sid, batch)
     began = execution.db_now()
-    await execution.io(execution.store.send_events, execution.lease, rows)
+    # the events carry this step's span (tracing on): the runs they start continue its trace
+    span = execution.trace.step(sid, "send_event", 1) if execution.trace is not None else None
+    await spanned(
+        span, lambda trace: execution.io(execution.store.send_events, execution.lease, rows, trace)
+    )
     execution.since = max(execution.since, began)
     sent = [r[0] for r in rows]
     await execution.checkpoint(

@@ -59,5 +59,7 @@ async def _sleep(
         state_json=execution.state_json(),
     )
     execution.log.info("run sleeping", step=sid, until=due.isoformat())
+    if execution.trace is not None:
+        execution.trace.event("sleep", {"orchestrator.step": sid, "until": due.isoformat()})
     execution.suspended_until = due
     raise Suspend(f"sleep '{sid}'")

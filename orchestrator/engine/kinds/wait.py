@@ -178,6 +178,9 @@ async def wait_or_suspend(
             "run waiting", step=sid, event_name=first.event_name, until=until and until.isoformat()
         )
         execution.suspended_until = until
+        if execution.trace is not None:
+            said = {"orchestrator.step": sid, "event_name": first.event_name}
+            execution.trace.event(kind, said | ({"until": until.isoformat()} if until else {}))
         raise Suspend(f"{kind} '{sid}'")
     branch, event = found
     execution.since = max(execution.since, execution.db_now())
