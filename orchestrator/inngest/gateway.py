@@ -25,6 +25,7 @@ and nothing is signed, so it is refused unless `inngest_address` is a loopback a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from orchestrator import tracecontext
 from orchestrator.codec import encode
 from orchestrator.config import Config, parse_http_address
 from orchestrator.errors import (
@@ -183,6 +185,7 @@ def parse_events(body: bytes, headers: Mapping[str, str], max_data_bytes: int) -
         raise InvalidEventError(f"the body is not JSON: {exc}") from None
     items = decoded if isinstance(decoded, list) else [decoded]
     ids = _SeededIds(headers.get("x-inngest-event-id-seed"))
+    trace = tracecontext.from_headers(headers)  # the sender's traceparent, if it sent one
     batch: list[events.NewEvent] = []
     extra: dict[str, str] = {}
     for index, item in enumerate(items):
@@ -191,7 +194,7 @@ def parse_events(body: bytes, headers: Mapping[str, str], max_data_bytes: int) -
         except OrchestratorError as exc:
             where = f"events[{index}]" if isinstance(decoded, list) else "the event"
             raise type(exc)(f"{where}: {exc}") from None
-        batch.append(event)
+        batch.append(dataclasses.replace(event, trace_context=trace))
         if fields and event.id not in extra:
             extra[event.id] = encode(fields, what=f"event '{event.name}' user and v")
     return Parsed(batch, extra)

@@ -88,6 +88,28 @@ def test_array__ids_in_order_and_an_event_without_data_gets_an_empty_object(
     ]
 
 
+def test_traceparent_header__recorded_on_every_event_of_the_request(
+    db: Database, gateway: MakeClient
+) -> None:
+    key = _key(db)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    body = [{"name": "a", "id": "t1"}, {"name": "b", "id": "t2"}]
+    response = gateway().post(f"/e/{key}", json=body, headers={"traceparent": traceparent})
+    assert response.status_code == 200, response.text
+    response = gateway().post(f"/e/{key}", json={"name": "c", "id": "t3"})
+    assert response.status_code == 200, response.text
+
+    def read(conn: Any) -> list[tuple[str, Any]]:
+        rows = conn.execute(text("SELECT id, trace_context FROM orchestrator.events ORDER BY id"))
+        return [tuple(row) for row in rows]
+
+    assert db.run(read) == [
+        ("t1", {"traceparent": traceparent}),
+        ("t2", {"traceparent": traceparent}),
+        ("t3", None),  # no header, no span: nothing traced
+    ]
+
+
 def test_empty_array__no_events_and_ok(db: Database, gateway: MakeClient) -> None:
     response = gateway().post(f"/e/{_key(db)}", json=[])
     assert response.json() == {"ids": [], "status": 200}
