@@ -222,7 +222,7 @@ def test_register__never_takes_over_a_python_function_or_another_apps(db: Databa
     with db.transaction() as conn:
         functions.upsert(conn, "shop-native", triggers=[], options={"retries": 3}, version="v")
     sync.register(db, payload(fn("a")), headers={})
-    answer = sync.register(db, payload(fn("native")), headers={})
+    answer = sync.register(db, payload(fn("a"), fn("native")), headers={})
     (refused,) = refusals(answer, "shop-native")
     assert "Python function" in refused["reason"] and refused["registered"] is False
     assert registered(db)["shop-native"].options == {"retries": 3}
