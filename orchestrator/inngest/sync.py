@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +47,6 @@ from orchestrator.errors import (
     InvalidAppError,
     PayloadError,
     RegistrationError,
-    SignatureError,
 )
 from orchestrator.flow import (
     Batch,
@@ -63,10 +61,9 @@ from orchestrator.flow import (
     flow_options,
 )
 from orchestrator.functions import Backoff, CancelOn, Trigger, cancel_on, cron, event
-from orchestrator.inngest import timestr
+from orchestrator.inngest import signing, timestr
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-_KEY_PREFIX = re.compile(r"^signkey-[A-Za-z0-9]+-")
 MAX_FUNCTIONS = 500
 MAX_URL = 2048
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
@@ -126,34 +123,14 @@ def register(
     app = parse_app(payload)
     mapped, refused = map_functions(app)
     modified, said = db.run(lambda conn: _store(conn, app, mapped, refused), retry_for=5.0)
-    return {"ok": True, "modified": modified, "refused": said}
+    return {"ok": True, "status": 200, "modified": modified, "refused": said}
 
 
 def check_bearer(headers: Mapping[str, str], keys: Sequence[str]) -> None:
     """The SDK's `Authorization: Bearer signkey-<env>-<sha256 of the key>` must name one of
-    our signing keys."""
+    our signing keys (orchestrator/inngest/signing.py)."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    auth = lowered.get("authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    for key in keys:
-        if key and hmac.compare_digest(token.encode(), hashed_key(key).encode()):
-            return
-    raise SignatureError(
-        "the sync's Authorization header does not carry our signing key; set "
-        "INNGEST_SIGNING_KEY in the app to the key this server is configured with"
-    )
-
-
-def hashed_key(key: str) -> str:
-    """A signing key as the SDKs send it as their bearer token: the prefix, then the
-    hex sha256 of the key's bytes."""
-    prefix = m.group(0) if (m := _KEY_PREFIX.match(key)) else ""
-    body = key[len(prefix) :]
-    try:
-        raw = bytes.fromhex(body)
-    except ValueError:
-        raw = body.encode()
-    return prefix + hashlib.sha256(raw).hexdigest()
+    signing.verify_bearer(lowered.get("authorization"), [k for k in keys if k])
 
 
 def _store(
@@ -202,7 +179,7 @@ def parse_app(payload: Any) -> AppSync:
         codec.encode(payload, what="the sync payload", limit=MAX_PAYLOAD_BYTES)
     except PayloadError as exc:
         raise InvalidAppError(str(exc)) from None
-    app_id = payload.get("appName") or payload.get("app_id")
+    app_id = payload.get("appName") or payload.get("appname")  # JS, Python
     if not isinstance(app_id, str) or not _ID.match(app_id):
         raise InvalidAppError(
             f"appName {app_id!r} is invalid; use 1-128 letters, digits and . _ : / -"

@@ -13,7 +13,7 @@ from orchestrator.db import apps, functions
 from orchestrator.db.database import Database
 from orchestrator.errors import AppSyncError, InvalidAppError, SignatureError
 from orchestrator.flow import FlowPolicy
-from orchestrator.inngest import sync, timestr
+from orchestrator.inngest import signing, sync, timestr
 from tests.db.helpers import execute as sql
 
 URL = "http://127.0.0.1:3000/api/inngest"
@@ -283,7 +283,7 @@ def test_register__what_jsonb_cannot_hold_is_refused_whole(db: Database, bad: An
 
 def test_register__with_a_signing_key_checks_the_bearer(db: Database) -> None:
     key = "signkey-test-" + "ab" * 32
-    good = {"Authorization": f"Bearer {sync.hashed_key(key)}"}
+    good = {"Authorization": f"Bearer signkey-test-{signing.hash_key(key)}"}
     with pytest.raises(SignatureError):
         sync.register(db, payload(fn("a")), headers={}, signing_keys=[key])
     with pytest.raises(SignatureError):
@@ -294,14 +294,15 @@ def test_register__with_a_signing_key_checks_the_bearer(db: Database) -> None:
     assert sync.register(db, payload(fn("a")), headers=good, signing_keys=[key])["ok"]
     # the fallback key is accepted too (a key rotation)
     other = "signkey-test-" + "cd" * 32
-    fallback = {"authorization": f"Bearer {sync.hashed_key(other)}"}
+    fallback = {"authorization": f"Bearer signkey-test-{signing.hash_key(other)}"}
     assert sync.register(db, payload(fn("a")), headers=fallback, signing_keys=[key, other])["ok"]
 
 
-def test_hashed_key__matches_the_sdk_spec_example() -> None:
-    assert sync.hashed_key("signkey-prod-12345678") == (
-        "signkey-prod-b2ed992186a5cb19f6668aade821f502c1d00970dfd0e35128d51bac4649916c"
-    )
+def test_register__reads_the_python_sdks_spelling(db: Database) -> None:
+    python = payload(fn("py"))
+    python["appname"] = python.pop("appName")
+    assert sync.register(db, python, headers={})["ok"]
+    assert "shop-py" in registered(db)
 
 
 @pytest.mark.parametrize(
