@@ -19,7 +19,7 @@ from orchestrator.inngest import signing
 Program = Callable[["Tools", dict[str, Any]], Any]
 
 
-class Report(BaseException):  # noqa: N818 -- a control-flow signal, as the SDKs throw
+class Report(BaseException):
     """Stop the function here and answer with `ops`."""
 
     def __init__(self, ops: list[dict[str, Any]]) -> None:
@@ -240,7 +240,7 @@ class FakeSdk:
 
 def _handler(sdk: FakeSdk) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 -- the name http.server calls
+        def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
             headers = {k.lower(): v for k, v in self.headers.items()}
