@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from orchestrator.db.database import Database
-
 from tests.conftest import eventually
 from tests.db.helpers import execute as sql
 from tests.e2e.apps.common import ensure_schema
