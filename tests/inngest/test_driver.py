@@ -345,3 +345,27 @@ def test_an_oversize_answer_is_refused(sdk: FakeSdk) -> None:
 def test_with_step__sets_the_step_id_and_keeps_the_rest() -> None:
     url = driver.with_step("http://h/api/inngest?fnId=a-b&stepId=step", "abc")
     assert url == "http://h/api/inngest?fnId=a-b&stepId=abc"
+
+
+def test_a_failed_planned_step_is_retried_alone(sdk: FakeSdk) -> None:
+    tries = {"n": 0}
+
+    def shaky() -> str:
+        tries["n"] += 1
+        if tries["n"] == 1:
+            raise RuntimeError("blip")
+        return "S"
+
+    @sdk.function("mixed")
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        return step.parallel(("steady", lambda: "T"), ("shaky", shaky))
+
+    with served(sdk) as env:
+        env.send("shop-mixed/go")
+        env.run_until_idle()
+        assert only_run(env, "shop-mixed").status == "queued"
+        env.advance(5)
+        env.run_until_idle()
+        run = only_run(env, "shop-mixed")
+    assert run.status == "completed" and run.output == ["T", "S"]
+    assert sdk.executed == {"steady": 1, "shaky": 2}  # the steady one never ran again
