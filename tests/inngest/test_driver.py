@@ -369,3 +369,17 @@ def test_a_failed_planned_step_is_retried_alone(sdk: FakeSdk) -> None:
         run = only_run(env, "shop-mixed")
     assert run.status == "completed" and run.output == ["T", "S"]
     assert sdk.executed == {"steady": 1, "shaky": 2}  # the steady one never ran again
+
+
+def test_an_app_that_ignores_the_memo_fails_the_run_instead_of_looping(sdk: FakeSdk) -> None:
+    @sdk.function("amnesiac")
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        step.memo.clear()  # forgets every result it is sent
+        return step.run("again", lambda: 1)
+
+    with served(sdk) as env:
+        env.send("shop-amnesiac/go")
+        env.run_until_idle()
+        run = only_run(env, "shop-amnesiac")
+    assert run.status == "failed" and "reported step" in run.error["message"]
+    assert len(sdk.calls) == 2
