@@ -59,6 +59,7 @@ from orchestrator.flow import (
 )
 from orchestrator.functions import (
     CRON_EVENT_NAME,
+    FAILED_EVENT_NAME,
     INVOKED_EVENT_NAME,
     Backoff,
     CancelOn,
@@ -75,6 +76,7 @@ PLANNED = "planned"  # the step id of a group of steps the SDK planned together
 _EVENT_NAMES = {
     INVOKED_EVENT_NAME: "inngest/function.invoked",
     CRON_EVENT_NAME: "inngest/scheduled.timer",
+    FAILED_EVENT_NAME: "inngest/function.failed",  # what an onFailure handler is sent
 }
 _SETTLED = ("completed", "failed")
 
@@ -638,7 +640,9 @@ def inngest_event(event: dict[str, Any]) -> dict[str, Any]:
     """One of our events in Inngest's shape: `ts` in milliseconds, Inngest's names for the
     engine's own events (an invocation, a cron tick)."""
     name = str(event.get("name") or "")
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    data = _opts(event, "data")
+    if name == FAILED_EVENT_NAME and isinstance(data.get("error"), dict):
+        data = data | {"error": sdk_error(data["error"])}  # as an onFailure handler reads it
     return {
         "id": str(
             event.get("id") or hashlib.sha1(json.dumps(event, default=str).encode()).hexdigest()

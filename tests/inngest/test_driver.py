@@ -383,3 +383,27 @@ def test_an_app_that_ignores_the_memo_fails_the_run_instead_of_looping(sdk: Fake
         run = only_run(env, "shop-amnesiac")
     assert run.status == "failed" and "reported step" in run.error["message"]
     assert len(sdk.calls) == 2
+
+
+def test_an_on_failure_handler_receives_the_failed_run_as_inngest_sends_it(sdk: FakeSdk) -> None:
+    @sdk.function("pay", retries=0)
+    def pay(step: Tools, event: dict[str, Any]) -> Any:
+        raise NonRetriable("card declined")
+
+    expression = "event.data.function_id == 'shop-pay'"
+
+    @sdk.function(
+        "pay-failure", triggers=[{"event": "inngest/function.failed", "expression": expression}]
+    )
+    def on_failure(step: Tools, event: dict[str, Any]) -> Any:
+        return {"seen": event["name"], "error": event["data"]["error"]}
+
+    with served(sdk) as env:
+        env.send("shop-pay/go")
+        env.run_until_idle()
+        handler = only_run(env, "shop-pay-failure")
+    assert handler.status == "completed"
+    assert handler.output == {
+        "seen": "inngest/function.failed",
+        "error": {"name": "NonRetriableError", "message": "card declined (HTTP 400)"},
+    }

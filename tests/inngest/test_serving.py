@@ -54,7 +54,7 @@ def daemon(db_url: str, tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
 def test_a_daemon_serves_an_app_synced_after_it_started(
     daemon: tuple[DaemonProcess, str], db: Database
 ) -> None:
-    _, gateway = daemon
+    proc, gateway = daemon
 
     with FakeSdk() as sdk:
 
@@ -82,10 +82,35 @@ def test_a_daemon_serves_an_app_synced_after_it_started(
             return rows and rows[0][0] == "completed" and rows[0]
 
         _, output = eventually(done, timeout=30, what="the SDK-served run completed")
-    assert output == {"said": "hello ada"}
-    assert sdk.executed == {"greet": 1}
-    (served,) = sql(db, "SELECT functions FROM orchestrator.daemons")[0]
-    assert "shop-hello" in served
+        assert output == {"said": "hello ada"}
+        assert sdk.executed == {"greet": 1}
+        (served,) = sql(db, "SELECT functions FROM orchestrator.daemons")[0]
+        assert "shop-hello" in served
+        # a restart (or another daemon starting) serves the synced app as it is
+        proc.stop()
+        proc.start(wait=False)  # its log still says "serving" from before: wait for the port
+
+        def sent_again() -> bool:
+            try:
+                event = [{"name": "shop-hello/go", "data": {"who": "bob"}}]
+                return httpx.post(f"{gateway}/e/x", json=event, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually(sent_again, timeout=60, what="the restarted daemon's gateway took the event")
+        eventually(
+            lambda: len(done_runs(db)) == 2, timeout=30, what="the run after a restart completed"
+        )
+    assert sorted(o["said"] for o in done_runs(db)) == ["hello ada", "hello bob"]
+
+
+def done_runs(db: Database) -> list[Any]:
+    rows = sql(
+        db,
+        "SELECT output FROM orchestrator.runs WHERE function_id = 'shop-hello' "
+        "AND status = 'completed'",
+    )
+    return [row[0] for row in rows]
 
 
 def test_dev_syncs_the_apps_it_is_given_and_serves_them(
