@@ -163,12 +163,11 @@ class _Run:
         """A step the app reports must be new: one in the memo sent back again means the
         app ignores the memo, and would be called for ever."""
         if hashed in self.memo:
-            error = SdkResponseError(
+            raise SdkResponseError(
                 f"the app reported step {hashed} again, though its result was sent with the "
-                "call; is the function deterministic, and does the SDK read the request's steps?"
+                "call; is the function deterministic, and does the SDK read the request's steps?",
+                non_retriable=True,
             )
-            error.non_retriable = True  # type: ignore[attr-defined]  # read by the retry policy
-            raise error
         return hashed
 
     async def apply(self, op: dict[str, Any], headers: httpx.Headers) -> None:

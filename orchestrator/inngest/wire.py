@@ -37,13 +37,12 @@ def op_id(op: dict[str, Any]) -> str:
 
 
 def unsupported(op: dict[str, Any], where: str = "") -> SdkResponseError:
-    error = SdkResponseError(
+    return SdkResponseError(
         f"the app asked for op {str(op.get('op'))[:60]!r}{' ' + where if where else ''}, "
         "which is not supported (supported: step.run, sleep, waitForEvent, invoke, and "
-        "parallel step.run)"
+        "parallel step.run)",
+        non_retriable=True,
     )
-    error.non_retriable = True  # type: ignore[attr-defined]  # read by the retry policy
-    return error
 
 
 def opts_of(obj: dict[str, Any], key: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from orchestrator.db.functions import FunctionRow
 from orchestrator.inngest import calls, remote, sync
 from orchestrator.testing import TestEnv
 from tests.db.helpers import execute as sql
-from tests.inngest.fake_sdk import FakeSdk, NonRetriable, RetryLater, Tools, hashed
+from tests.inngest.fake_sdk import FakeSdk, NonRetriable, Report, RetryLater, Tools, hashed
 
 KEY = "signkey-test-" + "5a" * 32
 
@@ -407,3 +407,16 @@ def test_an_on_failure_handler_receives_the_failed_run_as_inngest_sends_it(sdk: 
         "seen": "inngest/function.failed",
         "error": {"name": "NonRetriableError", "message": "card declined (HTTP 400)"},
     }
+
+
+def test_an_unsupported_op_fails_the_run_at_once_with_a_clear_message(sdk: FakeSdk) -> None:
+    @sdk.function("fetcher")
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        raise Report([{"id": hashed("ai"), "op": "AIGateway", "opts": {}}])
+
+    with served(sdk) as env:
+        env.send("shop-fetcher/go")
+        env.run_until_idle()
+        run = only_run(env, "shop-fetcher")
+    assert run.status == "failed" and run.retries == 0
+    assert "'AIGateway'" in run.error["message"] and "not supported" in run.error["message"]
