@@ -21,6 +21,9 @@ replay, fencing, waits and flow control are the engine's own:
 Before each call the previous step's record is committed under the run's lease, and every
 record goes through the fenced checkpoint: an answer that arrives after the lease was lost
 is refused by the database, never recorded.
+
+The HTTP call itself is calls.py, the protocol's shapes wire.py, and the function's
+definition (a `FunctionDef` whose body is a `Driver`) is built from its row in remote.py.
 """
 
 from __future__ import annotations
