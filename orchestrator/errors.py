@@ -106,6 +106,32 @@ class SignatureError(OrchestratorError):
     code = "invalid_signature"
 
 
+class InvalidAppError(OrchestratorError):
+    """An Inngest SDK's sync (its `POST /fn/register` payload) is malformed or refused as a
+    whole: nothing of it was stored. The message names the field and what to send."""
+
+    code = "invalid_app"
+
+
+class AppSyncError(OrchestratorError):
+    """Asking an Inngest SDK app to sync (a `PUT` to its serve URL) failed: it could not be
+    reached, answered an error, or its sync did not register with us."""
+
+    code = "app_sync_failed"
+
+
+class SdkResponseError(OrchestratorError):
+    """An Inngest SDK app answered a call request with something that is not its protocol
+    (a malformed body, an unknown opcode, a response over the size limit). With
+    `non_retriable`, no retry could help (an op we do not support): the run fails at once."""
+
+    code = "sdk_bad_response"
+
+    def __init__(self, message: str, *, non_retriable: bool = False) -> None:
+        super().__init__(message)
+        self.non_retriable = non_retriable  # read by the retry policy (engine/retry.py)
+
+
 class EventKeyError(OrchestratorError):
     """`POST /e/{key}` of the Inngest event API with a key that is unknown or revoked."""
 

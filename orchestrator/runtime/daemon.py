@@ -32,13 +32,16 @@ from orchestrator import log as logging
 from orchestrator.app import Orchestrator
 from orchestrator.config import Config
 from orchestrator.db import daemons, functions, migrate, runs
+from orchestrator.db.apps import CHANNEL as APPS_CHANNEL
 from orchestrator.db.connect import check_schema
 from orchestrator.db.database import Database, DatabaseError
 from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session
 from orchestrator.errors import first_line
+from orchestrator.functions import FunctionDef
 from orchestrator.redact import redact_url
 from orchestrator.runtime import tracing
+from orchestrator.runtime.apps import AppsRefresh
 from orchestrator.runtime.cancellations import Cancellations
 from orchestrator.runtime.crashes import CrashRequeue
 from orchestrator.runtime.cron import CronScheduler
@@ -69,7 +72,7 @@ class Daemon:
         self.url = url
         self.cfg = config
         self.id = str(uuid.uuid4())
-        self.registry = app.functions
+        self.registry = app.functions  # a copy: SDK apps' functions join it (runtime/apps.py)
         self.function_ids = sorted(self.registry)
         self.version = config.version or app.version()
         self.log = logging.get("daemon", daemon_id=self.id)
@@ -116,6 +119,40 @@ class Daemon:
             log=self.log,
         )
         self._build_services()
+        self.apps = self._build_apps()
+
+    def _build_apps(self) -> AppsRefresh | None:
+        """With `inngest = true`: the SDK apps' functions, served as they sync."""
+        if not self.cfg.inngest:
+            return None
+        from orchestrator.inngest.calls import Settings
+        from orchestrator.inngest.remote import RemoteFunctions
+
+        remote = RemoteFunctions(self.db, Settings.from_config(self.cfg))
+        apps_refresh = AppsRefresh(remote, adopt=self._adopt, log=self.log)
+        self.ticker.services.append(apps_refresh)
+        self.ticker.next_at.append(0.0)
+        return apps_refresh
+
+    def _adopt(self, changed: dict[str, FunctionDef], gone: list[str]) -> None:
+        """Serve these SDK-served functions (new or changed), and no longer those `gone`."""
+        for fid in gone:
+            self.registry.pop(fid, None)
+            self.dispatcher.forget(fid)
+            self.cron.forget(fid)
+            self.rescue_upkeep.timeouts.pop(fid, None)
+        for fid, fdef in sorted(changed.items()):
+            self.registry[fid] = fdef
+            self.dispatcher.serve(fid, fdef)
+            self.cron.serve(fid, fdef)
+            self.rescue_upkeep.serve(fid, fdef)
+        self.function_ids = sorted(self.registry)
+        self.pool.async_ids = frozenset(f for f, d in self.registry.items() if d.is_async)
+        if self.session is not None:  # registered: say what it serves now
+            self.db.run(lambda conn: daemons.set_functions(conn, self.id, self.function_ids))
+            self.cron.register()
+        self.dispatcher.ingester.invalidate()
+        self.flow.poke()
 
     def _build_services(self) -> None:
         cfg, leading = self.cfg, self._leading
@@ -206,6 +243,7 @@ class Daemon:
         )
 
     def _build_rescue(self) -> Rescue:
+        self.rescue_upkeep = Upkeep(self.db, self.registry, self.log)
         # leader: warns about runs that wait for a function no live daemon serves
         unserved = UnservedWatch(
             self.db,
@@ -218,7 +256,7 @@ class Daemon:
             interval=self.cfg.rescue_interval,
             is_leader=self._leading,
             cron=self.cron,
-            upkeep=Upkeep(self.db, self.registry, self.log),
+            upkeep=self.rescue_upkeep,
             unserved=unserved,
             metrics=self.metrics,
             on_work=self._work_appeared,
@@ -235,6 +273,8 @@ class Daemon:
             migrate.upgrade(self.db.engine)
         else:
             check_schema(self.db.engine)
+        if self.apps is not None:  # the SDK apps' functions, recorded with the others
+            self.apps.refresh()
         lock_key = self.db.run(self._register)  # a deadlock is transient: it is retried
         self.cron.register()
         self.session = Session(
@@ -248,7 +288,8 @@ class Daemon:
     def _register(self, conn: Any) -> int:
         """Record the functions, in id order (the order every statement locks their rows
         in), and this daemon; returns its liveness lock key."""
-        functions.record_all(conn, self.registry)
+        # the app's own functions only: an SDK app's rows are its sync's (options.inngest)
+        functions.record_all(conn, self.app.functions)
         return daemons.register(
             conn,
             self.id,
@@ -361,6 +402,8 @@ class Daemon:
         self.dispatcher.notified(channel)  # a cancelled run's slot may be free: claim again
         if channel == runs.CANCEL_CHANNEL:  # tell the workers executing cancelled runs now
             self.ticker.due_now(self.cancellations)
+        if channel == APPS_CHANNEL and self.apps is not None:  # an SDK app synced
+            self.ticker.due_now(self.apps)
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:
