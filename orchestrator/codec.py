@@ -41,12 +41,24 @@ def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
+def _plain(value: Any) -> bool:
+    """True if `_find_bad` finds nothing in `value`: the same walk, without naming each
+    value's path (that costs more than the encoding, and only an error needs it)."""
+    if isinstance(value, _JSON_SCALARS):
+        return True
+    if isinstance(value, list | tuple):
+        return all(map(_plain, value))
+    if isinstance(value, dict):
+        return all(isinstance(k, str) for k in value) and all(map(_plain, value.values()))
+    return False
+
+
 def encode(value: Any, *, what: str, limit: int | None = None) -> str:
     """Encode `value` as JSON text for a `jsonb` column.
 
     `what` names the value in errors ("step 'charge' result"); `limit` is a byte cap.
     """
-    bad = _find_bad(value, "$")
+    bad = None if _plain(value) else _find_bad(value, "$")
     if bad is not None:
         where, type_name = bad
         suffix = "" if where == "$" else f" at {where}"
@@ -58,12 +70,12 @@ def encode(value: Any, *, what: str, limit: int | None = None) -> str:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except ValueError as exc:
         raise PayloadError(f"{what} contains NaN or Infinity, which JSON cannot hold") from exc
-    if _NUL_ESCAPE.search(text):
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):  # the search only where one may be
         raise PayloadError(
             f"{what} contains a NUL character (\\u0000), which Postgres jsonb rejects"
         )
-    try:
-        size = len(text.encode("utf-8"))
+    try:  # ASCII text (known without reading it) is as many bytes as characters
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise PayloadError(
             f"{what} contains a lone surrogate {exc.object[exc.start]!r}, which is not valid "

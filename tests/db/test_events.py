@@ -6,6 +6,7 @@ import pytest
 from orchestrator.db import events
 from orchestrator.db.database import Database, IntegrityError
 from tests.db.helpers import execute
+from tests.db.plans import generic_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,3 +69,33 @@ def test_insert__notifies_listeners_once_per_statement(db: Database, db_url: str
         execute(db, "INSERT INTO orchestrator.events (name) SELECT 'a' FROM generate_series(1, 50)")
         got = list(listener.notifies(timeout=2, stop_after=2))
     assert len(got) == 1
+
+
+def test_mark_ingested__never_prepared(db_url: str) -> None:
+    """A plan cached while the table is small (a daemon starting on a quiet table) would stay a
+    sequential scan comparing every event with every id as the table grows."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")  # as the ingest plans
+        for i in range(8):  # more than psycopg's threshold for preparing a statement
+            events.mark_ingested(conn, [f"e{i}"])
+        prepared = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%events SET%'"
+        ).fetchone()
+    assert prepared == (0,)
+
+
+def test_mark_ingested__probes_the_primary_key_of_a_grown_table(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orchestrator.events (name) SELECT 'a' FROM generate_series(1, 5000)"
+        )
+        ids = [row[0] for row in conn.execute("SELECT id FROM orchestrator.events LIMIT 500")]
+        plan = generic_plan(conn, events._MARK_INGESTED, {"ids": ids, "now": None}, _MARK_TYPES)
+        marked = conn.execute(
+            "SELECT count(*) FROM orchestrator.events WHERE ingested_at IS NOT NULL"
+        ).fetchone()
+    assert "events_pkey" in plan and "Seq Scan" not in plan, plan
+    assert marked == (0,)  # the plan's transaction was rolled back
+
+
+_MARK_TYPES = {"ids": "text[]", "now": "timestamptz"}

@@ -60,3 +60,29 @@ def test_roundtrip__returns_what_a_replay_would_read() -> None:
 )
 def test_storable_text__names_and_ids_postgres_text_can_hold(value: object, ok: bool) -> None:
     assert codec.storable_text(value, 10) is ok
+
+
+class _Obj:
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "s",
+        1,
+        1.5,
+        True,
+        [1, ("a", {"b": None})],
+        {"a": [{"b": {"c": [1, 2, 3]}}]},
+        {1: "int key"},
+        {"a": [{"b": {2: 1}}]},
+        [1, {1, 2}],
+        {"a": b"bytes"},
+        {"a": [_Obj()]},
+        ({"a": 1}, [[[]]]),
+    ],
+)
+def test_plain__agrees_with_the_walk_that_names_the_path(value: object) -> None:
+    assert codec._plain(value) == (codec._find_bad(value, "$") is None)
