@@ -98,6 +98,35 @@ class InvalidEventError(OrchestratorError):
     code = "invalid_event"
 
 
+class SignatureError(OrchestratorError):
+    """A request or response signed with an Inngest signing key failed verification: the
+    `X-Inngest-Signature` header is missing or malformed, its timestamp is too old (a
+    replay), or no configured signing key produced its signature."""
+
+    code = "invalid_signature"
+
+
+class InvalidAppError(OrchestratorError):
+    """An Inngest SDK's sync (its `POST /fn/register` payload) is malformed or refused as a
+    whole: nothing of it was stored. The message names the field and what to send."""
+
+    code = "invalid_app"
+
+
+class AppSyncError(OrchestratorError):
+    """Asking an Inngest SDK app to sync (a `PUT` to its serve URL) failed: it could not be
+    reached, answered an error, or its sync did not register with us."""
+
+    code = "app_sync_failed"
+
+
+class SdkResponseError(OrchestratorError):
+    """An Inngest SDK app answered a call request with something that is not its protocol
+    (a malformed body, an unknown opcode, a response over the size limit)."""
+
+    code = "sdk_bad_response"
+
+
 class RunNotFoundError(OrchestratorError):
     """No run with the given id exists."""
 
