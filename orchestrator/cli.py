@@ -142,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     from orchestrator.cli_ui import add_parsers as add_ui
 
     add_ui(sub, common)
+    from orchestrator.cli_inngest import add_parsers as add_inngest
+
+    add_inngest(sub, common)
 
     gc = sub.add_parser("gc", parents=[common], help="delete old runs, events and daemon rows now")
     gc.add_argument("--completed", type=float, metavar="SECONDS", help="retain_completed")
@@ -245,6 +248,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from orchestrator import cli_ui
 
         return cli_ui.run(cfg, args)
+    from orchestrator import cli_inngest
+
+    if args.command in cli_inngest.COMMANDS:  # they open databases of their own
+        return cli_inngest.run(cfg, args)
     if args.command in ("run", "roles"):  # they open (or need) no database of their own
         return _cmd_run(cfg, args) if args.command == "run" else _cmd_roles(cfg, args)
     from orchestrator.db.database import Database

@@ -68,6 +68,13 @@ class Config:
     ui_session_ttl: float = 43200.0
     ui_cookie_secure: bool = False
     ui_login_limit: int = 5  # failed logins per name and client in 15 minutes
+    inngest: bool = False  # the daemon also serves Inngest's protocol on inngest_address
+    inngest_address: str = "127.0.0.1:8288"  # the port the Inngest SDKs look for
+    inngest_dev: bool = False  # dev mode: no signatures, any event key; loopback only
+    # "": INNGEST_SIGNING_KEY / INNGEST_SIGNING_KEY_FALLBACK from the environment
+    inngest_signing_key: str = dataclasses.field(default="", repr=False)
+    inngest_signing_key_fallback: str = dataclasses.field(default="", repr=False)
+    inngest_max_event_bytes: int = 3 * 1024 * 1024  # one POST /e/ body (an event or a batch)
 
 
 _RULES: dict[str, tuple[float | None, str]] = {
@@ -95,6 +102,7 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "unserved_warning_after": (0.1, "a positive number of seconds (e.g. 60)"),
     "ui_session_ttl": (60.0, "at least 60 seconds (e.g. 43200, 12 hours)"),
     "ui_login_limit": (1, "at least 1 failed login (e.g. 5)"),
+    "inngest_max_event_bytes": (1, "a positive number of bytes (e.g. 3145728)"),
 }
 # Retention ages: 0 keeps forever, and a smaller age than this is refused. A finished run's
 # row is what makes a second attempt at creating it a no-op (its idempotency key); an event
@@ -106,6 +114,7 @@ _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
 }
 _FIELDS = {f.name: f for f in fields(Config)}
+_SIGNING_KEYS = ("inngest_signing_key", "inngest_signing_key_fallback")
 
 
 def _coerce(key: str, raw: Any, source: str) -> Any:
@@ -134,12 +143,27 @@ def _coerce(key: str, raw: Any, source: str) -> Any:
         return value
     if not isinstance(raw, str):
         raise ConfigError(f"{where}: expected a string, got {raw!r}")
-    if key in ("http_address", "ui_address") and (raw or key == "ui_address"):
+    return _string(key, raw, where)
+
+
+def _string(key: str, raw: str, where: str) -> str:
+    if key in ("http_address", "ui_address", "inngest_address") and (raw or key != "http_address"):
         parse_http_address(raw, where)
+    if key in _SIGNING_KEYS and raw:
+        _check_signing_key(raw, where)
     choices = _CHOICES.get(key)
     if choices and raw.lower() not in choices:
         raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(choices)}")
     return raw.lower() if choices else raw
+
+
+def _check_signing_key(raw: str, where: str) -> None:
+    from orchestrator.inngest.signing import check_key
+
+    try:
+        check_key(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -206,6 +230,9 @@ def load_config(
     for key, raw in (overrides or {}).items():
         if raw is not None:
             values[key] = _coerce(key, raw, "command line")
+    for key in _SIGNING_KEYS:  # the variables the Inngest SDKs read, for the same key
+        if not values.get(key) and env.get(key.upper()):
+            values[key] = _coerce(key, env[key.upper()], key.upper())
     cfg = dataclasses.replace(Config(), **values)
     if cfg.leader_ttl < 2 * cfg.heartbeat_interval:
         raise ConfigError(

@@ -127,6 +127,12 @@ class SdkResponseError(OrchestratorError):
     code = "sdk_bad_response"
 
 
+class EventKeyError(OrchestratorError):
+    """`POST /e/{key}` of the Inngest event API with a key that is unknown or revoked."""
+
+    code = "invalid_event_key"
+
+
 class RunNotFoundError(OrchestratorError):
     """No run with the given id exists."""
 

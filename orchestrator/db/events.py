@@ -182,3 +182,31 @@ def get(conn: Connection, event_id: str) -> EventRow | None:
         {"p_id": event_id},
     ).first()
     return EventRow(*row) if row else None
+
+
+# The fields of an event beyond id, name, data and ts (migration 0018), set on events this
+# transaction created: the gateway passes only the ids insert_op returned.
+_SET_EXTRA = """
+    UPDATE orchestrator.events e SET extra = x.extra::jsonb
+    FROM unnest(%(ids)s::text[], %(extras)s::text[]) AS x(id, extra)
+    WHERE e.id = x.id
+    """
+
+
+def set_extra_op(extras: dict[str, str]) -> Op[None]:
+    """Record `extras` ({event id: JSON object text}) on those events."""
+    if extras:
+        yield Query(_SET_EXTRA, {"ids": list(extras), "extras": list(extras.values())})
+
+
+def extras(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The extra fields of the events `ids` that have some (Inngest's `user` and `v`), for
+    building the event an SDK function receives."""
+    rows = conn.execute(
+        text(
+            "SELECT id, extra FROM orchestrator.events "
+            "WHERE id = ANY(CAST(:p_ids AS text[])) AND extra IS NOT NULL"
+        ),
+        {"p_ids": ids},
+    )
+    return {row[0]: row[1] for row in rows}

@@ -34,8 +34,9 @@ DEFAULT_RUNTIME = "orchestrator_runtime"
 DEFAULT_READONLY = "orchestrator_readonly"
 RUNTIME_IDLE_TIMEOUT = "1min"
 READONLY_IDLE_TIMEOUT = "5min"
-# Tables the read-only role may not read: the dashboard's credentials (migration 0015).
-SECRET_TABLES = ("ui_users", "ui_sessions", "ui_tokens")
+# Tables the read-only role may not read: the dashboard's credentials (migration 0015) and
+# the digests of the Inngest event keys (migration 0017).
+SECRET_TABLES = ("ui_users", "ui_sessions", "ui_tokens", "event_keys")
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Names Postgres gives a meaning of its own where a role is expected.

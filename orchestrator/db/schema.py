@@ -64,9 +64,14 @@ events = Table(
     Column("error", Text),
     # the sender's W3C trace context, {"traceparent": ..., "tracestate": ...} (migration 0016)
     Column("trace_context", JSONB),
+    # what the sender gave beyond id, name, data and ts: Inngest's `user` and `v` (0018)
+    Column("extra", JSONB),
     CheckConstraint("length(id) BETWEEN 1 AND 256", name="events_id_length"),
     CheckConstraint("length(name) BETWEEN 1 AND 256", name="events_name_length"),
     CheckConstraint("jsonb_typeof(data) = 'object'", name="events_data_is_object"),
+    CheckConstraint(
+        "extra IS NULL OR jsonb_typeof(extra) = 'object'", name="events_extra_is_object"
+    ),
     Index("events_pending", "seq", postgresql_where=text("ingested_at IS NULL")),
     Index("events_seq", "seq", unique=True),
     Index("events_name_received", "name", "received_at"),

@@ -57,6 +57,7 @@ from orchestrator.runtime.unserved import UnservedWatch
 from orchestrator.runtime.upkeep import Upkeep
 
 if TYPE_CHECKING:
+    from orchestrator.http_thread import ThreadedServer
     from orchestrator.ui.server import UiServer
 
 
@@ -82,6 +83,7 @@ class Daemon:
         self.signals = 0
         self.session: Session | None = None
         self.ui: UiServer | None = None  # the dashboard, with `ui = true`
+        self.gateway: ThreadedServer | None = None  # Inngest's protocol, with `inngest = true`
         self.pool = WorkerPool(
             app_path=app_path,
             url=url,
@@ -265,6 +267,11 @@ class Daemon:
 
             self.ui = start_in_thread(self.cfg, database_url=self.url)
             self.log.info("dashboard serving", url=self.ui.url)
+        if self.cfg.inngest:  # likewise: a taken port or dev mode off loopback stops here
+            from orchestrator.inngest.gateway import start_in_thread as start_gateway
+
+            self.gateway = start_gateway(self.cfg, database_url=self.url)
+            self.log.info("inngest gateway serving", url=self.gateway.url, dev=self.cfg.inngest_dev)
         assert self.session is not None
         self.session.start()
         self.session.wait_connected(10)
@@ -394,6 +401,8 @@ class Daemon:
             self.session.stop()
         if self.ui is not None:
             self.ui.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
         self.direct.close()
         self.crashes.stop()
         self.db.dispose()

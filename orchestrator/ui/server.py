@@ -11,29 +11,18 @@ forwarded header, which a client could forge.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import socket
 import sys
-import threading
-
-import uvicorn
 
 from orchestrator.config import Config, parse_http_address
 from orchestrator.db.database import Database
 from orchestrator.errors import ConfigError
+from orchestrator.http_thread import ThreadedServer, is_loopback
 from orchestrator.ui.auth import LoginLimiter
 from orchestrator.ui.deps import UiSettings
 
+__all__ = ["UiServer", "check_exposure", "is_loopback", "serve", "start_in_thread"]
+
 POOL_SIZE = 4
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(config: Config, host: str) -> None:
@@ -59,74 +48,31 @@ def settings_for(config: Config) -> UiSettings:
     )
 
 
-class UiServer:
-    """The uvicorn server on a bound socket, with the databases it opened."""
+class UiServer(ThreadedServer):
+    """The dashboard's uvicorn server on a bound socket, with the databases it opened."""
 
     def __init__(self, config: Config, address: str) -> None:
         host, port = parse_http_address(address, "ui_address")
         check_exposure(config, host)
-        self.sock = _bind(host, port)
         self.settings = settings_for(config)
         from orchestrator.ui.app import create_app
 
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(self.settings),
-                log_config=None,  # the process's logging stays as configured
-                log_level="warning",
-                access_log=False,
-                proxy_headers=False,
-                server_header=False,
-                lifespan="off",
-            )
-        )
-        self.thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-    def run(self) -> None:
         try:
-            self.server.run(sockets=[self.sock])
-        finally:
-            self.close()
+            super().__init__(
+                create_app(self.settings),
+                host,
+                port,
+                where="ui_address",
+                name="orchestrator-ui",
+                on_close=self._dispose,
+            )
+        except BaseException:
+            self._dispose()
+            raise
 
-    def start(self) -> UiServer:
-        self.thread = threading.Thread(target=self.run, name="orchestrator-ui", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-    def close(self) -> None:
-        self.sock.close()
+    def _dispose(self) -> None:
         self.settings.read_db.dispose()
         self.settings.act_db.dispose()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # accepted connections inherit it: without, a response's last segment waits for the
-    # client's delayed ACK (about 40 ms on every request of a kept-alive connection)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"ui_address: cannot listen on {host or '*'}:{port}: {exc.strerror}; "
-            "choose another address or port"
-        ) from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(config: Config, *, address: str | None = None) -> None:
