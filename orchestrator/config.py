@@ -48,6 +48,8 @@ class Config:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_event_bytes: int = 1024 * 1024
     max_state_bytes: int = 64 * 1024  # a run's ctx.set_state object, as JSON
+    inngest_call_timeout: float = 30.0  # seconds one call to an Inngest SDK app may take
+    inngest_max_response_bytes: int = 4 * 1024 * 1024  # an SDK app's answer to one call
     ingest_batch_size: int = 500
     retain_completed: float = 7 * 86400.0
     retain_failed: float = 30 * 86400.0
@@ -93,6 +95,8 @@ _RULES: dict[str, tuple[float | None, str]] = {
     "max_step_output_bytes": (1, "a positive number of bytes"),
     "max_event_bytes": (1, "a positive number of bytes"),
     "max_state_bytes": (1, "a positive number of bytes"),
+    "inngest_call_timeout": (0.1, "a positive number of seconds (e.g. 30)"),
+    "inngest_max_response_bytes": (1, "a positive number of bytes"),
     "ingest_batch_size": (1, "at least 1"),
     "retain_completed": (0.0, "0 (keep forever) or at least 60 seconds"),
     "retain_failed": (0.0, "0 (keep forever) or at least 60 seconds"),
