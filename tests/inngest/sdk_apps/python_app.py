@@ -34,7 +34,9 @@ def _pause(event: inngest.Event) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-@client.create_function(fn_id="send-welcome", retries=2, trigger=inngest.TriggerEvent(event="app/user.signup"))
+@client.create_function(
+    fn_id="send-welcome", retries=2, trigger=inngest.TriggerEvent(event="app/user.signup")
+)
 async def send_welcome(ctx: inngest.Context) -> dict[str, Any]:
     async def load_user() -> dict[str, Any]:
         mark("send-welcome", "load-user", ctx.run_id, ctx.attempt)
@@ -61,7 +63,9 @@ def tick(ctx: inngest.ContextSync) -> dict[str, Any]:
     return {"ticked": True}
 
 
-@client.create_function(fn_id="await-payment", trigger=inngest.TriggerEvent(event="app/order.created"))
+@client.create_function(
+    fn_id="await-payment", trigger=inngest.TriggerEvent(event="app/order.created")
+)
 def await_payment(ctx: inngest.ContextSync) -> dict[str, Any]:
     timeout_s = ctx.event.data.get("timeout_s", 30)
     assert isinstance(timeout_s, int | float)
@@ -93,7 +97,9 @@ def double(ctx: inngest.ContextSync) -> dict[str, Any]:
 
 @client.create_function(fn_id="invoke-double", trigger=inngest.TriggerEvent(event="app/invoke"))
 async def invoke_double(ctx: inngest.Context) -> dict[str, Any]:
-    result = await ctx.step.invoke("call-double", function=double, data={"n": ctx.event.data.get("n")})
+    result = await ctx.step.invoke(
+        "call-double", function=double, data={"n": ctx.event.data.get("n")}
+    )
     return {"result": result}
 
 
