@@ -81,6 +81,18 @@ def register(
     return key
 
 
+def set_functions(conn: Connection, daemon_id: str, functions: Sequence[str]) -> None:
+    """Record the ids of the functions this daemon serves now (a daemon serving Inngest
+    SDK apps takes on their functions as the apps sync)."""
+    conn.execute(
+        text(
+            "UPDATE orchestrator.daemons SET functions = CAST(:p_functions AS text[]) "
+            "WHERE id = CAST(:p_id AS uuid)"
+        ),
+        {"p_id": daemon_id, "p_functions": sorted(functions)},
+    )
+
+
 def heartbeat(conn: Connection, daemon_id: str, *, is_leader: bool, status: str) -> str | None:
     """Refresh the heartbeat and status; returns the status the row had (None if missing)."""
     previous: str | None = conn.execute(

@@ -22,6 +22,7 @@ CHANNELS = (
     "orchestrator_runs",
     "orchestrator_functions",
     "orchestrator_cancels",  # a running run was cancelled (db/runs.py CANCEL_CHANNEL)
+    "orchestrator_apps",  # an Inngest SDK app synced (db/apps.py CHANNEL)
 )
 _KEEPALIVE = {
     "keepalives": 1,

@@ -122,7 +122,7 @@ class SdkError(Exception):
         self.non_retriable = non_retriable
         self.status = status
         said = f" (HTTP {status})" if status is not None else ""
-        super().__init__(f"{self.code}: {self.error_message}{said}")
+        super().__init__(f"{self.error_message}{said}")  # the SDK's name is `code`
 
 
 class SdkRetryAfter(RetryAfterError):

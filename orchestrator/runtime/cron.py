@@ -40,6 +40,18 @@ class CronScheduler:
                     next_fire_at=trigger.next_after(now),
                 )
 
+    def serve(self, function_id: str, fdef: FunctionDef) -> None:
+        """Take on (or update, or drop when it has no cron) a function's schedule; call
+        `register` after to record it."""
+        crons = {f: t for f, t in self.crons.items() if f != function_id}
+        if fdef.cron_trigger is not None:
+            crons[function_id] = fdef.cron_trigger
+            self.policies = self.policies | {function_id: fdef.policy()}
+        self.crons = crons
+
+    def forget(self, function_id: str) -> None:
+        self.crons = {f: t for f, t in self.crons.items() if f != function_id}
+
     def tick(self) -> int:
         if not self.crons:
             return 0

@@ -32,12 +32,15 @@ from orchestrator import log as logging
 from orchestrator.app import Orchestrator
 from orchestrator.config import Config
 from orchestrator.db import daemons, functions, migrate, runs
+from orchestrator.db.apps import CHANNEL as APPS_CHANNEL
 from orchestrator.db.connect import check_schema
 from orchestrator.db.database import Database, DatabaseError
 from orchestrator.db.direct import Direct
 from orchestrator.db.session import Session
 from orchestrator.errors import first_line
+from orchestrator.functions import FunctionDef
 from orchestrator.redact import redact_url
+from orchestrator.runtime.apps import AppsRefresh
 from orchestrator.runtime.cancellations import Cancellations
 from orchestrator.runtime.crashes import CrashRequeue
 from orchestrator.runtime.cron import CronScheduler
@@ -68,7 +71,7 @@ class Daemon:
         self.url = url
         self.cfg = config
         self.id = str(uuid.uuid4())
-        self.registry = app.functions
+        self.registry = app.functions  # a copy: SDK apps' functions join it (runtime/apps.py)
         self.function_ids = sorted(self.registry)
         self.version = config.version or app.version()
         self.log = logging.get("daemon", daemon_id=self.id)
@@ -114,6 +117,40 @@ class Daemon:
             log=self.log,
         )
         self._build_services()
+        self.apps = self._build_apps()
+
+    def _build_apps(self) -> AppsRefresh | None:
+        """With `inngest = true`: the SDK apps' functions, served as they sync."""
+        if not self.cfg.inngest:
+            return None
+        from orchestrator.inngest.driver import Settings
+        from orchestrator.inngest.remote import RemoteFunctions
+
+        remote = RemoteFunctions(self.db, Settings.from_config(self.cfg))
+        apps_refresh = AppsRefresh(remote, adopt=self._adopt, log=self.log)
+        self.ticker.services.append(apps_refresh)
+        self.ticker.next_at.append(0.0)
+        return apps_refresh
+
+    def _adopt(self, changed: dict[str, FunctionDef], gone: list[str]) -> None:
+        """Serve these SDK-served functions (new or changed), and no longer those `gone`."""
+        for fid in gone:
+            self.registry.pop(fid, None)
+            self.dispatcher.forget(fid)
+            self.cron.forget(fid)
+            self.rescue_upkeep.timeouts.pop(fid, None)
+        for fid, fdef in sorted(changed.items()):
+            self.registry[fid] = fdef
+            self.dispatcher.serve(fid, fdef)
+            self.cron.serve(fid, fdef)
+            self.rescue_upkeep.serve(fid, fdef)
+        self.function_ids = sorted(self.registry)
+        self.pool.async_ids = frozenset(f for f, d in self.registry.items() if d.is_async)
+        if self.session is not None:  # registered: say what it serves now
+            self.db.run(lambda conn: daemons.set_functions(conn, self.id, self.function_ids))
+            self.cron.register()
+        self.dispatcher.ingester.invalidate()
+        self.flow.poke()
 
     def _build_services(self) -> None:
         cfg, leading = self.cfg, self._leading
@@ -204,6 +241,7 @@ class Daemon:
         )
 
     def _build_rescue(self) -> Rescue:
+        self.rescue_upkeep = Upkeep(self.db, self.registry, self.log)
         # leader: warns about runs that wait for a function no live daemon serves
         unserved = UnservedWatch(
             self.db,
@@ -216,7 +254,7 @@ class Daemon:
             interval=self.cfg.rescue_interval,
             is_leader=self._leading,
             cron=self.cron,
-            upkeep=Upkeep(self.db, self.registry, self.log),
+            upkeep=self.rescue_upkeep,
             unserved=unserved,
             metrics=self.metrics,
             on_work=self._work_appeared,
@@ -233,6 +271,8 @@ class Daemon:
             migrate.upgrade(self.db.engine)
         else:
             check_schema(self.db.engine)
+        if self.apps is not None:  # the SDK apps' functions, recorded with the others
+            self.apps.refresh()
         lock_key = self.db.run(self._register)  # a deadlock is transient: it is retried
         self.cron.register()
         self.session = Session(
@@ -358,6 +398,8 @@ class Daemon:
         self.dispatcher.notified(channel)  # a cancelled run's slot may be free: claim again
         if channel == runs.CANCEL_CHANNEL:  # tell the workers executing cancelled runs now
             self.ticker.due_now(self.cancellations)
+        if channel == APPS_CHANNEL and self.apps is not None:  # an SDK app synced
+            self.ticker.due_now(self.apps)
         self.wake.set()
 
     def _on_session_error(self, exc: Exception) -> None:

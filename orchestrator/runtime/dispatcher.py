@@ -89,13 +89,34 @@ class Dispatcher(Looper):
         self.flow_due_at: float | None = None  # when a flow-controlled run falls due
         self.flow_first = False
 
+    # -- the functions it serves (from the loop thread) ----------------------------------
+
+    def serve(self, function_id: str, fdef: FunctionDef) -> None:
+        """Take on (or update) a function: its runs go to its lane, or to the flow claimer."""
+        self.forget(function_id)
+        if self.flow.serve(function_id, fdef):
+            return
+        lane = fdef.is_async
+        self.lanes = self.lanes | {lane: sorted([*self.lanes[lane], function_id])}
+        if not fdef.cancel_on:
+            ingest = sorted([*self.ingest_lanes[lane], function_id])
+            self.ingest_lanes = self.ingest_lanes | {lane: ingest}
+
+    def forget(self, function_id: str) -> None:
+        """Stop claiming a function's runs."""
+        self.flow.forget(function_id)
+        self.lanes = {k: [f for f in v if f != function_id] for k, v in self.lanes.items()}
+        self.ingest_lanes = {
+            k: [f for f in v if f != function_id] for k, v in self.ingest_lanes.items()
+        }
+
     # -- told from other threads ---------------------------------------------------------
 
     def notified(self, channel: str) -> None:
         """A NOTIFY arrived (the session's thread)."""
         if channel == "orchestrator_events":
             self.events_hint.set()
-        elif channel == "orchestrator_functions":  # one was removed: stop starting it
+        elif channel == "orchestrator_functions":  # one was removed or synced: read again
             self.ingester.invalidate()
         self.flow.poke()
 

@@ -74,6 +74,30 @@ class FlowClaimer:
         self._backfilled: dict[str, float] = {}  # fair function → next flow_key backfill
         self._after: dict[str, str | None] = {}  # fair function → the last key its claim read
 
+    # -- the functions it claims (from the daemon's loop thread) ---------------------------
+
+    def serve(self, function_id: str, fdef: FunctionDef) -> bool:
+        """Take on (or update) a function; returns whether its runs are claimed here (it is
+        flow-controlled). Lists are replaced, never changed in place: other threads read them."""
+        self.forget(function_id)
+        policy = fdef.policy()
+        self.policies = self.policies | {function_id: policy}
+        self.is_async = self.is_async | {function_id: fdef.is_async}
+        if not policy.claims:
+            return False
+        watches = [
+            runs.CancelWatch(function_id, i, c.event, c.match, c.if_, c.timeout)
+            for i, c in enumerate(fdef.cancel_on)
+        ]
+        self.watches = self.watches | {function_id: watches}
+        self.function_ids = sorted([*self.function_ids, function_id])
+        return True
+
+    def forget(self, function_id: str) -> None:
+        """Stop claiming a function's runs (an SDK app no longer has it)."""
+        self.function_ids = [f for f in self.function_ids if f != function_id]
+        self.watches = {f: w for f, w in self.watches.items() if f != function_id}
+
     # -- when to look again (called from other threads too) ------------------------------
 
     def poke(self, function_id: str | None = None) -> None:

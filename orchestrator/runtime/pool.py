@@ -104,7 +104,7 @@ class WorkerPool:
         threads = 1 if quarantine else self.config.concurrency
         capacity = threads if quarantine else threads + self.config.prefetch
         async_capacity = 0
-        if self.async_ids:
+        if self.async_ids or self.config.inngest:  # SDK-served functions are async ones
             async_capacity = 1 if quarantine else self.config.async_concurrency
         config = asdict(self.config) | {
             "concurrency": threads,

@@ -25,6 +25,13 @@ class Upkeep:
         self.log = log
         self.purged_at = time.monotonic()
 
+    def serve(self, function_id: str, fdef: FunctionDef) -> None:
+        """Take on (or update) a function's timeouts."""
+        timeouts = {f: t for f, t in self.timeouts.items() if f != function_id}
+        if fdef.flow.timeouts:
+            timeouts[function_id] = fdef.flow.timeouts
+        self.timeouts = timeouts
+
     def tick(self) -> list[runs.CancelledRun]:
         """Cancel the runs past their timeouts; returns those it ended."""
         cancelled: list[runs.CancelledRun] = []

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import log as logging
 from orchestrator.config import Config
@@ -37,6 +37,9 @@ from orchestrator.errors import first_line
 from orchestrator.redact import url_secrets
 from orchestrator.runtime.loader import load_app
 from orchestrator.runtime.metrics import StepTally
+
+if TYPE_CHECKING:
+    from orchestrator.inngest.remote import RemoteFunctions
 
 _PR_SET_PDEATHSIG = 1
 SLOT = 36  # bytes per run slot in the shared `busy` array (a run id); see pool.py
@@ -86,7 +89,18 @@ def worker_main(spec: WorkerSpec, conn: Any, busy: Any) -> None:
         store.warm()  # before "ready": the first runs find their connections open
     except DatabaseError as exc:  # the first write connects again, and retries
         log.warning("could not connect at start-up", error=first_line(exc))
-    Worker(app.functions, store, cfg, conn=conn, log=log, busy=busy).serve()
+    remote = _remote_functions(db, cfg)
+    Worker(app.functions, store, cfg, conn=conn, log=log, busy=busy, remote=remote).serve()
+
+
+def _remote_functions(db: Database, cfg: Config) -> RemoteFunctions | None:
+    """With `inngest = true`, the SDK-served functions, built from their rows when needed."""
+    if not cfg.inngest:
+        return None
+    from orchestrator.inngest.driver import Settings
+    from orchestrator.inngest.remote import RemoteFunctions
+
+    return RemoteFunctions(db, Settings.from_config(cfg))
 
 
 class Worker:
@@ -99,8 +113,10 @@ class Worker:
         conn: Any,
         log: Any,
         busy: Any = None,
+        remote: RemoteFunctions | None = None,
     ) -> None:
         self.functions = functions
+        self.remote = remote  # the SDK-served functions (orchestrator/inngest/remote.py)
         self.policies = {fid: f.policy() for fid, f in functions.items()}
         self.busy = busy
         self.store = store
@@ -117,7 +133,8 @@ class Worker:
         store.committer.after_group = self.send_done
         # step and run counts for the daemon's metrics, only if it serves them
         self.tally = StepTally(on_stale=self._send_stats) if cfg.http_address else None
-        self.loop = AsyncRuns(self) if any(f.is_async for f in functions.values()) else None
+        has_async = remote is not None or any(f.is_async for f in functions.values())
+        self.loop = AsyncRuns(self) if has_async else None
 
     def serve(self) -> None:
         threads = [
@@ -163,8 +180,20 @@ class Worker:
             self.draining.set()
         return bool(message[0] != "stop")
 
+    def function(self, function_id: str, *, read: bool = False) -> Any:
+        """The definition of a run's function: the app's, else an SDK-served one (`read`:
+        read its row when the cached one is stale; else the cached one only)."""
+        fdef = self.functions.get(function_id)
+        if fdef is not None or self.remote is None:
+            return fdef
+        try:
+            return self.remote.get(function_id) if read else self.remote.cached(function_id)
+        except DatabaseError as exc:
+            self.log.warning("could not read the function", function_id=function_id, error=str(exc))
+            return self.remote.cached(function_id)
+
     def _dispatch(self, task: Task) -> None:
-        fdef = self.functions.get(task.function_id)
+        fdef = self.function(task.function_id, read=True)
         if self.loop is not None and fdef is not None and fdef.is_async:
             self.loop.submit(task)
         else:
@@ -229,7 +258,7 @@ class Worker:
         return mark
 
     async def execute(self, task: Task, mark: Callable[[str | None], None], face: Face) -> Outcome:
-        fdef = self.functions.get(task.function_id)
+        fdef = self.function(task.function_id)
         if fdef is None:
             self.log.error("function not in this worker's app", function_id=task.function_id)
             return Outcome(task.run_id, "abandoned")

@@ -194,7 +194,8 @@ def test_register__refuses_a_function_it_cannot_run_safely(
     assert refused["registered"] is False
     assert set(registered(db)) == {"shop-ok"}  # the others are registered all the same
     with db.transaction() as conn:
-        assert apps.get(conn, "shop").refused == answer["refused"]  # kept for `apps list`
+        app = apps.get(conn, "shop")
+    assert app is not None and app.refused == answer["refused"]  # kept for `apps list`
 
 
 def test_register__drops_an_unknown_option_and_keeps_the_function(db: Database) -> None:

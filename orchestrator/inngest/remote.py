@@ -1,0 +1,71 @@
+"""SDK-served functions as the engine runs them: read from their rows, built once per version.
+
+A daemon with `inngest = true` serves every function of every synced app (`load_all`, at
+start and on each refresh); its worker processes build the driver of a run's function when
+they are handed one (`get`), and read its row again at most every `ttl` seconds, so that a
+re-sync reaches them without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from orchestrator.db import apps
+from orchestrator.db.database import Database
+from orchestrator.db.functions import FunctionRow
+from orchestrator.functions import FunctionDef
+from orchestrator.inngest.driver import Settings, function_def
+
+DEFAULT_TTL = 2.0
+
+
+class RemoteFunctions:
+    """The SDK-served functions of a database, cached by id and version."""
+
+    def __init__(self, db: Database, settings: Settings, *, ttl: float = DEFAULT_TTL) -> None:
+        self.db = db
+        self.settings = settings
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._built: dict[str, tuple[str, FunctionDef]] = {}  # id → (version, definition)
+        self._read_at: dict[str, float] = {}
+
+    def load_all(self) -> dict[str, FunctionDef]:
+        """Every SDK-served function now registered."""
+        rows = self.db.run(apps.remote_functions, retry_for=5.0)
+        now = time.monotonic()
+        with self._lock:
+            found = {row.id: self._build(row, now) for row in rows}
+            for gone in set(self._built) - set(found):
+                del self._built[gone]
+        return found
+
+    def get(self, function_id: str) -> FunctionDef | None:
+        """The function's definition (None: no SDK app serves it), read again after `ttl`."""
+        with self._lock:
+            cached = self._built.get(function_id)
+            fresh = time.monotonic() - self._read_at.get(function_id, -self.ttl) < self.ttl
+            if cached is not None and fresh:
+                return cached[1]
+        row = self.db.run(lambda conn: apps.remote_function(conn, function_id), retry_for=5.0)
+        with self._lock:
+            if row is None:
+                self._built.pop(function_id, None)
+                return None
+            return self._build(row, time.monotonic())
+
+    def cached(self, function_id: str) -> FunctionDef | None:
+        """The definition last built, without reading the database."""
+        with self._lock:
+            cached = self._built.get(function_id)
+        return None if cached is None else cached[1]
+
+    def _build(self, row: FunctionRow, now: float) -> FunctionDef:
+        self._read_at[row.id] = now
+        cached = self._built.get(row.id)
+        if cached is not None and cached[0] == row.version:
+            return cached[1]
+        fdef = function_def(row, self.settings)
+        self._built[row.id] = (row.version, fdef)
+        return fdef
