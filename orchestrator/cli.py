@@ -309,7 +309,7 @@ def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     if not cfg.app:
         raise ConfigError("no app to serve; pass --app package.module:attr or set app = ...")
     app = load_app(cfg.app)
-    if not app.functions:
+    if not app.functions and not cfg.inngest:  # with inngest, the SDK apps bring theirs
         raise ConfigError(f"app {cfg.app!r} registers no functions")
     url = database_url(cfg, args, create=True)
     app.bind(url)

@@ -4,6 +4,9 @@ the SDK apps served by the daemon).
     orchestrator event-keys create NAME   (prints the key, once)
     orchestrator event-keys list
     orchestrator event-keys revoke NAME
+    orchestrator apps sync URL            (asks the app serving at URL to sync with us)
+    orchestrator apps list                (the synced apps, and what was refused of them)
+    orchestrator dev -u URL [-u URL ...]  (the daemon in dev mode, syncing these apps)
 
 Keys are 32 random bytes, url-safe base64; only their SHA-256 digest is stored, so a lost key
 cannot be shown again: revoke it and create another. Give the key to an app as
@@ -29,13 +32,39 @@ if TYPE_CHECKING:
 
 # The commands this module runs (orchestrator/cli.py dispatches them here). The SDK apps'
 # commands (`apps sync URL`, `apps list`, `dev -u URL`) join this tuple and add_parsers.
-COMMANDS = ("event-keys",)
+COMMANDS = ("event-keys", "apps", "dev")
 KEY_NAME = "the key's name (to revoke it by): lowercase letters, digits and _.@- (at most 64)"
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_event_keys(sub, common)
-    # -- SDK apps (`apps`, `dev`): add their parsers here --------------------------------
+    _add_apps(sub, common)
+
+
+def _add_apps(sub: Any, common: argparse.ArgumentParser) -> None:
+    apps = sub.add_parser("apps", parents=[common], help="the Inngest SDK apps served here")
+    apps_sub = apps.add_subparsers(dest="apps_command", required=True, metavar="SUBCOMMAND")
+    sync = apps_sub.add_parser(
+        "sync", parents=[common], help="ask the app serving at URL to sync its functions"
+    )
+    sync.add_argument("url", help="the app's serve URL, e.g. http://localhost:3000/api/inngest")
+    apps_sub.add_parser("list", parents=[common], help="list the apps and what was refused")
+    dev = sub.add_parser(
+        "dev",
+        parents=[common],
+        help="run the daemon in Inngest dev mode, syncing the apps at -u URL as they come up",
+    )
+    dev.add_argument(
+        "-u",
+        "--url",
+        action="append",
+        default=[],
+        dest="urls",
+        metavar="URL",
+        help="an app's serve URL to sync (repeatable)",
+    )
+    dev.add_argument("--app", help="a Python app to serve beside them (package.module:attr)")
+    dev.add_argument("--workers", type=int, help="worker processes")
 
 
 def _add_event_keys(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -58,13 +87,77 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from orchestrator.db.connect import check_schema
     from orchestrator.db.database import Database
 
+    if args.command == "dev":
+        return _dev(cfg, args)
+    if args.command == "apps" and args.apps_command == "sync":
+        return _apps_sync(cfg, args)
     cfg = dataclasses.replace(cfg, database_url=database_url(cfg, args, create=False))
     db = Database(cfg.database_url, pool_size=1, application_name="orchestrator-cli")
     try:
         check_schema(db.engine)
-        return _event_keys(db, args)
+        return _event_keys(db, args) if args.command == "event-keys" else _apps_list(db, args)
     finally:
         db.dispose()
+
+
+def _apps_sync(cfg: Config, args: argparse.Namespace) -> int:
+    from orchestrator.inngest.sync import sync_url
+
+    kind = "dev" if cfg.inngest_dev else "cloud"
+    key = None if cfg.inngest_dev else cfg.inngest_signing_key or None
+    said = sync_url(args.url, server_kind=kind, signing_key=key, timeout=cfg.inngest_call_timeout)
+    text = f"{args.url}: {said.get('message') or 'synced'} (modified: {said.get('modified')})"
+    return _say(args, said, text)
+
+
+def _apps_list(db: Database, args: argparse.Namespace) -> int:
+    from orchestrator.db import apps
+
+    rows: list[dict[str, Any]] = [
+        {
+            "app": a.id,
+            "url": a.url,
+            "sdk": a.sdk,
+            "functions": len(a.functions),
+            "synced_at": _iso(a.synced_at),
+            "refused": a.refused,
+        }
+        for a in db.run(apps.list_all)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    _table(args, rows, ("app", "url", "sdk", "functions", "synced_at"))
+    for row in rows:
+        for r in row["refused"]:
+            kept = "registered without it" if r.get("registered") else "not registered"
+            print(f"refused: {r['function']} {r['option']}: {r['reason']} ({kept})")
+    return 0
+
+
+def _dev(cfg: Config, args: argparse.Namespace) -> int:
+    """`run` with the gateway in dev mode, syncing each -u URL once it answers (and again
+    whenever it comes back after going away)."""
+    import dataclasses
+
+    from orchestrator.cli import _cmd_run
+    from orchestrator.inngest.devsync import DevSync
+
+    app = args.app or cfg.app or "orchestrator.inngest.devapp:app"
+    cfg = dataclasses.replace(cfg, app=app, inngest=True, inngest_dev=True)
+    if args.workers:
+        cfg = dataclasses.replace(cfg, workers=args.workers)
+    syncer = DevSync(args.urls, timeout=cfg.inngest_call_timeout)
+    print(
+        f"dev server on http://{cfg.inngest_address}: point the apps at it with "
+        f"INNGEST_DEV=1 INNGEST_BASE_URL=http://{cfg.inngest_address}",
+        file=sys.stderr,
+    )
+    syncer.start()
+    try:
+        return _cmd_run(cfg, args)
+    finally:
+        syncer.stop()
 
 
 def _event_keys(db: Database, args: argparse.Namespace) -> int:

@@ -511,6 +511,7 @@ def sync_url(
     url: str,
     *,
     server_kind: str = "dev",
+    signing_key: str | None = None,
     timeout: float = 10.0,
     transport: httpx.BaseTransport | None = None,
 ) -> dict[str, Any]:
@@ -527,6 +528,8 @@ def sync_url(
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "deployId"]
     target = urlunsplit(parts._replace(query=urlencode(query)))
     headers = {"X-Inngest-Server-Kind": server_kind, "Content-Type": "application/json"}
+    if signing_key:  # an SDK in cloud mode may ask for a signed sync
+        headers["X-Inngest-Signature"] = signing.sign(b"", signing_key)
     try:
         with httpx.Client(timeout=timeout, transport=transport) as client:
             response = client.put(target, headers=headers, content=b"")
