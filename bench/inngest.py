@@ -9,20 +9,24 @@ JS SDK, installed by `make inngest-sdks`) synced with `orchestrator apps sync`. 
 `one-step` and `three-steps` functions have the shapes of `native-one` and `native-three`
 here. Events are inserted in one statement (the same way for both), so the figures are the
 engine's: claiming, the SDK calls over HTTP (one per step plus one to finish), checkpoints.
-Prints runs/s for each and the SDK/native ratio; writes bench/results/inngest.json.
+Prints runs/s for each and the SDK/native ratio, and, as a ceiling, the SDK app alone driven
+straight over HTTP with no engine; writes bench/results/inngest.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,6 +94,50 @@ def sync(url: str, app_url: str) -> None:
         raise SystemExit(f"orchestrator apps sync {app_url} failed:\n{out.stdout}{out.stderr}")
 
 
+def direct(
+    app_url: str, function_id: str, event_name: str, n: int, concurrency: int = 16
+) -> dict[str, Any]:
+    """The SDK app alone: `n` runs of `function_id` driven straight over HTTP with an empty
+    memo and no engine (each run: one call per step and one to finish), as a ceiling."""
+
+    async def one_run(client: httpx.AsyncClient) -> None:
+        event = {"name": event_name, "data": {"i": 1}, "id": str(uuid.uuid4()), "ts": 0}
+        steps: dict[str, Any] = {}
+        ctx = {"attempt": 0, "disable_immediate_execution": False, "use_api": False}
+        for _ in range(10):
+            body = {
+                "event": event,
+                "events": [event],
+                "steps": steps,
+                "use_api": False,
+                "version": -1,
+                "ctx": ctx | {"run_id": event["id"], "stack": {"stack": list(steps), "current": 0}},
+            }
+            r = await client.post(app_url, params={"fnId": function_id}, json=body)
+            if r.status_code == 200:
+                return
+            if r.status_code != 206:
+                raise SystemExit(f"{function_id}: the app answered {r.status_code}: {r.text}")
+            for op in r.json():
+                steps[op["id"]] = {"data": op.get("data")}
+        raise SystemExit(f"{function_id}: a direct run did not finish")
+
+    async def main() -> float:
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def gated() -> None:
+                async with gate:
+                    await one_run(client)
+
+            started = time.monotonic()
+            await asyncio.gather(*(gated() for _ in range(n)))
+            return time.monotonic() - started
+
+    seconds = asyncio.run(main())
+    return {"runs": n, "seconds": round(seconds, 2), "runs_per_s": round(n / seconds, 1)}
+
+
 def wait_served(url: str, function_id: str, timeout: float = 60.0) -> None:
     """Until a running daemon lists `function_id` among the functions it serves."""
     deadline = time.monotonic() + timeout
@@ -154,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             results[shape] = {
                 "native": native_fig,
                 "sdk": sdk_fig,
+                "sdk_app_alone": direct(sdk_app.url, sdk_fn, sdk_event, n),
                 "sdk_over_native": round(sdk_fig["runs_per_s"] / native_fig["runs_per_s"], 3),
             }
     finally:
@@ -166,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results[shape]
         print(
             f"  {shape:12} native {r['native']['runs_per_s']:>8} runs/s   "
-            f"SDK {r['sdk']['runs_per_s']:>8} runs/s   SDK/native {r['sdk_over_native']}"
+            f"SDK {r['sdk']['runs_per_s']:>8} runs/s   SDK/native {r['sdk_over_native']}   "
+            f"(the SDK app alone, no engine: {r['sdk_app_alone']['runs_per_s']} runs/s)"
         )
     print(f"written to {path}")
     return 0
