@@ -191,6 +191,7 @@ def _main(args: argparse.Namespace) -> int:
             },
         )
         log.hide(*url_secrets(cfg.database_url))
+        log.hide(cfg.inngest_signing_key, cfg.inngest_signing_key_fallback)
         log.configure(cfg.log_format, cfg.log_level, payloads=cfg.log_payloads)
         return _dispatch(args, cfg)
     except OrchestratorError as exc:

@@ -93,9 +93,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         return _apps_sync(cfg, args)
     cfg = dataclasses.replace(cfg, database_url=database_url(cfg, args, create=False))
     db = Database(cfg.database_url, pool_size=1, application_name="orchestrator-cli")
+    handlers = {"event-keys": _event_keys, "apps": _apps_list}
     try:
         check_schema(db.engine)
-        return _event_keys(db, args) if args.command == "event-keys" else _apps_list(db, args)
+        return handlers[args.command](db, args)
     finally:
         db.dispose()
 

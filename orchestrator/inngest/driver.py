@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import math
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ from orchestrator.flow import (
 )
 from orchestrator.functions import (
     CRON_EVENT_NAME,
+    FAILED_EVENT_NAME,
     INVOKED_EVENT_NAME,
     Backoff,
     CancelOn,
@@ -74,6 +76,7 @@ PLANNED = "planned"  # the step id of a group of steps the SDK planned together
 _EVENT_NAMES = {
     INVOKED_EVENT_NAME: "inngest/function.invoked",
     CRON_EVENT_NAME: "inngest/scheduled.timer",
+    FAILED_EVENT_NAME: "inngest/function.failed",  # what an onFailure handler is sent
 }
 _SETTLED = ("completed", "failed")
 
@@ -286,8 +289,20 @@ class _Run:
 
     # -- ops ------------------------------------------------------------------------------
 
+    def _new(self, hashed: str) -> str:
+        """A step the app reports must be new: one in the memo sent back again means the
+        app ignores the memo, and would be called for ever."""
+        if hashed in self.memo:
+            error = SdkResponseError(
+                f"the app reported step {hashed} again, though its result was sent with the "
+                "call; is the function deterministic, and does the SDK read the request's steps?"
+            )
+            error.non_retriable = True  # type: ignore[attr-defined]  # read by the retry policy
+            raise error
+        return hashed
+
     async def apply(self, op: dict[str, Any], headers: httpx.Headers) -> None:
-        kind, hashed = op.get("op"), _op_id(op)
+        kind, hashed = op.get("op"), self._new(_op_id(op))
         step = self.step
         try:
             if kind == "StepRun":
@@ -346,7 +361,7 @@ class _Run:
         for op in ops:
             if op.get("op") not in ("StepPlanned", "StepRun"):
                 raise _unsupported(op, "in a parallel group")
-        keys = [_op_id(op) for op in ops]
+        keys = [self._new(_op_id(op)) for op in ops]
         keys = self._recorded_group() or keys
         by_key = {_op_id(op): op for op in ops}
         branches = [(k, self._branch(k, by_key.get(k))) for k in keys]
@@ -441,13 +456,25 @@ class _Run:
         return _judge(status, answer_headers, raw, s)
 
 
+# One client (its connection pool) per event loop and settings: a worker's runs share its
+# loop's connections to the apps; a loop that is gone takes its clients with it.
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Settings, httpx.AsyncClient]]
+_CLIENTS = weakref.WeakKeyDictionary()
+
+
+def _client(s: Settings) -> httpx.AsyncClient:
+    clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(s)
+    if client is None:
+        client = clients[s] = httpx.AsyncClient(timeout=s.timeout, transport=s.transport)
+    return client
+
+
 async def _post(
     url: str, body: bytes, headers: dict[str, str], s: Settings
 ) -> tuple[int, httpx.Headers, bytes]:
-    async with (
-        httpx.AsyncClient(timeout=s.timeout, transport=s.transport) as client,
-        client.stream("POST", url, content=body, headers=headers) as response,
-    ):
+    client = _client(s)
+    async with client.stream("POST", url, content=body, headers=headers) as response:
         chunks, size = [], 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
@@ -613,7 +640,9 @@ def inngest_event(event: dict[str, Any]) -> dict[str, Any]:
     """One of our events in Inngest's shape: `ts` in milliseconds, Inngest's names for the
     engine's own events (an invocation, a cron tick)."""
     name = str(event.get("name") or "")
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    data = _opts(event, "data")
+    if name == FAILED_EVENT_NAME and isinstance(data.get("error"), dict):
+        data = data | {"error": sdk_error(data["error"])}  # as an onFailure handler reads it
     return {
         "id": str(
             event.get("id") or hashlib.sha1(json.dumps(event, default=str).encode()).hexdigest()

@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from orchestrator.codec import encode
 from orchestrator.config import Config, parse_http_address
 from orchestrator.errors import (
     ConfigError,
@@ -105,8 +106,8 @@ async def _send_events(settings: GatewaySettings, request: Request) -> JSONRespo
     key = None if settings.dev else request.path_params["event_key"]
     try:
         body = await _read_body(request, settings.config.inngest_max_event_bytes)
-        parsed: Parsed | OrchestratorError = parse_events(
-            body, request.headers, settings.config.max_event_bytes
+        parsed: Parsed | OrchestratorError = await run_in_threadpool(
+            parse_events, body, request.headers, settings.config.max_event_bytes
         )
     except OrchestratorError as exc:
         parsed = exc  # reported after the key is checked: a stranger learns nothing
@@ -192,7 +193,7 @@ def parse_events(body: bytes, headers: Mapping[str, str], max_data_bytes: int) -
             raise type(exc)(f"{where}: {exc}") from None
         batch.append(event)
         if fields and event.id not in extra:
-            extra[event.id] = json.dumps(fields, ensure_ascii=False, allow_nan=False)
+            extra[event.id] = encode(fields, what=f"event '{event.name}' user and v")
     return Parsed(batch, extra)
 
 

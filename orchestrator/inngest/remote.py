@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Mapping
 
 from orchestrator.db import apps
 from orchestrator.db.database import Database
 from orchestrator.db.functions import FunctionRow
+from orchestrator.flow import FlowPolicy
 from orchestrator.functions import FunctionDef
 from orchestrator.inngest.driver import Settings, function_def
 
@@ -69,3 +71,26 @@ class RemoteFunctions:
         fdef = function_def(row, self.settings)
         self._built[row.id] = (row.version, fdef)
         return fdef
+
+
+class Policies(Mapping[str, FlowPolicy]):
+    """The flow policies of the app's own functions, then of the SDK-served ones: what an
+    invoke applies to the child run it starts (its concurrency keys, priority, ...)."""
+
+    def __init__(self, local: Mapping[str, FlowPolicy], remote: RemoteFunctions) -> None:
+        self.local = local
+        self.remote = remote
+
+    def __getitem__(self, function_id: str) -> FlowPolicy:
+        if function_id in self.local:
+            return self.local[function_id]
+        fdef = self.remote.get(function_id)
+        if fdef is None:
+            raise KeyError(function_id)
+        return fdef.policy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.local)
+
+    def __len__(self) -> int:
+        return len(self.local)

@@ -91,8 +91,9 @@ def verify(
     now = time.time() if now is None else now
     if abs(now - int(at)) > max_age:
         raise SignatureError(
-            f"X-Inngest-Signature is too old: signed at {at}, {now - int(at):.0f}s from now "
-            f"(the limit is {max_age:g}s); a replayed request, or clocks out of step"
+            f"X-Inngest-Signature is too old: signed at {at}, {now - int(at):.0f}s before the "
+            f"time here, more than the {max_age:g}s allowed; a replayed request, or clocks "
+            "out of step"
         )
     if not keys:
         raise SignatureError("no signing key is configured to verify X-Inngest-Signature")
@@ -134,7 +135,7 @@ def _parse_header(header: str | None) -> tuple[str, str]:
         raise SignatureError("the request has no X-Inngest-Signature header")
     fields = urllib.parse.parse_qs(header.strip(), keep_blank_values=True)
     at, signature = fields.get("t", [""])[0], fields.get("s", [""])[0]
-    if not at.isascii() or not at.isdigit() or not signature:
+    if not at.isascii() or not at.isdigit() or not _HEX.match(signature):
         raise SignatureError(
             "X-Inngest-Signature is malformed: expected t=<unix seconds>&s=<hex>, "
             f"got {header[:100]!r}"

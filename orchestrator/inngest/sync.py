@@ -60,9 +60,19 @@ from orchestrator.flow import (
     Timeouts,
     flow_options,
 )
-from orchestrator.functions import Backoff, CancelOn, Trigger, cancel_on, cron, event
+from orchestrator.functions import (
+    FAILED_EVENT_NAME,
+    Backoff,
+    CancelOn,
+    Trigger,
+    cancel_on,
+    cron,
+    event,
+)
 from orchestrator.inngest import signing, timestr
 
+# Inngest's own events that the engine records under its own names
+_EVENT_NAMES = {"inngest/function.failed": FAILED_EVENT_NAME}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 MAX_FUNCTIONS = 500
 MAX_URL = 2048
@@ -325,7 +335,9 @@ def _triggers(found: Any) -> list[Trigger]:
             expr = t.get("expression")
             if expr is not None and not isinstance(expr, str):
                 raise Refused("triggers", f"triggers[{i}].expression must be a string")
-            triggers.append(_option("triggers", functools.partial(event, t["event"], expr)))
+            raw = t["event"]
+            name = _EVENT_NAMES[raw] if isinstance(raw, str) and raw in _EVENT_NAMES else raw
+            triggers.append(_option("triggers", functools.partial(event, name, expr)))
         else:
             raise Refused("triggers", f"triggers[{i}] has neither event nor cron")
     if sum("cron" in t for t in found) > 1:

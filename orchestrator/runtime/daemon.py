@@ -286,7 +286,8 @@ class Daemon:
     def _register(self, conn: Any) -> int:
         """Record the functions, in id order (the order every statement locks their rows
         in), and this daemon; returns its liveness lock key."""
-        functions.record_all(conn, self.registry)
+        # the app's own functions only: an SDK app's rows are its sync's (options.inngest)
+        functions.record_all(conn, self.app.functions)
         return daemons.register(
             conn,
             self.id,

@@ -19,7 +19,7 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from orchestrator.engine.faces import AsyncFace, Face, SyncFace, run_sync
 from orchestrator.engine.observer import NOBODY
 from orchestrator.engine.store import RunStore
 from orchestrator.errors import first_line
+from orchestrator.flow import FlowPolicy
 from orchestrator.redact import url_secrets
 from orchestrator.runtime.loader import load_app
 from orchestrator.runtime.metrics import StepTally
@@ -117,7 +118,11 @@ class Worker:
     ) -> None:
         self.functions = functions
         self.remote = remote  # the SDK-served functions (orchestrator/inngest/remote.py)
-        self.policies = {fid: f.policy() for fid, f in functions.items()}
+        self.policies: Mapping[str, FlowPolicy] = {fid: f.policy() for fid, f in functions.items()}
+        if remote is not None:  # an invoke may start an SDK-served function's run
+            from orchestrator.inngest.remote import Policies
+
+            self.policies = Policies(self.policies, remote)
         self.busy = busy
         self.store = store
         self.cfg = cfg

@@ -129,6 +129,7 @@ class FakeSdk:
         self.signing_key: str | None = None
         self.response_key: str | None = None
         self.before_answer: Callable[[dict[str, Any]], None] | None = None
+        self.api_base: str | None = None  # where a sync (PUT) registers: our gateway
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -254,6 +255,29 @@ def _handler(sdk: FakeSdk) -> type[BaseHTTPRequestHandler]:
                 self.send_header("X-Inngest-Signature", signing.sign(data, key))
             for name, value in extra.items():
                 self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self) -> None:
+            import httpx
+
+            assert sdk.api_base is not None
+            answer = httpx.post(f"{sdk.api_base}/fn/register", json=sdk.register_payload())
+            said = answer.json()
+            body = {
+                "message": said.get("error") or "Successfully synced.",
+                "modified": bool(said.get("modified")),
+            }
+            self._json(200 if answer.status_code == 200 else 500, body)
+
+        def do_GET(self) -> None:
+            self._json(200, {"mode": "dev", "function_count": len(sdk.programs)})
+
+        def _json(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

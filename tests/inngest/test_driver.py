@@ -345,3 +345,65 @@ def test_an_oversize_answer_is_refused(sdk: FakeSdk) -> None:
 def test_with_step__sets_the_step_id_and_keeps_the_rest() -> None:
     url = driver.with_step("http://h/api/inngest?fnId=a-b&stepId=step", "abc")
     assert url == "http://h/api/inngest?fnId=a-b&stepId=abc"
+
+
+def test_a_failed_planned_step_is_retried_alone(sdk: FakeSdk) -> None:
+    tries = {"n": 0}
+
+    def shaky() -> str:
+        tries["n"] += 1
+        if tries["n"] == 1:
+            raise RuntimeError("blip")
+        return "S"
+
+    @sdk.function("mixed")
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        return step.parallel(("steady", lambda: "T"), ("shaky", shaky))
+
+    with served(sdk) as env:
+        env.send("shop-mixed/go")
+        env.run_until_idle()
+        assert only_run(env, "shop-mixed").status == "queued"
+        env.advance(5)
+        env.run_until_idle()
+        run = only_run(env, "shop-mixed")
+    assert run.status == "completed" and run.output == ["T", "S"]
+    assert sdk.executed == {"steady": 1, "shaky": 2}  # the steady one never ran again
+
+
+def test_an_app_that_ignores_the_memo_fails_the_run_instead_of_looping(sdk: FakeSdk) -> None:
+    @sdk.function("amnesiac")
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        step.memo.clear()  # forgets every result it is sent
+        return step.run("again", lambda: 1)
+
+    with served(sdk) as env:
+        env.send("shop-amnesiac/go")
+        env.run_until_idle()
+        run = only_run(env, "shop-amnesiac")
+    assert run.status == "failed" and "reported step" in run.error["message"]
+    assert len(sdk.calls) == 2
+
+
+def test_an_on_failure_handler_receives_the_failed_run_as_inngest_sends_it(sdk: FakeSdk) -> None:
+    @sdk.function("pay", retries=0)
+    def pay(step: Tools, event: dict[str, Any]) -> Any:
+        raise NonRetriable("card declined")
+
+    expression = "event.data.function_id == 'shop-pay'"
+
+    @sdk.function(
+        "pay-failure", triggers=[{"event": "inngest/function.failed", "expression": expression}]
+    )
+    def on_failure(step: Tools, event: dict[str, Any]) -> Any:
+        return {"seen": event["name"], "error": event["data"]["error"]}
+
+    with served(sdk) as env:
+        env.send("shop-pay/go")
+        env.run_until_idle()
+        handler = only_run(env, "shop-pay-failure")
+    assert handler.status == "completed"
+    assert handler.output == {
+        "seen": "inngest/function.failed",
+        "error": {"name": "NonRetriableError", "message": "card declined (HTTP 400)"},
+    }

@@ -340,3 +340,13 @@ def test_sync_url__puts_to_the_app_and_types_its_failures() -> None:
         sync.sync_url("ftp://x", transport=transport)
     with pytest.raises(AppSyncError, match="could not reach"):
         sync.sync_url("http://127.0.0.1:9/nothing", timeout=2.0)
+
+
+def test_register__an_on_failure_handler_triggers_on_our_failed_event(db: Database) -> None:
+    expression = "event.data.function_id == 'shop-pay'"
+    trigger = {"event": "inngest/function.failed", "expression": expression}
+    sync.register(db, payload(fn("pay-failure", triggers=[trigger])), headers={})
+    (row,) = registered(db).values()
+    assert row.triggers == [
+        {"type": "event", "name": "orchestrator/function.failed", "if": expression}
+    ]
