@@ -302,7 +302,16 @@ def test_sync_maps_the_apps_functions(dev_stack: Stack) -> None:
             s.url, "SELECT id FROM orchestrator.functions WHERE id LIKE %s", (s.app.app_id + "-%",)
         )
     }
-    for slug in ("send-welcome", "tick", "await-payment", "double", "invoke-double", "fan-out"):
+    for slug in (
+        "send-welcome",
+        "tick",
+        "await-payment",
+        "double",
+        "invoke-double",
+        "fan-out",
+        "always-fails",
+        "always-fails-failure",
+    ):
         assert s.fn(slug) in ids, f"{slug} missing from {sorted(ids)}"
     # the cron function got a schedule like any cron function
     cron = scalar(
@@ -427,6 +436,35 @@ def test_cron_tick(dev_stack: Stack) -> None:
     assert done["status"] == "completed", done
     assert done["output"] == {"ticked": True}
     assert s.app.counts(run_id) == {("tick", "tick-once"): 1}
+
+
+def test_on_failure_handler(dev_stack: Stack) -> None:
+    """A step throws NonRetriableError: the run fails once, with the SDK's message, and the
+    function's onFailure handler (the SDK's `<id>-failure` function) runs with the error."""
+    s = dev_stack
+    event_id = s.send("app/fail", {"why": "on purpose"})
+    run_id = s.run_of(event_id, s.fn("always-fails"))
+    done = s.finished(run_id)
+    assert done["status"] == "failed", done
+    assert "nope, on purpose" in json.dumps(done["error"]), done
+    assert s.app.counts(run_id) == {("always-fails", "doomed"): 1}
+
+    handler_fn = s.fn("always-fails") + "-failure"
+    rows = eventually(
+        lambda: sql(
+            s.url,
+            "SELECT id::text FROM orchestrator.runs WHERE function_id = %s",
+            (handler_fn,),
+        ),
+        timeout=30,
+        what=f"a run of {handler_fn}",
+    )
+    handler_run = rows[0][0]
+    handled = s.finished(handler_run)
+    assert handled["status"] == "completed", handled
+    # the message the handler sees is the app's own (we may add the HTTP status after it)
+    assert str(handled["output"]["handled"]).startswith("nope, on purpose"), handled
+    assert s.app.counts(handler_run) == {("always-fails-failure", "note-failure"): 1}
 
 
 def test_sdk_events_reach_native_functions_too(dev_stack: Stack) -> None:

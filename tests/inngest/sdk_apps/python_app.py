@@ -121,7 +121,33 @@ async def fan_out(ctx: inngest.Context) -> dict[str, Any]:
     return {"parts": list(parts), "total": await ctx.step.run("total", total)}
 
 
-FUNCTIONS = [send_welcome, tick, await_payment, double, invoke_double, fan_out]
+def _note_failure(ctx: inngest.ContextSync) -> dict[str, Any]:
+    error = ctx.event.data.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+
+    def note() -> Any:
+        mark("always-fails-failure", "note-failure", ctx.run_id, 0)
+        return message
+
+    ctx.step.run("note-failure", note)
+    return {"handled": message}
+
+
+@client.create_function(
+    fn_id="always-fails",
+    retries=0,
+    on_failure=_note_failure,
+    trigger=inngest.TriggerEvent(event="app/fail"),
+)
+def always_fails(ctx: inngest.ContextSync) -> None:
+    def doomed() -> None:
+        mark("always-fails", "doomed", ctx.run_id, ctx.attempt)
+        raise inngest.NonRetriableError("nope, on purpose")
+
+    ctx.step.run("doomed", doomed)
+
+
+FUNCTIONS = [send_welcome, tick, await_payment, double, invoke_double, fan_out, always_fails]
 
 app = fastapi.FastAPI()
 inngest.fast_api.serve(app, client, FUNCTIONS, serve_path="/api/inngest")

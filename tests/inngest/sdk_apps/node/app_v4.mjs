@@ -86,6 +86,26 @@ const fanOut = inngest.createFunction(
   },
 );
 
+const alwaysFails = inngest.createFunction(
+  {
+    id: "always-fails",
+    retries: 0, triggers: [{ event: "app/fail" }],
+    onFailure: async ({ event, error, step, runId }) => {
+      await step.run("note-failure", () => {
+        mark("always-fails-failure", "note-failure", runId, 0);
+        return { message: error.message, original: event.data.event?.data ?? null };
+      });
+      return { handled: error.message };
+    },
+  },
+  async ({ step, runId, attempt }) => {
+    await step.run("doomed", () => {
+      mark("always-fails", "doomed", runId, attempt);
+      throw new sdk.inngest.NonRetriableError("nope, on purpose");
+    });
+  },
+);
+
 // For the bench: the same one-step and three-step shapes as bench/inngest.py's native ones.
 const oneStep = inngest.createFunction(
   { id: "one-step", triggers: [{ event: "bench/one" }] },
@@ -101,4 +121,6 @@ const threeSteps = inngest.createFunction(
   },
 );
 
-listen(sdk, inngest, [sendWelcome, tick, awaitPayment, double, invokeDouble, fanOut, oneStep, threeSteps]);
+listen(sdk, inngest, [
+  sendWelcome, tick, awaitPayment, double, invokeDouble, fanOut, alwaysFails, oneStep, threeSteps,
+]);
