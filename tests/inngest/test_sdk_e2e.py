@@ -41,6 +41,7 @@ from tests.inngest.sdk_harness import (
     ROOT,
     MissingTool,
     SdkApp,
+    check_tools,
     free_port,
     sdk_send,
 )
@@ -195,8 +196,6 @@ class Stack:
 
 def _tools_or_fail(kind: str) -> None:
     try:
-        from tests.inngest.sdk_harness import check_tools
-
         check_tools(kind)
     except MissingTool as exc:
         pytest.fail(str(exc))
