@@ -185,6 +185,12 @@ class Stack:
 
         eventually(served, timeout=60, what=f"a daemon serving {wanted}")
 
+    def logged_errors(self) -> list[dict[str, Any]]:
+        """The daemon's log lines at error level or worse (a healthy stack writes none, even
+        across the kill -9 and restart, the failing run and the refused requests)."""
+        bad = ("error", "critical", "exception")
+        return [e for e in self.daemon.log_events() if e.get("level") in bad]
+
     def stop(self) -> None:
         self.app.stop()
         stop_all([self.daemon])
@@ -220,6 +226,7 @@ def dev_stack(kind: str, server_url: str, template_name: str, work: Path) -> Ite
         daemon.start()
         stack.wait_synced()
         yield stack
+        assert not stack.logged_errors(), stack.logged_errors()
     finally:
         stack.stop()
         close_connections()
@@ -263,6 +270,7 @@ def signed_stack(kind: str, server_url: str, template_name: str, work: Path) -> 
             assert synced.returncode == 0, f"apps sync failed: {synced.stdout}{synced.stderr}"
             stack.wait_synced()
             yield stack
+            assert not stack.logged_errors(), stack.logged_errors()
         finally:
             stack.stop()
     finally:
