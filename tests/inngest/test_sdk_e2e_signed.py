@@ -9,7 +9,11 @@ signed calls, and a replayed call with an old timestamp.
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +23,9 @@ import httpx
 import pytest
 
 from orchestrator.inngest import signing
-from tests.e2e.harness import scalar
-from tests.inngest.sdk_harness import KINDS, sdk_send
+from tests.conftest import eventually
+from tests.e2e.harness import run_cli, scalar, sql
+from tests.inngest.sdk_harness import KINDS, SdkApp, sdk_send
 from tests.inngest.sdk_stack import Stack
 from tests.inngest.sdk_stack import signed_stack as start_signed_stack
 
@@ -135,3 +140,110 @@ def test_replayed_call_with_an_old_timestamp(signed_stack: Stack) -> None:
         assert old.status_code == 206
     else:
         assert old.status_code == 401
+
+
+class _TamperingProxy:
+    """An HTTP proxy in front of an SDK app that adds a byte to the body of every answer to
+    a call (POST): what a man in the middle would do. The signature header is kept."""
+
+    def __init__(self, target_port: int) -> None:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                keep = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                answer = httpx.request(
+                    self.command,
+                    f"http://127.0.0.1:{target_port}{self.path}",
+                    headers=keep,
+                    content=body,
+                    timeout=30,
+                )
+                out = answer.content
+                if self.command == "POST":
+                    out += b" "
+                    proxy.tampered += 1
+                self.send_response(answer.status_code)
+                for k, v in answer.headers.items():
+                    if k.lower() not in _HOP:
+                        self.send_header(k, v)
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.tampered = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+
+
+def test_an_answer_whose_signature_does_not_match_is_refused(
+    signed_stack: Stack, tmp_path: Path
+) -> None:
+    """The other direction, with the real SDK: its answers pass through a proxy that changes
+    their bodies. We refuse every answer (its signature no longer matches) and record
+    nothing of them: the run fails, with no step recorded."""
+    s = signed_stack
+    assert s.signing_key is not None
+    app = SdkApp(
+        s.kind, tmp_path, s.gateway, signing_key=s.signing_key, app_id=f"e2e-tamper-{s.kind}"
+    )
+    proxy = _TamperingProxy(app.port)
+    origin = f"http://127.0.0.1:{proxy.port}"
+    app.env |= {"INNGEST_SERVE_ORIGIN": origin, "INNGEST_SERVE_HOST": origin}
+    app.start()
+    try:
+        synced = run_cli(
+            ("apps", "sync", f"{origin}/api/inngest"),
+            dict(
+                os.environ,
+                ORCHESTRATOR_DATABASE_URL=s.url,
+                ORCHESTRATOR_INNGEST_SIGNING_KEY=s.signing_key,
+            ),
+        )
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        fid = f"e2e-tamper-{s.kind}-double"
+        eventually(
+            lambda: sql(
+                s.url,
+                "SELECT 1 FROM orchestrator.daemons WHERE status = 'running' "
+                "AND %s = ANY(functions)",
+                (fid,),
+            ),
+            timeout=60,
+            what=f"a daemon serving {fid}",
+        )
+        assert f"{origin}/api/inngest" in str(
+            scalar(s.url, "SELECT options FROM orchestrator.functions WHERE id = %s", (fid,))
+        )
+        event_id = s.send("app/double", {"n": 4})
+        run_id = s.run_of(event_id, fid)
+        done = s.finished(run_id, timeout=90)
+        assert done["status"] == "failed", done
+        assert "signature" in json.dumps(done["error"]).lower(), done
+        assert proxy.tampered >= 1
+        recorded = sql(
+            s.url,
+            "SELECT step_id, status FROM orchestrator.steps WHERE run_id = %s "
+            "AND status = 'completed'",
+            (run_id,),
+        )
+        assert recorded == [], recorded
+    finally:
+        app.stop()
+        proxy.close()
