@@ -4,7 +4,8 @@ Per SDK one stack (tests/inngest/sdk_stack.py): `orchestrator run` with `inngest
 signing key, an event key from `orchestrator event-keys create`, and the SDK app with the
 same signing key (INNGEST_DEV=0), synced with `orchestrator apps sync`. Every call we make is
 signed and every answer checked; here, the refusals: a wrong event key, unsigned or badly
-signed calls, and a replayed call with an old timestamp.
+signed calls, a replayed call with an old timestamp, and answers changed on their way back
+(through a tampering proxy), which we refuse.
 """
 
 from __future__ import annotations
