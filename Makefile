@@ -39,9 +39,9 @@ browser: ## install Debian's chromium for the browser tests (tests/ui) when it i
 SDK_APPS  := tests/inngest/sdk_apps/node
 SDK_CACHE := .cache/inngest-sdks
 
-inngest-sdks: $(SDK_CACHE)/v3/.installed $(SDK_CACHE)/v4/.installed ## npm-install the official Inngest JS SDKs (v3, v4) into .cache/inngest-sdks
+inngest-sdks: $(SDK_CACHE)/v3/node_modules/.installed $(SDK_CACHE)/v4/node_modules/.installed ## npm-install the official Inngest JS SDKs (v3, v4) into .cache/inngest-sdks
 
-$(SDK_CACHE)/%/.installed: $(SDK_APPS)/%/package.json $(SDK_APPS)/%/package-lock.json
+$(SDK_CACHE)/%/node_modules/.installed: $(SDK_APPS)/%/package.json $(SDK_APPS)/%/package-lock.json
 	@command -v npm >/dev/null || { echo "make inngest-sdks needs Node.js 20+ and npm" >&2; exit 1; }
 	mkdir -p $(SDK_CACHE)/$*
 	cp $(SDK_APPS)/$*/package.json $(SDK_APPS)/$*/package-lock.json $(SDK_CACHE)/$*/
