@@ -122,9 +122,14 @@ class AppSyncError(OrchestratorError):
 
 class SdkResponseError(OrchestratorError):
     """An Inngest SDK app answered a call request with something that is not its protocol
-    (a malformed body, an unknown opcode, a response over the size limit)."""
+    (a malformed body, an unknown opcode, a response over the size limit). With
+    `non_retriable`, no retry could help (an op we do not support): the run fails at once."""
 
     code = "sdk_bad_response"
+
+    def __init__(self, message: str, *, non_retriable: bool = False) -> None:
+        super().__init__(message)
+        self.non_retriable = non_retriable  # read by the retry policy (engine/retry.py)
 
 
 class EventKeyError(OrchestratorError):

@@ -11,15 +11,86 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from orchestrator.db import apps
 from orchestrator.db.database import Database
 from orchestrator.db.functions import FunctionRow
-from orchestrator.flow import FlowPolicy
-from orchestrator.functions import FunctionDef
-from orchestrator.inngest.driver import Settings, function_def
+from orchestrator.flow import (
+    Batch,
+    Concurrency,
+    Debounce,
+    FlowOptions,
+    FlowPolicy,
+    Idempotency,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
+from orchestrator.functions import (
+    Backoff,
+    CancelOn,
+    CronTrigger,
+    EventTrigger,
+    FunctionDef,
+    Trigger,
+)
+from orchestrator.inngest.calls import Settings
+from orchestrator.inngest.driver import Driver
 
 DEFAULT_TTL = 2.0
+
+
+def function_def(row: FunctionRow, settings: Settings) -> FunctionDef:
+    """The definition the engine runs an SDK-served function by, from its row."""
+    o = row.options
+    backoff = o.get("backoff") or {}
+    return FunctionDef(
+        row.id,
+        Driver(row.id, str(o["inngest"]["url"]), settings),
+        tuple(_trigger(t) for t in row.triggers),
+        int(o.get("retries", 3)),
+        Backoff(float(backoff.get("base", 1.0)), float(backoff.get("max", 600.0))),
+        tuple(
+            CancelOn(c["event"], c.get("match"), c.get("if"), c.get("timeout"))
+            for c in o.get("cancel_on") or ()
+        ),
+        None,
+        flow_of(o),
+    )
+
+
+def _trigger(t: dict[str, Any]) -> Trigger:
+    if t.get("type") == "cron":
+        return CronTrigger(
+            t["expr"], t.get("tz"), t.get("overlap", "allow"), t.get("catch_up", "latest")
+        )
+    return EventTrigger(t["name"], t.get("if"))
+
+
+_FLOW_KINDS: dict[str, type] = {
+    "throttle": Throttle,
+    "rate_limit": RateLimit,
+    "debounce": Debounce,
+    "priority": Priority,
+    "batch_events": Batch,
+    "idempotency": Idempotency,
+    "singleton": Singleton,
+    "timeouts": Timeouts,
+}
+
+
+def flow_of(options: dict[str, Any]) -> FlowOptions:
+    """The flow options a row's `options` recorded (FlowOptions.describe, read back)."""
+    built = {k: kind(**options[k]) for k, kind in _FLOW_KINDS.items() if options.get(k)}
+    concurrency = tuple(Concurrency(**c) for c in options.get("concurrency") or ())
+    return FlowOptions(concurrency, **built)
+
+
+def is_remote(options: dict[str, Any]) -> bool:
+    return isinstance(options.get("inngest"), dict)
 
 
 class RemoteFunctions:

@@ -4,11 +4,11 @@ An SDK syncs when its serve URL receives a `PUT` (from `orchestrator apps sync U
 `orchestrator dev -u URL`, or from anyone): it posts its app id, its URL and its functions
 to our gateway, which hands the payload to `register`. Each function becomes a row of
 `orchestrator.functions` (`options.inngest` marks it remote: the app and the URL to call),
-with its configuration mapped to ours:
+with its configuration mapped to ours (option by option: orchestrator/inngest/options.py):
 
 | Inngest               | here                                                      |
 |-----------------------|-----------------------------------------------------------|
-| `triggers` `event` + `expression` | an event trigger with `if`                    |
+| `triggers` `event` + `expression` | an event trigger with `if` (`inngest/function.failed`: ours) |
 | `triggers` `cron` (`TZ=Zone ` prefix) | a cron trigger in that zone               |
 | `steps.step.retries.attempts` | `retries` (retries after the first attempt)       |
 | `concurrency` (limit, key, scope `fn`) | `Concurrency`                             |
@@ -27,11 +27,10 @@ without it. A payload that is not an app at all raises `InvalidAppError` and sto
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,30 +48,13 @@ from orchestrator.errors import (
     RegistrationError,
 )
 from orchestrator.flow import (
-    Batch,
-    Concurrency,
-    Debounce,
-    Idempotency,
-    Priority,
-    RateLimit,
-    Singleton,
-    Throttle,
-    Timeouts,
     flow_options,
 )
 from orchestrator.functions import (
-    FAILED_EVENT_NAME,
     Backoff,
-    CancelOn,
-    Trigger,
-    cancel_on,
-    cron,
-    event,
 )
-from orchestrator.inngest import signing, timestr
+from orchestrator.inngest import options, signing
 
-# Inngest's own events that the engine records under its own names
-_EVENT_NAMES = {"inngest/function.failed": FAILED_EVENT_NAME}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 MAX_FUNCTIONS = 500
 MAX_URL = 2048
@@ -92,15 +74,6 @@ class Mapped:
     options: dict[str, Any]
     version: str
     dropped: list[dict[str, Any]] = field(default_factory=list)  # options left out, and why
-
-
-class Refused(Exception):
-    """The function cannot be registered: `option` is what made it so."""
-
-    def __init__(self, option: str, reason: str) -> None:
-        super().__init__(reason)
-        self.option = option
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -154,7 +127,7 @@ def _store(
         owner = taken.get(m.function_id, app.app_id)
         if owner != app.app_id:
             who = "a Python function" if owner is None else f"app {owner!r}"
-            refused.append(_refusal(m.function_id, "id", f"the id is taken by {who}", False))
+            refused.append(options.refusal(m.function_id, "id", f"the id is taken by {who}", False))
             continue
         function_rows.upsert(
             conn, m.function_id, triggers=m.triggers, options=m.options, version=m.version
@@ -163,7 +136,7 @@ def _store(
     removed, kept = apps.remove_stale(conn, app.app_id, serving)
     for fid in kept:
         refused.append(
-            _refusal(fid, "id", "no longer in the app, kept until its active runs end", True)
+            options.refusal(fid, "id", "no longer in the app, kept until its active runs end", True)
         )
     modified = apps.upsert(
         conn,
@@ -231,10 +204,6 @@ def _short(value: Any, what: str) -> str | None:
     return value
 
 
-def _refusal(fid: str, option: str, reason: str, registered: bool) -> dict[str, Any]:
-    return {"function": fid, "option": option, "reason": reason, "registered": registered}
-
-
 def map_functions(app: AppSync) -> tuple[list[Mapped], list[dict[str, Any]]]:
     """Each function mapped, and what was refused (whole functions and single options)."""
     mapped: list[Mapped] = []
@@ -242,8 +211,8 @@ def map_functions(app: AppSync) -> tuple[list[Mapped], list[dict[str, Any]]]:
     for fn in app.functions:
         try:
             m = map_function(app, fn)
-        except Refused as exc:
-            refused.append(_refusal(fn["id"], exc.option, exc.reason, False))
+        except options.Refused as exc:
+            refused.append(options.refusal(fn["id"], exc.option, exc.reason, False))
             continue
         mapped.append(m)
         refused.extend(m.dropped)
@@ -257,21 +226,23 @@ def map_function(app: AppSync, fn: dict[str, Any]) -> Mapped:
     """Map one function's config, or raise `Refused`."""
     fid = fn["id"]
     if not _ID.match(fid):
-        raise Refused("id", f"function id {fid!r} is invalid; use 1-128 letters, digits and ._:/-")
+        raise options.Refused(
+            "id", f"function id {fid!r} is invalid; use 1-128 letters, digits and ._:/-"
+        )
     dropped: list[dict[str, Any]] = []
     step_url, retries = _step(app, fn)
-    triggers = _triggers(fn.get("triggers"))
-    cancels = _option("cancel", lambda: _cancels(fn.get("cancel"), fid, dropped))
-    raw_flow = _flow(fn, fid, dropped)
+    triggers = options.triggers_of(fn.get("triggers"))
+    cancels = options.guarded("cancel", lambda: options.cancels_of(fn.get("cancel"), fid, dropped))
+    raw_flow = options.flow_of(fn, fid, dropped)
     try:
         flow = flow_options(fid, raw_flow, has_cancel_on=bool(cancels))
     except RegistrationError as exc:
-        raise Refused("flow control", str(exc)) from None
-    for key in sorted(set(fn) - _STRUCTURE - _MAPPERS.keys() - {"cancel"}):
-        dropped.append(_refusal(fid, key, f"option {key!r} is not supported; ignored", True))
+        raise options.Refused("flow control", str(exc)) from None
+    for key in sorted(set(fn) - _STRUCTURE - options.MAPPERS.keys() - {"cancel"}):
+        dropped.append(options.refusal(fid, key, f"option {key!r} is not supported; ignored", True))
     backoff = Backoff()
     name = fn["name"] if isinstance(fn.get("name"), str) else fid
-    options: dict[str, Any] = {
+    recorded: dict[str, Any] = {
         "retries": retries,
         "backoff": {"base": backoff.base, "max": backoff.max},
         "cancel_on": [c.describe() for c in cancels],
@@ -280,10 +251,8 @@ def map_function(app: AppSync, fn: dict[str, Any]) -> Mapped:
         "inngest": {"app": app.app_id, "url": step_url, "name": name[:256]},
     }
     described = [t.describe() for t in triggers]
-    version = hashlib.sha256(json.dumps([described, options], sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
-    return Mapped(fid, described, options, version, dropped)
+    version = json.dumps([described, recorded], sort_keys=True).encode()
+    return Mapped(fid, described, recorded, hashlib.sha256(version).hexdigest()[:16], dropped)
 
 
 def _step(app: AppSync, fn: dict[str, Any]) -> tuple[str, int]:
@@ -297,9 +266,9 @@ def _step(app: AppSync, fn: dict[str, Any]) -> tuple[str, int]:
     try:
         url = check_url(url, "steps.step.runtime.url")
     except InvalidAppError as exc:
-        raise Refused("steps", str(exc)) from None
+        raise options.Refused("steps", str(exc)) from None
     if _origin(url) != _origin(app.url):
-        raise Refused(
+        raise options.Refused(
             "steps",
             f"the step URL {url!r} is not on the app's origin {_origin(app.url)!r}; an app "
             "is called only where it serves",
@@ -309,211 +278,19 @@ def _step(app: AppSync, fn: dict[str, Any]) -> tuple[str, int]:
     if isinstance(spec, dict) and spec.get("attempts") is not None:
         retries = spec["attempts"]
         if not isinstance(retries, int) or isinstance(retries, bool):
-            raise Refused("retries", f"retries.attempts must be a whole number, got {retries!r}")
+            raise options.Refused(
+                "retries", f"retries.attempts must be a whole number, got {retries!r}"
+            )
         if not 0 <= retries <= MAX_RETRIES:
-            raise Refused("retries", f"retries.attempts must be 0-{MAX_RETRIES}, got {retries}")
+            raise options.Refused(
+                "retries", f"retries.attempts must be 0-{MAX_RETRIES}, got {retries}"
+            )
     return url, retries
 
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def _triggers(found: Any) -> list[Trigger]:
-    if found is None:
-        return []
-    if not isinstance(found, list) or len(found) > 10:
-        raise Refused("triggers", "triggers must be a list of at most 10 entries")
-    triggers: list[Trigger] = []
-    for i, t in enumerate(found):
-        if not isinstance(t, dict):
-            raise Refused("triggers", f"triggers[{i}] must be an object")
-        if "cron" in t:
-            triggers.append(_option("triggers", functools.partial(_cron, t["cron"])))
-        elif "event" in t:
-            expr = t.get("expression")
-            if expr is not None and not isinstance(expr, str):
-                raise Refused("triggers", f"triggers[{i}].expression must be a string")
-            raw = t["event"]
-            name = _EVENT_NAMES[raw] if isinstance(raw, str) and raw in _EVENT_NAMES else raw
-            triggers.append(_option("triggers", functools.partial(event, name, expr)))
-        else:
-            raise Refused("triggers", f"triggers[{i}] has neither event nor cron")
-    if sum("cron" in t for t in found) > 1:
-        raise Refused("triggers", "at most one cron trigger per function is supported")
-    return triggers
-
-
-def _cron(spec: Any) -> Trigger:
-    if not isinstance(spec, str):
-        raise ValueError(f"cron must be a string, got {spec!r}")
-    tz = None
-    m = re.match(r"^(?:CRON_)?TZ=(\S+)\s+(.*)$", spec.strip())
-    if m:
-        tz, spec = m.group(1), m.group(2)
-    return cron(spec.strip(), tz)
-
-
-_Thunk = Callable[[], Any]
-
-
-def _option(name: str, build: _Thunk) -> Any:
-    """Build an option; any error in it refuses the function, naming the option."""
-    try:
-        return build()
-    except Refused:
-        raise
-    except (RegistrationError, ValueError, TypeError, KeyError) as exc:
-        raise Refused(name, f"{name}: {exc}") from None
-
-
-def _cancels(found: Any, fid: str, dropped: list[dict[str, Any]]) -> list[CancelOn]:
-    if found is None:
-        return []
-    if not isinstance(found, list) or len(found) > 10:
-        raise ValueError("cancel must be a list of at most 10 entries")
-    out = []
-    for c in found:
-        if not isinstance(c, dict):
-            raise ValueError(f"each cancel entry must be an object, got {c!r}")
-        timeout = c.get("timeout")
-        seconds = None if timeout is None else timestr.seconds(timeout, what="cancel timeout")
-        out.append(
-            cancel_on(
-                _need(c, "event", "cancel"), match=c.get("match"), if_=c.get("if"), timeout=seconds
-            )
-        )
-    return out
-
-
-def _period(spec: dict[str, Any], key: str, what: str) -> float:
-    return timestr.seconds(spec.get(key), what=f"{what}.{key}")
-
-
-def _need(spec: dict[str, Any], key: str, what: str) -> Any:
-    if spec.get(key) is None:
-        raise ValueError(f"{what}.{key} is required")
-    return spec[key]
-
-
-def _obj(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be an object, got {value!r}")
-    return value
-
-
-def _concurrency(value: Any) -> list[Concurrency] | None:
-    entries = [{"limit": value}] if isinstance(value, int) else value
-    if isinstance(entries, dict):
-        entries = [entries]
-    if not isinstance(entries, list):
-        raise ValueError(f"concurrency must be a number or a list, got {value!r}")
-    out = []
-    for entry in entries:
-        c = _obj(entry, "concurrency entry")
-        scope = c.get("scope")
-        if scope not in (None, "fn"):
-            raise Refused(
-                "concurrency",
-                f"concurrency scope {scope!r} limits runs across functions, which is not "
-                "supported (only per-function limits, scope 'fn'); the function is not "
-                "registered, as running it without its limit would be unsafe",
-            )
-        if c.get("limit") in (0, None):
-            continue  # Inngest: 0 means no limit
-        out.append(Concurrency(limit=c["limit"], key=c.get("key")))
-    return out or None
-
-
-def _batch(value: Any, fid: str, dropped: list[dict[str, Any]]) -> Batch:
-    spec = _obj(value, "batchEvents")
-    if spec.get("if") is not None:
-        dropped.append(
-            _refusal(
-                fid,
-                "batchEvents.if",
-                "a batch condition is not supported; every event is batched",
-                True,
-            )
-        )
-    return Batch(
-        max_size=_need(spec, "maxSize", "batchEvents"),
-        timeout=_period(spec, "timeout", "batchEvents"),
-        key=spec.get("key"),
-    )
-
-
-def _flow(fn: dict[str, Any], fid: str, dropped: list[dict[str, Any]]) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    for key, (ours, build) in _MAPPERS.items():
-        if fn.get(key) is None:
-            continue
-        value = _option(key, functools.partial(build, fn[key], fid, dropped))
-        if value is not None:
-            raw[ours] = value
-    return raw
-
-
-def _throttle(v: Any, fid: str, dropped: list[dict[str, Any]]) -> Throttle:
-    s = _obj(v, "throttle")
-    return Throttle(
-        limit=_need(s, "limit", "throttle"),
-        period=_period(s, "period", "throttle"),
-        key=s.get("key"),
-        burst=s.get("burst") or 1,
-    )
-
-
-def _rate_limit(v: Any, fid: str, dropped: list[dict[str, Any]]) -> RateLimit:
-    s = _obj(v, "rateLimit")
-    return RateLimit(
-        limit=_need(s, "limit", "rateLimit"),
-        period=_period(s, "period", "rateLimit"),
-        key=s.get("key"),
-    )
-
-
-def _debounce(v: Any, fid: str, dropped: list[dict[str, Any]]) -> Debounce:
-    s = _obj(v, "debounce")
-    timeout = None if s.get("timeout") is None else _period(s, "timeout", "debounce")
-    return Debounce(period=_period(s, "period", "debounce"), key=s.get("key"), timeout=timeout)
-
-
-def _priority(v: Any, fid: str, dropped: list[dict[str, Any]]) -> Priority | None:
-    run = _obj(v, "priority").get("run")
-    return None if run is None else Priority(run=run)
-
-
-def _idempotency(v: Any, fid: str, dropped: list[dict[str, Any]]) -> Idempotency:
-    if not isinstance(v, str):
-        raise ValueError(f"idempotency must be an expression string, got {v!r}")
-    return Idempotency(v)
-
-
-def _singleton(v: Any, fid: str, dropped: list[dict[str, Any]]) -> Singleton:
-    s = _obj(v, "singleton")
-    return Singleton(key=s.get("key"), mode=s.get("mode", "skip"))
-
-
-def _timeouts(v: Any, fid: str, dropped: list[dict[str, Any]]) -> Timeouts:
-    s = _obj(v, "timeouts")
-    start = None if s.get("start") is None else _period(s, "start", "timeouts")
-    finish = None if s.get("finish") is None else _period(s, "finish", "timeouts")
-    return Timeouts(start=start, finish=finish)
-
-
-_MAPPERS: dict[str, tuple[str, Callable[[Any, str, list[dict[str, Any]]], Any]]] = {
-    "concurrency": ("concurrency", lambda v, fid, dropped: _concurrency(v)),
-    "throttle": ("throttle", _throttle),
-    "rateLimit": ("rate_limit", _rate_limit),
-    "debounce": ("debounce", _debounce),
-    "batchEvents": ("batch_events", _batch),
-    "priority": ("priority", _priority),
-    "idempotency": ("idempotency", _idempotency),
-    "singleton": ("singleton", _singleton),
-    "timeouts": ("timeouts", _timeouts),
-}
 
 
 # -- our side of a sync -------------------------------------------------------------------

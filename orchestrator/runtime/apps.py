@@ -11,11 +11,13 @@ claimer, cron scheduler and timeouts, and records what it serves in `daemons.fun
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.functions import FunctionDef
-from orchestrator.inngest.remote import RemoteFunctions
 from orchestrator.runtime.service import Looper
+
+if TYPE_CHECKING:  # the Inngest modules load only on daemons that serve SDK apps
+    from orchestrator.functions import FunctionDef
+    from orchestrator.inngest.remote import RemoteFunctions
 
 REFRESH_INTERVAL = 5.0
 

@@ -123,7 +123,7 @@ class Daemon:
         """With `inngest = true`: the SDK apps' functions, served as they sync."""
         if not self.cfg.inngest:
             return None
-        from orchestrator.inngest.driver import Settings
+        from orchestrator.inngest.calls import Settings
         from orchestrator.inngest.remote import RemoteFunctions
 
         remote = RemoteFunctions(self.db, Settings.from_config(self.cfg))

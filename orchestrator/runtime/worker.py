@@ -98,7 +98,7 @@ def _remote_functions(db: Database, cfg: Config) -> RemoteFunctions | None:
     """With `inngest = true`, the SDK-served functions, built from their rows when needed."""
     if not cfg.inngest:
         return None
-    from orchestrator.inngest.driver import Settings
+    from orchestrator.inngest.calls import Settings
     from orchestrator.inngest.remote import RemoteFunctions
 
     return RemoteFunctions(db, Settings.from_config(cfg))

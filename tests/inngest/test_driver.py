@@ -14,10 +14,10 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.db.functions import FunctionRow
-from orchestrator.inngest import driver, sync
+from orchestrator.inngest import calls, remote, sync
 from orchestrator.testing import TestEnv
 from tests.db.helpers import execute as sql
-from tests.inngest.fake_sdk import FakeSdk, NonRetriable, RetryLater, Tools, hashed
+from tests.inngest.fake_sdk import FakeSdk, NonRetriable, Report, RetryLater, Tools, hashed
 
 KEY = "signkey-test-" + "5a" * 32
 
@@ -28,14 +28,14 @@ def sdk() -> Iterator[FakeSdk]:
         yield server
 
 
-def served(sdk: FakeSdk, settings: driver.Settings | None = None) -> TestEnv:
+def served(sdk: FakeSdk, settings: calls.Settings | None = None) -> TestEnv:
     """A test environment serving the fake app's functions through the driver."""
     app = Orchestrator()
     payload = sync.parse_app(sdk.register_payload())
     for fn in payload.functions:
         m = sync.map_function(payload, fn)
         row = FunctionRow(m.function_id, m.triggers, m.options, m.version, datetime.now(UTC))
-        app._functions[m.function_id] = driver.function_def(row, settings or driver.Settings())
+        app._functions[m.function_id] = remote.function_def(row, settings or calls.Settings())
     return TestEnv(app)
 
 
@@ -284,7 +284,7 @@ def test_signed_calls_and_a_bad_answer_signature_is_refused(sdk: FakeSdk) -> Non
 
     sdk.signing_key = KEY
     sdk.response_key = "signkey-test-" + "66" * 32  # the answers are signed with another key
-    settings = driver.Settings(signing_keys=(KEY,), dev=False)
+    settings = calls.Settings(signing_keys=(KEY,), dev=False)
     with served(sdk, settings) as env:
         env.send("shop-signed/go")
         env.run_until_idle()
@@ -335,7 +335,7 @@ def test_an_oversize_answer_is_refused(sdk: FakeSdk) -> None:
     def program(step: Tools, event: dict[str, Any]) -> Any:
         return step.run("blob", lambda: "x" * 5000)
 
-    with served(sdk, driver.Settings(max_response_bytes=1000)) as env:
+    with served(sdk, calls.Settings(max_response_bytes=1000)) as env:
         env.send("shop-big/go")
         env.run_until_idle()
         run = only_run(env, "shop-big")
@@ -343,7 +343,7 @@ def test_an_oversize_answer_is_refused(sdk: FakeSdk) -> None:
 
 
 def test_with_step__sets_the_step_id_and_keeps_the_rest() -> None:
-    url = driver.with_step("http://h/api/inngest?fnId=a-b&stepId=step", "abc")
+    url = calls.with_step("http://h/api/inngest?fnId=a-b&stepId=step", "abc")
     assert url == "http://h/api/inngest?fnId=a-b&stepId=abc"
 
 
@@ -407,3 +407,16 @@ def test_an_on_failure_handler_receives_the_failed_run_as_inngest_sends_it(sdk: 
         "seen": "inngest/function.failed",
         "error": {"name": "NonRetriableError", "message": "card declined (HTTP 400)"},
     }
+
+
+def test_an_unsupported_op_fails_the_run_at_once_with_a_clear_message(sdk: FakeSdk) -> None:
+    @sdk.function("fetcher")
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        raise Report([{"id": hashed("ai"), "op": "AIGateway", "opts": {}}])
+
+    with served(sdk) as env:
+        env.send("shop-fetcher/go")
+        env.run_until_idle()
+        run = only_run(env, "shop-fetcher")
+    assert run.status == "failed" and run.retries == 0
+    assert "'AIGateway'" in run.error["message"] and "not supported" in run.error["message"]

@@ -11,7 +11,8 @@ from orchestrator.db import runs
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.functions import FunctionDef
-from orchestrator.inngest import driver, sync
+from orchestrator.inngest import calls, sync
+from orchestrator.inngest.driver import Driver
 from orchestrator.inngest.remote import Policies, RemoteFunctions
 from orchestrator.runtime.apps import AppsRefresh
 from orchestrator.runtime.cron import CronScheduler
@@ -32,11 +33,11 @@ def sync_app(db: Database, *fns: dict[str, Any]) -> None:
 
 
 def test_remote_functions__builds_drivers_from_rows_and_follows_resyncs(db: Database) -> None:
-    remote = RemoteFunctions(db, driver.Settings(), ttl=0.0)
+    remote = RemoteFunctions(db, calls.Settings(), ttl=0.0)
     assert remote.get("shop-a") is None
     sync_app(db, fn("a", concurrency=2))
     first = remote.get("shop-a")
-    assert first is not None and first.is_async and isinstance(first.fn, driver.Driver)
+    assert first is not None and first.is_async and isinstance(first.fn, Driver)
     assert first.flow.concurrency[0].limit == 2 and first.retries == 3
     assert remote.get("shop-a") is first  # same version: the same definition
     sync_app(db, fn("a", concurrency=5))
@@ -49,7 +50,7 @@ def test_remote_functions__builds_drivers_from_rows_and_follows_resyncs(db: Data
 
 def test_policies__fall_back_to_the_sdk_served_functions(db: Database) -> None:
     sync_app(db, fn("a", concurrency=[{"limit": 1, "key": "event.data.user"}]))
-    policies = Policies({}, RemoteFunctions(db, driver.Settings()))
+    policies = Policies({}, RemoteFunctions(db, calls.Settings()))
     policy = policies.get("shop-a")
     assert policy is not None and policy.claims
     assert policies.get("shop-unknown") is None
@@ -62,7 +63,7 @@ def test_apps_refresh__adopts_new_and_changed_functions_and_drops_gone_ones(db: 
         told.append((sorted(changed), gone))
 
     refresh = AppsRefresh(
-        RemoteFunctions(db, driver.Settings(), ttl=0.0), adopt=adopt, log=logging.get("test")
+        RemoteFunctions(db, calls.Settings(), ttl=0.0), adopt=adopt, log=logging.get("test")
     )
     assert refresh.refresh() is False and told == []
     sync_app(db, fn("a"), fn("b"))
@@ -79,7 +80,7 @@ def test_services_take_functions_on_and_drop_them(db: Database, db_url: str) -> 
         fn("limited", concurrency=1, timeouts={"finish": "1h"}),
         fn("nightly", triggers=[{"cron": "0 3 * * *"}]),
     )
-    found = RemoteFunctions(db, driver.Settings()).load_all()
+    found = RemoteFunctions(db, calls.Settings()).load_all()
     direct = Direct(db_url, application_name="test", settings=runs.CLAIM_SETTINGS)
     log = logging.get("test")
     try:
