@@ -21,6 +21,9 @@ replay, fencing, waits and flow control are the engine's own:
 Before each call the previous step's record is committed under the run's lease, and every
 record goes through the fenced checkpoint: an answer that arrives after the lease was lost
 is refused by the database, never recorded.
+
+The HTTP call itself is calls.py, the protocol's shapes wire.py, and the function's
+definition (a `FunctionDef` whose body is a `Driver`) is built from its row in remote.py.
 """
 
 from __future__ import annotations
@@ -237,12 +240,23 @@ class _Run:
         self.planned_before = True
         try:
             values = await _awaited(self.step.parallel(PLANNED, branches))
-        except StepError as exc:
-            failed = exc.step_id[exc.step_id.index("[") + 1 : -1] if "[" in exc.step_id else ""
-            self.remember(failed, {"error": sdk_error(exc.error)})
+        except StepError as exc:  # one failed for good: the others' results are recorded
+            await self._remember_group(exc.step_id, keys)
             return
         for key, value in zip(keys, values, strict=True):
             self.remember(key, {"data": value})
+
+    async def _remember_group(self, failed_step: str, keys: list[str]) -> None:
+        """After a branch of a group failed for good: each branch's recorded outcome, read
+        back (the parallel step raised for the first failure, not with the others' values)."""
+        group = failed_step[: failed_step.index("[")] if "[" in failed_step else failed_step
+        rows = await self.execution.io(self.execution.store.load, self.ctx.run_id)
+        for key in keys:
+            row = rows.get(f"{group}[{key}]")
+            if row is not None and row.status == "completed":
+                self.remember(key, {"data": row.output})
+            elif row is not None and row.status == "failed":
+                self.remember(key, {"error": sdk_error(row.error or {})})
 
     def _recorded_group(self) -> list[str] | None:
         """The branches of the group recorded at the next position, if one is (a retry of

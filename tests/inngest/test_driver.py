@@ -420,3 +420,24 @@ def test_an_unsupported_op_fails_the_run_at_once_with_a_clear_message(sdk: FakeS
         run = only_run(env, "shop-fetcher")
     assert run.status == "failed" and run.retries == 0
     assert "'AIGateway'" in run.error["message"] and "not supported" in run.error["message"]
+
+
+def test_a_planned_step_failing_for_good_leaves_the_others_memoized(sdk: FakeSdk) -> None:
+    def boom() -> str:
+        raise ValueError("no stock")
+
+    @sdk.function("split", retries=0)
+    def program(step: Tools, event: dict[str, Any]) -> Any:
+        try:
+            step.parallel(("fine", lambda: "F"), ("broken", boom))
+        except Exception as exc:
+            return {"fine": step.memo[hashed("fine")]["data"], "failed": str(exc)}
+        return None
+
+    with served(sdk) as env:
+        env.send("shop-split/go")
+        env.run_until_idle()
+        run = only_run(env, "shop-split")
+    assert run.status == "completed"
+    assert run.output == {"fine": "F", "failed": "no stock"}
+    assert sdk.executed == {"fine": 1, "broken": 1}
