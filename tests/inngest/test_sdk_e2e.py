@@ -227,3 +227,25 @@ def test_sdk_events_reach_native_functions_too(dev_stack: Stack) -> None:
     run_id = s.run_of(event_id, "native-ping")
     done = s.finished(run_id)
     assert (done["status"], done["output"]) == ("completed", {"pong": 7})
+
+
+def test_step_send_event_reaches_our_event_api(dev_stack: Stack) -> None:
+    """step.sendEvent / step.send_event: the app sends from inside a step, through the SDK's
+    client, to our event API; the event starts a plain Python function."""
+    s = dev_stack
+    x = int(uuid.uuid4().int % 100000)
+    event_id = s.send("app/relay", {"x": x})
+    run_id = s.run_of(event_id, s.fn("relay"))
+    done = s.finished(run_id)
+    assert (done["status"], done["output"]) == ("completed", {"relayed": 1}), done
+    pongs = eventually(
+        lambda: sql(
+            s.url,
+            "SELECT status, output FROM orchestrator.runs WHERE function_id = 'native-ping' "
+            "AND output = %s::jsonb",
+            (json.dumps({"pong": x}),),
+        ),
+        timeout=30,
+        what="the native function started by the relayed event",
+    )
+    assert pongs == [("completed", {"pong": x})]

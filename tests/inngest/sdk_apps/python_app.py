@@ -147,7 +147,25 @@ def always_fails(ctx: inngest.ContextSync) -> None:
     ctx.step.run("doomed", doomed)
 
 
-FUNCTIONS = [send_welcome, tick, await_payment, double, invoke_double, fan_out, always_fails]
+@client.create_function(fn_id="relay", trigger=inngest.TriggerEvent(event="app/relay"))
+async def relay(ctx: inngest.Context) -> dict[str, Any]:
+    x = ctx.event.data.get("x")
+    ids = await ctx.step.send_event(
+        "relay-it", inngest.Event(name="app/native.ping", data={"x": x})
+    )
+    return {"relayed": len(ids)}
+
+
+FUNCTIONS = [
+    send_welcome,
+    tick,
+    await_payment,
+    double,
+    invoke_double,
+    fan_out,
+    always_fails,
+    relay,
+]
 
 app = fastapi.FastAPI()
 inngest.fast_api.serve(app, client, FUNCTIONS, serve_path="/api/inngest")

@@ -106,6 +106,17 @@ const alwaysFails = inngest.createFunction(
   },
 );
 
+const relay = inngest.createFunction(
+  { id: "relay", triggers: [{ event: "app/relay" }] },
+  async ({ event, step }) => {
+    const sent = await step.sendEvent("relay-it", {
+      name: "app/native.ping",
+      data: { x: event.data.x },
+    });
+    return { relayed: sent.ids.length };
+  },
+);
+
 // For the bench: the same one-step and three-step shapes as bench/inngest.py's native ones.
 const oneStep = inngest.createFunction(
   { id: "one-step", triggers: [{ event: "bench/one" }] },
@@ -122,5 +133,6 @@ const threeSteps = inngest.createFunction(
 );
 
 listen(sdk, inngest, [
-  sendWelcome, tick, awaitPayment, double, invokeDouble, fanOut, alwaysFails, oneStep, threeSteps,
+  sendWelcome, tick, awaitPayment, double, invokeDouble, fanOut, alwaysFails, relay, oneStep,
+  threeSteps,
 ]);
