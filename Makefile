@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 APP    ?= examples.app:app
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run migrate test test-fast check lint format bench soak db-up clean
+.PHONY: help install browser inngest-sdks run migrate test test-fast check lint format bench soak db-up clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,7 +34,21 @@ browser: ## install Debian's chromium for the browser tests (tests/ui) when it i
 		exit 1; \
 	fi
 
-test: install browser ## run the whole test suite against real Postgres (and headless chromium)
+# The official Inngest JS SDKs (v3 and v4, with express) that tests/inngest and bench/inngest.py
+# drive, pinned by the package.json + package-lock.json under tests/inngest/sdk_apps/node/.
+SDK_APPS  := tests/inngest/sdk_apps/node
+SDK_CACHE := .cache/inngest-sdks
+
+inngest-sdks: $(SDK_CACHE)/v3/node_modules/.installed $(SDK_CACHE)/v4/node_modules/.installed ## npm-install the official Inngest JS SDKs (v3, v4) into .cache/inngest-sdks
+
+$(SDK_CACHE)/%/node_modules/.installed: $(SDK_APPS)/%/package.json $(SDK_APPS)/%/package-lock.json
+	@command -v npm >/dev/null || { echo "make inngest-sdks needs Node.js 20+ and npm" >&2; exit 1; }
+	mkdir -p $(SDK_CACHE)/$*
+	cp $(SDK_APPS)/$*/package.json $(SDK_APPS)/$*/package-lock.json $(SDK_CACHE)/$*/
+	npm ci --prefix $(SDK_CACHE)/$* --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install browser inngest-sdks ## run the whole test suite against real Postgres (and headless chromium)
 	$(BIN)/pytest
 
 test-fast: install ## unit and database tests only (no daemon subprocesses, no faults)
@@ -49,7 +63,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix orchestrator tests migrations bench examples
 	$(BIN)/ruff format orchestrator tests migrations bench examples
 
-bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention, scale-out, testing an app) and print figures
+bench: install inngest-sdks ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention, scale-out, testing an app, Inngest SDK apps) and print figures
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/pickup.py --idle 1000000
@@ -62,6 +76,7 @@ bench: install ## run the benchmarks (pgbench baseline, throughput, pickup, asyn
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/testing_suite.py
+	$(BIN)/python bench/inngest.py
 
 soak: install ## every fault scenario at full size (about 10 minutes); prints the figures
 	$(BIN)/python -m tests.chaos.soak $(SOAK_ARGS)
@@ -70,4 +85,4 @@ db-up: install ## migrate the configured database (or the embedded one in .orche
 	$(BIN)/orchestrator migrate
 
 clean: ## remove the virtualenv, caches and the embedded database
-	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache .cache/inngest-sdks
