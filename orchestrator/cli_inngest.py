@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.cli_output import iso, say, table
 from orchestrator.config import Config
 from orchestrator.errors import OrchestratorError
 
@@ -108,7 +108,7 @@ def _apps_sync(cfg: Config, args: argparse.Namespace) -> int:
     key = None if cfg.inngest_dev else cfg.inngest_signing_key or None
     said = sync_url(args.url, server_kind=kind, signing_key=key, timeout=cfg.inngest_call_timeout)
     text = f"{args.url}: {said.get('message') or 'synced'} (modified: {said.get('modified')})"
-    return _say(args, said, text)
+    return say(args, said, text)
 
 
 def _apps_list(db: Database, args: argparse.Namespace) -> int:
@@ -120,7 +120,7 @@ def _apps_list(db: Database, args: argparse.Namespace) -> int:
             "url": a.url,
             "sdk": a.sdk,
             "functions": len(a.functions),
-            "synced_at": _iso(a.synced_at),
+            "synced_at": iso(a.synced_at),
             "refused": a.refused,
         }
         for a in db.run(apps.list_all)
@@ -128,7 +128,7 @@ def _apps_list(db: Database, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    _table(args, rows, ("app", "url", "sdk", "functions", "synced_at"))
+    table(args, rows, ("app", "url", "sdk", "functions", "synced_at"))
     for row in rows:
         for r in row["refused"]:
             kept = "registered without it" if r.get("registered") else "not registered"
@@ -169,37 +169,18 @@ def _event_keys(db: Database, args: argparse.Namespace) -> int:
         rows = [
             {
                 "name": k.name,
-                "created_at": _iso(k.created_at),
-                "last_used_at": _iso(k.last_used_at),
-                "revoked_at": _iso(k.revoked_at),
+                "created_at": iso(k.created_at),
+                "last_used_at": iso(k.last_used_at),
+                "revoked_at": iso(k.revoked_at),
             }
             for k in db.run(event_keys.list_all)
         ]
-        return _table(args, rows, ("name", "created_at", "last_used_at", "revoked_at"))
+        return table(args, rows, ("name", "created_at", "last_used_at", "revoked_at"))
     if what == "create":
         key = db.run(lambda conn: event_keys.create(conn, args.name))
         if not args.json:
             print(f"event key {args.name}; it is shown this once:", file=sys.stderr)
-        return _say(args, {"name": args.name, "key": key}, key)
+        return say(args, {"name": args.name, "key": key}, key)
     if not db.run(lambda conn: event_keys.revoke(conn, args.name)):
         raise OrchestratorError(f"no unrevoked event key named {args.name!r}")
-    return _say(args, {"name": args.name, "revoked": True}, f"event key {args.name} revoked")
-
-
-def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
-    print(json.dumps(data) if args.json else text)
-    return 0
-
-
-def _table(args: argparse.Namespace, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> int:
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    from orchestrator.cli import _print_table
-
-    _print_table([k.upper() for k in keys], [[r[k] or "" for k in keys] for r in rows])
-    return 0
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
+    return say(args, {"name": args.name, "revoked": True}, f"event key {args.name} revoked")

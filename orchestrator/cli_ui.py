@@ -17,11 +17,10 @@ least 12 characters; they are stored as argon2id hashes, tokens as SHA-256 diges
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.cli_output import iso, say, table
 from orchestrator.config import Config
 from orchestrator.errors import OrchestratorError
 
@@ -103,13 +102,13 @@ def _users(db: Database, args: argparse.Namespace) -> int:
     what = args.ui_command
     if what == "list":
         users = db.run(ui_auth.list_users)
-        rows = [{"name": u.name, "role": u.role, "created_at": _iso(u.created_at)} for u in users]
-        return _table(args, rows, ("name", "role", "created_at"))
+        rows = [{"name": u.name, "role": u.role, "created_at": iso(u.created_at)} for u in users]
+        return table(args, rows, ("name", "role", "created_at"))
     if what in ("add", "passwd"):
         hashed = hash_password(_password(args.password_stdin))
         if what == "add":
             db.run(lambda conn: ui_auth.add_user(conn, args.name, hashed, args.role))
-            return _say(args, {"name": args.name, "role": args.role}, f"user {args.name} added")
+            return say(args, {"name": args.name, "role": args.role}, f"user {args.name} added")
         done = db.run(lambda conn: ui_auth.set_password(conn, args.name, hashed))
         return _done(args, done, f"password of {args.name} changed")
     if what == "role":
@@ -131,20 +130,20 @@ def _tokens(db: Database, args: argparse.Namespace) -> int:
             {
                 "name": t.name,
                 "role": t.role,
-                "created_at": _iso(t.created_at),
-                "last_used_at": _iso(t.last_used_at),
-                "revoked_at": _iso(t.revoked_at),
+                "created_at": iso(t.created_at),
+                "last_used_at": iso(t.last_used_at),
+                "revoked_at": iso(t.revoked_at),
             }
             for t in db.run(ui_auth.list_tokens)
         ]
-        return _table(args, rows, ("name", "role", "created_at", "last_used_at", "revoked_at"))
+        return table(args, rows, ("name", "role", "created_at", "last_used_at", "revoked_at"))
     if what == "create":
         plaintext, hashed = new_token()
         db.run(lambda conn: ui_auth.create_token(conn, args.name, hashed, args.role))
         data = {"name": args.name, "role": args.role, "token": plaintext}
         if not args.json:
             print(f"token {args.name} ({args.role}); it is shown this once:", file=sys.stderr)
-        return _say(args, data, plaintext)
+        return say(args, data, plaintext)
     done = db.run(lambda conn: ui_auth.revoke_token(conn, args.name))
     return _done(args, done, f"token {args.name} revoked")
 
@@ -169,23 +168,4 @@ def _password(from_stdin: bool) -> str:
 def _done(args: argparse.Namespace, done: bool, text: str) -> int:
     if not done:
         raise OrchestratorError(f"no {args.command.removeprefix('ui-')} named {args.name!r}")
-    return _say(args, {"name": args.name, "done": True}, text)
-
-
-def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
-    print(json.dumps(data) if args.json else text)
-    return 0
-
-
-def _table(args: argparse.Namespace, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> int:
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    from orchestrator.cli import _print_table
-
-    _print_table([k.upper() for k in keys], [[r[k] or "" for k in keys] for r in rows])
-    return 0
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
+    return say(args, {"name": args.name, "done": True}, text)
