@@ -216,14 +216,14 @@ class FlowOptions:
         described: dict[str, Any] = {}
         if self.concurrency:
             described["concurrency"] = [dict(c.__dict__) for c in self.concurrency]
-        for name in _KINDS:
+        for name in OPTION_KINDS:
             value = getattr(self, name)
             if value is not None:
                 described[name] = dict(value.__dict__)
         return described
 
 
-_KINDS: dict[str, type] = {
+OPTION_KINDS: dict[str, type] = {
     "throttle": Throttle,
     "rate_limit": RateLimit,
     "debounce": Debounce,
@@ -248,11 +248,11 @@ def flow_options(function_id: str, raw: dict[str, Any], *, has_cancel_on: bool) 
         raise RegistrationError(f"{where}: concurrency takes one or two Concurrency(...) entries")
     if isinstance(raw.get("idempotency"), str):
         raw = {**raw, "idempotency": Idempotency(raw["idempotency"])}
-    for name, kind in _KINDS.items():
+    for name, kind in OPTION_KINDS.items():
         value = raw.get(name)
         if value is not None and not isinstance(value, kind):
             raise RegistrationError(f"{where}: {name} must be {kind.__name__}(...), got {value!r}")
-    options = FlowOptions(concurrency, **{name: raw.get(name) for name in _KINDS})
+    options = FlowOptions(concurrency, **{name: raw.get(name) for name in OPTION_KINDS})
     buffered = "batch_events" if options.batch_events else "debounce" if options.debounce else None
     if buffered is not None:
         clashes = [

@@ -16,19 +16,7 @@ from typing import Any
 from orchestrator.db import apps
 from orchestrator.db.database import Database
 from orchestrator.db.functions import FunctionRow
-from orchestrator.flow import (
-    Batch,
-    Concurrency,
-    Debounce,
-    FlowOptions,
-    FlowPolicy,
-    Idempotency,
-    Priority,
-    RateLimit,
-    Singleton,
-    Throttle,
-    Timeouts,
-)
+from orchestrator.flow import OPTION_KINDS, Concurrency, FlowOptions, FlowPolicy
 from orchestrator.functions import (
     Backoff,
     CancelOn,
@@ -70,21 +58,9 @@ def _trigger(t: dict[str, Any]) -> Trigger:
     return EventTrigger(t["name"], t.get("if"))
 
 
-_FLOW_KINDS: dict[str, type] = {
-    "throttle": Throttle,
-    "rate_limit": RateLimit,
-    "debounce": Debounce,
-    "priority": Priority,
-    "batch_events": Batch,
-    "idempotency": Idempotency,
-    "singleton": Singleton,
-    "timeouts": Timeouts,
-}
-
-
 def flow_of(options: dict[str, Any]) -> FlowOptions:
     """The flow options a row's `options` recorded (FlowOptions.describe, read back)."""
-    built = {k: kind(**options[k]) for k, kind in _FLOW_KINDS.items() if options.get(k)}
+    built = {k: kind(**options[k]) for k, kind in OPTION_KINDS.items() if options.get(k)}
     concurrency = tuple(Concurrency(**c) for c in options.get("concurrency") or ())
     return FlowOptions(concurrency, **built)
 
