@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from orchestrator.context import Context
+from orchestrator.db import events
 from orchestrator.db.steps import StepRow
 from orchestrator.engine.execution import Execution
 from orchestrator.errors import SdkResponseError, StepError
@@ -92,8 +93,10 @@ class _Run:
         self.memo: dict[str, dict[str, Any]] = {}
         self.stack: list[str] = []
         self.planned_before = False  # a group was planned: the SDK must plan every step now
+        self.events: list[dict[str, Any]] = []  # the run's events, as the SDK receives them
 
     async def drive(self) -> Any:
+        await self.load_events()
         await self.replay()
         while True:
             await self.execution.boundary()  # the step before is committed, under the lease
@@ -105,6 +108,18 @@ class _Run:
                 await self.apply(ops[0], reply.headers)
             else:
                 await self.group(ops)
+
+    async def load_events(self) -> None:
+        """The run's events in Inngest's shape, with the `user` and `v` they were sent with
+        (one read, once per execution)."""
+        mine = [event_json(e) for e in self.ctx.events]
+        ids = [str(e["id"]) for e in mine if e.get("id")]
+
+        def read(conn: Any) -> dict[str, dict[str, Any]]:
+            return events.extras(conn, ids)
+
+        extras = await self.execution.io(self.execution.store.db.run, read) if ids else {}
+        self.events = [inngest_event(e, extras.get(str(e.get("id")))) for e in mine]
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -292,11 +307,10 @@ class _Run:
     # -- the call -------------------------------------------------------------------------
 
     def request(self) -> dict[str, Any]:
-        events = [inngest_event(event_json(e)) for e in self.ctx.events]
         attempt = self._attempt()
         return {
-            "event": events[0] if events else {"name": "", "data": {}},
-            "events": events,
+            "event": self.events[0] if self.events else {"name": "", "data": {}},
+            "events": self.events,
             "steps": self.memo,
             "ctx": {
                 "run_id": self.ctx.run_id,

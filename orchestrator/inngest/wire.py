@@ -65,22 +65,26 @@ def event_json(event: Event | dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def inngest_event(event: dict[str, Any]) -> dict[str, Any]:
+def inngest_event(event: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One of our events in Inngest's shape: `ts` in milliseconds, Inngest's names for the
-    engine's own events (an invocation, a cron tick)."""
+    engine's own events (an invocation, a cron tick), and the `user` and `v` it was sent with
+    (`extra`: kept in `events.extra` by the event API)."""
     name = str(event.get("name") or "")
     data = opts_of(event, "data")
     if name == FAILED_EVENT_NAME and isinstance(data.get("error"), dict):
         data = data | {"error": sdk_error(data["error"])}  # as an onFailure handler reads it
-    return {
+    shaped = {
         "id": str(
             event.get("id") or hashlib.sha1(json.dumps(event, default=str).encode()).hexdigest()
         ),
         "name": EVENT_NAMES.get(name, name),
         "data": data,
-        "user": {},
+        "user": (extra or {}).get("user") or {},
         "ts": _ms(event.get("ts")),
     }
+    if extra and extra.get("v") is not None:
+        shaped["v"] = extra["v"]
+    return shaped
 
 
 def _ms(ts: Any) -> int:

@@ -69,6 +69,27 @@ def test_step_run_then_complete(sdk: FakeSdk) -> None:
     assert sdk.calls[-1]["headers"]["x-inngest-server-kind"] == "dev"
 
 
+def test_the_sdk_receives_the_user_and_v_an_event_was_sent_with(sdk: FakeSdk) -> None:
+    @sdk.function("welcome")
+    def welcome(step: Tools, event: dict[str, Any]) -> Any:
+        return step.run("a", lambda: event["data"]["n"])
+
+    with served(sdk) as env:
+        sql(
+            env.db,
+            "INSERT INTO orchestrator.events (id, name, data, extra) VALUES "
+            "('e-1', 'shop-welcome/go', '{\"n\": 1}', "
+            "'{\"user\": {\"external_id\": \"u1\"}, \"v\": \"2024-01-01.1\"}'), "
+            "('e-2', 'shop-welcome/go', '{\"n\": 2}', NULL)",
+        )
+        env.run_until_idle()
+        assert {r.status for r in env.runs("shop-welcome")} == {"completed"}
+    sent = {c["body"]["event"]["id"]: c["body"]["event"] for c in sdk.calls}
+    assert sent["e-1"]["user"] == {"external_id": "u1"} and sent["e-1"]["v"] == "2024-01-01.1"
+    assert sent["e-2"]["user"] == {} and "v" not in sent["e-2"]
+    assert all(c["body"]["events"] == [c["body"]["event"]] for c in sdk.calls)
+
+
 def test_step_error_is_retried_then_ok(sdk: FakeSdk) -> None:
     tries = {"n": 0}
 
