@@ -64,7 +64,9 @@ def _add_apps(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an app's serve URL to sync (repeatable)",
     )
     dev.add_argument("--app", help="a Python app to serve beside them (package.module:attr)")
-    dev.add_argument("--workers", type=int, help="worker processes")
+    from orchestrator.cli import positive_int
+
+    dev.add_argument("--workers", type=positive_int, help="worker processes")
 
 
 def _add_event_keys(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -412,7 +412,13 @@ class InvalidFilterError(OrchestratorError):
     code = "invalid_filter"
 
 
-class UserExistsError(OrchestratorError):
+class NameTakenError(OrchestratorError):
+    """A named credential (an event key) of that name exists already, revoked ones included."""
+
+    code = "name_taken"
+
+
+class UserExistsError(NameTakenError):
     """`orchestrator ui-user add`: a dashboard user of that name exists already."""
 
     code = "ui_user_exists"

@@ -23,7 +23,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, text
 
 from orchestrator.db import clock
-from orchestrator.errors import EventKeyError, UsageError, UserExistsError
+from orchestrator.errors import EventKeyError, NameTakenError, UsageError
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ def check_name(name: str) -> None:
 
 def create(conn: Connection, name: str) -> str:
     """Record a new key named `name` and return it (the only time it is visible);
-    `UserExistsError` if the name is taken, revoked keys included."""
+    `NameTakenError` if the name is taken, revoked keys included."""
     check_name(name)
     key, key_hash = new_key()
     made = conn.execute(
@@ -74,7 +74,7 @@ def create(conn: Connection, name: str) -> str:
         {"p_name": name, "p_hash": key_hash, "p_now": clock.current()},
     ).scalar()
     if made is None:
-        raise UserExistsError(
+        raise NameTakenError(
             f"an event key named {name!r} exists already (revoked keys keep their name); "
             "pick another name"
         )

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from orchestrator.db import clock, event_keys
 from orchestrator.db.database import Database
-from orchestrator.errors import UsageError, UserExistsError
+from orchestrator.errors import NameTakenError, UsageError
 from tests.e2e.harness import cli
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -39,8 +39,9 @@ def test_create__two_keys_differ_and_a_taken_name_is_refused(db: Database) -> No
     first = db.run(lambda conn: event_keys.create(conn, "a"))
     second = db.run(lambda conn: event_keys.create(conn, "b"))
     assert first != second
-    with pytest.raises(UserExistsError, match="exists already"):
+    with pytest.raises(NameTakenError, match="exists already") as info:
         db.run(lambda conn: event_keys.create(conn, "a"))
+    assert info.value.code == "name_taken"
     assert [k.name for k in db.run(event_keys.list_all)] == ["a", "b"]
 
 
@@ -81,7 +82,7 @@ def test_revoke__the_key_stops_working_and_keeps_its_name(db: Database) -> None:
     assert db.run(lambda conn: event_keys.lookup(conn, key)) is None
     [row] = db.run(event_keys.list_all)
     assert row.revoked_at is not None
-    with pytest.raises(UserExistsError):
+    with pytest.raises(NameTakenError):
         db.run(lambda conn: event_keys.create(conn, "app"))
 
 
