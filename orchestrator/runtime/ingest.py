@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.db import events, functions, runs, waits
 from orchestrator.db.database import Database
-from orchestrator.db.direct import Direct, set_local
+from orchestrator.db.direct import Direct, pipelined, set_local
 from orchestrator.db.session import notify_runs
+from orchestrator.db.waits import WAIT_LOCK_CLASS
 from orchestrator.expressions import Expression, cached
 from orchestrator.flow import FlowPolicy, RunKeys
 from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VARIABLES
@@ -54,15 +56,16 @@ class ClaimAlong(Protocol):
     """The claim that rides in an ingest transaction: the dispatcher's, so that a new event's
     run starts without a claim transaction of its own (runtime/dispatcher.py `IngestClaim`).
 
-    Called with the ingest's connection, in the round trip that creates the batch's runs (it
-    sees them; not the runs the batch's events wake from their waits, which are left to the
-    NOTIFY), it claims due runs for this daemon and returns their ids; their leases commit or
+    Called with the ingest's connection after the batch's runs were sent (it sees them; not
+    the runs the batch's events wake from their waits, which are left to the NOTIFY), it sends
+    the claim of due runs for this daemon and returns a function that reads their ids: the
+    ingest's COMMIT may be sent in between, to share the round trip. Their leases commit or
     roll back with the ingest, and whatever it raises rolls the batch back. It keeps the
     claimed runs itself: they may be handed to workers only once the ingest has committed,
     which only the caller of `Ingester.tick` knows.
     """
 
-    def __call__(self, conn: Any) -> set[str]: ...
+    def __call__(self, conn: Any) -> Callable[[], set[str]]: ...
 
 
 class Ingester:
@@ -111,52 +114,60 @@ class Ingester:
 
     def _ingest(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
         # Pipelined: statements that need no answer share a round trip with the next one
-        # that does.
-        with conn.pipeline(), conn.transaction():
-            pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
-            if not pending:
-                return 0
+        # that does. The common case (no wait or cancellation matched, no singleton) takes two:
+        # the events, their names' locks and the waits they match; then everything else with
+        # the COMMIT.
+        with pipelined(conn) as tx:
+            taking = events.claim_pending_sent(
+                conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
+            )
             # the connection's settings pin the claim's plan; the other statements plan freely
             set_local(conn, runs.PLANNER_DEFAULTS)
+            finding = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)
+            pending = taking()
+            if not pending:
+                return 0
             accepted = [ev for ev in pending if self._acceptable(conn, ev)]
-            waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
             payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]
             proposed = [
                 (run, Source(ev.id, ev.seq, ev.received_at, payload))
                 for ev, payload in zip(accepted, payloads, strict=True)
                 for run in _runs_for(ev, payload, registry)
             ]
-            events.mark_ingested(conn, [ev.id for ev in accepted])
+            event_ids = [ev.id for ev in accepted]
+            events.mark_ingested(conn, event_ids)
             admitted = admit(conn, proposed, registry.policies)
             replaced = runs.cancel(conn, admitted.replaced, reason=_REPLACED)
             creating = runs.create_many_sent(conn, admitted.runs, registry.watches)
-            finding = waits.candidates(
-                conn,
-                [ev.name for ev in accepted],
-                [ev.data for ev in accepted],
-                [ev.received_at for ev in accepted],
-                [ev.id for ev in accepted],
-            )
-            # The claim goes in the same round trip: it sees the runs just made, not those
-            # the waits below wake (they are left to the NOTIFY, like any run not claimed).
-            claimed: set[str] = set()
-            if admitted.runs and then is not None:
-                set_local(conn, runs.CLAIM_SETTINGS)
-                claimed = then(conn)  # its fetch sends everything above at once
-                set_local(conn, runs.PLANNER_DEFAULTS)
-            created, found = creating(), finding()
-            runs.create_many(conn, admitted.refused(created))
-            resolutions, cancels = _decide(found, payloads)
-            resolved = waits.resolve(conn, resolutions)
-            woken = resolved.woken
-            cancelled = replaced + runs.cancel(
-                conn, cancels, reason="cancelled by a cancel_on event"
-            )
-            if resolved.losers:
-                runs.cancel(conn, resolved.losers, reason=waits.LOST_RACE)
-            due = set(created) | set(woken)
-            if not claimed.issuperset(due):
-                notify_runs(conn)  # sent at commit
+            positions = {ev.seq: i for i, ev in enumerate(accepted)}
+            if _watched(admitted.runs, registry.watches, {ev.name for ev in accepted}):
+                # a new run's cancel_on condition an event of this batch may meet: look again,
+                # after the runs are made (their conditions are waits the lookup finds)
+                finding = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)
+            # The claim sees the runs just made, not those the waits below wake (they are
+            # left to the NOTIFY, like any run not claimed).
+            claiming = self._claim_along(conn, then) if admitted.runs else set
+            resolutions, cancels = _decide(finding(positions), payloads)
+            if not resolutions and not cancels and not admitted.may_refuse():
+                # nothing below depends on an answer: the COMMIT goes with the writes
+                if admitted.runs:
+                    runs.notify_if_queued(conn, event_ids)
+                tx.commit()
+                created, claimed = creating(), claiming()
+                woken: list[str] = []
+                cancelled = replaced
+            else:
+                created, claimed = creating(), claiming()
+                runs.create_many(conn, admitted.refused(created))
+                resolved = waits.resolve(conn, resolutions)
+                woken = resolved.woken
+                cancelled = replaced + runs.cancel(
+                    conn, cancels, reason="cancelled by a cancel_on event"
+                )
+                if resolved.losers:
+                    runs.cancel(conn, resolved.losers, reason=waits.LOST_RACE)
+                if not claimed.issuperset(set(created) | set(woken)):
+                    notify_runs(conn)  # sent at commit
         if created or woken or cancelled or admitted.buffered:
             self.log.debug(
                 "events ingested",
@@ -167,6 +178,15 @@ class Ingester:
                 runs_cancelled=len(cancelled),
             )
         return len(pending)
+
+    @staticmethod
+    def _claim_along(conn: Any, then: ClaimAlong | None) -> Callable[[], set[str]]:
+        if then is None:
+            return set
+        set_local(conn, runs.CLAIM_SETTINGS)
+        claiming = then(conn)
+        set_local(conn, runs.PLANNER_DEFAULTS)
+        return claiming
 
     def _acceptable(self, conn: Any, ev: events.PendingEvent) -> bool:
         if ev.size <= self.max_event_bytes or ev.name.startswith(_ENGINE_PREFIX):
@@ -203,6 +223,12 @@ def _runs_for(
             **keys.fields(),
         )
     return list(started.values())
+
+
+def _watched(made: list[runs.NewRun], watches: list[runs.CancelWatch], names: set[str]) -> bool:
+    """Whether a run about to be made has a cancel_on condition on one of these names."""
+    fids = {w.function_id for w in watches if w.event_name in names}
+    return any(run.function_id in fids for run in made)
 
 
 def _failed_run(ev: events.PendingEvent) -> str | None:

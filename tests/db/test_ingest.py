@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -40,11 +40,11 @@ def _events(db: Database, n: int) -> None:
 
 
 def _claimer(limit: int) -> Any:
-    def claim(conn: Any) -> set[str]:
-        claimed = runs.claim_due(
+    def claim(conn: Any) -> Callable[[], set[str]]:
+        sent = runs.claim_due_sent(
             conn, owner=OWNER, limit=limit, lease_seconds=30, function_ids=["f"]
         )
-        return {c.id for c in claimed}
+        return lambda: {c.id for c in sent()}
 
     return claim
 
@@ -69,7 +69,7 @@ def test_ingest__claims_in_the_same_transaction(db: Database, ingester: Ingester
 def test_ingest__a_failing_claim_rolls_the_ingest_back(db: Database, ingester: Ingester) -> None:
     _events(db, 3)
 
-    def fail(conn: Any) -> set[str]:
+    def fail(conn: Any) -> Callable[[], set[str]]:
         _claimer(3)(conn)
         raise RuntimeError("claim failed")
 
