@@ -357,11 +357,17 @@ def claim_due_sent(
 
 
 # Hint every daemon (at commit) if a run made from these events is still queued: the
-# ingest's own claim did not take it.
+# ingest's own claim did not take it. The runs of each event by `runs_event` (OFFSET 0 keeps
+# the status test outside: with it inside, a plan without statistics reads every queued run
+# through `runs_status_created`).
 _NOTIFY_QUEUED = """
     SELECT pg_notify('orchestrator_runs', '')
-    FROM (SELECT 1 FROM orchestrator.runs
-          WHERE event_id = ANY(%(eids)b::text[]) AND status = 'queued' LIMIT 1) left_over
+    WHERE EXISTS (
+        SELECT FROM unnest(%(eids)b::text[]) AS e(id)
+        CROSS JOIN LATERAL (SELECT r.status FROM orchestrator.runs r
+                            WHERE r.event_id = e.id OFFSET 0) made
+        WHERE made.status = 'queued'
+    )
     """
 
 
