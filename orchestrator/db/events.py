@@ -142,7 +142,8 @@ _CLAIM_LOCKING = """
         FROM pending
     )
     SELECT p.id, p.name,
-           CASE WHEN p.size <= %(max_bytes)s OR p.name LIKE 'orchestrator/%%' THEN p.data END,
+           CASE WHEN p.size <= %(max_bytes)s OR starts_with(p.name, 'orchestrator/') THEN p.data
+           END,
            p.ts, p.size, p.received_at, p.seq
     FROM pending p CROSS JOIN locked CROSS JOIN noted
     ORDER BY p.seq

@@ -426,7 +426,7 @@ _CANDIDATES = _candidates_sql(
 _CANDIDATES_PENDING = _candidates_sql(
     "SELECT name, data, received_at, id, seq AS idx FROM orchestrator.events "
     f"WHERE seq = ANY({PENDING_SEQS}) "
-    "AND (octet_length(data::text) <= %(max_bytes)s OR name LIKE 'orchestrator/%%')"
+    "AND (octet_length(data::text) <= %(max_bytes)s OR starts_with(name, 'orchestrator/'))"
 )
 
 

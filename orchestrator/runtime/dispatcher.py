@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -268,11 +269,15 @@ class IngestClaim:
 
     def __call__(self, conn: Any) -> Callable[[], set[str]]:
         dispatcher = self.dispatcher
+        # called again for a batch the ingest in SQL left (runtime/ingest.py): the runs its
+        # first call claimed are not in the pool yet, but take their slots
+        async_ids = set(dispatcher.lanes[True])
+        held = Counter(c.function_id in async_ids for c in self.claimed)
         sent = [
             runs.claim_due_sent(
                 conn,
                 owner=dispatcher.owner,
-                limit=free,
+                limit=free - held[lane],
                 lease_seconds=dispatcher.cfg.lease_duration,
                 function_ids=dispatcher.ingest_lanes[lane],
             )

@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.db import events, functions, runs, waits
+from orchestrator.db import events, functions, plain_ingest, runs, waits
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct, pipelined, set_local
+from orchestrator.db.plain_ingest import PlainTriggers
 from orchestrator.db.session import notify_runs
 from orchestrator.db.waits import WAIT_LOCK_CLASS
 from orchestrator.expressions import Expression, cached
@@ -50,6 +51,7 @@ class Registry:
     triggers: dict[str, list[tuple[str, Expression | None]]] = field(default_factory=dict)
     watches: list[runs.CancelWatch] = field(default_factory=list)
     policies: dict[str, FlowPolicy] = field(default_factory=dict)
+    plain: PlainTriggers = field(default_factory=lambda: PlainTriggers([], [], []))
 
 
 class ClaimAlong(Protocol):
@@ -79,6 +81,9 @@ class Ingester:
         self.log = log
         self._registry = Registry()
         self._registry_at = -_SUBSCRIPTIONS_TTL
+        # whether the next batch is tried in SQL first (db/plain_ingest.py): until one is not
+        # plain, and again once the Python ingest takes one that was
+        self._plain_first = True
 
     def registry(self) -> Registry:
         if time.monotonic() - self._registry_at > _SUBSCRIPTIONS_TTL:
@@ -95,7 +100,8 @@ class Ingester:
                         continue
                     triggers.setdefault(name, []).append((fid, expression))
             policies = {fid: FlowPolicy.from_options(o) for fid, o in options.items()}
-            self._registry = Registry(triggers, watches, policies)
+            plain = _plain_triggers(subs, watches, policies)
+            self._registry = Registry(triggers, watches, policies, plain)
             self._registry_at = time.monotonic()
         return self._registry
 
@@ -113,16 +119,46 @@ class Ingester:
         return self.direct.run(lambda conn: self._ingest(conn, registry, then), retry_for=0)
 
     def _ingest(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
+        if self._plain_first:
+            taken = self._ingest_plain(conn, registry, then)
+            if taken is not None:
+                return taken
+        return self._ingest_python(conn, registry, then)
+
+    def _ingest_plain(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int | None:
+        """One round trip: the events, their names' locks, their runs made in SQL, the claim,
+        the COMMIT. Returns how many events it took, or None if the batch was not plain (then
+        only the claim was made, of runs due before)."""
+        with pipelined(conn) as tx:
+            taking = self._take(conn)
+            making = plain_ingest.ingest_sent(conn, registry.plain, max_bytes=self.max_event_bytes)
+            claiming = self._claim_along(conn, then)
+            plain_ingest.notify_if_queued(conn)
+            tx.commit()
+            pending, made = taking(), making()
+            claiming()
+        if pending and made is None:
+            self._plain_first = False
+            return None
+        if made:
+            self.log.debug("events ingested", events=len(pending), runs=made)
+        return len(pending)
+
+    def _take(self, conn: Any) -> Callable[[], list[events.PendingEvent]]:
+        taking = events.claim_pending_sent(
+            conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
+        )
+        # the connection's settings pin the claim's plan; the other statements plan freely
+        set_local(conn, runs.PLANNER_DEFAULTS)
+        return taking
+
+    def _ingest_python(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
         # Pipelined: statements that need no answer share a round trip with the next one
         # that does. The common case (no wait or cancellation matched, no singleton) takes two:
         # the events, their names' locks and the waits they match; then everything else with
         # the COMMIT.
         with pipelined(conn) as tx:
-            taking = events.claim_pending_sent(
-                conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
-            )
-            # the connection's settings pin the claim's plan; the other statements plan freely
-            set_local(conn, runs.PLANNER_DEFAULTS)
+            taking = self._take(conn)
             finding = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)
             pending = taking()
             if not pending:
@@ -140,14 +176,16 @@ class Ingester:
             replaced = runs.cancel(conn, admitted.replaced, reason=_REPLACED)
             creating = runs.create_many_sent(conn, admitted.runs, registry.watches)
             positions = {ev.seq: i for i, ev in enumerate(accepted)}
+            found = finding(positions)
+            self._plain_first = not found and _plain(pending, accepted, registry.plain)
             if _watched(admitted.runs, registry.watches, {ev.name for ev in accepted}):
                 # a new run's cancel_on condition an event of this batch may meet: look again,
                 # after the runs are made (their conditions are waits the lookup finds)
-                finding = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)
+                found = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)(positions)
             # The claim sees the runs just made, not those the waits below wake (they are
             # left to the NOTIFY, like any run not claimed).
             claiming = self._claim_along(conn, then) if admitted.runs else set
-            resolutions, cancels = _decide(finding(positions), payloads)
+            resolutions, cancels = _decide(found, payloads)
             if not resolutions and not cancels and not admitted.may_refuse():
                 # nothing below depends on an answer: the COMMIT goes with the writes
                 if admitted.runs:
@@ -223,6 +261,43 @@ def _runs_for(
             **keys.fields(),
         )
     return list(started.values())
+
+
+def _plain_triggers(
+    subs: dict[str, list[tuple[str, str | None]]],
+    watches: list[runs.CancelWatch],
+    policies: dict[str, FlowPolicy],
+) -> PlainTriggers:
+    """The triggers the ingest in SQL serves (db/plain_ingest.py), and the names it leaves
+    to the ingest in Python."""
+    watched = {w.function_id for w in watches}
+    pairs: list[tuple[str, str]] = []
+    others = [FAILED_EVENT_NAME]
+    for name, entries in subs.items():
+        fids = list(dict.fromkeys(fid for fid, _ in entries))
+        if any(src is not None for _, src in entries) or not all(
+            fid not in watched and _plain_policy(policies.get(fid)) for fid in fids
+        ):
+            others.append(name)
+        else:
+            pairs.extend((name, fid) for fid in fids)
+    return PlainTriggers([n for n, _ in pairs], [f for _, f in pairs], others)
+
+
+def _plain_policy(policy: FlowPolicy | None) -> bool:
+    """No flow control that acts when a run is made or claimed (timeouts act later)."""
+    if policy is None:
+        return True
+    return not (policy.claims or policy.rate_limit or policy.idempotency or policy.singleton)
+
+
+def _plain(
+    pending: list[events.PendingEvent],
+    accepted: list[events.PendingEvent],
+    plain: PlainTriggers,
+) -> bool:
+    """Whether the ingest in SQL would have taken this batch (its waits aside)."""
+    return len(accepted) == len(pending) and not {ev.name for ev in pending} & set(plain.others)
 
 
 def _watched(made: list[runs.NewRun], watches: list[runs.CancelWatch], names: set[str]) -> bool:
