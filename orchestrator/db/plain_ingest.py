@@ -11,7 +11,8 @@ with any other event is left alone by it, for the ingest in Python.
 It runs after `events.claim_pending_sent` in the same transaction, so it reads the events that
 statement took (`events.PENDING_SEQS`), and its look at `waits` is taken under their names'
 exclusive locks (db/waits.py): a wait stored after it is stored after this ingest commits,
-and finds the event by its look back.
+and finds the event by its look back. It plans with the settings of the daemon's direct
+connection (`runs.CLAIM_SETTINGS`): one statement fewer than changing them.
 """
 
 from __future__ import annotations

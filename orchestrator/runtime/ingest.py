@@ -130,9 +130,13 @@ class Ingester:
         the COMMIT. Returns how many events it took, or None if the batch was not plain (then
         only the claim was made, of runs due before)."""
         with pipelined(conn) as tx:
-            taking = self._take(conn)
+            # all of it with the connection's settings (the claim's, db/runs.py): a setting
+            # changed in the transaction is one more statement on this path
+            taking = events.claim_pending_sent(
+                conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
+            )
             making = plain_ingest.ingest_sent(conn, registry.plain, max_bytes=self.max_event_bytes)
-            claiming = self._claim_along(conn, then)
+            claiming = then(conn) if then is not None else set
             plain_ingest.notify_if_queued(conn)
             tx.commit()
             pending, made = taking(), making()

@@ -178,7 +178,9 @@ def test_plain_ingest__its_generic_plan_reads_by_index(db: Database) -> None:
         "max_bytes": "bigint",
         "now": "timestamptz",
     }
-    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+    # with the settings of the daemon's direct connection, which it runs with
+    options = " ".join(f"-c {k}={v}" for k, v in runs.CLAIM_SETTINGS.items())
+    with psycopg.connect(libpq_url(db.url), autocommit=True, options=options) as conn:
         conn.execute("SELECT set_config('orchestrator.ingesting', %s, false)", (seqs,))
         plan = generic_plan(conn, plain_ingest._INGEST, args, types)
     assert "events_seq" in plan and "Seq Scan on events" not in plan, plan
