@@ -61,8 +61,8 @@ _INGEST = f"""
         FROM ev
     ),
     marked AS (
-        UPDATE orchestrator.events e SET ingested_at = {NOW}
-        FROM ev WHERE e.seq = ev.seq AND (SELECT yes FROM plain)
+        UPDATE orchestrator.events SET ingested_at = {NOW}
+        WHERE seq = ANY(ARRAY(SELECT seq FROM ev)) AND (SELECT yes FROM plain)
     ),
     new AS (
         SELECT ev.*, t.fid, row_number() OVER (ORDER BY ev.seq, t.n) AS n,
