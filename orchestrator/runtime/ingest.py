@@ -17,6 +17,15 @@ Events are locked with SKIP LOCKED and, in one transaction with them being marke
 
 The ingest holds the exclusive advisory lock of each event name in its batch, which makes
 waits race-free (see db/waits.py).
+
+Round trips, each of which pays a wake-up of a sleeping process on both ends when events are
+sparse: a batch of plain events (db/plain_ingest.py: no `if`, no flow control at creation or
+claim, no `cancel_on`, no wait stored on the name) takes one, in which SQL makes the runs and
+the dispatcher's claim and the COMMIT ride along. Any other batch is left by that statement
+(the claim still commits) and taken again by the ingest in Python: the events, their names'
+locks and the waits they match in one round trip; the writes, the claim and the COMMIT in
+the next, unless a resolution or a singleton needs an answer before the COMMIT. Which of the
+two goes first follows the last batch.
 """
 
 from __future__ import annotations
