@@ -13,7 +13,8 @@ such errors for a while, so what it runs must be safe to repeat (fenced or idemp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -83,3 +84,44 @@ def set_local(conn: Conn, settings: dict[str, str]) -> None:
     calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
     params = [item for pair in settings.items() for item in pair]
     driver(conn).execute(f"SELECT {calls}", params, prepare=True)
+
+
+class Pipelined:
+    """A transaction on a direct connection in pipeline mode (see `pipelined`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.committed = False
+
+    def commit(self) -> None:
+        """Send the COMMIT now: it shares the round trip of the next result read (those of
+        statements sent before it stay readable). Nothing may be sent after it."""
+        self.conn.execute("COMMIT")
+        self.committed = True
+
+
+@contextmanager
+def pipelined(conn: psycopg.Connection[Any]) -> Iterator[Pipelined]:
+    """One transaction whose statements are pipelined, and whose COMMIT the block may send
+    (`commit()`) before reading the last results, so that the commit costs no round trip of
+    its own; it is sent at the end of the block otherwise. An error anywhere rolls it back
+    (or, if the connection is broken, closes it, which rolls it back on the server)."""
+    tx = Pipelined(conn)
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield tx
+            if not tx.committed:
+                tx.commit()
+    except BaseException:
+        _abandon(conn)
+        raise
+
+
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -130,6 +131,59 @@ def claim_pending(conn: Conn, limit: int, *, max_bytes: int = 2**31 - 1) -> list
     params = {"limit": limit, "max_bytes": max_bytes}
     rows = driver(conn).execute(_CLAIM, params, prepare=True).fetchall()
     return [PendingEvent(*row) for row in rows]
+
+
+# The ingest's first statement: the events it takes (as `_CLAIM`), the exclusive advisory
+# locks of their names, taken in key order like every other holder's (db/waits.py), and their
+# `seq`s noted in a setting local to the transaction, so that statements sent in the same round
+# trip can read the same events (`waits.candidates_pending`): those statements start after this
+# one has taken the locks, so they see every wait stored before (a statement's snapshot is
+# taken when it starts, which is why the lookup cannot be a part of this one).
+_CLAIM_LOCKING = """
+    WITH pending AS MATERIALIZED (
+        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at, seq,
+               trace_context
+        FROM orchestrator.events
+        WHERE ingested_at IS NULL
+        ORDER BY seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ),
+    locked AS MATERIALIZED (
+        SELECT count(pg_advisory_xact_lock(%(cls)s, k)) AS n
+        FROM (SELECT DISTINCT hashtext(name) AS k FROM pending ORDER BY k) keys
+    ),
+    noted AS MATERIALIZED (
+        SELECT set_config('orchestrator.ingesting', coalesce(array_agg(seq)::text, '{}'), true)
+        FROM pending
+    )
+    SELECT p.id, p.name,
+           CASE WHEN p.size <= %(max_bytes)s OR starts_with(p.name, 'orchestrator/') THEN p.data
+           END,
+           p.ts, p.size, p.received_at, p.seq, p.trace_context
+    FROM pending p CROSS JOIN locked CROSS JOIN noted
+    ORDER BY p.seq
+    """
+# An array made once per statement (an InitPlan): `seq = ANY(...)` of it is an index
+# condition, where the setting's text cast to an array would be parsed again for each row of
+# a sequential scan (160 ms for 10,000 events).
+PENDING_SEQS = (
+    "ARRAY(SELECT unnest(coalesce(nullif(current_setting('orchestrator.ingesting', true), ''), "
+    "'{}')::bigint[]))"
+)
+"""SQL for the `seq`s of the events `claim_pending_sent` took in this transaction."""
+
+
+def claim_pending_sent(
+    conn: Conn, limit: int, *, max_bytes: int, lock_class: int
+) -> Callable[[], list[PendingEvent]]:
+    """`claim_pending`, also taking the exclusive advisory lock (`lock_class`, hashtext of the
+    name) of each name among them, and noting their `seq`s for the statements that follow
+    (`PENDING_SEQS`). Sent now; call the result for the events (in pipeline mode, what is sent
+    after it shares its round trip)."""
+    params = {"limit": limit, "max_bytes": max_bytes, "cls": lock_class}
+    cursor = driver(conn).execute(_CLAIM_LOCKING, params, prepare=True)
+    return lambda: [PendingEvent(*row) for row in cursor.fetchall()]
 
 
 _MATCHING_SINCE = """

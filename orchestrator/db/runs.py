@@ -326,8 +326,29 @@ def claim_due(
     claim is then its own transaction) or an SQLAlchemy one (the claim joins its
     transaction).
     """
+    return claim_due_sent(
+        conn,
+        owner=owner,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        function_ids=function_ids,
+        suspects=suspects,
+    )()
+
+
+def claim_due_sent(
+    conn: Conn,
+    *,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    function_ids: list[str],
+    suspects: bool = False,
+) -> Callable[[], list[ClaimedRun]]:
+    """`claim_due`, sent now; call the result for the runs. In pipeline mode the claim then
+    shares a round trip with the statements sent after it (a COMMIT, say)."""
     if limit <= 0 or not function_ids:
-        return []
+        return list
     params = {
         "owner": owner,
         "limit": limit,
@@ -336,8 +357,30 @@ def claim_due(
         "now": clock.current(),
     }
     stmt = _CLAIM_SUSPECTS if suspects else _CLAIM
-    rows = driver(conn).execute(stmt, params, prepare=True).fetchall()
-    return [ClaimedRun(*row) for row in rows]
+    cursor = driver(conn).execute(stmt, params, prepare=True)
+    return lambda: [ClaimedRun(*row) for row in cursor.fetchall()]
+
+
+# Hint every daemon (at commit) if a run made from these events is still queued: the
+# ingest's own claim did not take it. The runs of each event by `runs_event` (OFFSET 0 keeps
+# the status test outside: with it inside, a plan without statistics reads every queued run
+# through `runs_status_created`).
+_NOTIFY_QUEUED = """
+    SELECT pg_notify('orchestrator_runs', '')
+    WHERE EXISTS (
+        SELECT FROM unnest(%(eids)b::text[]) AS e(id)
+        CROSS JOIN LATERAL (SELECT r.status FROM orchestrator.runs r
+                            WHERE r.event_id = e.id OFFSET 0) made
+        WHERE made.status = 'queued'
+    )
+    """
+
+
+def notify_if_queued(conn: Conn, event_ids: list[str]) -> None:
+    """Hint every daemon that runs became due if a run of these events is still queued;
+    delivered when the transaction commits. Needs no answer: in pipeline mode it shares a
+    round trip with what follows."""
+    driver(conn).execute(_NOTIFY_QUEUED, {"eids": event_ids}, prepare=True)
 
 
 def _next_due_sql(condition: str) -> str:

@@ -39,7 +39,7 @@ import psycopg
 
 from orchestrator.db import clock, runs
 from orchestrator.db.direct import Conn, driver, set_local
-from orchestrator.db.events import event_payload
+from orchestrator.db.events import PENDING_SEQS, event_payload
 from orchestrator.db.session import notify_runs
 from orchestrator.db.steps import StepRecord
 
@@ -374,12 +374,10 @@ def remove(conn: Conn, run_id: str, step_id: str) -> None:
 # that looks back may have been stored after a step of its run consumed the event by its own
 # look back, before the ingest saw it: a probe of `steps_event` leaves it out (a `cancel_on`
 # condition still sees it: a wait that consumed the event does not stop it cancelling).
-_CANDIDATES = """
-    WITH ev AS MATERIALIZED (
-        SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[],
-                             %(ids)b::text[])
-             WITH ORDINALITY AS t(name, data, received_at, id, idx)
-    ),
+def _candidates_sql(events: str) -> str:
+    """The lookup for the events `events` selects (name, data, received_at, id, idx)."""
+    return f"""
+    WITH ev AS MATERIALIZED ({events}),
     paths AS MATERIALIZED (
         SELECT n.name, p.match_path
         FROM (SELECT DISTINCT name FROM ev) n
@@ -403,7 +401,7 @@ _CANDIDATES = """
                                   'null'::jsonb) END AS match_value
         FROM ev e JOIN paths p ON p.name = e.name
     )
-    SELECT k.idx::int, w.run_id::text, w.step_id, w.kind, w.expression,
+    SELECT k.idx, w.run_id::text, w.step_id, w.kind, w.expression,
            CASE WHEN w.expression IS NOT NULL THEN r.events -> 0 END, w.branch
     FROM keys k
     JOIN orchestrator.waits w
@@ -417,6 +415,34 @@ _CANDIDATES = """
                                             WHERE s.run_id = w.run_id AND s.event_id = k.id
                                               AND s.event_id IS NOT NULL))
     """
+
+
+_CANDIDATES = _candidates_sql(
+    "SELECT * FROM unnest(%(names)b::text[], %(datas)b::jsonb[], %(received)b::timestamptz[], "
+    "%(ids)b::text[]) WITH ORDINALITY AS t(name, data, received_at, id, idx)"
+)
+# The events the ingest took in this transaction (db/events.py `claim_pending_sent`), but
+# those over `max_bytes` (they are parked unread); `idx` is their `seq`.
+_CANDIDATES_PENDING = _candidates_sql(
+    "SELECT name, data, received_at, id, seq AS idx FROM orchestrator.events "
+    f"WHERE seq = ANY({PENDING_SEQS}) "
+    "AND (octet_length(data::text) <= %(max_bytes)s OR starts_with(name, 'orchestrator/'))"
+)
+
+
+def candidates_pending(
+    conn: Conn, *, max_bytes: int
+) -> Callable[[dict[int, int]], list[Candidate]]:
+    """`candidates` for the events this transaction's ingest took (`PENDING_SEQS`): sent now,
+    in the round trip of the statement that took them and their names' locks. Call the result
+    with the position of each event (by `seq`) among the ingested ones for the rows."""
+    cursor = driver(conn).execute(_CANDIDATES_PENDING, {"max_bytes": max_bytes}, prepare=True)
+
+    def fetch(positions: dict[int, int]) -> list[Candidate]:
+        found = [Candidate(positions[seq], *rest) for seq, *rest in cursor.fetchall()]
+        return sorted(found, key=lambda c: (c.event_index, c.run_id, c.step_id, c.branch))
+
+    return fetch
 
 
 def candidates(

@@ -45,6 +45,10 @@ class Admitted:
     replaced: list[str] = field(default_factory=list)  # active runs a singleton cancels
     buffered: int = 0
 
+    def may_refuse(self) -> bool:
+        """Whether the database may refuse a run (see `refused`)."""
+        return any(r.singleton_key is not None and r.skipped is None for r in self.runs)
+
     def refused(self, created: list[str]) -> list[NewRun]:
         """The singleton runs the database did not create (`runs_singleton` found an active
         run this ingest could not see: one made meanwhile from another event name), to

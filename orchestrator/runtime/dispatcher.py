@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -278,16 +280,34 @@ class Dispatcher(Looper):
 class IngestClaim:
     """The dispatcher's claim inside one ingest transaction (runtime/ingest.py `ClaimAlong`):
     due runs for each lane's free slots, on the ingest's connection, so that their leases
-    commit with the ingest. It keeps what it claimed in `claimed`, for the dispatcher to hand
-    over once the ingest has committed (a rolled-back ingest hands over nothing: it raised)."""
+    commit with the ingest. Each lane's claim is sent before any is read (one round trip for
+    all). It keeps what it claimed in `claimed`, for the dispatcher to hand over once the
+    ingest has committed (a rolled-back ingest hands over nothing: it raised)."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.claimed: list[runs.ClaimedRun] = []
 
-    def __call__(self, conn: Any) -> set[str]:
+    def __call__(self, conn: Any) -> Callable[[], set[str]]:
         dispatcher = self.dispatcher
-        for lane, free in dispatcher.rooms().items():
-            fids = dispatcher.ingest_lanes[lane]
-            self.claimed.extend(dispatcher.claim(conn, free, is_async=lane, function_ids=fids))
-        return {c.id for c in self.claimed}
+        # called again for a batch the ingest in SQL left (runtime/ingest.py): the runs its
+        # first call claimed are not in the pool yet, but take their slots
+        async_ids = set(dispatcher.lanes[True])
+        held = Counter(c.function_id in async_ids for c in self.claimed)
+        sent = [
+            runs.claim_due_sent(
+                conn,
+                owner=dispatcher.owner,
+                limit=free - held[lane],
+                lease_seconds=dispatcher.cfg.lease_duration,
+                function_ids=dispatcher.ingest_lanes[lane],
+            )
+            for lane, free in dispatcher.rooms().items()
+        ]
+
+        def claimed() -> set[str]:
+            for fetch in sent:
+                self.claimed.extend(fetch())
+            return {c.id for c in self.claimed}
+
+        return claimed

@@ -17,20 +17,32 @@ Events are locked with SKIP LOCKED and, in one transaction with them being marke
 
 The ingest holds the exclusive advisory lock of each event name in its batch, which makes
 waits race-free (see db/waits.py).
+
+Round trips, each of which pays a wake-up of a sleeping process on both ends when events are
+sparse: a batch of plain events (db/plain_ingest.py: no `if`, no flow control at creation or
+claim, no `cancel_on`, no wait stored on the name) takes one, in which SQL makes the runs and
+the dispatcher's claim and the COMMIT ride along. Any other batch is left by that statement
+(the claim still commits) and taken again by the ingest in Python: the events, their names'
+locks and the waits they match in one round trip; the writes, the claim and the COMMIT in
+the next, unless a resolution or a singleton needs an answer before the COMMIT. Which of the
+two goes first follows the last batch.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator import tracecontext
-from orchestrator.db import events, functions, runs, waits
+from orchestrator.db import events, functions, plain_ingest, runs, waits
 from orchestrator.db.database import Database
-from orchestrator.db.direct import Direct, set_local
+from orchestrator.db.direct import Direct, pipelined, set_local
+from orchestrator.db.plain_ingest import PlainTriggers
 from orchestrator.db.session import notify_runs
+from orchestrator.db.waits import WAIT_LOCK_CLASS
 from orchestrator.expressions import Expression, cached
 from orchestrator.flow import FlowPolicy, RunKeys
 from orchestrator.functions import FAILED_EVENT_NAME, TRIGGER_VARIABLES, WAIT_VARIABLES
@@ -49,21 +61,23 @@ class Registry:
     triggers: dict[str, list[tuple[str, Expression | None]]] = field(default_factory=dict)
     watches: list[runs.CancelWatch] = field(default_factory=list)
     policies: dict[str, FlowPolicy] = field(default_factory=dict)
+    plain: PlainTriggers = field(default_factory=lambda: PlainTriggers([], [], []))
 
 
 class ClaimAlong(Protocol):
     """The claim that rides in an ingest transaction: the dispatcher's, so that a new event's
     run starts without a claim transaction of its own (runtime/dispatcher.py `IngestClaim`).
 
-    Called with the ingest's connection, in the round trip that creates the batch's runs (it
-    sees them; not the runs the batch's events wake from their waits, which are left to the
-    NOTIFY), it claims due runs for this daemon and returns their ids; their leases commit or
+    Called with the ingest's connection after the batch's runs were sent (it sees them; not
+    the runs the batch's events wake from their waits, which are left to the NOTIFY), it sends
+    the claim of due runs for this daemon and returns a function that reads their ids: the
+    ingest's COMMIT may be sent in between, to share the round trip. Their leases commit or
     roll back with the ingest, and whatever it raises rolls the batch back. It keeps the
     claimed runs itself: they may be handed to workers only once the ingest has committed,
     which only the caller of `Ingester.tick` knows.
     """
 
-    def __call__(self, conn: Any) -> set[str]: ...
+    def __call__(self, conn: Any) -> Callable[[], set[str]]: ...
 
 
 class Ingester:
@@ -77,6 +91,9 @@ class Ingester:
         self.log = log
         self._registry = Registry()
         self._registry_at = -_SUBSCRIPTIONS_TTL
+        # whether the next batch is tried in SQL first (db/plain_ingest.py): until one is not
+        # plain, and again once the Python ingest takes one that was
+        self._plain_first = True
 
     def registry(self) -> Registry:
         if time.monotonic() - self._registry_at > _SUBSCRIPTIONS_TTL:
@@ -93,7 +110,8 @@ class Ingester:
                         continue
                     triggers.setdefault(name, []).append((fid, expression))
             policies = {fid: FlowPolicy.from_options(o) for fid, o in options.items()}
-            self._registry = Registry(triggers, watches, policies)
+            plain = _plain_triggers(subs, watches, policies)
+            self._registry = Registry(triggers, watches, policies, plain)
             self._registry_at = time.monotonic()
         return self._registry
 
@@ -111,53 +129,97 @@ class Ingester:
         return self.direct.run(lambda conn: self._ingest(conn, registry, then), retry_for=0)
 
     def _ingest(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
+        if self._plain_first:
+            taken = self._ingest_plain(conn, registry, then)
+            if taken is not None:
+                return taken
+        return self._ingest_python(conn, registry, then)
+
+    def _ingest_plain(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int | None:
+        """One round trip: the events, their names' locks, their runs made in SQL, the claim,
+        the COMMIT. Returns how many events it took, or None if the batch was not plain (then
+        only the claim was made, of runs due before)."""
+        with pipelined(conn) as tx:
+            # all of it with the connection's settings (the claim's, db/runs.py): a setting
+            # changed in the transaction is one more statement on this path
+            taking = events.claim_pending_sent(
+                conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
+            )
+            making = plain_ingest.ingest_sent(conn, registry.plain, max_bytes=self.max_event_bytes)
+            claiming = then(conn) if then is not None else set
+            plain_ingest.notify_if_queued(conn)
+            tx.commit()
+            pending, made = taking(), making()
+            claiming()
+        if pending and made is None:
+            self._plain_first = False
+            return None
+        if made:
+            self.log.debug("events ingested", events=len(pending), runs=made)
+        return len(pending)
+
+    def _take(self, conn: Any) -> Callable[[], list[events.PendingEvent]]:
+        taking = events.claim_pending_sent(
+            conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
+        )
+        # the connection's settings pin the claim's plan; the other statements plan freely
+        set_local(conn, runs.PLANNER_DEFAULTS)
+        return taking
+
+    def _ingest_python(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
         # Pipelined: statements that need no answer share a round trip with the next one
-        # that does.
-        with conn.pipeline(), conn.transaction():
-            pending = events.claim_pending(conn, self.batch_size, max_bytes=self.max_event_bytes)
+        # that does. The common case (no wait or cancellation matched, no singleton) takes two:
+        # the events, their names' locks and the waits they match; then everything else with
+        # the COMMIT.
+        with pipelined(conn) as tx:
+            taking = self._take(conn)
+            finding = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)
+            pending = taking()
             if not pending:
                 return 0
-            # the connection's settings pin the claim's plan; the other statements plan freely
-            set_local(conn, runs.PLANNER_DEFAULTS)
             accepted = [ev for ev in pending if self._acceptable(conn, ev)]
-            waits.lock_names(conn, sorted({ev.name for ev in accepted}), shared=False)
             payloads = [events.event_payload(ev.id, ev.name, ev.data, ev.ts) for ev in accepted]
             proposed = [
                 (run, Source(ev.id, ev.seq, ev.received_at, payload))
                 for ev, payload in zip(accepted, payloads, strict=True)
                 for run in _runs_for(ev, payload, registry)
             ]
-            events.mark_ingested(conn, [ev.id for ev in accepted])
+            event_ids = [ev.id for ev in accepted]
+            events.mark_ingested(conn, event_ids)
             admitted = admit(conn, proposed, registry.policies)
             replaced = runs.cancel(conn, admitted.replaced, reason=_REPLACED)
             creating = runs.create_many_sent(conn, admitted.runs, registry.watches)
-            finding = waits.candidates(
-                conn,
-                [ev.name for ev in accepted],
-                [ev.data for ev in accepted],
-                [ev.received_at for ev in accepted],
-                [ev.id for ev in accepted],
-            )
-            # The claim goes in the same round trip: it sees the runs just made, not those
-            # the waits below wake (they are left to the NOTIFY, like any run not claimed).
-            claimed: set[str] = set()
-            if admitted.runs and then is not None:
-                set_local(conn, runs.CLAIM_SETTINGS)
-                claimed = then(conn)  # its fetch sends everything above at once
-                set_local(conn, runs.PLANNER_DEFAULTS)
-            created, found = creating(), finding()
-            runs.create_many(conn, admitted.refused(created))
+            positions = {ev.seq: i for i, ev in enumerate(accepted)}
+            found = finding(positions)
+            self._plain_first = not found and _plain(pending, accepted, registry.plain)
+            if _watched(admitted.runs, registry.watches, {ev.name for ev in accepted}):
+                # a new run's cancel_on condition an event of this batch may meet: look again,
+                # after the runs are made (their conditions are waits the lookup finds)
+                found = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)(positions)
+            # The claim sees the runs just made, not those the waits below wake (they are
+            # left to the NOTIFY, like any run not claimed).
+            claiming = self._claim_along(conn, then) if admitted.runs else set
             resolutions, cancels = _decide(found, payloads)
-            resolved = waits.resolve(conn, resolutions)
-            woken = resolved.woken
-            cancelled = replaced + runs.cancel(
-                conn, cancels, reason="cancelled by a cancel_on event"
-            )
-            if resolved.losers:
-                runs.cancel(conn, resolved.losers, reason=waits.LOST_RACE)
-            due = set(created) | set(woken)
-            if not claimed.issuperset(due):
-                notify_runs(conn)  # sent at commit
+            if not resolutions and not cancels and not admitted.may_refuse():
+                # nothing below depends on an answer: the COMMIT goes with the writes
+                if admitted.runs:
+                    runs.notify_if_queued(conn, event_ids)
+                tx.commit()
+                created, claimed = creating(), claiming()
+                woken: list[str] = []
+                cancelled = replaced
+            else:
+                created, claimed = creating(), claiming()
+                runs.create_many(conn, admitted.refused(created))
+                resolved = waits.resolve(conn, resolutions)
+                woken = resolved.woken
+                cancelled = replaced + runs.cancel(
+                    conn, cancels, reason="cancelled by a cancel_on event"
+                )
+                if resolved.losers:
+                    runs.cancel(conn, resolved.losers, reason=waits.LOST_RACE)
+                if not claimed.issuperset(set(created) | set(woken)):
+                    notify_runs(conn)  # sent at commit
         if created or woken or cancelled or admitted.buffered:
             self.log.debug(
                 "events ingested",
@@ -168,6 +230,15 @@ class Ingester:
                 runs_cancelled=len(cancelled),
             )
         return len(pending)
+
+    @staticmethod
+    def _claim_along(conn: Any, then: ClaimAlong | None) -> Callable[[], set[str]]:
+        if then is None:
+            return set
+        set_local(conn, runs.CLAIM_SETTINGS)
+        claiming = then(conn)
+        set_local(conn, runs.PLANNER_DEFAULTS)
+        return claiming
 
     def _acceptable(self, conn: Any, ev: events.PendingEvent) -> bool:
         if ev.size <= self.max_event_bytes or ev.name.startswith(_ENGINE_PREFIX):
@@ -206,6 +277,49 @@ def _runs_for(
             **keys.fields(),
         )
     return list(started.values())
+
+
+def _plain_triggers(
+    subs: dict[str, list[tuple[str, str | None]]],
+    watches: list[runs.CancelWatch],
+    policies: dict[str, FlowPolicy],
+) -> PlainTriggers:
+    """The triggers the ingest in SQL serves (db/plain_ingest.py), and the names it leaves
+    to the ingest in Python."""
+    watched = {w.function_id for w in watches}
+    pairs: list[tuple[str, str]] = []
+    others = [FAILED_EVENT_NAME]
+    for name, entries in subs.items():
+        fids = list(dict.fromkeys(fid for fid, _ in entries))
+        if any(src is not None for _, src in entries) or not all(
+            fid not in watched and _plain_policy(policies.get(fid)) for fid in fids
+        ):
+            others.append(name)
+        else:
+            pairs.extend((name, fid) for fid in fids)
+    return PlainTriggers([n for n, _ in pairs], [f for _, f in pairs], others)
+
+
+def _plain_policy(policy: FlowPolicy | None) -> bool:
+    """No flow control that acts when a run is made or claimed (timeouts act later)."""
+    if policy is None:
+        return True
+    return not (policy.claims or policy.rate_limit or policy.idempotency or policy.singleton)
+
+
+def _plain(
+    pending: list[events.PendingEvent],
+    accepted: list[events.PendingEvent],
+    plain: PlainTriggers,
+) -> bool:
+    """Whether the ingest in SQL would have taken this batch (its waits aside)."""
+    return len(accepted) == len(pending) and not {ev.name for ev in pending} & set(plain.others)
+
+
+def _watched(made: list[runs.NewRun], watches: list[runs.CancelWatch], names: set[str]) -> bool:
+    """Whether a run about to be made has a cancel_on condition on one of these names."""
+    fids = {w.function_id for w in watches if w.event_name in names}
+    return any(run.function_id in fids for run in made)
 
 
 def _failed_run(ev: events.PendingEvent) -> str | None:

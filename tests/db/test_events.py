@@ -99,3 +99,29 @@ def test_mark_ingested__probes_the_primary_key_of_a_grown_table(db_url: str) -> 
 
 
 _MARK_TYPES = {"ids": "text[]", "now": "timestamptz"}
+
+
+def test_claim_pending_sent__takes_the_names_locks_and_notes_the_events(
+    db: Database, db_url: str
+) -> None:
+    """Oldest first and skipping locked rows (as `claim_pending`); while its transaction is
+    open, the exclusive lock of each name taken is held, and `PENDING_SEQS` gives the events'
+    seqs in that transaction only."""
+    for i, name in enumerate(["a", "b", "a", "c"]):
+        execute(db, "INSERT INTO orchestrator.events (id, name) VALUES (:i, :n)", i=f"e{i}", n=name)
+    lock = "SELECT pg_try_advisory_xact_lock_shared(%s, hashtext(%s))"
+    with (
+        psycopg.connect(db_url, autocommit=True) as taker,
+        psycopg.connect(db_url, autocommit=True) as other,
+    ):
+        with taker.transaction():
+            taken = events.claim_pending_sent(taker, 3, max_bytes=1000, lock_class=77)()
+            noted = taker.execute(f"SELECT {events.PENDING_SEQS}").fetchone()
+            with other.transaction():
+                held = {n: not other.execute(lock, (77, n)).fetchone()[0] for n in "abc"}  # type: ignore[index]
+                rest = events.claim_pending(other, 10)
+        assert taker.execute(f"SELECT {events.PENDING_SEQS}").fetchone() == ([],)
+    assert [e.id for e in taken] == ["e0", "e1", "e2"]
+    assert noted == ([e.seq for e in taken],)
+    assert held == {"a": True, "b": True, "c": False}
+    assert [e.id for e in rest] == ["e3"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -40,11 +40,11 @@ def _events(db: Database, n: int) -> None:
 
 
 def _claimer(limit: int) -> Any:
-    def claim(conn: Any) -> set[str]:
-        claimed = runs.claim_due(
+    def claim(conn: Any) -> Callable[[], set[str]]:
+        sent = runs.claim_due_sent(
             conn, owner=OWNER, limit=limit, lease_seconds=30, function_ids=["f"]
         )
-        return {c.id for c in claimed}
+        return lambda: {c.id for c in sent()}
 
     return claim
 
@@ -69,7 +69,7 @@ def test_ingest__claims_in_the_same_transaction(db: Database, ingester: Ingester
 def test_ingest__a_failing_claim_rolls_the_ingest_back(db: Database, ingester: Ingester) -> None:
     _events(db, 3)
 
-    def fail(conn: Any) -> set[str]:
+    def fail(conn: Any) -> Callable[[], set[str]]:
         _claimer(3)(conn)
         raise RuntimeError("claim failed")
 
@@ -105,3 +105,50 @@ def test_ingest__wakes_other_daemons_only_for_runs_left_unclaimed(
         assert received == ["orchestrator_runs", "orchestrator_runs"]
         assert list(listener.notifies(timeout=0.3)) == []  # and no third one
     assert _statuses(db) == {"running": 3, "queued": 3}
+
+
+def test_ingest__a_statement_failing_in_the_committing_round_trip_loses_nothing(
+    db: Database, ingester: Ingester
+) -> None:
+    """An error the server raises in the round trip that carries the COMMIT (here, in the
+    claim) rolls the whole batch back, and the next ingest on the same connection works."""
+    _events(db, 3)
+
+    def failing(conn: Any) -> Callable[[], set[str]]:
+        cursor = conn.execute("SELECT 1 / 0")
+        return lambda: set(cursor.fetchall())
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        ingester.tick(then=failing)
+    assert _statuses(db) == {}
+    pending = execute(db, "SELECT count(*) FROM orchestrator.events WHERE ingested_at IS NULL")
+    assert pending == [(3,)]
+    assert ingester.tick(then=_claimer(3)) == 3
+    assert _statuses(db) == {"running": 3}
+
+
+def test_ingest__a_wait_the_batch_resolves_takes_the_longer_way_and_resolves_it(
+    db: Database, ingester: Ingester
+) -> None:
+    """An event matching a stored wait resolves it in the same transaction as the runs it
+    starts (the ingest reads the resolution's answer before it commits)."""
+    execute(
+        db,
+        "INSERT INTO orchestrator.runs (id, function_id, status, due_at) VALUES "
+        "('00000000-0000-0000-0000-000000000001', 'g', 'waiting', 'infinity')",
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status) VALUES "
+        "('00000000-0000-0000-0000-000000000001', 'w', 0, 'wait', 'waiting')",
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
+        "match_value, since) VALUES ('00000000-0000-0000-0000-000000000001', 'w', 'event', "
+        "'a', '', 'null', now() - interval '1 minute')",
+    )
+    _events(db, 2)
+    assert ingester.tick(then=_claimer(5)) == 2
+    assert _statuses(db) == {"running": 2, "queued": 1}  # two new runs, and the woken one
+    assert execute(db, "SELECT count(*) FROM orchestrator.waits") == [(0,)]

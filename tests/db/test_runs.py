@@ -347,3 +347,37 @@ def test_release__waits_for_a_briefly_locked_row_instead_of_skipping_it(
     assert not releaser.is_alive()
     assert [r.id for r in released] == [run.id]
     assert execute(db, "SELECT status FROM orchestrator.runs")[0][0] == "queued"
+
+
+def test_notify_if_queued__notifies_only_for_runs_of_those_events_left_queued(
+    db: Database,
+) -> None:
+    with db.transaction() as conn:
+        runs.create_many(
+            conn, [runs.NewRun("f", [{}], event_id=e, idempotency_key=e) for e in ("e1", "e2")]
+        )
+    execute(db, "UPDATE orchestrator.runs SET status = 'running' WHERE event_id = 'e1'")
+    url = libpq_url(db.url)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN orchestrator_runs")
+        with psycopg.connect(url, autocommit=True) as conn:
+            for eids in (["e1"], ["nope"], ["e1", "e2"]):
+                with conn.transaction():
+                    runs.notify_if_queued(conn, eids)
+        got = list(listener.notifies(timeout=1, stop_after=2))
+    assert len(got) == 1  # only the third: e2's run is queued
+
+
+def test_notify_if_queued__its_generic_plan_probes_runs_by_event(db: Database) -> None:
+    """Many queued runs, no statistics: the runs of each event by `runs_event`, never a read
+    of every queued run."""
+    execute(
+        db,
+        "INSERT INTO orchestrator.runs (function_id, status, event_id) "
+        "SELECT 'f', 'queued', 'x' || g FROM generate_series(1, 20000) g",
+    )
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        args = {"eids": ["x5", "x6"]}
+        plan = generic_plan(conn, runs._NOTIFY_QUEUED, args, {"eids": "text[]"})
+    assert "runs_event" in plan and "runs_status_created" not in plan, plan
+    assert "Seq Scan on runs" not in plan, plan

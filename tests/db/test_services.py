@@ -515,6 +515,35 @@ def test_ingest_claim__claims_in_the_ingest_and_keeps_the_runs_for_later(
     assert pool.tasks == []  # handed over by the dispatcher, after the commit
 
 
+def test_ingest_claim__a_batch_the_sql_ingest_leaves__claims_no_more_than_the_free_slots(
+    db: Database, direct: Direct
+) -> None:
+    """A wait stored on the name makes the ingest in SQL leave the batch (its claim commits,
+    of runs due before) and the Python ingest take it, claiming again: the two claims
+    together take no more runs than there were free slots."""
+    pool = _Pool(free=3)
+    service = _dispatcher(db, direct, pool)
+    with db.transaction() as conn:
+        runs.create_many(conn, [runs.NewRun("f", [{}]), runs.NewRun("f", [{}])])  # due before
+    execute(
+        db,
+        "INSERT INTO orchestrator.runs (id, function_id, status, due_at) VALUES "
+        "('00000000-0000-0000-0000-0000000000aa', 'w', 'waiting', 'infinity')",
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
+        "match_value, since) VALUES ('00000000-0000-0000-0000-0000000000aa', 's', 'event', "
+        "'a', '', '\"nothing\"', now())",
+    )
+    _send(db, 3)
+    along = IngestClaim(service)
+    assert service.ingester.tick(then=along) == 3
+    assert len(along.claimed) == 3  # the two due before, then one of the new ones
+    assert {c.id for c in along.claimed} == _mine(db)
+    assert execute(db, "SELECT count(*) FROM orchestrator.runs WHERE status = 'queued'") == [(2,)]
+
+
 def test_dispatcher__a_run_its_own_batch_cancels__ends_cancelled_and_never_starts(
     db: Database, direct: Direct
 ) -> None:

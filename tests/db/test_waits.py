@@ -310,3 +310,134 @@ def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Databas
     assert "steps_event" in plan and "Seq Scan on steps" not in plan, plan
     assert "hashed SubPlan" not in plan, plan  # a probe per candidate, not a read of them all
     assert "rows=499" in plan.splitlines()[0], plan  # every order but 7, consumed by its run
+
+
+def _take_and_look_up(url: str, found: list[list[waits.Candidate]]) -> None:
+    """The ingest's first round trip: take the pending events with their names' locks, and
+    look up the waits they match, pipelined."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.pipeline(), conn.transaction():
+        taking = events.claim_pending_sent(
+            conn, 10, max_bytes=2**20, lock_class=waits.WAIT_LOCK_CLASS
+        )
+        finding = waits.candidates_pending(conn, max_bytes=2**20)
+        taken = taking()
+        found.append(finding({ev.seq: i for i, ev in enumerate(taken)}))
+
+
+def test_lock_protocol__one_round_trip_ingest_waits_for_a_wait_being_stored_then_sees_it(
+    db: Database,
+) -> None:
+    """The same with the lookup sent in the round trip that takes the events: it is a
+    statement of its own, so its snapshot is taken after the locks were granted."""
+    [run_id] = waiting_runs(db, 1, name="other/name")
+    execute(db, "DELETE FROM orchestrator.waits")
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (name, data) VALUES ('payment/received', "
+        "'{\"order_id\": 7}')",
+    )
+    stored = threading.Event()
+    release = threading.Event()
+    found: list[list[waits.Candidate]] = []
+
+    def worker() -> None:
+        with db.transaction() as conn:
+            waits.lock_names(conn, ["payment/received"], shared=True)
+            driver(conn).execute(
+                "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
+                "match_value, since) VALUES (%s, 'paid', 'event', 'payment/received', "
+                "'data.order_id', '7', %s)",
+                (run_id, LONG_AGO),
+            )
+            stored.set()
+            release.wait(10)
+
+    w = threading.Thread(target=worker)
+    w.start()
+    assert stored.wait(10)
+    i = threading.Thread(target=_take_and_look_up, args=(libpq_url(db.url), found))
+    i.start()
+    blocked = eventually(
+        lambda: advisory_waiters(db) == 1,
+        what="the ingest blocked on the name lock",
+    )
+    assert blocked and not found
+    release.set()
+    w.join(10)
+    i.join(10)
+    assert [(c.event_index, c.run_id, c.step_id) for c in found[0]] == [(0, run_id, "paid")]
+
+
+def test_candidates_pending__finds_what_candidates_finds_for_the_events_taken(
+    db: Database,
+) -> None:
+    """The lookup by the events this transaction took gives the rows the lookup by value
+    gives, by their position among the events; an oversize event is left out (it is parked
+    unread), and so are events taken by no one."""
+    waiting_runs(db, 20)
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (id, name, data) SELECT 'e' || i, 'payment/received', "
+        "jsonb_build_object('order_id', i, 'pad', repeat('x', CASE WHEN i = 3 THEN 500 "
+        "ELSE 0 END)) FROM generate_series(1, 6) AS i",
+    )
+    url = libpq_url(db.url)
+    with psycopg.connect(url, autocommit=True) as conn, conn.pipeline(), conn.transaction():
+        taking = events.claim_pending_sent(conn, 4, max_bytes=200, lock_class=waits.WAIT_LOCK_CLASS)
+        finding = waits.candidates_pending(conn, max_bytes=200)
+        taken = taking()
+        accepted = [ev for ev in taken if ev.size <= 200]
+        got = finding({ev.seq: i for i, ev in enumerate(accepted)})
+        expected = waits.candidates(
+            conn,
+            [ev.name for ev in accepted],
+            [ev.data for ev in accepted],
+            [ev.received_at for ev in accepted],
+            [ev.id for ev in accepted],
+        )()
+    assert [ev.id for ev in taken] == ["e1", "e2", "e3", "e4"]
+    assert [ev.data is None for ev in taken] == [False, False, True, False]
+    assert got == expected and len(got) == 3, got  # orders 1, 2 and 4; not 3, 5 or 6
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        # a transaction that took nothing looks up nothing
+        assert waits.candidates_pending(conn, max_bytes=200)({}) == []
+
+
+def test_candidates_pending__its_generic_plan_reads_the_events_and_waits_by_index(
+    db: Database,
+) -> None:
+    """The events by `events_seq`, the consumption check a probe of `steps_event` per
+    candidate (as `candidates`)."""
+    ids = waiting_runs(db, 2000)
+    execute(
+        db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, event_id) "
+        "SELECT r, 's' || k, k, 'wait', 'completed', 'old' || k "
+        "FROM unnest(CAST(:ids AS uuid[])) AS r, generate_series(1, 5) AS k",
+        ids=ids,
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (id, name, data, ingested_at) SELECT 'e' || i, "
+        "'payment/received', jsonb_build_object('order_id', i), now() "
+        "FROM generate_series(0, 9999) AS i",
+    )
+    execute(
+        db,
+        "UPDATE orchestrator.steps SET event_id = 'e7' WHERE step_id = 's1' "
+        "AND run_id = CAST(:r AS uuid)",
+        r=ids[7],
+    )
+    execute(db, "ANALYZE orchestrator.steps")
+    (seqs,) = execute(
+        db, "SELECT array_agg(seq)::text FROM orchestrator.events WHERE id ~ '^e[0-9]{1,3}$'"
+    )[0]
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        conn.execute("SELECT set_config('orchestrator.ingesting', %s, false)", (seqs,))
+        plan = generic_plan(
+            conn, waits._CANDIDATES_PENDING, {"max_bytes": 2**20}, {"max_bytes": "int"}
+        )
+    assert "events_seq" in plan and "Seq Scan on events" not in plan, plan
+    assert "steps_event" in plan and "Seq Scan on steps" not in plan, plan
+    assert "hashed SubPlan" not in plan, plan
+    assert "rows=999" in plan.splitlines()[0], plan  # orders 0-999 but 7, consumed by its run
