@@ -79,7 +79,7 @@ def test_the_sdk_receives_the_user_and_v_an_event_was_sent_with(sdk: FakeSdk) ->
             env.db,
             "INSERT INTO orchestrator.events (id, name, data, extra) VALUES "
             "('e-1', 'shop-welcome/go', '{\"n\": 1}', "
-            "'{\"user\": {\"external_id\": \"u1\"}, \"v\": \"2024-01-01.1\"}'), "
+            '\'{"user": {"external_id": "u1"}, "v": "2024-01-01.1"}\'), '
             "('e-2', 'shop-welcome/go', '{\"n\": 2}', NULL)",
         )
         env.run_until_idle()
