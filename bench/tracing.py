@@ -75,15 +75,20 @@ def pickup(ctx: Context) -> None:
     ctx.step.run("first", _note_start, ctx.event.id)
 
 
-def send_traced_bulk(url: str, n: int) -> Any:
+def send_traced_bulk(url: str, n: int, *, traced: bool = True) -> Any:
     """Insert `n` events in one statement, each with a trace context of its own (as traced
-    senders record them); returns the database time just after its commit."""
+    senders record them; none with `traced=False`); returns the database time just after its
+    commit."""
+    context = (
+        "jsonb_build_object('traceparent', '00-' || md5(g::text || random()::text) || '-' || "
+        "substr(md5(random()::text), 1, 16) || '-01')"
+        if traced
+        else "NULL::jsonb"
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO orchestrator.events (name, data, trace_context) "
-            "SELECT %s, '{}'::jsonb, jsonb_build_object('traceparent', '00-' || "
-            "md5(g::text || random()::text) || '-' || "
-            "substr(md5(random()::text), 1, 16) || '-01') FROM generate_series(1, %s) g",
+            f"SELECT %s, '{{}}'::jsonb, {context} FROM generate_series(1, %s) g",
             (W1_EVENT, n),
         )
         row = conn.execute("SELECT clock_timestamp()").fetchone()
@@ -155,7 +160,7 @@ def one_mode(
             )
         try:
             daemon.wait_serving()
-            started = send_traced_bulk(url, args.w1)
+            started = send_traced_bulk(url, args.w1, traced=not args.untraced)
             seconds = wait_completed(url, "traced-one", args.w1, started, timeout=900)
             stages = measure(url, args.events, args.interval, args.warmup)[EVENT]
             figures, _ = summary(stages)
@@ -180,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--baseline", help="a git revision from before tracing, measured too")
+    parser.add_argument(
+        "--untraced",
+        action="store_true",
+        help="W1's events carry no trace context (senders that do not trace)",
+    )
     args = parser.parse_args(argv)
     from tests.e2e.otlp import Receiver
 
