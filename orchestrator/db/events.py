@@ -134,7 +134,9 @@ def claim_pending(conn: Conn, limit: int, *, max_bytes: int = 2**31 - 1) -> list
 
 
 # The ingest's first statement: the events it takes (as `_CLAIM`), the exclusive advisory
-# locks of their names, taken in key order like every other holder's (db/waits.py), and their
+# locks of their names and the shared locks of the names their functions' `cancel_on`
+# conditions watch (`watched`: pairs of a trigger name and a watched name), all taken in key
+# order like every other holder's (db/waits.py), and their
 # `seq`s noted in a setting local to the transaction, so that statements sent in the same round
 # trip can read the same events (`waits.candidates_pending`): those statements start after this
 # one has taken the locks, so they see every wait stored before (a statement's snapshot is
@@ -150,8 +152,15 @@ _CLAIM_LOCKING = """
         FOR UPDATE SKIP LOCKED
     ),
     locked AS MATERIALIZED (
-        SELECT count(pg_advisory_xact_lock(%(cls)s, k)) AS n
-        FROM (SELECT DISTINCT hashtext(name) AS k FROM pending ORDER BY k) keys
+        SELECT count(CASE WHEN keys.mine THEN pg_advisory_xact_lock(%(cls)s, keys.k)
+                          ELSE pg_advisory_xact_lock_shared(%(cls)s, keys.k) END) AS n
+        FROM (SELECT hashtext(l.name) AS k, bool_or(l.mine) AS mine
+              FROM (SELECT DISTINCT name, true AS mine FROM pending
+                    UNION ALL
+                    SELECT w.watched, false
+                    FROM unnest(%(triggers)b::text[], %(watched)b::text[]) AS w(name, watched)
+                    WHERE w.name IN (SELECT name FROM pending)) l
+              GROUP BY 1 ORDER BY 1) keys
     ),
     noted AS MATERIALIZED (
         SELECT set_config('orchestrator.ingesting', coalesce(array_agg(seq)::text, '{}'), true)
@@ -175,13 +184,26 @@ PENDING_SEQS = (
 
 
 def claim_pending_sent(
-    conn: Conn, limit: int, *, max_bytes: int, lock_class: int
+    conn: Conn,
+    limit: int,
+    *,
+    max_bytes: int,
+    lock_class: int,
+    watched: tuple[list[str], list[str]] = ([], []),
 ) -> Callable[[], list[PendingEvent]]:
     """`claim_pending`, also taking the exclusive advisory lock (`lock_class`, hashtext of the
-    name) of each name among them, and noting their `seq`s for the statements that follow
+    name) of each name among them and the shared lock of each name that `watched` (a list of
+    trigger names and the list of the names their runs' `cancel_on` conditions watch, pairwise)
+    pairs with one of them, and noting their `seq`s for the statements that follow
     (`PENDING_SEQS`). Sent now; call the result for the events (in pipeline mode, what is sent
     after it shares its round trip)."""
-    params = {"limit": limit, "max_bytes": max_bytes, "cls": lock_class}
+    params = {
+        "limit": limit,
+        "max_bytes": max_bytes,
+        "cls": lock_class,
+        "triggers": watched[0],
+        "watched": watched[1],
+    }
     cursor = driver(conn).execute(_CLAIM_LOCKING, params, prepare=True)
     return lambda: [PendingEvent(*row) for row in cursor.fetchall()]
 

@@ -473,6 +473,70 @@ def candidates(
     return fetch
 
 
+# The `cancel_on` conditions of runs just made from the events this ingest took, met by an
+# event ingested before them: received after the condition's `since` (the triggering event's
+# arrival) but ingested first, by another daemon or ahead of a triggering event whose INSERT
+# committed later. The ingest took the shared lock of every watched name before it read
+# anything (db/events.py), so an ingest of such an event that was in flight has committed and
+# is seen here; one that comes later sees the conditions. Events of this ingest's own batch are
+# left to the lookup of the pending ones. One probe of `events_name_received` per condition; an
+# expression is evaluated by the caller, on at most `_CANCEL_SCAN` events that match by `match`.
+_CANCEL_SCAN = 1000
+_CANCELS_SINCE = f"""
+    WITH made AS MATERIALIZED (
+        SELECT r.id, r.events FROM orchestrator.runs r
+        WHERE r.event_id = ANY(%(eids)b::text[])
+          AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
+    )
+    SELECT w.run_id::text, w.expression, CASE WHEN w.expression IS NOT NULL THEN r.events -> 0
+           END, e.id, e.name, e.data, e.ts
+    FROM made r
+    -- one probe of `waits_pkey` per run (OFFSET 0: not flattened into a join, which a
+    -- plan without statistics makes a scan of every wait)
+    CROSS JOIN LATERAL (SELECT * FROM orchestrator.waits w
+                        WHERE w.run_id = r.id AND w.kind = 'cancel' OFFSET 0) w
+    CROSS JOIN LATERAL (
+        SELECT e.id, e.name, e.data, e.ts, e.received_at FROM orchestrator.events e
+        WHERE e.name = w.event_name AND e.received_at >= w.since
+          AND (w.expires_at IS NULL OR e.received_at < w.expires_at)
+          AND e.ingested_at IS NOT NULL AND e.error IS NULL
+          AND e.seq <> ALL({PENDING_SEQS})
+          AND CASE WHEN w.match_path = '' THEN 'null'::jsonb
+                   ELSE coalesce(e.data #> (string_to_array(w.match_path, '.'))[2:],
+                                 'null'::jsonb) END = w.match_value
+        ORDER BY e.received_at
+        LIMIT CASE WHEN w.expression IS NULL THEN 1 ELSE {_CANCEL_SCAN} END
+    ) e
+    ORDER BY r.id, e.received_at
+    """
+
+
+@dataclass(frozen=True)
+class LateCancel:
+    """An event ingested before a new run's `cancel_on` condition that meets it by `match`;
+    its `expression`, if any, is still to be evaluated (`trigger`: the run's first event)."""
+
+    run_id: str
+    expression: str | None
+    trigger: dict[str, Any] | None
+    event: dict[str, Any]
+
+
+def cancels_since(conn: Conn, event_ids: list[str]) -> Callable[[], list[LateCancel]]:
+    """The events already ingested that meet the `cancel_on` conditions of the runs made from
+    `event_ids` in this transaction (see `_CANCELS_SINCE`). Sent now; call the result for the
+    rows, in run order."""
+    cursor = driver(conn).execute(_CANCELS_SINCE, {"eids": event_ids}, prepare=True)
+
+    def fetch() -> list[LateCancel]:
+        return [
+            LateCancel(run_id, expression, trigger, event_payload(eid, name, data, ts))
+            for run_id, expression, trigger, eid, name, data, ts in cursor.fetchall()
+        ]
+
+    return fetch
+
+
 # Resolve waiting steps: the run rows first (in id order, like every multi-row lock), then the
 # wait rows; a run no longer waiting, or a wait already resolved, is left alone. Each step
 # looks up by index the rows the one before it returned. The ingest plans it generically, and

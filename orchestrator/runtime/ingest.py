@@ -16,7 +16,11 @@ Events are locked with SKIP LOCKED and, in one transaction with them being marke
 3. runs whose `cancel_on` condition the event matches are cancelled.
 
 The ingest holds the exclusive advisory lock of each event name in its batch, which makes
-waits race-free (see db/waits.py).
+waits race-free (see db/waits.py), and the shared lock of each name that the `cancel_on`
+conditions of the runs it may start watch: an event of that name that another ingest is
+taking at that moment has committed before the new runs look back for it (an event received
+after their trigger but ingested first cancels them too, `waits.cancels_since`), or that
+ingest waits for the new conditions and finds them.
 
 Round trips, each of which pays a wake-up of a sleeping process on both ends when events are
 sparse: a batch of plain events (db/plain_ingest.py: no `if`, no flow control at creation or
@@ -62,6 +66,9 @@ class Registry:
     watches: list[runs.CancelWatch] = field(default_factory=list)
     policies: dict[str, FlowPolicy] = field(default_factory=dict)
     plain: PlainTriggers = field(default_factory=lambda: PlainTriggers([], [], []))
+    # pairs of an event name and a name that the `cancel_on` conditions of the runs it
+    # starts watch (the ingest takes the latter's shared lock, db/events.py)
+    watched: tuple[list[str], list[str]] = ([], [])
 
 
 class ClaimAlong(Protocol):
@@ -111,7 +118,8 @@ class Ingester:
                     triggers.setdefault(name, []).append((fid, expression))
             policies = {fid: FlowPolicy.from_options(o) for fid, o in options.items()}
             plain = _plain_triggers(subs, watches, policies)
-            self._registry = Registry(triggers, watches, policies, plain)
+            watched = _watched_names(subs, watches)
+            self._registry = Registry(triggers, watches, policies, plain, watched)
             self._registry_at = time.monotonic()
         return self._registry
 
@@ -142,9 +150,7 @@ class Ingester:
         with pipelined(conn) as tx:
             # all of it with the connection's settings (the claim's, db/runs.py): a setting
             # changed in the transaction is one more statement on this path
-            taking = events.claim_pending_sent(
-                conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
-            )
+            taking = self._take(conn, registry)
             making = plain_ingest.ingest_sent(conn, registry.plain, max_bytes=self.max_event_bytes)
             claiming = then(conn) if then is not None else set
             plain_ingest.notify_if_queued(conn)
@@ -158,13 +164,14 @@ class Ingester:
             self.log.debug("events ingested", events=len(pending), runs=made)
         return len(pending)
 
-    def _take(self, conn: Any) -> Callable[[], list[events.PendingEvent]]:
-        taking = events.claim_pending_sent(
-            conn, self.batch_size, max_bytes=self.max_event_bytes, lock_class=WAIT_LOCK_CLASS
+    def _take(self, conn: Any, registry: Registry) -> Callable[[], list[events.PendingEvent]]:
+        return events.claim_pending_sent(
+            conn,
+            self.batch_size,
+            max_bytes=self.max_event_bytes,
+            lock_class=WAIT_LOCK_CLASS,
+            watched=registry.watched,
         )
-        # the connection's settings pin the claim's plan; the other statements plan freely
-        set_local(conn, runs.PLANNER_DEFAULTS)
-        return taking
 
     def _ingest_python(self, conn: Any, registry: Registry, then: ClaimAlong | None) -> int:
         # Pipelined: statements that need no answer share a round trip with the next one
@@ -172,7 +179,9 @@ class Ingester:
         # the events, their names' locks and the waits they match; then everything else with
         # the COMMIT.
         with pipelined(conn) as tx:
-            taking = self._take(conn)
+            taking = self._take(conn, registry)
+            # the connection's settings pin the claim's plan; the other statements plan freely
+            set_local(conn, runs.PLANNER_DEFAULTS)
             finding = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)
             pending = taking()
             if not pending:
@@ -196,11 +205,13 @@ class Ingester:
                 # a new run's cancel_on condition an event of this batch may meet: look again,
                 # after the runs are made (their conditions are waits the lookup finds)
                 found = waits.candidates_pending(conn, max_bytes=self.max_event_bytes)(positions)
+            # a condition an event ingested before it meets (see waits.cancels_since)
+            late = _late_cancels(conn, admitted.runs, registry.watches, event_ids)
             # The claim sees the runs just made, not those the waits below wake (they are
             # left to the NOTIFY, like any run not claimed).
             claiming = self._claim_along(conn, then) if admitted.runs else set
             resolutions, cancels = _decide(found, payloads)
-            if not resolutions and not cancels and not admitted.may_refuse():
+            if not resolutions and not cancels and not late and not admitted.may_refuse():
                 # nothing below depends on an answer: the COMMIT goes with the writes
                 if admitted.runs:
                     runs.notify_if_queued(conn, event_ids)
@@ -213,6 +224,7 @@ class Ingester:
                 runs.create_many(conn, admitted.refused(created))
                 resolved = waits.resolve(conn, resolutions)
                 woken = resolved.woken
+                cancels += [run for run in _met(late) if run not in cancels]
                 cancelled = replaced + runs.cancel(
                     conn, cancels, reason="cancelled by a cancel_on event"
                 )
@@ -314,6 +326,50 @@ def _plain(
 ) -> bool:
     """Whether the ingest in SQL would have taken this batch (its waits aside)."""
     return len(accepted) == len(pending) and not {ev.name for ev in pending} & set(plain.others)
+
+
+def _watched_names(
+    subs: dict[str, list[tuple[str, str | None]]], watches: list[runs.CancelWatch]
+) -> tuple[list[str], list[str]]:
+    """Each event name paired with every name the `cancel_on` conditions of the functions it
+    triggers watch."""
+    by_function: dict[str, set[str]] = {}
+    for w in watches:
+        by_function.setdefault(w.function_id, set()).add(w.event_name)
+    pairs = sorted(
+        {
+            (name, watched)
+            for name, entries in subs.items()
+            for fid, _ in entries
+            for watched in by_function.get(fid, ())
+        }
+    )
+    return [name for name, _ in pairs], [watched for _, watched in pairs]
+
+
+def _late_cancels(
+    conn: Any, made: list[runs.NewRun], watches: list[runs.CancelWatch], event_ids: list[str]
+) -> Callable[[], list[waits.LateCancel]] | None:
+    """Sends the look back of new runs' `cancel_on` conditions, if any run has one."""
+    fids = {w.function_id for w in watches}
+    if not any(run.function_id in fids for run in made):
+        return None
+    return waits.cancels_since(conn, event_ids)
+
+
+def _met(late: Callable[[], list[waits.LateCancel]] | None) -> list[str]:
+    """The runs whose `cancel_on` condition an event the look back found meets."""
+    met: list[str] = []
+    for found in late() if late is not None else []:
+        if met and met[-1] == found.run_id:
+            continue
+        if found.expression is not None:
+            expression = _expression(found.expression, WAIT_VARIABLES)
+            variables = {"event": found.trigger or {}, "async": found.event}
+            if expression is None or not expression.matches(variables):
+                continue
+        met.append(found.run_id)
+    return met
 
 
 def _watched(made: list[runs.NewRun], watches: list[runs.CancelWatch], names: set[str]) -> bool:

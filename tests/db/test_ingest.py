@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -9,13 +10,13 @@ import psycopg
 import pytest
 import structlog
 
-from orchestrator.db import functions, runs
+from orchestrator.db import functions, runs, waits
 from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.runtime.ingest import Ingester
 from tests.conftest import eventually
-from tests.db.helpers import execute
+from tests.db.helpers import advisory_waiters, execute
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,3 +153,119 @@ def test_ingest__a_wait_the_batch_resolves_takes_the_longer_way_and_resolves_it(
     assert ingester.tick(then=_claimer(5)) == 2
     assert _statuses(db) == {"running": 2, "queued": 1}  # two new runs, and the woken one
     assert execute(db, "SELECT count(*) FROM orchestrator.waits") == [(0,)]
+
+
+# cancel_on conditions that an event ingested before them meets
+
+
+def _cancellable(db: Database, *, expression: str | None = None) -> None:
+    spec: dict[str, Any] = {"event": "order/cancelled", "match": "data.id"}
+    if expression is not None:
+        spec["if"] = expression
+    with db.transaction() as conn:
+        functions.upsert(
+            conn,
+            "ship",
+            triggers=[{"type": "event", "name": "order/created"}],
+            options={"cancel_on": [spec]},
+            version="1",
+        )
+
+
+def _send(conn: Any, name: str, data: str) -> None:
+    conn.execute(
+        "INSERT INTO orchestrator.events (name, data) VALUES (%s, %s::jsonb)", (name, data)
+    )
+
+
+def _ship_statuses(db: Database) -> list[tuple[str, str]]:
+    rows = execute(
+        db,
+        "SELECT events -> 0 -> 'data' ->> 'id', status FROM orchestrator.runs "
+        "WHERE function_id = 'ship' ORDER BY 1",
+    )
+    return [(str(i), str(s)) for i, s in rows]
+
+
+def test_ingest__a_cancel_event_ingested_before_the_run_was_made_still_cancels_it(
+    db: Database, ingester: Ingester
+) -> None:
+    """The triggering event's INSERT commits after the cancellation's (received later, so
+    ingested first, when no condition was stored yet): the run is made and cancelled by the
+    same ingest. An event for another order, or one received before the trigger, does not."""
+    _cancellable(db)
+    url = libpq_url(db.url)
+    with psycopg.connect(url, autocommit=True) as other:
+        _send(other, "order/cancelled", '{"id": 0}')  # before the trigger: not a cancel
+    assert ingester.tick() == 1
+    with psycopg.connect(url) as slow:
+        _send(slow, "order/created", '{"id": 0}')
+        _send(slow, "order/created", '{"id": 1}')
+        _send(slow, "order/created", '{"id": 2}')
+        with psycopg.connect(url, autocommit=True) as other:
+            _send(other, "order/cancelled", '{"id": 1}')
+        assert ingester.tick() == 1  # only the cancellation is visible: no run to cancel yet
+        slow.commit()
+    assert ingester.tick() == 3
+    assert _ship_statuses(db) == [("0", "queued"), ("1", "cancelled"), ("2", "queued")]
+    (reason,) = execute(
+        db, "SELECT error ->> 'message' FROM orchestrator.runs WHERE status = 'cancelled'"
+    )
+    assert "cancel_on" in str(reason[0])
+
+
+def test_ingest__a_cancel_event_being_ingested_elsewhere_is_waited_for_then_cancels(
+    db: Database, ingester: Ingester
+) -> None:
+    """Another daemon holds the cancel event's name (its ingest is in flight): the ingest
+    that makes the run waits for it to commit, then finds the event it ingested."""
+    _cancellable(db)
+    url = libpq_url(db.url)
+    with psycopg.connect(url, autocommit=True) as sender:
+        _send(sender, "order/created", '{"id": 7}')
+        _send(sender, "order/cancelled", '{"id": 7}')
+    (seq,) = execute(db, "SELECT seq FROM orchestrator.events WHERE name = 'order/cancelled'")
+    errors: list[BaseException] = []
+    with psycopg.connect(url) as elsewhere:
+        # the other daemon's ingest: the cancellation taken, its name locked, not committed
+        elsewhere.execute(
+            "SELECT seq FROM orchestrator.events WHERE seq = %s FOR UPDATE", (seq[0],)
+        )
+        elsewhere.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext('order/cancelled'))",
+            (waits.WAIT_LOCK_CLASS,),
+        )
+        elsewhere.execute(
+            "UPDATE orchestrator.events SET ingested_at = now() WHERE seq = %s", (seq[0],)
+        )
+
+        def ingest() -> None:
+            try:
+                ingester.tick()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        worker = threading.Thread(target=ingest)
+        worker.start()
+        eventually(lambda: advisory_waiters(db) == 1, timeout=10, what="the ingest to wait")
+        elsewhere.commit()
+        worker.join(timeout=20)
+    assert not worker.is_alive() and errors == []
+    assert _ship_statuses(db) == [("7", "cancelled")]
+
+
+def test_ingest__a_late_cancel_event_must_satisfy_the_conditions_expression(
+    db: Database, ingester: Ingester
+) -> None:
+    _cancellable(db, expression="async.data.reason == 'fraud'")
+    url = libpq_url(db.url)
+    with psycopg.connect(url) as slow:
+        _send(slow, "order/created", '{"id": 1}')
+        _send(slow, "order/created", '{"id": 2}')
+        with psycopg.connect(url, autocommit=True) as other:
+            _send(other, "order/cancelled", '{"id": 1, "reason": "fraud"}')
+            _send(other, "order/cancelled", '{"id": 2, "reason": "changed mind"}')
+        assert ingester.tick() == 2
+        slow.commit()
+    assert ingester.tick() == 2
+    assert _ship_statuses(db) == [("1", "cancelled"), ("2", "queued")]

@@ -441,3 +441,42 @@ def test_candidates_pending__its_generic_plan_reads_the_events_and_waits_by_inde
     assert "steps_event" in plan and "Seq Scan on steps" not in plan, plan
     assert "hashed SubPlan" not in plan, plan
     assert "rows=999" in plan.splitlines()[0], plan  # orders 0-999 but 7, consumed by its run
+
+
+def test_cancels_since__its_generic_plan_probes_by_index(db: Database) -> None:
+    """The look back of new runs' cancel_on conditions at events already ingested: the runs
+    by `runs_event`, their conditions by `waits_pkey`, the events by `events_name_received`,
+    never a scan."""
+    execute(
+        db,
+        "INSERT INTO orchestrator.runs (function_id, event_id, events, status) "
+        "SELECT 'f', 't' || i, jsonb_build_array(jsonb_build_object('data', "
+        "jsonb_build_object('id', i))), 'queued' FROM generate_series(0, 1999) AS i",
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
+        "match_value, since) SELECT id, '#cancel/0', 'cancel', 'order/cancelled', 'data.id', "
+        "events -> 0 -> 'data' -> 'id', now() - interval '1 hour' FROM orchestrator.runs",
+    )
+    execute(
+        db,
+        "INSERT INTO orchestrator.events (id, name, data, ingested_at) SELECT 'c' || i, "
+        "'order/cancelled', jsonb_build_object('id', i), now() FROM generate_series(0, 9999) i",
+    )
+    execute(db, "ANALYZE orchestrator.runs")
+    execute(db, "ANALYZE orchestrator.events")
+    execute(db, "ANALYZE orchestrator.waits")
+    eids = [f"t{i}" for i in range(100)]
+    with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+        plan = generic_plan(conn, waits._CANCELS_SINCE, {"eids": eids}, {"eids": "text[]"})
+        with conn.transaction():
+            found = waits.cancels_since(conn, eids)()
+    assert "runs_event" in plan and "Seq Scan on runs" not in plan, plan
+    assert "events_name_received" in plan and "Seq Scan on events" not in plan, plan
+    assert "waits_pkey" in plan and "Seq Scan on waits" not in plan, plan
+    assert "rows=100" in plan.splitlines()[0], plan
+    assert len(found) == 100
+    assert {(f.event["id"], f.event["data"]["id"]) for f in found} == {
+        (f"c{i}", i) for i in range(100)
+    }
