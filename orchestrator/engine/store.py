@@ -21,7 +21,7 @@ from orchestrator.db.direct import Direct
 from orchestrator.engine.commit import GroupCommitter
 from orchestrator.engine.loader import Memo, StepLoader
 from orchestrator.engine.waiter import Waiter
-from orchestrator.errors import Cancelled, LeaseLost
+from orchestrator.errors import LeaseLost
 
 
 @dataclass(frozen=True)
@@ -237,4 +237,3 @@ class RunStore:
             lambda conn: runs.release(conn, [(lease.run_id, lease.token)]),
             retry_for=self.retry_for,
         )
-
