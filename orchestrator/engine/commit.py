@@ -20,18 +20,33 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator import log as logging
 from orchestrator.db.checkpoints import GroupWrite, prepare, write_group
 from orchestrator.db.database import DatabaseError, is_transient
 from orchestrator.db.direct import Direct
+from orchestrator.errors import Cancelled, LeaseLost
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     write: GroupWrite
     # True: made; False: refused, a cancellation ended the run; None: refused, lease lost
-    done: Future[bool | None] = field(default_factory=Future)
+    done: Future[Any] = field(default_factory=Future)
+    # `commit_fenced`: the refusals are settled as errors (LeaseLost says this), the write
+    # made as None
+    lost: str | None = None
+
+    def made(self, made: bool | None) -> None:
+        if self.lost is None:
+            self.done.set_result(made)
+        elif made:
+            self.done.set_result(None)
+        elif made is False:
+            self.done.set_exception(Cancelled(f"run {self.write.run_id} was cancelled"))
+        else:
+            self.done.set_exception(LeaseLost(self.lost))
 
 
 class GroupCommitter:
@@ -53,7 +68,18 @@ class GroupCommitter:
         refused because the lease was lost otherwise; its exception is
         the database error if the write could not be committed (after retrying transient
         errors for `retry_for` seconds)."""
-        pending = _Pending(write)
+        done: Future[bool | None] = self._enqueue(_Pending(write))
+        return done
+
+    def commit_fenced(self, write: GroupWrite, *, lost: str) -> Future[None]:
+        """`commit`, as the run sees it: the future's result is None once the write is
+        made; it raises `Cancelled` if a cancellation ended the run (the write was refused),
+        `LeaseLost` (saying `lost`) if the lease was lost otherwise, or the database error.
+        One future per write, settled by the committer itself."""
+        done: Future[None] = self._enqueue(_Pending(write, lost=lost))
+        return done
+
+    def _enqueue(self, pending: _Pending) -> Future[Any]:
         with self._cond:
             self._start()
             self._pending.append(pending)
@@ -117,7 +143,7 @@ class GroupCommitter:
             _settle(group, error=exc)
             return
         for pending in group:
-            pending.done.set_result(made.get(pending.write.run_id))
+            pending.made(made.get(pending.write.run_id))
 
 
 def _settle(group: list[_Pending], *, error: BaseException) -> None:

@@ -217,7 +217,7 @@ class Execution:
                 f"step '{step_id}' was recorded as step {row.position + 1} of the run but the "
                 f"code now reaches it as step {position + 1}"
             )
-        elif row is None and (other := self._by_position().get(position)) is not None:
+        elif row is None and self.memo and (other := self._by_position().get(position)):
             problem = (
                 f"the code now calls step '{step_id}' as step {position + 1} of the run, where "
                 f"the run recorded step '{other.step_id}'"

@@ -62,6 +62,24 @@ class Task:
     origin_run_id: str | None = None  # the run it replays or forks
     trace_context: dict[str, Any] | None = None  # what its spans continue (tracecontext.py)
 
+    def wire(self) -> tuple[Any, ...]:
+        """Its fields in order, as the daemon sends it to a worker (`Task(*fields)` again
+        there): a tuple pickles and unpickles in a third of the time a dataclass does."""
+        return (
+            self.run_id,
+            self.function_id,
+            self.lease_token,
+            self.events,
+            self.attempts,
+            self.claimed_at,
+            self.created_at,
+            self.parent_run_id,
+            self.origin,
+            self.retries,
+            self.origin_run_id,
+            self.trace_context,
+        )
+
     @classmethod
     def of(cls, claimed: ClaimedRun) -> Task:
         """The task of a run the claim statement returned."""

@@ -21,7 +21,7 @@ from orchestrator.db.direct import Direct
 from orchestrator.engine.commit import GroupCommitter
 from orchestrator.engine.loader import Memo, StepLoader
 from orchestrator.engine.waiter import Waiter
-from orchestrator.errors import Cancelled, LeaseLost
+from orchestrator.errors import LeaseLost
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class RunStore:
         `LeaseLost` if the lease was lost otherwise."""
         write = GroupWrite(lease.run_id, lease.token, step=record, state_json=state_json)
         lost = f"run {lease.run_id}: lease lost before step '{record.step_id}'"
-        return _fenced(self.committer.commit(write), lease, lost=lost)
+        return self.committer.commit_fenced(write, lost=lost)
 
     def suspend(
         self,
@@ -230,31 +230,10 @@ class RunStore:
             state_json=state_json,
         )
         lost = f"run {lease.run_id}: lease lost before it could finish"
-        return _fenced(self.committer.commit(write), lease, lost=lost)
+        return self.committer.commit_fenced(write, lost=lost)
 
     def release(self, lease: Lease) -> None:
         self.db.run(
             lambda conn: runs.release(conn, [(lease.run_id, lease.token)]),
             retry_for=self.retry_for,
         )
-
-
-def _fenced(commit: Future[bool | None], lease: Lease, *, lost: str) -> Future[None]:
-    """The outcome of a group commit as the run sees it: done, or a signal to stop."""
-    done: Future[None] = Future()
-
-    def settle(commit: Future[bool | None]) -> None:
-        error = commit.exception()
-        if error is None:
-            made = commit.result()
-            if made is False:
-                error = Cancelled(f"run {lease.run_id} was cancelled")
-            elif made is None:
-                error = LeaseLost(lost)
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
-    commit.add_done_callback(settle)
-    return done

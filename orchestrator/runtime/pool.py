@@ -228,7 +228,7 @@ class WorkerPool:
                     worker.async_runs.add(task.run_id)
                 batches.setdefault(worker.index, []).append(task)
         for index, batch in batches.items():
-            self._send(workers[index], ("run", batch))
+            self._send(workers[index], ("run", [task.wire() for task in batch]))
 
     def cancel(self, run_ids: set[str]) -> None:
         """Tell the processes executing these runs that a cancellation ended them: an async

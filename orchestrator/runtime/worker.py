@@ -1,7 +1,7 @@
 """A worker process: `concurrency` threads executing the runs of plain functions its daemon
 hands it, and one event loop executing up to `async_concurrency` runs of async ones.
 
-Talks to its daemon over a pipe: it receives ("run", [task, ...]), ("cancel", [(run id, lease
+Talks to its daemon over a pipe: it receives ("run", [task fields, ...]), ("cancel", [(run id, lease
 token), ...]) (a cancellation ended these runs: the executions under these leases stop),
 ("drain",) and ("stop",) and answers ("ready",) once, then ("done", [(run_id, status, due_at,
 lease_token), ...], counts) for the executions that stopped since its last message. `counts`
@@ -191,9 +191,9 @@ class Worker:
 
     def _handle(self, message: tuple[Any, ...]) -> bool:
         """Act on a message from the daemon; False once told to stop."""
-        if message[0] == "run":
-            for task in message[1]:
-                self._dispatch(task)
+        if message[0] == "run":  # each task as its fields (Task.wire)
+            for fields in message[1]:
+                self._dispatch(Task(*fields))
         elif message[0] == "cancel":  # (run id, lease token) of each execution to stop
             self.cancelled.mark(token for _, token in message[1])
             if self.loop is not None:
