@@ -65,11 +65,16 @@ def test_sync_maps_the_apps_functions(dev_stack: Stack) -> None:
         "always-fails-failure",
     ):
         assert s.fn(slug) in ids, f"{slug} missing from {sorted(ids)}"
-    # the cron function got a schedule like any cron function
-    cron = scalar(
-        s.url, "SELECT cron FROM orchestrator.schedules WHERE function_id = %s", (s.fn("tick"),)
-    )
-    assert cron == "* * * * *"
+
+    # the cron function got a schedule like any cron function: the daemon records it when it
+    # takes on the synced functions (on the sync's NOTIFY), after the sync has answered
+    def schedule() -> object:
+        return scalar(
+            s.url, "SELECT cron FROM orchestrator.schedules WHERE function_id = %s", (s.fn("tick"),)
+        )
+
+    eventually(lambda: schedule() is not None, timeout=30, what="the cron schedule")
+    assert schedule() == "* * * * *"
     listed = cli(s.url, "apps", "list").stdout
     assert s.app.app_id in listed
 
