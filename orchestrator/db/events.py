@@ -106,17 +106,20 @@ def insert_many(
     return len(outbox.run(insert_op(batch), conn))
 
 
-_CLAIM = """
-    SELECT id, name, CASE WHEN size <= %(max_bytes)s OR name LIKE 'orchestrator/%%' THEN data END
-           AS data, ts, size, received_at, seq, trace_context
-    FROM (
+# The events not yet ingested, oldest first, that no other ingest holds (both claims).
+_PENDING = """
         SELECT id, name, data, ts, octet_length(data::text) AS size, received_at, seq,
                trace_context
         FROM orchestrator.events
         WHERE ingested_at IS NULL
         ORDER BY seq
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE SKIP LOCKED"""
+
+_CLAIM = f"""
+    SELECT id, name, CASE WHEN size <= %(max_bytes)s OR name LIKE 'orchestrator/%%' THEN data END
+           AS data, ts, size, received_at, seq, trace_context
+    FROM ({_PENDING}
     ) pending
     """
 
@@ -141,15 +144,8 @@ def claim_pending(conn: Conn, limit: int, *, max_bytes: int = 2**31 - 1) -> list
 # trip can read the same events (`waits.candidates_pending`): those statements start after this
 # one has taken the locks, so they see every wait stored before (a statement's snapshot is
 # taken when it starts, which is why the lookup cannot be a part of this one).
-_CLAIM_LOCKING = """
-    WITH pending AS MATERIALIZED (
-        SELECT id, name, data, ts, octet_length(data::text) AS size, received_at, seq,
-               trace_context
-        FROM orchestrator.events
-        WHERE ingested_at IS NULL
-        ORDER BY seq
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
+_CLAIM_LOCKING = f"""
+    WITH pending AS MATERIALIZED ({_PENDING}
     ),
     locked AS MATERIALIZED (
         SELECT count(CASE WHEN keys.mine THEN pg_advisory_xact_lock(%(cls)s, keys.k)
@@ -163,7 +159,7 @@ _CLAIM_LOCKING = """
               GROUP BY 1 ORDER BY 1) keys
     ),
     noted AS MATERIALIZED (
-        SELECT set_config('orchestrator.ingesting', coalesce(array_agg(seq)::text, '{}'), true)
+        SELECT set_config('orchestrator.ingesting', coalesce(array_agg(seq)::text, '{{}}'), true)
         FROM pending
     )
     SELECT p.id, p.name,

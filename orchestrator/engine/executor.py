@@ -12,8 +12,9 @@ import json
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from orchestrator import codec
@@ -65,20 +66,8 @@ class Task:
     def wire(self) -> tuple[Any, ...]:
         """Its fields in order, as the daemon sends it to a worker (`Task(*fields)` again
         there): a tuple pickles and unpickles in a third of the time a dataclass does."""
-        return (
-            self.run_id,
-            self.function_id,
-            self.lease_token,
-            self.events,
-            self.attempts,
-            self.claimed_at,
-            self.created_at,
-            self.parent_run_id,
-            self.origin,
-            self.retries,
-            self.origin_run_id,
-            self.trace_context,
-        )
+        fields_of: tuple[Any, ...] = _TASK_FIELDS(self)
+        return fields_of
 
     @classmethod
     def of(cls, claimed: ClaimedRun) -> Task:
@@ -98,6 +87,10 @@ class Task:
             c.origin_run_id,
             c.trace_context,
         )
+
+
+# every field of a Task, in order (Task.wire); C speed, and never out of step with the class
+_TASK_FIELDS = attrgetter(*(f.name for f in fields(Task)))
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """A worker process: `concurrency` threads executing the runs of plain functions its daemon
 hands it, and one event loop executing up to `async_concurrency` runs of async ones.
 
-Talks to its daemon over a pipe: it receives ("run", [task fields, ...]), ("cancel", [(run id, lease
-token), ...]) (a cancellation ended these runs: the executions under these leases stop),
-("drain",) and ("stop",) and answers ("ready",) once, then ("done", [(run_id, status, due_at,
-lease_token), ...], counts) for the executions that stopped since its last message. `counts`
-is what its metrics tally counted since then (None when metrics are off or nothing was);
-("stats", counts) carries them alone when they have waited long during a long run. It is
-forked from the daemon's fork server and dies with it (PR_SET_PDEATHSIG), which dies with the
-daemon; it ignores SIGINT/SIGTERM, which the daemon handles for the whole group.
+Talks to its daemon over a pipe: it receives ("run", [task fields, ...]) (`Task.wire`),
+("cancel", [(run id, lease token), ...]) (a cancellation ended these runs: the executions
+under these leases stop), ("drain",) and ("stop",) and answers ("ready",) once, then
+("done", [(run_id, status, due_at, lease_token), ...], counts) for the executions that
+stopped since its last message. `counts` is what its metrics tally counted since then (None
+when metrics are off or nothing was); ("stats", counts) carries them alone when they have
+waited long during a long run. It is forked from the daemon's fork server and dies with it
+(PR_SET_PDEATHSIG), which dies with the daemon; it ignores SIGINT/SIGTERM, which the daemon
+handles for the whole group.
 """
 
 from __future__ import annotations

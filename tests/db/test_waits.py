@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,11 +118,13 @@ def test_resolve__leaves_a_run_that_is_no_longer_waiting(db: Database) -> None:
     assert execute(db, "SELECT status FROM orchestrator.steps")[0][0] == "waiting"
 
 
-def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Database) -> None:
-    """The worker stores a wait under the shared name lock while an event is ingested: the
-    ingest's exclusive lock waits for the worker's commit, so its lookup sees the wait."""
-    [run_id] = waiting_runs(db, 1, name="other/name")  # a run row to hang the wait on
-    execute(db, "DELETE FROM orchestrator.waits")
+def _ingest_beside_a_wait_being_stored(
+    db: Database, run_id: str, ingest: Callable[[list[list[waits.Candidate]]], None]
+) -> list[list[waits.Candidate]]:
+    """A worker stores a wait for `run_id` on payment/received (match data.order_id = 7)
+    under the shared name lock and holds its transaction open; `ingest` (which appends what
+    its lookup found) runs meanwhile and must block on the name lock until the worker
+    commits. Returns what the ingest found."""
     stored = threading.Event()
     release = threading.Event()
     found: list[list[waits.Candidate]] = []
@@ -138,16 +141,10 @@ def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Da
             stored.set()
             release.wait(10)
 
-    def ingest() -> None:
-        with db.transaction() as conn:
-            waits.lock_names(conn, ["payment/received"], shared=False)
-            now = datetime.now(UTC)
-            found.append(waits.candidates(conn, ["payment/received"], [{"order_id": 7}], [now])())
-
     w = threading.Thread(target=worker)
     w.start()
     assert stored.wait(10)
-    i = threading.Thread(target=ingest)
+    i = threading.Thread(target=ingest, args=(found,))
     i.start()
     blocked = eventually(
         lambda: advisory_waiters(db) == 1,
@@ -157,6 +154,23 @@ def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Da
     release.set()
     w.join(10)
     i.join(10)
+    assert not w.is_alive() and not i.is_alive()
+    return found
+
+
+def test_lock_protocol__ingest_waits_for_a_wait_being_stored_then_sees_it(db: Database) -> None:
+    """The worker stores a wait under the shared name lock while an event is ingested: the
+    ingest's exclusive lock waits for the worker's commit, so its lookup sees the wait."""
+    [run_id] = waiting_runs(db, 1, name="other/name")  # a run row to hang the wait on
+    execute(db, "DELETE FROM orchestrator.waits")
+
+    def ingest(found: list[list[waits.Candidate]]) -> None:
+        with db.transaction() as conn:
+            waits.lock_names(conn, ["payment/received"], shared=False)
+            now = datetime.now(UTC)
+            found.append(waits.candidates(conn, ["payment/received"], [{"order_id": 7}], [now])())
+
+    found = _ingest_beside_a_wait_being_stored(db, run_id, ingest)
     assert [c.run_id for c in found[0]] == [run_id]
 
 
@@ -336,35 +350,8 @@ def test_lock_protocol__one_round_trip_ingest_waits_for_a_wait_being_stored_then
         "INSERT INTO orchestrator.events (name, data) VALUES ('payment/received', "
         "'{\"order_id\": 7}')",
     )
-    stored = threading.Event()
-    release = threading.Event()
-    found: list[list[waits.Candidate]] = []
-
-    def worker() -> None:
-        with db.transaction() as conn:
-            waits.lock_names(conn, ["payment/received"], shared=True)
-            driver(conn).execute(
-                "INSERT INTO orchestrator.waits (run_id, step_id, kind, event_name, match_path, "
-                "match_value, since) VALUES (%s, 'paid', 'event', 'payment/received', "
-                "'data.order_id', '7', %s)",
-                (run_id, LONG_AGO),
-            )
-            stored.set()
-            release.wait(10)
-
-    w = threading.Thread(target=worker)
-    w.start()
-    assert stored.wait(10)
-    i = threading.Thread(target=_take_and_look_up, args=(libpq_url(db.url), found))
-    i.start()
-    blocked = eventually(
-        lambda: advisory_waiters(db) == 1,
-        what="the ingest blocked on the name lock",
-    )
-    assert blocked and not found
-    release.set()
-    w.join(10)
-    i.join(10)
+    url = libpq_url(db.url)
+    found = _ingest_beside_a_wait_being_stored(db, run_id, lambda f: _take_and_look_up(url, f))
     assert [(c.event_index, c.run_id, c.step_id) for c in found[0]] == [(0, run_id, "paid")]
 
 
