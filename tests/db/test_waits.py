@@ -293,9 +293,9 @@ def test_resolve__its_generic_plan_joins_by_index_not_every_pair(db: Database) -
     assert most_removed_by_join(plan) < len(ids), plan
 
 
-def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Database) -> None:
-    """The check that a run did not consume the event already is a probe of `steps_event`
-    per candidate, not a scan of every step."""
+def _waiting_runs_that_consumed_events(db: Database) -> None:
+    """2,000 waiting runs (`waiting_runs`), each with five completed wait steps that consumed
+    events `old1`-`old5`, and run 7's first one event `e7`."""
     ids = waiting_runs(db, 2000)
     execute(
         db,
@@ -310,6 +310,12 @@ def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Databas
         "AND run_id = CAST(:r AS uuid)",
         r=ids[7],
     )
+
+
+def test_candidates__its_generic_plan_skips_consumed_events_by_index(db: Database) -> None:
+    """The check that a run did not consume the event already is a probe of `steps_event`
+    per candidate, not a scan of every step."""
+    _waiting_runs_that_consumed_events(db)
     execute(db, "ANALYZE orchestrator.steps")
     n = 500
     args = {
@@ -395,25 +401,12 @@ def test_candidates_pending__its_generic_plan_reads_the_events_and_waits_by_inde
 ) -> None:
     """The events by `events_seq`, the consumption check a probe of `steps_event` per
     candidate (as `candidates`)."""
-    ids = waiting_runs(db, 2000)
-    execute(
-        db,
-        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, event_id) "
-        "SELECT r, 's' || k, k, 'wait', 'completed', 'old' || k "
-        "FROM unnest(CAST(:ids AS uuid[])) AS r, generate_series(1, 5) AS k",
-        ids=ids,
-    )
+    _waiting_runs_that_consumed_events(db)
     execute(
         db,
         "INSERT INTO orchestrator.events (id, name, data, ingested_at) SELECT 'e' || i, "
         "'payment/received', jsonb_build_object('order_id', i), now() "
         "FROM generate_series(0, 9999) AS i",
-    )
-    execute(
-        db,
-        "UPDATE orchestrator.steps SET event_id = 'e7' WHERE step_id = 's1' "
-        "AND run_id = CAST(:r AS uuid)",
-        r=ids[7],
     )
     execute(db, "ANALYZE orchestrator.steps")
     (seqs,) = execute(
