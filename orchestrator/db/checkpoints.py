@@ -60,18 +60,23 @@ WITH input AS MATERIALIZED (
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
            wake_at, duration_ms, final, run_output, run_error, state, event_id)
 ),
-held AS MATERIALIZED (  -- (id, token): a stale write of a held run is not made with it
-    SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
-    JOIN input i ON r.id = i.run_id AND r.lease_token = i.token
-    WHERE r.status = 'running'
-    ORDER BY r.id
-    FOR NO KEY UPDATE OF r
+-- (id, token): a stale write of a held run is not made with it. Each run is looked up
+-- and locked by its id, in id order: a join would let a generic plan read every running
+-- run (the `runs_running` index) for each group, however few it writes.
+held AS MATERIALIZED (
+    SELECT h.id, h.token FROM (SELECT run_id, token FROM input ORDER BY run_id) i
+    CROSS JOIN LATERAL (
+        SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
+        WHERE r.id = i.run_id AND r.lease_token = i.token AND r.status = 'running'
+        FOR NO KEY UPDATE
+    ) h
 ),
 refused AS MATERIALIZED (  -- runs not held because a cancellation ended them (db/runs.py)
+    -- the held ones first (a hashed subplan), then a lookup by id for each other (a
+    -- scalar subquery, which is not turned into a join over every cancelled run)
     SELECT i.run_id AS id FROM input i
-    WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.id = i.run_id)
-      AND EXISTS (SELECT 1 FROM orchestrator.runs r
-                  WHERE r.id = i.run_id AND r.status = 'cancelled')
+    WHERE i.run_id NOT IN (SELECT id FROM held)
+      AND (SELECT r.status FROM orchestrator.runs r WHERE r.id = i.run_id) = 'cancelled'
 ),
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,

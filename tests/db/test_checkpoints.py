@@ -5,16 +5,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
-from orchestrator.db import runs
+from orchestrator.db import checkpoints, runs
 from orchestrator.db.checkpoints import GroupWrite, write_group
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.db.steps import StepRecord
 from tests.conftest import eventually
 from tests.db.helpers import claim, execute, queue_runs
+from tests.db.plans import generic_plan
 
 pytestmark = pytest.mark.timeout(60)
 OWNER = str(uuid.uuid4())
@@ -291,3 +293,69 @@ def test_write_group__a_lost_leases_write_beside_the_current_ones__is_refused(
     assert made == {run.id}
     assert execute(db, "SELECT step_id FROM orchestrator.steps") == [("b",)]
     assert execute(db, "SELECT status, output FROM orchestrator.runs") == [("running", None)]
+
+
+_GROUP_TYPES = {
+    "runs": "uuid[]",
+    "tokens": "uuid[]",
+    "steps": "text[]",
+    "positions": "int[]",
+    "kinds": "text[]",
+    "step_statuses": "text[]",
+    "attempts": "int[]",
+    "outputs": "text[]",
+    "errors": "text[]",
+    "wakes": "timestamptz[]",
+    "durations": "int[]",
+    "finals": "text[]",
+    "run_outputs": "text[]",
+    "run_errors": "text[]",
+    "states": "text[]",
+    "event_ids": "text[]",
+    "now": "timestamptz",
+}
+
+
+def test_write_group__its_generic_plan_reads_runs_by_id_however_many_run_or_were_cancelled(
+    db: Database, db_url: str
+) -> None:
+    # thousands of runs running elsewhere and cancelled before: a group of three reads its own
+    queue_runs(db, 1)
+    [mine] = claim(db, OWNER)
+    others = (
+        "INSERT INTO orchestrator.runs (id, function_id, events, status, lease_owner, "
+        "lease_token, lease_expires_at) SELECT gen_random_uuid(), 'f', '[]', %s, "
+        "CASE WHEN %s = 'running' THEN gen_random_uuid() END, "
+        "CASE WHEN %s = 'running' THEN gen_random_uuid() END, "
+        "CASE WHEN %s = 'running' THEN now() + interval '1 minute' END "
+        "FROM generate_series(1, 3000)"
+    )
+    gone = str(uuid.uuid4())
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for status in ("running", "cancelled"):
+            conn.execute(others, (status, status, status, status))
+        conn.execute(
+            "INSERT INTO orchestrator.runs (id, function_id, events, status) "
+            "VALUES (%s, 'f', '[]', 'cancelled')",
+            (gone,),
+        )
+        step = {"steps": "s", "positions": 0, "kinds": "run", "step_statuses": "completed"}
+        writes = [(mine.id, mine.lease_token), (gone, str(uuid.uuid4())), (str(uuid.uuid4()),) * 2]
+        args: dict[str, Any] = {name: [None] * len(writes) for name in _GROUP_TYPES}
+        args.update(
+            runs=[w[0] for w in writes],
+            tokens=[w[1] for w in writes],
+            **{name: [value] * len(writes) for name, value in step.items()},
+            attempts=[1] * len(writes),
+            outputs=["1"] * len(writes),
+            finals=["completed"] * len(writes),
+            run_outputs=["1"] * len(writes),
+            now=None,
+        )
+        plan = generic_plan(conn, checkpoints._WRITE_GROUP, args, _GROUP_TYPES)
+    read = [line for line in plan.splitlines() if "Scan" in line and " on runs " in line]
+    assert read and all("runs_pkey" in line for line in read), plan
+    assert all("rows=1 " in line or "rows=0 " in line for line in read if "actual" in line), plan
+    # and it did what it does: held the claimed run, refused the cancelled one's write
+    assert "rows=2 loops=1" in plan.splitlines()[0], plan
+    assert run_row(db, mine.id)[0] == "running"  # the plan's transaction was rolled back
