@@ -63,7 +63,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix orchestrator tests migrations bench examples
 	$(BIN)/ruff format orchestrator tests migrations bench examples
 
-bench: install inngest-sdks ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention, scale-out, testing an app, Inngest SDK apps) and print figures
+bench: install inngest-sdks ## run the benchmarks (pgbench baseline, throughput, pickup, async sleep, first checkpoints, waits, flow control, retention, scale-out, the database floor under W1, testing an app, Inngest SDK apps) and print figures
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/pickup.py --idle 1000000
@@ -74,6 +74,7 @@ bench: install inngest-sdks ## run the benchmarks (pgbench baseline, throughput,
 	$(BIN)/python bench/flow.py
 	$(BIN)/python bench/retention.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/floor.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/testing_suite.py
 	$(BIN)/python bench/inngest.py

@@ -19,7 +19,8 @@ INSERT with 1 client in the same run:
   `runs` than the engine, no locks, no NOTIFY, no JSON of the event copied into the run.
 
 Both run against the real schema (`migrations/`), with every index the documented SQL API
-keeps. Events are inserted in one statement before each measurement, as in W1, and the
+keeps; `--cancelled N` keeps N cancelled runs of another function in `runs` as history.
+Events are inserted in one statement before each measurement, as in W1, and the
 clock runs from the first claim to the last write. Writes bench/results/floor.json.
 """
 
@@ -57,6 +58,14 @@ Step = Callable[[Conns, int, int, str], int]
 _REGISTER = """
     INSERT INTO orchestrator.functions (id, triggers) VALUES (%(fid)s, %(triggers)s::jsonb)
     ON CONFLICT (id) DO NOTHING
+"""
+
+
+# runs cancelled earlier, kept until retention removes them (another function's)
+_CANCELLED = """
+    INSERT INTO orchestrator.runs (id, function_id, events, status, finished_at)
+    SELECT gen_random_uuid(), 'bench-floor-old', '[]', 'cancelled', now()
+    FROM generate_series(1, %s)
 """
 
 
@@ -174,9 +183,8 @@ def measure(
     conns = [c for pair in pairs for c in pair]
     try:
         with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(
-                "TRUNCATE orchestrator.events, orchestrator.runs, orchestrator.steps CASCADE"
-            )
+            admin.execute("TRUNCATE orchestrator.events, orchestrator.steps CASCADE")
+            admin.execute("DELETE FROM orchestrator.runs WHERE function_id = %s", (FUNCTION,))
         send_bulk(url, EVENT, n, {})
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute("VACUUM ANALYZE orchestrator.events")
@@ -213,7 +221,9 @@ def measure(
         client = time.process_time() - own_before
         with psycopg.connect(url, autocommit=True) as admin:
             row = admin.execute(
-                "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed'"
+                "SELECT count(*) FROM orchestrator.runs WHERE status = 'completed' "
+                "AND function_id = %s",
+                (FUNCTION,),
             ).fetchone()
         assert row is not None and row[0] == n == sum(done), (row, n, done)
         return {
@@ -235,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="events per ingest and claim")
     parser.add_argument("--group", type=int, default=50, help="runs per group write")
     parser.add_argument("--pgbench-seconds", type=int, default=5)
+    parser.add_argument(
+        "--cancelled", type=int, default=0, help="cancelled runs kept in the table (history)"
+    )
+    parser.add_argument("--only", choices=("engine", "minimum"), help="one of the two")
     args = parser.parse_args(argv)
     server, kind = server_url()
     name, url = create_database(server)
@@ -245,8 +259,14 @@ def main(argv: list[str] | None = None) -> int:
                 _REGISTER,
                 {"fid": FUNCTION, "triggers": json.dumps([{"event": EVENT}])},
             )
+            if args.cancelled:
+                conn.execute(_CANCELLED, (args.cancelled,))
+                conn.execute("VACUUM ANALYZE orchestrator.runs")
+        results["cancelled"] = args.cancelled
         results["pgbench_1"] = pgbench(url, 1, args.pgbench_seconds)
         for label, step in (("engine", engine_batch), ("minimum", minimum_batch)):
+            if args.only and label != args.only:
+                continue
             for clients in (1, 2):
                 key = f"{label}_{clients}"
                 results[key] = measure(

@@ -4,12 +4,12 @@ of the same run, and the target.
     python bench/report.py
 
 Reads bench/results/throughput.json, pickup.json, pickup-idle.json, waits.json, flow.json,
-retention.json, async_sleep.json and scale.json (written by bench/throughput.py,
-bench/pickup.py, bench/waits.py, bench/flow.py, bench/retention.py, bench/async_sleep.py and
-bench/scale.py) and prints one table. Rates are divided by the 1-client pgbench rate (the
-scale-out rows by the one bench/scale.py measured in its own run); latencies and per-step
-costs are expressed in pgbench 1-client commit times (1 / its rate), so both read as "how many
-single-row commits is this worth".
+retention.json, async_sleep.json, scale.json and floor.json (written by bench/throughput.py,
+bench/pickup.py, bench/waits.py, bench/flow.py, bench/retention.py, bench/async_sleep.py,
+bench/scale.py and bench/floor.py) and prints one table. Rates are divided by the 1-client
+pgbench rate (the scale-out and floor rows by the one their script measured in its own
+run); latencies and per-step costs are expressed in pgbench 1-client commit times (1 / its
+rate), so both read as "how many single-row commits is this worth".
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def rows(
     retention: dict[str, Any] | None = None,
     async_sleep: dict[str, Any] | None = None,
     scale: dict[str, Any] | None = None,
+    floor: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str, str]]:
     base = float(tp["pgbench_1"])
     commit_ms = 1000.0 / base
@@ -184,6 +185,27 @@ def rows(
         )
     if scale:
         out.extend(_scale_rows(scale))
+    out.extend(_floor_rows(floor or {}))
+    return out
+
+
+def _floor_rows(floor: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """W1's database work alone (bench/floor.py), against that run's own pgbench(1): the most
+    W1 could reach with no Python at all, with the engine's statements and with the fewest."""
+    out = []
+    for label, what in (("engine", "the engine's statements"), ("minimum", "the fewest writes")):
+        for clients in (1, 2):
+            f = floor.get(f"{label}_{clients}")
+            if f is None:
+                continue
+            out.append(
+                (
+                    f"W1 floor, {what}, {clients} client(s): runs/s",
+                    f"{f['runs_per_s']:,.1f} (backend {f['backend_us_per_run']} us/run)",
+                    f"{f['over_pgbench_1']:.3f} x pgbench(1)",
+                    "bounds W1",
+                )
+            )
     return out
 
 
@@ -241,6 +263,7 @@ def main() -> int:
         retention=_load("retention.json"),
         async_sleep=_load("async_sleep.json"),
         scale=_load("scale.json"),
+        floor=_load("floor.json"),
     )
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     header = ("figure", "measured", "ratio to baseline", "target")
