@@ -544,6 +544,77 @@ def test_ingest_claim__a_batch_the_sql_ingest_leaves__claims_no_more_than_the_fr
     assert execute(db, "SELECT count(*) FROM orchestrator.runs WHERE status = 'queued'") == [(2,)]
 
 
+def _writes(db: Database) -> tuple[int, int]:
+    """Rows inserted into and updated in `runs` so far, as the statistics count them (each
+    backend reports its counts when it goes idle, within about a second)."""
+    [(inserted, updated)] = execute(
+        db,
+        "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables "
+        "WHERE schemaname = 'orchestrator' AND relname = 'runs'",
+    )
+    return int(inserted), int(updated)
+
+
+def test_ingest_claim__the_ingest_in_sql_makes_runs_running__written_once(
+    db: Database, direct: Direct
+) -> None:
+    """A new run for which there is a free slot is made already running, leased to this
+    daemon as a claim would lease it: one write, no claim's update; the rest are queued and
+    the claim in the same transaction takes no more than the free slots."""
+    pool = _Pool(free=2)
+    service = _dispatcher(db, direct, pool)
+    before = _writes(db)
+    _send(db, 3)
+    along = IngestClaim(service)
+    assert service.ingester.tick(then=along) == 3
+    assert len(along.claimed) == 2 and {c.id for c in along.claimed} == _mine(db)
+    rows = execute(
+        db,
+        "SELECT status, attempts, started_at IS NOT NULL, lease_token::text, "
+        "lease_expires_at > now() + interval '1 second' FROM orchestrator.runs "
+        "ORDER BY created_at",
+    )
+    tokens = {c.lease_token for c in along.claimed}
+    assert [r[:3] for r in rows] == [("running", 1, True)] * 2 + [("queued", 0, False)]
+    assert {r[3] for r in rows[:2]} == tokens and all(r[4] for r in rows[:2])
+    assert [(c.attempts, c.events[0]["name"]) for c in along.claimed] == [(1, "a")] * 2
+    eventually(
+        lambda: _writes(db)[0] >= before[0] + 3, what="the ingest's writes in the statistics"
+    )
+    inserted, updated = _writes(db)
+    assert (inserted - before[0], updated - before[1]) == (3, 0)
+
+
+def test_ingest_claim__a_due_run_of_the_lane__the_new_ones_queue_behind_it(
+    db: Database, direct: Direct
+) -> None:
+    """No new run goes before an older one: while one of the lane's runs is due, the ingest
+    makes its runs queued, and the claim takes the older run first."""
+    pool = _Pool(free=2)
+    service = _dispatcher(db, direct, pool)
+    with db.transaction() as conn:
+        [older] = runs.create_many(conn, [runs.NewRun("f", [{}])])
+    _send(db, 2)
+    along = IngestClaim(service)
+    assert service.ingester.tick(then=along) == 2
+    assert along.claimed[0].id == older and len(along.claimed) == 2
+    assert execute(
+        db, "SELECT count(*) FROM orchestrator.runs WHERE status = 'queued' AND attempts = 0"
+    ) == [(1,)]
+
+
+def test_ingest_claim__no_free_slot__every_new_run_queued(db: Database, direct: Direct) -> None:
+    pool = _Pool(free=0)
+    service = _dispatcher(db, direct, pool)
+    _send(db, 2)
+    along = IngestClaim(service)
+    assert service.ingester.tick(then=along) == 2
+    assert along.claimed == []
+    assert execute(db, "SELECT status, count(*) FROM orchestrator.runs GROUP BY 1") == [
+        ("queued", 2)
+    ]
+
+
 def test_dispatcher__a_run_its_own_batch_cancels__ends_cancelled_and_never_starts(
     db: Database, direct: Direct
 ) -> None:
