@@ -10,9 +10,8 @@ INSERT with 1 client in the same run:
 
 - engine: the engine's own statements for a W1 run, as its daemon and workers send them:
   per batch, one transaction takes the events and their names' locks
-  (`events.claim_pending_sent`), makes the runs in SQL (`plain_ingest.ingest_sent`), already
-  running for as many as there is room (`--batch`), and claims any other due run
-  (`runs.claim_due_sent`); then one group write (`checkpoints.write_group`)
+  (`events.claim_pending_sent`), makes the runs in SQL (`plain_ingest.ingest_sent`) and
+  claims them (`runs.claim_due_sent`); then one group write (`checkpoints.write_group`)
   records each run's step and finish, fenced by its lease;
 - minimum: the fewest row writes that keep the engine's promises, written by hand: an
   event marked ingested and its run inserted already leased (`running`) in one statement,
@@ -78,18 +77,16 @@ def engine_batch(conns: Conns, batch: int, group: int, owner: str) -> int:
         taken = events.claim_pending_sent(
             conn, batch, max_bytes=2**31 - 1, lock_class=WAIT_LOCK_CLASS
         )
-        starts = plain_ingest.Starts(owner, 60.0, [([FUNCTION], batch)])
-        made = plain_ingest.ingest_sent(conn, triggers, max_bytes=2**31 - 1, starts=starts)
+        made = plain_ingest.ingest_sent(conn, triggers, max_bytes=2**31 - 1)
         claimed = runs.claim_due_sent(
             conn, owner=owner, limit=batch, lease_seconds=60, function_ids=[FUNCTION]
         )
         tx.commit()
         if not taken():
             return 0
-        ingested = made()
-        if ingested is None:
+        if made() is None:
             raise SystemExit("the floor's events were not taken as plain")
-        leased = ingested.started + claimed()
+        leased = claimed()
     step = StepRecord("only", 0, "run", "completed", 1, output_json=OUTPUT, duration_ms=0)
     writes = [
         GroupWrite(r.id, r.lease_token, step=step, final_status="completed", output_json=OUTPUT)

@@ -15,9 +15,10 @@ from typing import Any
 
 from orchestrator.db import clock
 from orchestrator.db.direct import Conn, driver
-from orchestrator.db.runs import CLAIM_RETURNING, CLAIM_SET, DUE, ClaimedRun
+from orchestrator.db.runs import CLAIM_RETURNING, CLAIM_SET, ClaimedRun
 
 FLOW_LOCK_CLASS = 0x6F72666C  # the first key of the per-function flow-control locks
+_DUE = "status IN ('queued', 'sleeping', 'waiting')"
 _NOW = clock.SQL
 
 
@@ -55,7 +56,7 @@ def running(conn: Conn, function_id: str) -> tuple[datetime, list[tuple[list[str
 
 
 _WHERE_DUE = (
-    f"function_id = %(fid)s AND {DUE} AND due_at <= {_NOW} "
+    f"function_id = %(fid)s AND {_DUE} AND due_at <= {_NOW} "
     "AND cancel_requested_at IS NULL AND (crashes > 0) = %(suspects)s"
 )
 _COLUMNS = "id::text, concurrency_keys, throttle_key, started_at IS NULL, priority, due_at"
@@ -79,11 +80,11 @@ def _heads_sql(priority: bool, *, after: bool) -> str:
     return f"""
         WITH RECURSIVE keys(k, n) AS (
             (SELECT flow_key, 1 FROM orchestrator.runs
-             WHERE function_id = %(fid)s {start} AND {DUE}
+             WHERE function_id = %(fid)s {start} AND {_DUE}
              ORDER BY flow_key LIMIT 1)
             UNION ALL
             SELECT (SELECT r.flow_key FROM orchestrator.runs r
-                    WHERE r.function_id = %(fid)s AND r.flow_key > keys.k AND r.{DUE}
+                    WHERE r.function_id = %(fid)s AND r.flow_key > keys.k AND r.{_DUE}
                     ORDER BY r.flow_key LIMIT 1), keys.n + 1
             FROM keys WHERE keys.k IS NOT NULL AND keys.n < %(keys)s
         )
@@ -174,7 +175,7 @@ def backfill_flow_keys(conn: Conn, function_id: str) -> int:
         driver(conn)
         .execute(
             f"UPDATE orchestrator.runs SET flow_key = '' WHERE function_id = %s "
-            f"AND flow_key IS NULL AND {DUE}",
+            f"AND flow_key IS NULL AND {_DUE}",
             (function_id,),
         )
         .rowcount
@@ -184,7 +185,7 @@ def backfill_flow_keys(conn: Conn, function_id: str) -> int:
 _CLAIM_IDS = f"""
     WITH picked AS MATERIALIZED (
         SELECT id FROM orchestrator.runs
-        WHERE id = ANY(%(ids)b::uuid[]) AND {DUE} AND due_at <= {_NOW}
+        WHERE id = ANY(%(ids)b::uuid[]) AND {_DUE} AND due_at <= {_NOW}
           AND cancel_requested_at IS NULL
         ORDER BY id
         FOR UPDATE SKIP LOCKED
@@ -226,7 +227,7 @@ def active_singletons(conn: Conn, pairs: list[tuple[str, str]]) -> list[tuple[st
 def active_runs(conn: Conn, function_id: str) -> list[str]:
     """The ids of the function's active runs (queued, running, sleeping or waiting)."""
     rows = driver(conn).execute(
-        f"SELECT id::text FROM orchestrator.runs WHERE function_id = %(f)s AND {DUE} "
+        f"SELECT id::text FROM orchestrator.runs WHERE function_id = %(f)s AND {_DUE} "
         "UNION ALL SELECT id::text FROM orchestrator.runs "
         "WHERE function_id = %(f)s AND status = 'running'",
         {"f": function_id},
@@ -250,7 +251,7 @@ def past_timeouts(
         UNION ALL
         (SELECT id::text, 'finish' FROM orchestrator.runs
          WHERE %(finish)s::float8 IS NOT NULL AND function_id = %(f)s
-           AND ({DUE} OR status = 'running') AND cancel_requested_at IS NULL
+           AND ({_DUE} OR status = 'running') AND cancel_requested_at IS NULL
            AND started_at <= {_NOW} - make_interval(secs => %(finish)s::float8)
          LIMIT %(limit)s)
         """,

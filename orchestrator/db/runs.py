@@ -23,7 +23,7 @@ NOW_B = clock.SQL_BINARY
 NOW = clock.SQL
 NOW_T = clock.SQL_TEXT
 
-DUE = "status IN ('queued', 'sleeping', 'waiting')"  # a run that may be claimed once due_at
+_DUE = "status IN ('queued', 'sleeping', 'waiting')"
 CANCEL_CHANNEL = "orchestrator_cancels"  # NOTIFY: a running run was cancelled
 _ACTIVE = "status IN ('queued', 'running', 'sleeping', 'waiting')"
 # what db/finish.py reads of the runs a statement ended (`r` is the updated table's alias)
@@ -262,32 +262,18 @@ CLAIM_RETURNING = f"""
 """
 
 
-STARTED_SETTING = "orchestrator.started"
-"""The transaction-local setting in which the ingest of plain events lists the function of
-each run it made already running (db/plain_ingest.py), one entry per run, comma-separated: a
-claim later in the same transaction takes that many fewer of those functions' runs, so that
-together they fill the slots they were given and no more."""
-
-# how many of the runs started in this transaction are of the claim's functions
-_STARTED_HERE = f"""
-    (SELECT count(*) FROM unnest(string_to_array(
-         nullif(current_setting('{STARTED_SETTING}', true), ''), ',')) AS f
-     WHERE f = ANY(%(fids)b::text[]))"""
-
-
 def _claim_sql(suspects: bool) -> str:
     # A run whose worker process died while it was inside a step body (`crashes` > 0) is a
     # suspect: it runs in the quarantine process, one at a time, so a step that kills its
     # process cannot take healthy runs down with it again.
     which = "crashes > 0" if suspects else "crashes = 0"
-    limit = "%(limit)s" if suspects else f"greatest(%(limit)s - {_STARTED_HERE}, 0)"
     return f"""
         WITH picked AS MATERIALIZED (
             SELECT id FROM orchestrator.runs
-            WHERE {DUE} AND due_at <= {NOW} AND {which}
+            WHERE {_DUE} AND due_at <= {NOW} AND {which}
               AND function_id = ANY(%(fids)b::text[]) AND cancel_requested_at IS NULL
             ORDER BY due_at, id
-            LIMIT {limit}
+            LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         )
         UPDATE orchestrator.runs AS r {CLAIM_SET}
@@ -401,7 +387,7 @@ def _next_due_sql(condition: str) -> str:
     return (
         f"SELECT extract(epoch FROM min(d.due_at) - {NOW_T}) "
         f"FROM unnest(CAST(:p_fids AS text[])) AS f(id) CROSS JOIN LATERAL ("
-        f"SELECT due_at FROM orchestrator.runs WHERE {DUE} AND function_id = f.id "
+        f"SELECT due_at FROM orchestrator.runs WHERE {_DUE} AND function_id = f.id "
         f"AND {condition} ORDER BY due_at LIMIT 1) AS d"
     )
 
@@ -496,7 +482,7 @@ def _requeue_sql(
         -- claimed). All move by the same amount, so they keep their order.
         SELECT greatest(interval '0', (SELECT max(created_at) FROM picked) - min(due_at)
                         + interval '1 microsecond') AS shift
-        FROM orchestrator.runs WHERE {DUE}
+        FROM orchestrator.runs WHERE {_DUE}
     ),
     changed AS (
     UPDATE orchestrator.runs AS r
@@ -736,7 +722,7 @@ _FAIL_UNKNOWN = text(
             'type', 'UnknownFunctionError', 'code', 'unknown_function',
             'message', format('function %L is not registered by any daemon (no row in '
                               'orchestrator.functions); nothing can run it', function_id))
-    WHERE function_id = ANY(CAST(:p_ids AS text[])) AND {DUE}
+    WHERE function_id = ANY(CAST(:p_ids AS text[])) AND {_DUE}
     RETURNING {_ENDED_COLUMNS}
     )
     {after_finish("changed", NOW_T)}

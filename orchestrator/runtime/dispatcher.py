@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.db import plain_ingest, runs
+from orchestrator.db import runs
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.engine.executor import Task
@@ -288,37 +288,21 @@ class IngestClaim:
         self.dispatcher = dispatcher
         self.claimed: list[runs.ClaimedRun] = []
 
-    def starts(self) -> plain_ingest.Starts:
-        """Each lane's functions and free slots, for the runs the ingest of plain events may
-        make already running (a claim in the same transaction takes that many fewer)."""
-        dispatcher = self.dispatcher
-        return plain_ingest.Starts(
-            dispatcher.owner,
-            dispatcher.cfg.lease_duration,
-            [(dispatcher.ingest_lanes[lane], free) for lane, free in self._rooms().items()],
-        )
-
-    def started(self, claimed: list[runs.ClaimedRun]) -> None:
-        self.claimed.extend(claimed)
-
-    def _rooms(self) -> dict[bool, int]:
-        # called again for a batch the ingest in SQL left (runtime/ingest.py): the runs its
-        # first call claimed are not in the pool yet, but take their slots
-        async_ids = set(self.dispatcher.lanes[True])
-        held = Counter(c.function_id in async_ids for c in self.claimed)
-        return {lane: free - held[lane] for lane, free in self.dispatcher.rooms().items()}
-
     def __call__(self, conn: Any) -> Callable[[], set[str]]:
         dispatcher = self.dispatcher
+        # called again for a batch the ingest in SQL left (runtime/ingest.py): the runs its
+        # first call claimed are not in the pool yet, but take their slots
+        async_ids = set(dispatcher.lanes[True])
+        held = Counter(c.function_id in async_ids for c in self.claimed)
         sent = [
             runs.claim_due_sent(
                 conn,
                 owner=dispatcher.owner,
-                limit=room,
+                limit=free - held[lane],
                 lease_seconds=dispatcher.cfg.lease_duration,
                 function_ids=dispatcher.ingest_lanes[lane],
             )
-            for lane, room in self._rooms().items()
+            for lane, free in dispatcher.rooms().items()
         ]
 
         def claimed() -> set[str]:

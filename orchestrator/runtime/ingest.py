@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from orchestrator import tracecontext
 from orchestrator.db import events, functions, plain_ingest, runs, waits
@@ -85,18 +85,6 @@ class ClaimAlong(Protocol):
     """
 
     def __call__(self, conn: Any) -> Callable[[], set[str]]: ...
-
-
-@runtime_checkable
-class StartAlong(ClaimAlong, Protocol):
-    """A claim that also takes runs as the ingest of plain events makes them: it says what
-    room it has (`starts`), and is given the runs made already running (`started`) before
-    it is called, once they are read. Like its claimed runs, they may be handed to workers
-    only once the ingest has committed."""
-
-    def starts(self) -> plain_ingest.Starts: ...
-
-    def started(self, claimed: list[runs.ClaimedRun]) -> None: ...
 
 
 class Ingester:
@@ -159,31 +147,21 @@ class Ingester:
         """One round trip: the events, their names' locks, their runs made in SQL, the claim,
         the COMMIT. Returns how many events it took, or None if the batch was not plain (then
         only the claim was made, of runs due before)."""
-        along = then if isinstance(then, StartAlong) else None
         with pipelined(conn) as tx:
             # all of it with the connection's settings (the claim's, db/runs.py): a setting
             # changed in the transaction is one more statement on this path
             taking = self._take(conn, registry)
-            making = plain_ingest.ingest_sent(
-                conn,
-                registry.plain,
-                max_bytes=self.max_event_bytes,
-                starts=along.starts() if along is not None else None,
-            )
+            making = plain_ingest.ingest_sent(conn, registry.plain, max_bytes=self.max_event_bytes)
             claiming = then(conn) if then is not None else set
             plain_ingest.notify_if_queued(conn)
             tx.commit()
             pending, made = taking(), making()
-            if made is not None and along is not None:
-                along.started(made.started)
             claiming()
         if pending and made is None:
             self._plain_first = False
             return None
-        if made is not None and made.made:
-            self.log.debug(
-                "events ingested", events=len(pending), runs=made.made, started=len(made.started)
-            )
+        if made:
+            self.log.debug("events ingested", events=len(pending), runs=made)
         return len(pending)
 
     def _take(self, conn: Any, registry: Registry) -> Callable[[], list[events.PendingEvent]]:

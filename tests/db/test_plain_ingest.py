@@ -154,8 +154,7 @@ def test_plain_ingest__leaves_other_batches_to_python(
 
 
 def test_plain_ingest__its_generic_plan_reads_by_index(db: Database) -> None:
-    """The batch's events by `events_seq`, the waits of their names by `waits_match`, the due
-    runs of the lanes that may start runs by `runs_function_due`."""
+    """The batch's events by `events_seq`, the waits of their names by `waits_match`."""
     execute(
         db,
         "INSERT INTO orchestrator.events (name, data, ingested_at) "
@@ -174,37 +173,13 @@ def test_plain_ingest__its_generic_plan_reads_by_index(db: Database) -> None:
         "'s', 'event', 'w' || i, '', 'null', now() FROM generate_series(1, 5000) AS i",
     )
     (seqs,) = execute(db, "SELECT array_agg(seq)::text FROM orchestrator.events WHERE seq < 5")[0]
-    # a backlog of another function's due runs, which the look for an older due run of the
-    # lanes (before runs are made running) must not walk
-    execute(
-        db,
-        "INSERT INTO orchestrator.runs (id, function_id, status, due_at) "
-        "SELECT gen_random_uuid(), 'backlog', 'queued', now() - interval '1 hour' "
-        "FROM generate_series(1, 5000)",
-    )
-    args = {
-        "names": ["a"],
-        "fids": ["f"],
-        "others": [],
-        "max_bytes": 1024,
-        "now": None,
-        "s_owner": "00000000-0000-0000-0000-000000000001",
-        "s_lease": 30.0,
-        "s_fids": ["f"],
-        "s_lanes": [1],
-        "s_rooms": [4],
-    }
+    args = {"names": ["a"], "fids": ["f"], "others": [], "max_bytes": 1024, "now": None}
     types = {
         "names": "text[]",
         "fids": "text[]",
         "others": "text[]",
         "max_bytes": "bigint",
         "now": "timestamptz",
-        "s_owner": "uuid",
-        "s_lease": "float8",
-        "s_fids": "text[]",
-        "s_lanes": "int[]",
-        "s_rooms": "int[]",
     }
     # with the settings of the daemon's direct connection, which it runs with
     options = " ".join(f"-c {k}={v}" for k, v in runs.CLAIM_SETTINGS.items())
@@ -214,5 +189,3 @@ def test_plain_ingest__its_generic_plan_reads_by_index(db: Database) -> None:
     assert "events_seq" in plan and "Seq Scan on events" not in plan, plan
     assert "waits_match" in plan and "Seq Scan on waits" not in plan, plan
     assert "Insert on runs" in plan, plan
-    assert "runs_function_due" in plan and "Seq Scan on runs" not in plan, plan
-    assert "rows=5000" not in plan, plan
