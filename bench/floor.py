@@ -168,11 +168,12 @@ def backend_cpu(conn: psycopg.Connection[Any]) -> float:
 
 def connect(url: str) -> Conns:
     """A client's two connections, as the engine has them: the daemon's (claim settings) for
-    the ingest and the claim, a worker committer's (defaults) for the group writes."""
+    the ingest and the claim, a worker committer's (`checkpoints.SETTINGS`) for the group writes."""
     claims = " ".join(f"-c {k}={v}" for k, v in runs.CLAIM_SETTINGS.items())
+    commits = " ".join(f"-c {k}={v}" for k, v in checkpoints.SETTINGS.items())
     return (
         psycopg.connect(url, autocommit=True, options=claims),
-        psycopg.connect(url, autocommit=True),
+        psycopg.connect(url, autocommit=True, options=commits),
     )
 
 

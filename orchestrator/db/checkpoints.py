@@ -29,6 +29,12 @@ from orchestrator.db.direct import Conn, driver
 from orchestrator.db.finish import after_finish
 from orchestrator.db.steps import StepRecord
 
+SETTINGS = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
+"""The settings of a connection that makes group writes: the statement's generic plan, every
+time. It looks each run up by its id whatever the group's size, and a custom plan for each
+group (which Postgres would otherwise keep choosing for small groups: their estimated cost
+is below the generic plan's) costs a millisecond or more of planning per write."""
+
 
 @dataclass(frozen=True)
 class GroupWrite:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.db import events, runs, signals, steps, waits
+from orchestrator.db import checkpoints, events, runs, signals, steps, waits
 from orchestrator.db.checkpoints import GroupWrite
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
@@ -39,7 +39,9 @@ class RunStore:
     def __init__(self, db: Database, *, retry_for: float = 30.0) -> None:
         self.db = db
         self.retry_for = retry_for
-        direct = Direct(db.url, application_name=f"{db.application_name}-commit")
+        direct = Direct(
+            db.url, application_name=f"{db.application_name}-commit", settings=checkpoints.SETTINGS
+        )
         self.committer = GroupCommitter(direct, retry_for=retry_for)
         loads = Direct(db.url, application_name=f"{db.application_name}-load")
         self.loader = StepLoader(loads, retry_for=retry_for)

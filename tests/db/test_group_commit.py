@@ -13,6 +13,7 @@ from orchestrator.db.connect import libpq_url
 from orchestrator.db.database import Database
 from orchestrator.db.direct import Direct
 from orchestrator.engine.commit import GroupCommitter
+from orchestrator.engine.store import RunStore
 from tests.db.helpers import claim, execute, queue_runs
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,3 +45,28 @@ def test_drain__waits_for_the_writes_handed_over__and_says_when_it_timed_out(
     statuses = execute(db, "SELECT status, count(*) FROM orchestrator.runs GROUP BY status")
     assert statuses == [("completed", 3)]
     committer.direct.close()
+
+
+def test_a_stores_group_writes__one_generic_plan__never_planned_again(db: Database) -> None:
+    """Groups of one write cost less to plan for their own size than the generic plan is
+    estimated at, so Postgres would plan each one again (a millisecond or more); the store's
+    committer keeps the generic plan, which looks each run up by its id."""
+    queue_runs(db, 8)
+    claimed = claim(db, str(uuid.uuid4()), limit=8)
+    store = RunStore(db, retry_for=5.0)
+    try:
+        store.warm()
+        for c in claimed:  # one at a time: a group of one each
+            write = GroupWrite(c.id, c.lease_token, final_status="completed", output_json="1")
+            assert store.committer.commit(write).result(timeout=10) is True
+        assert store.committer.drain(timeout=10.0)
+        conn = store.committer.direct.connection()  # idle now: the committer thread waits
+        plans = conn.execute(
+            "SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements "
+            "WHERE statement LIKE '%%orchestrator.steps%%'"
+        ).fetchone()
+    finally:
+        store.close()
+    assert plans is not None and plans[0] >= 8 and plans[1] == 0, plans
+    statuses = execute(db, "SELECT status, count(*) FROM orchestrator.runs GROUP BY status")
+    assert statuses == [("completed", 8)]
