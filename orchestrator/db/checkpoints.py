@@ -62,9 +62,10 @@ WITH input AS MATERIALIZED (
         %(kinds)b::text[], %(step_statuses)b::text[], %(attempts)b::int[],
         %(outputs)b::text[], %(errors)b::text[], %(wakes)b::timestamptz[],
         %(durations)b::int[], %(finals)b::text[], %(run_outputs)b::text[],
-        %(run_errors)b::text[], %(states)b::text[], %(event_ids)b::text[]
+        %(run_errors)b::text[], %(states)b::text[], %(event_ids)b::text[],
+        %(starts)b::timestamptz[]
     ) AS t(run_id, token, step_id, position, kind, step_status, attempt, output, error,
-           wake_at, duration_ms, final, run_output, run_error, state, event_id)
+           wake_at, duration_ms, final, run_output, run_error, state, event_id, started_at)
 ),
 -- (id, token): a stale write of a held run is not made with it. Each run is looked up
 -- and locked by its id, in id order: a join would let a generic plan read every running
@@ -87,15 +88,17 @@ refused AS MATERIALIZED (  -- runs not held because a cancellation ended them (d
 saved AS (
     INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt,
                                     output, error, wake_at, duration_ms, event_id,
-                                    created_at, updated_at)
+                                    created_at, updated_at, started_at)
     SELECT i.run_id, i.step_id, i.position, i.kind, i.step_status, i.attempt,
-           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms, i.event_id, {_NOW}, {_NOW}
+           i.output::jsonb, i.error::jsonb, i.wake_at, i.duration_ms, i.event_id, {_NOW}, {_NOW},
+           i.started_at
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
     WHERE i.step_id IS NOT NULL
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
-        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id, updated_at = {_NOW}
+        duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id,
+        started_at = EXCLUDED.started_at, updated_at = {_NOW}
     RETURNING run_id
 ),
 finished AS (
@@ -160,6 +163,7 @@ def write_group(conn: Conn, writes: list[GroupWrite]) -> dict[str, bool]:
         "run_errors": [w.error_json for w in writes],
         "states": [w.state_json for w in writes],
         "event_ids": [s.event_id if s else None for s in steps],
+        "starts": [s.started_at if s else None for s in steps],
         "now": clock.current(),
     }
     stmt = _WRITE_GROUP_EFFECTS if any(w.effects for w in writes) else _WRITE_GROUP

@@ -118,9 +118,10 @@ def copy_steps(conn: Connection, source: str, target: str, *, before: int) -> in
     result = conn.execute(
         text(
             "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, "
-            "output, error, wake_at, duration_ms, created_at, updated_at) "
+            "output, error, wake_at, duration_ms, created_at, updated_at, started_at) "
             "SELECT CAST(:p_target AS uuid), step_id, position, kind, status, attempt, output, "
-            "error, wake_at, duration_ms, created_at, updated_at FROM orchestrator.steps "
+            "error, wake_at, duration_ms, created_at, updated_at, started_at "
+            "FROM orchestrator.steps "
             "WHERE run_id = CAST(:p_source AS uuid) AND position < :p_before "
             "AND status IN ('completed', 'failed')"
         ),

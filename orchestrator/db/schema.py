@@ -291,6 +291,7 @@ steps = Table(
     _ts("updated_at", nullable=False, default_now=True),
     Column("signal", Text),  # the signal a waiting wait_for_signal step waits for
     Column("event_id", Text),  # the event that ended a wait, invoke or wait_for_any step
+    _ts("started_at"),  # when the attempt began (0019)
     PrimaryKeyConstraint("run_id", "step_id", name="steps_pkey"),
     CheckConstraint(_in("status", STEP_STATUSES), name="steps_status"),
     Index("steps_event", "run_id", "event_id", postgresql_where=text("event_id IS NOT NULL")),

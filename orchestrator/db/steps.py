@@ -30,6 +30,7 @@ class StepRecord:
     duration_ms: int | None = None
     wake_at: datetime | None = None
     event_id: str | None = None  # the event that ended a waiting step (`steps.event_id`)
+    started_at: datetime | None = None  # when the attempt began, on the database's clock
 
 
 @dataclass(frozen=True)
@@ -46,29 +47,31 @@ class StepRow:
     duration_ms: int | None
     created_at: datetime
     updated_at: datetime
+    started_at: datetime | None = None  # when the attempt began (NULL: no body, or older)
 
 
 _COLUMNS = (
     "run_id::text, step_id, position, kind, status, attempt, output, error, wake_at, "
-    "duration_ms, created_at, updated_at"
+    "duration_ms, created_at, updated_at, started_at"
 )
 
 _VALUES = """
     SELECT CAST(:p_run AS uuid), :p_step, :p_position, :p_kind, :p_status, :p_attempt,
            CAST(:p_output AS jsonb), CAST(:p_error AS jsonb), CAST(:p_wake AS timestamptz),
            :p_duration, :p_event, coalesce(CAST(:p_now AS timestamptz), now()),
-           coalesce(CAST(:p_now AS timestamptz), now())
+           coalesce(CAST(:p_now AS timestamptz), now()), CAST(:p_started AS timestamptz)
 """
 _UPSERT_TAIL = """
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
         output = EXCLUDED.output, error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
         duration_ms = EXCLUDED.duration_ms, event_id = EXCLUDED.event_id,
+        started_at = EXCLUDED.started_at,
         updated_at = coalesce(CAST(:p_now AS timestamptz), now())
 """
 _INSERT = (
     "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, "
-    "output, error, wake_at, duration_ms, event_id, created_at, updated_at)"
+    "output, error, wake_at, duration_ms, event_id, created_at, updated_at, started_at)"
 )
 
 _UNFENCED = text(f"{_INSERT} {_VALUES} {_UPSERT_TAIL}")
@@ -87,6 +90,7 @@ def _params(run_id: str, step: StepRecord) -> dict[str, Any]:
         "p_wake": step.wake_at,
         "p_duration": step.duration_ms,
         "p_event": step.event_id,
+        "p_started": step.started_at,
         "p_now": clock.current(),
     }
 

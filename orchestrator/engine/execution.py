@@ -195,8 +195,11 @@ class Execution:
         raise self.fatal
 
     def replayed(self, row: StepRow) -> None:
-        """A recorded step was replayed: the next wait looks back to when it began."""
-        began = row.updated_at - timedelta(milliseconds=row.duration_ms or 0)
+        """A recorded step was replayed: the next wait looks back to when it began, as it did
+        when the step ran. A row without its start (no body, or written before
+        `steps.started_at`) is estimated from its end: later than the start by the time its
+        checkpoint took to commit."""
+        began = row.started_at or row.updated_at - timedelta(milliseconds=row.duration_ms or 0)
         self.since = max(self.since, began)
 
     def recorded(self, step_id: str, kind: str, position: int) -> StepRow | None:
@@ -387,6 +390,7 @@ class Execution:
         exc: BaseException,
         *,
         started: float,
+        began: datetime | None = None,
         policy: Policy | None = None,
     ) -> tuple[StepRecord, float | None]:
         """The record of a failed attempt, and the delay before the next (None: no more)."""
@@ -401,6 +405,7 @@ class Execution:
             attempt,
             error_json=json.dumps(error),
             duration_ms=ms(started),
+            started_at=began,
         )
         return record, delay
 

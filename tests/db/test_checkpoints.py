@@ -312,6 +312,7 @@ _GROUP_TYPES = {
     "run_errors": "text[]",
     "states": "text[]",
     "event_ids": "text[]",
+    "starts": "timestamptz[]",
     "now": "timestamptz",
 }
 

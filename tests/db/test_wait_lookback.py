@@ -274,3 +274,74 @@ def test_lookback__in_an_async_function(harness: Harness) -> None:
     send(harness.db, "e2")
     assert harness.step("async-twice").status == "completed"
     assert output(harness.db, run_id) == ["e1", "e2"]
+
+
+def test_replay__a_wait_looks_back_to_when_the_step_before_it_began__as_it_did_first(
+    harness: Harness,
+) -> None:
+    """A run interrupted between a step's checkpoint and its next wait replays the step and
+    stores the wait again: the wait looks back to the step's recorded start, not to an
+    estimate from when its checkpoint committed, so an event received in between (while the
+    checkpoint was in flight) ends it as it would have the first time."""
+
+    @harness.app.function("gap")
+    def gap(ctx: Context) -> str | None:
+        ctx.step.run("before", lambda: None)
+        got = ctx.step.wait_for_event("w", event=NAME, timeout=60)
+        return got.id if got else None
+
+    run_id = harness.start("gap")
+    # what the interrupted execution left: the step began 0.5 s ago, ran for 1 ms, and its
+    # checkpoint committed 0.3 s ago; an event came 0.4 s ago, when the run had no wait
+    sql(
+        harness.db,
+        "UPDATE orchestrator.runs SET created_at = now() - interval '1 second', attempts = 1, "
+        "recoveries = 1 WHERE id = CAST(:r AS uuid)",
+        r=run_id,
+    )
+    sql(
+        harness.db,
+        "INSERT INTO orchestrator.steps (run_id, step_id, position, kind, status, attempt, "
+        "output, duration_ms, started_at, created_at, updated_at) VALUES (CAST(:r AS uuid), "
+        "'before', 0, 'run', 'completed', 1, 'null', 1, now() - interval '500 ms', "
+        "now() - interval '300 ms', now() - interval '300 ms')",
+        r=run_id,
+    )
+    send(harness.db, "meanwhile", ago=0.4)
+
+    assert harness.step("gap").status == "completed"
+    assert output(harness.db, run_id) == "meanwhile"
+
+
+def test_steps_record_when_their_attempt_began(harness: Harness) -> None:
+    """A step with a body records its start (at most its end less its duration); the
+    branches of a parallel group record the group's; a failed attempt records its own."""
+    tries: list[int] = []
+
+    def flaky() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ValueError("once")
+        return "ok"
+
+    @harness.app.function("timed", retries=1)
+    def timed(ctx: Context) -> Any:
+        one = ctx.step.run("one", lambda: 1)
+        pair = ctx.step.parallel("pair", [lambda: 2, lambda: 3])
+        sent = ctx.step.send_event("tell", {"name": "test/told", "data": {}})
+        return [one, pair, len(sent), ctx.step.run("flaky", flaky)]
+
+    run_id = harness.start("timed")
+    assert harness.step("timed").status == "suspended"  # flaky's retry is due later
+    retrying = harness.steps(run_id)["flaky"]
+    assert (retrying.status, retrying.started_at is not None) == ("retrying", True)
+    harness.make_due(run_id)
+    assert harness.step("timed").status == "completed"
+
+    recorded = harness.steps(run_id)
+    for row in recorded.values():
+        assert row.started_at is not None, row
+        assert row.started_at <= row.updated_at - timedelta(milliseconds=row.duration_ms or 0)
+    branches = [row for sid, row in recorded.items() if sid.startswith("pair[")]
+    assert len(branches) == 2 and branches[0].started_at == branches[1].started_at
+    assert recorded["flaky"].started_at > retrying.started_at  # the attempt that completed

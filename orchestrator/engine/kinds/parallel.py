@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from orchestrator.db.steps import StepRecord
@@ -100,7 +101,15 @@ async def _run_pending(
     began = execution.db_now()
     results = {i: _Result() for i, _, _ in pending}
     work = [
-        _branch(execution, branches[i], results[i], bid=bid, position=first + i, attempt=attempt)
+        _branch(
+            execution,
+            branches[i],
+            results[i],
+            bid=bid,
+            position=first + i,
+            attempt=attempt,
+            began=began,
+        )
         for i, bid, attempt in pending
     ]
     execution.on_body(execution.lease.run_id)
@@ -116,8 +125,17 @@ async def _run_pending(
 
 
 async def _branch(
-    execution: Execution, branch: Branch, out: _Result, *, bid: str, position: int, attempt: int
+    execution: Execution,
+    branch: Branch,
+    out: _Result,
+    *,
+    bid: str,
+    position: int,
+    attempt: int,
+    began: datetime,
 ) -> None:
+    """Run one branch and record it. Its record's start is the group's (`began`): that is
+    where the next wait looks back to, on a replay as when the group ran."""
     started = time.perf_counter()
     trace = execution.trace
     span = trace.step(bid, "parallel", attempt) if trace is not None else None
@@ -129,12 +147,21 @@ async def _branch(
             if execution.passes(exc):
                 raise
             # the branch's failure, recorded by _settle
-            out.record, out.delay = execution.failure(bid, position, attempt, exc, started=started)
+            out.record, out.delay = execution.failure(
+                bid, position, attempt, exc, started=started, began=began
+            )
             status = out.record.status
             error = json.loads(out.record.error_json or "{}").get("type") or "Error"
             return
         record = StepRecord(
-            bid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
+            bid,
+            position,
+            "run",
+            "completed",
+            attempt,
+            output_json=text,
+            duration_ms=ms(started),
+            started_at=began,
         )
         await execution.checkpoint(record)
         status = "completed"

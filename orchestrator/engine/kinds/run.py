@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from orchestrator.db.steps import StepRecord
@@ -73,11 +74,18 @@ async def _run(
             if span is not None:
                 span.end("stopped")
             raise
-        failed = Failed(sid, position, attempt, policy, started)
+        failed = Failed(sid, position, attempt, policy, started, began)
         await _failed(execution, failed, exc, log=log, span=span)
     execution.since = max(execution.since, began)
     record = StepRecord(
-        sid, position, "run", "completed", attempt, output_json=text, duration_ms=ms(started)
+        sid,
+        position,
+        "run",
+        "completed",
+        attempt,
+        output_json=text,
+        duration_ms=ms(started),
+        started_at=began,
     )
     await execution.checkpoint(record, defer=True)
     if span is not None:
@@ -97,6 +105,7 @@ class Failed:
     attempt: int
     policy: Policy
     started: float  # perf_counter when the attempt began
+    began: datetime | None = None  # the same, on the database's clock
 
 
 async def _failed(
@@ -111,7 +120,13 @@ async def _failed(
     `Suspend` until the retry is due."""
     sid = failed.sid
     record, delay = execution.failure(
-        sid, failed.position, failed.attempt, exc, started=failed.started, policy=failed.policy
+        sid,
+        failed.position,
+        failed.attempt,
+        exc,
+        started=failed.started,
+        began=failed.began,
+        policy=failed.policy,
     )
     error = json.loads(record.error_json or "{}")
     if span is not None:

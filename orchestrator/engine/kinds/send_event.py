@@ -42,7 +42,15 @@ async def _send_event(
     execution.since = max(execution.since, began)
     sent = [r[0] for r in rows]
     await execution.checkpoint(
-        StepRecord(sid, position, "send_event", "completed", 1, output_json=json.dumps(sent))
+        StepRecord(
+            sid,
+            position,
+            "send_event",
+            "completed",
+            1,
+            output_json=json.dumps(sent),
+            started_at=began,
+        )
     )
     return sent
 
