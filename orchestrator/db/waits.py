@@ -482,12 +482,8 @@ def candidates(
 # left to the lookup of the pending ones. One probe of `events_name_received` per condition; an
 # expression is evaluated by the caller, on at most `_CANCEL_SCAN` events that match by `match`.
 _CANCEL_SCAN = 1000
-_CANCELS_SINCE = f"""
-    WITH made AS MATERIALIZED (
-        SELECT r.id, r.events FROM orchestrator.runs r
-        WHERE r.event_id = ANY(%(eids)b::text[])
-          AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
-    )
+_ACTIVE = "r.status IN ('queued', 'running', 'sleeping', 'waiting')"
+_CANCELS_SINCE_TAIL = f"""
     SELECT w.run_id::text, w.expression, CASE WHEN w.expression IS NOT NULL THEN r.events -> 0
            END, e.id, e.name, e.data, e.ts
     FROM made r
@@ -509,6 +505,17 @@ _CANCELS_SINCE = f"""
     ) e
     ORDER BY r.id, e.received_at
     """
+_CANCELS_SINCE = f"""
+    WITH made AS MATERIALIZED (
+        SELECT r.id, r.events FROM orchestrator.runs r
+        WHERE r.event_id = ANY(%(eids)b::text[]) AND {_ACTIVE}
+    ) {_CANCELS_SINCE_TAIL}"""
+# the same for runs given by id (the runs a cron tick made; db/runs.py holds no event id)
+_CANCELS_SINCE_RUNS = f"""
+    WITH made AS MATERIALIZED (
+        SELECT r.id, r.events FROM orchestrator.runs r
+        WHERE r.id = ANY(%(ids)b::uuid[]) AND {_ACTIVE}
+    ) {_CANCELS_SINCE_TAIL}"""
 
 
 @dataclass(frozen=True)
@@ -526,8 +533,15 @@ def cancels_since(conn: Conn, event_ids: list[str]) -> Callable[[], list[LateCan
     """The events already ingested that meet the `cancel_on` conditions of the runs made from
     `event_ids` in this transaction (see `_CANCELS_SINCE`). Sent now; call the result for the
     rows, in run order."""
-    cursor = driver(conn).execute(_CANCELS_SINCE, {"eids": event_ids}, prepare=True)
+    return _late_cancels(driver(conn).execute(_CANCELS_SINCE, {"eids": event_ids}, prepare=True))
 
+
+def cancels_since_runs(conn: Conn, run_ids: list[str]) -> Callable[[], list[LateCancel]]:
+    """`cancels_since` for the runs with these ids."""
+    return _late_cancels(driver(conn).execute(_CANCELS_SINCE_RUNS, {"ids": run_ids}, prepare=True))
+
+
+def _late_cancels(cursor: Any) -> Callable[[], list[LateCancel]]:
     def fetch() -> list[LateCancel]:
         return [
             LateCancel(run_id, expression, trigger, event_payload(eid, name, data, ts))

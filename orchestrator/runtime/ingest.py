@@ -224,7 +224,7 @@ class Ingester:
                 runs.create_many(conn, admitted.refused(created))
                 resolved = waits.resolve(conn, resolutions)
                 woken = resolved.woken
-                cancels += [run for run in _met(late) if run not in cancels]
+                cancels += [run for run in met(late) if run not in cancels]
                 cancelled = replaced + runs.cancel(
                     conn, cancels, reason="cancelled by a cancel_on event"
                 )
@@ -357,8 +357,9 @@ def _late_cancels(
     return waits.cancels_since(conn, event_ids)
 
 
-def _met(late: Callable[[], list[waits.LateCancel]] | None) -> list[str]:
-    """The runs whose `cancel_on` condition an event the look back found meets."""
+def met(late: Callable[[], list[waits.LateCancel]] | None) -> list[str]:
+    """The runs whose `cancel_on` condition an event the look back found meets (its `if`
+    expression evaluated here); also the cron scheduler's (runtime/cron.py)."""
     met: list[str] = []
     for found in late() if late is not None else []:
         if met and met[-1] == found.run_id:
