@@ -68,15 +68,20 @@ WITH input AS MATERIALIZED (
            wake_at, duration_ms, final, run_output, run_error, state, event_id, started_at)
 ),
 -- (id, token): a stale write of a held run is not made with it. Each run is looked up
--- and locked by its id, in id order: a join would let a generic plan read every running
--- run (the `runs_running` index) for each group, however few it writes.
+-- and locked by its id, in id order. A join would let a generic plan read every running run
+-- for each group (the `runs_running` index), however few it writes; and so would a lookup
+-- that says `status = 'running'`, for each run of the group, since that partial index is the
+-- smallest that answers it. The token is what fences (a claim sets it, every status change
+-- away from running clears it); the status is checked on the row once locked.
 held AS MATERIALIZED (
     SELECT h.id, h.token FROM (SELECT run_id, token FROM input ORDER BY run_id) i
     CROSS JOIN LATERAL (
-        SELECT r.id, r.lease_token AS token FROM orchestrator.runs r
-        WHERE r.id = i.run_id AND r.lease_token = i.token AND r.status = 'running'
+        SELECT r.id, r.lease_token AS token, r.status FROM orchestrator.runs r
+        WHERE r.id = i.run_id AND r.lease_token = i.token
+        OFFSET 0  -- the status test below is not pushed in here
         FOR NO KEY UPDATE
     ) h
+    WHERE h.status = 'running'
 ),
 refused AS MATERIALIZED (  -- runs not held because a cancellation ended them (db/runs.py)
     -- the held ones first (a hashed subplan), then a lookup by id for each other (a
@@ -109,7 +114,8 @@ finished AS (
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
         state = coalesce(r.state || i.state::jsonb, r.state)
     FROM input i JOIN held h ON h.id = i.run_id AND h.token = i.token
-    WHERE r.id = i.run_id AND i.final IS NOT NULL AND r.status = 'running'
+    -- held: running, and locked by this statement (no status here: see `held`)
+    WHERE r.id = i.run_id AND i.final IS NOT NULL
     RETURNING r.id, r.function_id, r.status, r.output, r.error, r.events, r.parent_run_id
 ),
 stated AS (  -- a run that goes on: its state alone (a finish carries its own, above)

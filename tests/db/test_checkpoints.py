@@ -317,10 +317,13 @@ _GROUP_TYPES = {
 }
 
 
+@pytest.mark.parametrize("statistics", ["none", "analyzed"])
 def test_write_group__its_generic_plan_reads_runs_by_id_however_many_run_or_were_cancelled(
-    db: Database, db_url: str
+    db: Database, db_url: str, statistics: str
 ) -> None:
-    # thousands of runs running elsewhere and cancelled before: a group of three reads its own
+    """Thousands of runs running elsewhere or cancelled before: a group of three reads its own
+    by id, with no statistics (a new table), and with statistics of a few dozen running among
+    1,000,000 asleep (where `runs_running` is the smallest index to look a running run up in)."""
     queue_runs(db, 1)
     [mine] = claim(db, OWNER)
     others = (
@@ -335,6 +338,18 @@ def test_write_group__its_generic_plan_reads_runs_by_id_however_many_run_or_were
     with psycopg.connect(db_url, autocommit=True) as conn:
         for status in ("running", "cancelled"):
             conn.execute(others, (status, status, status, status))
+        if statistics == "analyzed":  # a few dozen running among 1,000,000 asleep
+            conn.execute(
+                "DELETE FROM orchestrator.runs WHERE id IN (SELECT id FROM orchestrator.runs "
+                "WHERE status = 'running' AND id <> %s LIMIT 2950)",
+                (mine.id,),
+            )
+            conn.execute(
+                "INSERT INTO orchestrator.runs (function_id, events, status, due_at) "
+                "SELECT 'f', '[]', 'sleeping', now() + interval '1 day' "
+                "FROM generate_series(1, 1000000)"
+            )
+            conn.execute("VACUUM ANALYZE orchestrator.runs")
         conn.execute(
             "INSERT INTO orchestrator.runs (id, function_id, events, status) "
             "VALUES (%s, 'f', '[]', 'cancelled')",
