@@ -485,5 +485,22 @@ def ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
+def completed_run(
+    sid: str, position: int, attempt: int, text: str, *, started: float, began: datetime
+) -> StepRecord:
+    """The record of a step body's attempt that completed (`run`, a branch of `parallel`):
+    `started` on `time.perf_counter`, `began` on the database's clock."""
+    return StepRecord(
+        sid,
+        position,
+        "run",
+        "completed",
+        attempt,
+        output_json=text,
+        duration_ms=ms(started),
+        started_at=began,
+    )
+
+
 def _ignore(run_id: str | None) -> None:
     return None

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.db.steps import StepRecord
-from orchestrator.engine.execution import Execution, ms
+from orchestrator.engine.execution import Execution, completed_run
 from orchestrator.errors import StepError, Suspend
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/")
@@ -153,16 +153,7 @@ async def _branch(
             status = out.record.status
             error = json.loads(out.record.error_json or "{}").get("type") or "Error"
             return
-        record = StepRecord(
-            bid,
-            position,
-            "run",
-            "completed",
-            attempt,
-            output_json=text,
-            duration_ms=ms(started),
-            started_at=began,
-        )
+        record = completed_run(bid, position, attempt, text, started=started, began=began)
         await execution.checkpoint(record)
         status = "completed"
     except BaseException as exc:  # lease lost, cancelled, a database error: re-raised after

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator.db.steps import StepRecord
-from orchestrator.engine.execution import Execution, ms
+from orchestrator.engine.execution import Execution, completed_run, ms
 from orchestrator.engine.failures import first_line, message
 from orchestrator.engine.retry import Policy
 from orchestrator.engine.tracer import StepSpan
@@ -77,16 +76,7 @@ async def _run(
         failed = Failed(sid, position, attempt, policy, started, began)
         await _failed(execution, failed, exc, log=log, span=span)
     execution.since = max(execution.since, began)
-    record = StepRecord(
-        sid,
-        position,
-        "run",
-        "completed",
-        attempt,
-        output_json=text,
-        duration_ms=ms(started),
-        started_at=began,
-    )
+    record = completed_run(sid, position, attempt, text, started=started, began=began)
     await execution.checkpoint(record, defer=True)
     if span is not None:
         span.end("completed")
