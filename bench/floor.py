@@ -42,8 +42,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pickup import create_database, drop_database, send_bulk, server_url, write_result
 from bench.throughput import pgbench
-from orchestrator.db import checkpoints, events, plain_ingest, runs
+from orchestrator.db import checkpoints, events, functions, plain_ingest, runs
 from orchestrator.db.checkpoints import GroupWrite
+from orchestrator.db.database import Database
 from orchestrator.db.direct import pipelined
 from orchestrator.db.plain_ingest import PlainTriggers
 from orchestrator.db.steps import StepRecord
@@ -54,11 +55,6 @@ FUNCTION = "bench-floor"
 OUTPUT = json.dumps({"i": 0, "ok": True})
 Conns = tuple[psycopg.Connection[Any], psycopg.Connection[Any]]
 Step = Callable[[Conns, int, int, str], int]
-
-_REGISTER = """
-    INSERT INTO orchestrator.functions (id, triggers) VALUES (%(fid)s, %(triggers)s::jsonb)
-    ON CONFLICT (id) DO NOTHING
-"""
 
 
 # runs cancelled earlier, kept until retention removes them (another function's)
@@ -255,11 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     name, url = create_database(server)
     results: dict[str, Any] = {"database": kind, "batch": args.batch, "group": args.group}
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                _REGISTER,
-                {"fid": FUNCTION, "triggers": json.dumps([{"event": EVENT}])},
+        db = Database(url, pool_size=1)
+        with db.transaction() as registering:  # as a daemon registers its functions
+            functions.upsert(
+                registering,
+                FUNCTION,
+                triggers=[{"type": "event", "name": EVENT}],
+                options={},
+                version="floor",
             )
+        db.dispose()
+        with psycopg.connect(url, autocommit=True) as conn:
             if args.cancelled:
                 conn.execute(_CANCELLED, (args.cancelled,))
                 conn.execute("VACUUM ANALYZE orchestrator.runs")
